@@ -1,0 +1,196 @@
+"""A decoder-only transformer, read top to bottom: embedding -> N x (attention, MLP) -> norm.
+
+One module layout serves both families; the config decides the parts:
+
+             GPT-2                          Llama family (Llama, Qwen2, Mistral)
+  position   learned table (pos_embed)      rotary, applied to q and k
+  norm       LayerNorm (weight + bias)      RMSNorm (weight)
+  MLP        fc -> GELU -> proj             gate_up -> SiLU(gate) * up -> down
+  attention  fused qkv, nh == nkv           fused qkv, nkv <= nh (grouped-query)
+
+q, k and v come out of one fused projection (and SwiGLU's gate and up out of another) so
+a forward step is one matrix multiply where the checkpoint has two or three; the loader
+(`app.modeling.weights`) fuses Hugging Face tensors into this layout and splits them back.
+
+The model never owns a KV cache: `forward` takes an attention backend
+(`app.modeling.attention`) that knows where earlier tokens' keys and values live.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from app.modeling.attention import AttentionBackend, DenseCausalAttention
+from app.modeling.config import ConfigError, ModelConfig, Task
+from app.modeling.heads import ClassificationHead, LMHead
+from app.modeling.rope import apply_rope, inverse_frequencies, rope_cos_sin
+
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu": F.gelu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "relu": F.relu,
+}
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Normalise in float32 whatever the weights' dtype, as the reference does.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def make_norm(cfg: ModelConfig) -> nn.Module:
+    if cfg.family == "gpt2":
+        return nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+    return RMSNorm(cfg.hidden_size, cfg.norm_eps)
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.layer = layer
+        self.nh, self.nkv, self.hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.qkv = nn.Linear(cfg.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=cfg.qkv_bias)
+        self.o = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=cfg.o_bias)
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, attn: AttentionBackend
+    ) -> Tensor:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(x).split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], -1)
+        q = q.view(B, T, self.nh, self.hd)  # (B, T, nh, hd)
+        k = k.view(B, T, self.nkv, self.hd)  # (B, T, nkv, hd)
+        v = v.view(B, T, self.nkv, self.hd)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        y = attn(self.layer, q, k, v)  # (B, T, nh, hd)
+        return self.o(y.reshape(B, T, self.nh * self.hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gated = cfg.family != "gpt2"
+        self.act = ACTIVATIONS[cfg.activation]
+        width = cfg.intermediate_size * (2 if self.gated else 1)
+        self.up = nn.Linear(cfg.hidden_size, width, bias=cfg.mlp_bias)  # fc, or gate|up
+        self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.up(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            return self.down(self.act(gate) * up)
+        return self.down(self.act(h))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, layer: int) -> None:
+        super().__init__()
+        self.attn_norm = make_norm(cfg)
+        self.attn = Attention(cfg, layer)
+        self.mlp_norm = make_norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(
+        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, attn: AttentionBackend
+    ) -> Tensor:
+        x = x + self.attn(self.attn_norm(x), rope, attn)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        if cfg.activation not in ACTIVATIONS:
+            raise ConfigError(
+                f"activation {cfg.activation!r} is not supported "
+                f"(supported: {', '.join(sorted(ACTIVATIONS))})"
+            )
+        self.config = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.pos_embed = (
+            nn.Embedding(cfg.max_position_embeddings, cfg.hidden_size) if cfg.rope is None else None
+        )
+        self.layers = nn.ModuleList(Block(cfg, i) for i in range(cfg.num_layers))
+        self.norm = make_norm(cfg)
+        self.lm_head: LMHead | None = None
+        self.score: ClassificationHead | None = None
+        if cfg.task is Task.CAUSAL_LM:
+            self.lm_head = LMHead(cfg.hidden_size, cfg.vocab_size, tied=cfg.tie_word_embeddings)
+        else:
+            self.score = ClassificationHead(cfg.hidden_size, cfg.num_labels, cfg.problem_type)
+        # Not a registered buffer: a meta-device build must not need it, and it is cheap
+        # to recompute wherever the weights land (see `init_rope`).
+        self.inv_freq: Tensor | None = None
+
+    def init_rope(self, device: torch.device) -> None:
+        """(Re)compute the rotary frequencies on `device`; call after moving the weights."""
+        if self.config.rope is not None:
+            self.inv_freq = inverse_frequencies(self.config.rope, self.config.head_dim, device)
+
+    def forward(
+        self, input_ids: Tensor, positions: Tensor, attn: AttentionBackend | None = None
+    ) -> Tensor:
+        """input_ids, positions (B, T) -> hidden states (B, T, H) after the final norm."""
+        attn = attn or DenseCausalAttention()
+        x = self.embed(input_ids)  # (B, T, H)
+        rope = None
+        if self.pos_embed is not None:
+            x = x + self.pos_embed(positions)
+        else:
+            if self.inv_freq is None or self.inv_freq.device != x.device:
+                self.init_rope(x.device)
+            assert self.inv_freq is not None
+            rope = rope_cos_sin(positions, self.inv_freq, x.dtype)
+        for block in self.layers:
+            x = block(x, rope, attn)
+        return self.norm(x)
+
+    def logits(self, hidden: Tensor) -> Tensor:
+        """(..., H) -> (..., vocab) next-token logits."""
+        if self.lm_head is None:
+            raise ConfigError("this checkpoint has a classification head, not an LM head")
+        return self.lm_head(hidden, self.embed.weight)
+
+    def classify(self, pooled: Tensor) -> Tensor:
+        """(..., H) hidden state of each sequence's last token -> (..., num_labels) logits."""
+        if self.score is None:
+            raise ConfigError("this checkpoint has an LM head, not a classification head")
+        return self.score(pooled)
+
+    def causal_lm_logits(self, input_ids: Tensor) -> Tensor:
+        """Reference full forward: (B, T) right-padded ids -> (B, T, vocab) logits."""
+        B, T = input_ids.shape
+        positions = torch.arange(T, device=input_ids.device).expand(B, T)
+        return self.logits(self.forward(input_ids, positions))
+
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """GPT-2 style initialisation for training from scratch (std 0.02, scaled residuals)."""
+        std = 0.02
+        residual_std = std / math.sqrt(2 * self.config.num_layers)
+        for name, p in self.named_parameters():
+            if p.dim() == 1:
+                if name.endswith("bias"):
+                    nn.init.zeros_(p)
+                else:
+                    nn.init.ones_(p)
+                continue
+            scale = residual_std if name.endswith(("attn.o.weight", "mlp.down.weight")) else std
+            with torch.no_grad():
+                p.normal_(0.0, scale, generator=generator)
