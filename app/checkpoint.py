@@ -160,7 +160,7 @@ class TensorIndex:
                 f"{file}: not a readable safetensors file (truncated or corrupt?): {exc}"
             ) from exc
         self._handles[file] = handle
-        for name in handle:
+        for name in handle.keys():  # noqa: SIM118 (safe_open is not iterable)
             self.where[name] = file
 
     def resolve(self, name: str) -> str | None:

@@ -1,0 +1,202 @@
+"""Command line: `python -m app serve|generate|train|eval|data ...`.
+
+Training code is imported only by the commands that need it, so the server never loads it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from app.train.loop import TrainConfig
+
+log = logging.getLogger("app.cli")
+
+
+def _out(text: str) -> None:
+    """A command's result goes to stdout (logs go to stderr)."""
+    sys.stdout.write(text + "\n")
+
+
+def _err(text: str) -> None:
+    sys.stderr.write(text + "\n")
+
+
+def _add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float,
+                    warmup: int) -> None:
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--steps", type=int, default=steps, help="optimizer steps")
+    g.add_argument("--batch-size", type=int, default=batch)
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate")
+    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="final lr / peak lr")
+    g.add_argument("--warmup", type=int, default=warmup, help="linear warmup steps")
+    g.add_argument("--weight-decay", type=float, default=0.1)
+    g.add_argument("--grad-clip", type=float, default=1.0, help="max gradient norm (0: off)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--eval-every", type=int, default=0, help="steps between evaluations")
+    g.add_argument("--save-every", type=int, default=0, help="steps between resumable states")
+    g.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: CPU autocast for matmuls (weights and optimizer stay fp32)")
+    g.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    g.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+
+
+def _train_config(args: argparse.Namespace) -> TrainConfig:
+    from app.train.loop import TrainConfig
+
+    return TrainConfig(
+        max_steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        min_lr_ratio=args.min_lr_ratio, warmup_steps=args.warmup,
+        weight_decay=args.weight_decay, grad_clip=args.grad_clip, seed=args.seed,
+        eval_every=args.eval_every, save_every=args.save_every, precision=args.precision,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a language model or a classifier")
+    tsub = train.add_subparsers(dest="what", required=True)
+
+    lm = tsub.add_parser("lm", help="pre-train a decoder-only language model on text")
+    lm.add_argument("inputs", nargs="+", help="text files, folders, or .jsonl with 'text'")
+    lm.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    lm.add_argument("--val", nargs="*", help="validation files (default: a held-out split)")
+    lm.add_argument("--val-fraction", type=float, default=0.05)
+    lm.add_argument("--tokenizer", help="reuse this directory's tokenizer.json")
+    lm.add_argument("--vocab-size", type=int, default=8192)
+    shape = lm.add_argument_group("model shape")
+    shape.add_argument("--family", choices=["llama", "gpt2"], default="llama")
+    shape.add_argument("--hidden", type=int, default=256)
+    shape.add_argument("--layers", type=int, default=6)
+    shape.add_argument("--heads", type=int, default=8)
+    shape.add_argument("--kv-heads", type=int, default=4)
+    shape.add_argument("--intermediate", type=int, default=704)
+    shape.add_argument("--context", type=int, default=256)
+    _add_train_args(lm, steps=2000, batch=16, lr=1e-3, warmup=100)
+
+    clf = tsub.add_parser("classifier", help="fine-tune a classifier from a trained LM")
+    clf.add_argument("data", help="CSV (with header) or JSONL of text,label rows")
+    clf.add_argument("--base", required=True, help="language-model checkpoint to start from")
+    clf.add_argument("--out", type=Path, required=True)
+    clf.add_argument("--test", help="held-out labelled file (default: a split of DATA)")
+    clf.add_argument("--val-fraction", type=float, default=0.1)
+    clf.add_argument("--max-length", type=int, default=128, help="tokens kept per text")
+    clf.add_argument("--text-column", default="text")
+    clf.add_argument("--label-column", default="label")
+    _add_train_args(clf, steps=600, batch=32, lr=2e-4, warmup=30)
+
+    ev = sub.add_parser("eval", help="evaluate a checkpoint")
+    esub = ev.add_subparsers(dest="what", required=True)
+    elm = esub.add_parser("lm", help="loss, perplexity and accuracy on text")
+    elm.add_argument("inputs", nargs="+")
+    elm.add_argument("--model", required=True)
+    elm.add_argument("--context", type=int, default=0, help="block length (0: the model's)")
+    eclf = esub.add_parser("classifier", help="accuracy, macro-F1, confusion matrix")
+    eclf.add_argument("data")
+    eclf.add_argument("--model", required=True)
+    eclf.add_argument("--max-length", type=int, default=128)
+    eclf.add_argument("--text-column", default="text")
+    eclf.add_argument("--label-column", default="label")
+
+    data = sub.add_parser("data", help="prepare the shipped models' training data")
+    dsub = data.add_subparsers(dest="what", required=True)
+    fortunes = dsub.add_parser("fortunes", help="Debian fortunes -> LM and classifier splits")
+    fortunes.add_argument("--out", type=Path, required=True)
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = _train_config(args)
+    if args.what == "lm":
+        from app.train.lm import ModelShape, train_lm
+
+        shape = ModelShape(family=args.family, hidden_size=args.hidden, num_layers=args.layers,
+                           num_heads=args.heads, num_kv_heads=args.kv_heads,
+                           intermediate_size=args.intermediate, context=args.context)
+        summary = train_lm(args.inputs, args.out, shape, cfg, vocab_size=args.vocab_size,
+                           val_inputs=args.val, val_fraction=args.val_fraction,
+                           tokenizer_dir=args.tokenizer, resume=args.resume)
+        for key, value in summary.items():
+            _out(f"{key}: {value:.6g}")
+        return 0
+    from app.train.classifier import train_classifier
+
+    report = train_classifier(args.data, args.base, args.out, cfg, test_file=args.test,
+                              val_fraction=args.val_fraction, max_length=args.max_length,
+                              text_column=args.text_column, label_column=args.label_column,
+                              resume=args.resume)
+    _out(report.as_text())
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from app.checkpoint import load_model
+    from app.tokenizer import Tokenizer
+    from app.train.data import pack_tokens, read_documents, read_labelled
+    from app.train.evaluate import classification_report, lm_metrics, predict_labels
+
+    loaded = load_model(args.model, dtype="float32", device="cpu")
+    tokenizer = Tokenizer.from_dir(args.model)
+    if args.what == "lm":
+        eos = tokenizer.eos_ids[0]
+        context = args.context or loaded.config.max_model_len
+        docs = read_documents(args.inputs)
+        rows = pack_tokens((tokenizer.encode(d, add_special_tokens=False) for d in docs),
+                           eos, context)
+        for key, value in lm_metrics(loaded.model, rows).items():
+            _out(f"{key}: {value:.6g}")
+        return 0
+    from app.train.classifier import encode_rows
+
+    labelled = read_labelled(args.data, args.text_column, args.label_column)
+    labels = loaded.config.id2label
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({r.label for r in labelled} - set(index))
+    if unknown:
+        _err(f"error: labels not known to the model: {unknown}")
+        return 2
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_ids[0]
+    predicted = predict_labels(loaded.model, encode_rows(tokenizer, labelled, args.max_length), pad)
+    gold = [index[r.label] for r in labelled]
+    _out(classification_report(gold, predicted, labels).as_text())
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.checkpoint import CheckpointError
+    from app.tokenizer import TokenizerError
+
+    try:
+        if args.command == "train":
+            return run_train(args)
+        if args.command == "eval":
+            return run_eval(args)
+        if args.command == "data":
+            from app.train.fortunes import prepare
+
+            prepare(args.out)
+            return 0
+    except KeyboardInterrupt:
+        _err("interrupted; state saved (continue with --resume)")
+        return 130
+    except (CheckpointError, TokenizerError, ValueError, FileNotFoundError) as exc:
+        _err(f"error: {exc}")
+        return 2
+    parser.error(f"unknown command {args.command}")
+    return 2
