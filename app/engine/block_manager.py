@@ -1,0 +1,205 @@
+"""Paged KV-cache bookkeeping: fixed-size blocks, per-sequence block tables, reference
+counts and a prefix cache. Pure Python (no torch): the runner owns the tensors.
+
+Every block is in exactly one state, so free + used + cached == total always holds:
+  free    ref_count 0, no content worth keeping
+  used    ref_count > 0 (in some sequence's block table)
+  cached  ref_count 0 but holds a full, hashed block of tokens; reusable on a prefix hit
+          and evicted least-recently-freed first when a free block is needed.
+
+A full block's hash chains its parent's hash with its own tokens, so equal hashes mean
+equal prefixes; on a hit we also compare the stored tokens, so a hash collision can
+never serve the wrong keys and values.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass
+
+from app.engine.request import Sequence
+
+
+@dataclass(eq=False)
+class Block:
+    block_id: int
+    ref_count: int = 0
+    hash: int | None = None
+    tokens: tuple[int, ...] = ()
+
+
+def chain_hash(parent: int | None, tokens: tuple[int, ...]) -> int:
+    return hash((parent, tokens))
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True
+                 ) -> None:
+        if num_blocks < 1 or block_size < 1:
+            raise ValueError("num_blocks and block_size must be positive")
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self._free: deque[int] = deque(range(num_blocks))
+        self._cached: OrderedDict[int, None] = OrderedDict()  # LRU: oldest first
+        self._by_hash: dict[int, int] = {}
+        self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
+        self.prefix_hits = 0  # of which found
+
+    # ------------------------------------------------------------------ accounting
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_cached(self) -> int:
+        return len(self._cached)
+
+    @property
+    def num_used(self) -> int:
+        return self.num_blocks - self.num_free - self.num_cached
+
+    @property
+    def num_available(self) -> int:
+        """Blocks a new allocation can take: free ones, then evictable cached ones."""
+        return self.num_free + self.num_cached
+
+    @property
+    def usage(self) -> float:
+        return self.num_used / self.num_blocks
+
+    def check_invariants(self) -> None:
+        """Raise AssertionError if the states disagree with the reference counts."""
+        used = sum(1 for b in self.blocks if b.ref_count > 0)
+        assert all(b.ref_count >= 0 for b in self.blocks)
+        assert used == self.num_used, (used, self.num_used)
+        assert self.num_free + self.num_cached + used == self.num_blocks
+        assert all(self.blocks[i].ref_count == 0 and self.blocks[i].hash is not None
+                   for i in self._cached)
+        assert all(self.blocks[i].ref_count == 0 for i in self._free)
+        assert all(self.blocks[i].hash == h for h, i in self._by_hash.items())
+
+    # ------------------------------------------------------------------ allocation
+
+    def _take(self) -> int:
+        if self._free:
+            return self._free.popleft()
+        block_id, _ = self._cached.popitem(last=False)  # evict the least recently freed
+        block = self.blocks[block_id]
+        assert block.hash is not None
+        del self._by_hash[block.hash]
+        block.hash, block.tokens = None, ()
+        return block_id
+
+    def _ref(self, block_id: int) -> None:
+        block = self.blocks[block_id]
+        if block.ref_count == 0:
+            self._cached.pop(block_id, None)
+        block.ref_count += 1
+
+    def blocks_needed(self, seq: Sequence, num_new_tokens: int) -> int:
+        total = seq.num_computed + num_new_tokens
+        return max(0, -(-total // self.block_size) - len(seq.block_table))
+
+    def max_new_tokens_fitting(self, seq: Sequence, reserve: int = 0) -> int:
+        """How many more tokens `seq` could compute with the blocks available now."""
+        room = len(seq.block_table) * self.block_size - seq.num_computed
+        return room + max(0, self.num_available - reserve) * self.block_size
+
+    def ensure_slots(self, seq: Sequence, num_new_tokens: int) -> bool:
+        """Give `seq` blocks for `num_new_tokens` more tokens; all or nothing."""
+        needed = self.blocks_needed(seq, num_new_tokens)
+        if needed > self.num_available:
+            return False
+        for _ in range(needed):
+            block_id = self._take()
+            self.blocks[block_id].ref_count = 1
+            seq.block_table.append(block_id)
+        return True
+
+    def admit(self, seq: Sequence) -> int:
+        """Attach the longest cached prefix of a sequence with no blocks yet; returns the
+        number of tokens served from the cache. The last token is always recomputed, since
+        its logits are needed."""
+        assert not seq.block_table and seq.num_computed == 0
+        if not self.enable_prefix_caching:
+            return 0
+        size = self.block_size
+        lookable = (len(seq.token_ids) - 1) // size
+        self.prefix_queries += len(seq.token_ids)
+        parent: int | None = None
+        for i in range(lookable):
+            tokens = tuple(seq.token_ids[i * size:(i + 1) * size])
+            h = chain_hash(parent, tokens)
+            block_id = self._by_hash.get(h)
+            if block_id is None or self.blocks[block_id].tokens != tokens:
+                break
+            self._ref(block_id)
+            seq.block_table.append(block_id)
+            parent = h
+        seq.num_computed = len(seq.block_table) * size
+        self.prefix_hits += seq.num_computed
+        return seq.num_computed
+
+    def commit(self, seq: Sequence) -> None:
+        """Register the hashes of blocks that `seq` has now filled and computed."""
+        if not self.enable_prefix_caching:
+            return
+        size = self.block_size
+        full = min(seq.num_computed, len(seq.token_ids)) // size
+        parent: int | None = None
+        for i in range(full):
+            block = self.blocks[seq.block_table[i]]
+            if block.hash is not None:
+                parent = block.hash
+                continue
+            tokens = tuple(seq.token_ids[i * size:(i + 1) * size])
+            h = chain_hash(parent, tokens)
+            if h in self._by_hash:
+                # Another sequence computed the same block meanwhile: keep this copy
+                # private; hashing later blocks would chain from a block nobody can find.
+                return
+            block.hash, block.tokens = h, tokens
+            self._by_hash[h] = block.block_id
+            parent = h
+
+    def fork(self, parent: Sequence, child: Sequence) -> None:
+        """Let `child` share the parent's full, computed blocks (the prompt's); the
+        partial last block is recomputed by the child, so no K/V copy is needed."""
+        assert not child.block_table
+        shared = min(parent.num_computed, child.num_prompt_tokens) // self.block_size
+        for block_id in parent.block_table[:shared]:
+            self._ref(block_id)
+            child.block_table.append(block_id)
+        child.num_computed = shared * self.block_size
+
+    def free(self, seq: Sequence) -> None:
+        """Release a sequence's blocks. Hashed blocks stay reusable until evicted; the
+        tail is freed first so it is evicted first (prefixes are the shared part)."""
+        for block_id in reversed(seq.block_table):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            assert block.ref_count >= 0
+            if block.ref_count == 0:
+                if block.hash is not None:
+                    self._cached[block_id] = None
+                else:
+                    self._free.append(block_id)
+        seq.block_table = []
+        seq.num_computed = 0
+
+    def reset_prefix_cache(self) -> None:
+        """Forget every cached block (e.g. after the KV tensors were lost)."""
+        while self._cached:
+            block_id, _ = self._cached.popitem(last=False)
+            self.blocks[block_id].hash, self.blocks[block_id].tokens = None, ()
+            self._free.append(block_id)
+        for block in self.blocks:
+            if block.hash is not None:
+                del self._by_hash[block.hash]
+                block.hash, block.tokens = None, ()

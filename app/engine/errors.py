@@ -1,0 +1,40 @@
+"""Domain errors raised by the engine. `app.api.errors` maps each to one HTTP status."""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """Base class; `param` names the request field at fault, where there is one."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+
+
+class InvalidRequest(EngineError):
+    """A request that can never succeed as written (bad value, too long for the model)."""
+
+
+class QueueFull(EngineError):
+    """Admission refused: the waiting queue is at its request or token bound. Retry later."""
+
+    def __init__(self, message: str, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineDead(EngineError):
+    """The engine stopped after an unrecoverable failure; the process should be restarted."""
+
+
+class EngineStopped(EngineError):
+    """The engine is shutting down (draining) and takes no new work."""
+
+
+class StepFailed(EngineError):
+    """A forward step raised; only the requests in that step fail."""
+
+
+class RequestCancelled(EngineError):
+    """The request was aborted (client went away, or an explicit abort)."""

@@ -1,0 +1,115 @@
+"""Scheduler: budgets, chunked prefill, decode-first, preemption, queue limits. No torch."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from app.engine.block_manager import BlockManager
+from app.engine.errors import QueueFull
+from app.engine.request import RequestKind, SamplingParams, Sequence, SequenceStatus
+from app.engine.scheduler import Scheduler, SchedulerConfig
+
+
+def make(num_blocks: int = 64, block_size: int = 4, **cfg: int) -> Scheduler:
+    return Scheduler(SchedulerConfig(**cfg), BlockManager(num_blocks, block_size))
+
+
+def seq(n: int, request_id: str, priority: int = 0, arrival: float = 0.0) -> Sequence:
+    # Distinct tokens per request, so prefix caching does not change the arithmetic.
+    base = 1000 * sum(map(ord, request_id))
+    return Sequence(request_id=request_id, kind=RequestKind.GENERATE,
+                    token_ids=list(range(base, base + n)),
+                    num_prompt_tokens=n, params=SamplingParams(), priority=priority,
+                    arrival=arrival)
+
+
+def run_step(s: Scheduler) -> dict[str, int]:
+    """Schedule, pretend the model ran, append one token to finished prefills."""
+    out = s.schedule()
+    s.step_done(out)
+    for item in out.scheduled:
+        if item.completes_prefill:
+            item.seq.token_ids.append(7)
+    s.blocks.check_invariants()
+    return {i.seq.request_id: i.num_new_tokens for i in out.scheduled}
+
+
+def test_engine_core_imports_no_torch() -> None:
+    code = ("import sys, app.engine.scheduler, app.engine.block_manager;"
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_chunked_prefill_runs_beside_decodes() -> None:
+    s = make(max_num_batched_tokens=16, max_num_seqs=4)
+    s.add(seq(5, "short", arrival=0))
+    assert run_step(s) == {"short": 5}
+    s.add(seq(40, "long", arrival=1))
+    # The decode goes first, the long prompt takes the rest of the budget, for 3 steps.
+    assert run_step(s) == {"short": 1, "long": 15}
+    assert run_step(s) == {"short": 1, "long": 15}
+    assert run_step(s) == {"short": 1, "long": 10}
+    assert run_step(s) == {"short": 1, "long": 1}
+
+
+def test_sequence_cap_and_fcfs_with_priority() -> None:
+    s = make(max_num_batched_tokens=64, max_num_seqs=2)
+    s.add(seq(3, "a", arrival=0))
+    s.add(seq(3, "b", arrival=1))
+    s.add(seq(3, "urgent", priority=-1, arrival=2))
+    assert run_step(s) == {"urgent": 3, "a": 3}
+    assert [x.request_id for x in s.waiting] == ["b"]
+
+
+def test_queue_limits_raise_queue_full() -> None:
+    s = make(max_waiting_requests=2, max_waiting_tokens=100)
+    s.add(seq(10, "a"))
+    s.add(seq(10, "b"))
+    with pytest.raises(QueueFull, match="2 requests are already waiting"):
+        s.add(seq(10, "c"))
+    t = make(max_waiting_requests=10, max_waiting_tokens=25)
+    t.add(seq(20, "a"))
+    with pytest.raises(QueueFull, match="25 prompt tokens"):
+        t.add(seq(10, "b"))
+    assert len(t.waiting) == 1
+
+
+def test_preemption_newest_first_when_blocks_run_out() -> None:
+    # 6 blocks of 2 tokens: two 4-token prompts use 4 blocks; decoding exhausts the rest.
+    s = make(num_blocks=6, block_size=2, max_num_batched_tokens=32, max_num_seqs=4,
+             watermark=0)
+    s.add(seq(4, "old", arrival=0))
+    s.add(seq(4, "new", arrival=1))
+    run_step(s)
+    preempted = []
+    for _ in range(6):
+        out = s.schedule()
+        preempted += [p.request_id for p in out.preempted]
+        s.step_done(out)
+        for item in out.scheduled:
+            if item.completes_prefill:
+                item.seq.token_ids.append(7)
+        s.blocks.check_invariants()
+    assert preempted and set(preempted) == {"new"}
+    old = next(x for x in s.running if x.request_id == "old")
+    assert old.status is SequenceStatus.RUNNING and old.preemptions == 0
+    new = next(x for x in s.waiting if x.request_id == "new")
+    assert new.num_computed == 0 and new.block_table == [] and new.preemptions >= 1
+    # The preempted one comes back once the old one finishes, keeping its tokens.
+    s.finish(old, "stop")
+    assert "new" in run_step(s)
+
+
+def test_abort_frees_everything() -> None:
+    s = make()
+    s.add(seq(9, "a"))
+    s.add(seq(9, "b"))
+    run_step(s)
+    assert s.blocks.num_used > 0
+    s.abort("a")
+    s.abort("b")
+    s.blocks.check_invariants()
+    assert s.blocks.num_used == 0 and not s.has_work()
