@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
     parser.add_argument("--log-level", default="INFO")
     sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("serve", help="run the HTTP server (see `python -m app serve --help`)")
 
     train = sub.add_parser("train", help="train a language model or a classifier")
     tsub = train.add_subparsers(dest="what", required=True)
@@ -174,9 +175,28 @@ def run_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(argv: list[str]) -> int:
+    from pydantic import ValidationError
+    from pydantic_settings import CliApp, SettingsError
+
+    from app.config import Settings
+    from app.serve import serve
+
+    try:
+        settings = CliApp.run(Settings, cli_args=argv)
+    except (ValidationError, SettingsError) as exc:
+        _err(f"error: invalid settings: {exc}")
+        return 2
+    return serve(settings)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["serve"]:
+        # Serve flags come from the Settings model (pydantic-settings), one per setting.
+        return run_serve(args_list[1:])
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(args_list)
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from app.checkpoint import CheckpointError

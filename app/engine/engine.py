@@ -34,7 +34,13 @@ from app.engine.errors import (
     RequestCancelled,
     StepFailed,
 )
-from app.engine.output import CompletionDelta, RequestOutput, RequestTimes, StopText
+from app.engine.output import (
+    CompletionDelta,
+    RequestOutput,
+    RequestTimes,
+    StopText,
+    merge_outputs,
+)
 from app.engine.request import RequestKind, SamplingParams, Sequence, SequenceStatus
 from app.engine.runner import ModelRunner, RunnerOutput, kv_cache_blocks
 from app.engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig, SchedulerOutput
@@ -148,6 +154,7 @@ class Engine:
         self.fault_hook: Callable[[SchedulerOutput], None] | None = None
         self.step_observers: list[Callable[[StepStats], None]] = []
         self.finish_observers: list[Callable[[RequestState], None]] = []
+        self.death_observers: list[Callable[[str], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -181,8 +188,17 @@ class Engine:
         exc = task.exception()
         self.dead_reason = f"engine loop crashed: {type(exc).__name__}: {exc}"
         log.critical("engine %s is dead: %s", self.name, self.dead_reason, exc_info=exc)
+        self._died()
+
+    def _died(self) -> None:
+        assert self.dead_reason is not None
         for request_id in list(self._requests):
             self._fail(request_id, EngineDead(self.dead_reason))
+        for observer in self.death_observers:
+            try:
+                observer(self.dead_reason)
+            except Exception:
+                log.exception("death observer failed")
 
     async def drain(self, timeout: float) -> bool:
         """Stop taking work and wait for in-flight requests; True if all finished."""
@@ -344,8 +360,7 @@ class Engine:
             self.dead_reason = (f"{self._consecutive_failures} consecutive inference steps "
                                 f"failed; last: {type(exc).__name__}: {exc}")
             log.critical("engine %s is dead: %s", self.name, self.dead_reason)
-            for request_id in list(self._requests):
-                self._fail(request_id, EngineDead(self.dead_reason))
+            self._died()
 
     def _observe_step(self, out: SchedulerOutput, seconds: float, preemptions: int) -> None:
         decodes = sum(1 for i in out.scheduled if i.num_new_tokens == 1
@@ -518,24 +533,7 @@ class Engine:
                        **kwargs: object) -> RequestOutput:
         """Run a request to completion and merge its outputs (used by tests and CLI)."""
         stream = self.submit(prompt_ids, params, **kwargs)  # type: ignore[arg-type]
-        merged: RequestOutput | None = None
-        by_index: dict[int, CompletionDelta] = {}
-        async for out in stream:
-            merged = out if merged is None else merged
-            for delta in out.completions:
-                acc = by_index.setdefault(delta.index, CompletionDelta(delta.index, [], "", None))
-                acc.token_ids += delta.token_ids
-                acc.text += delta.text
-                if delta.logprobs is not None:
-                    acc.logprobs = (acc.logprobs or []) + delta.logprobs
-                acc.finish_reason = delta.finish_reason or acc.finish_reason
-            for name in ("distribution", "class_scores", "score_logprobs"):
-                if getattr(out, name) is not None:
-                    setattr(merged, name, getattr(out, name))
-        assert merged is not None
-        merged.completions = [by_index[i] for i in sorted(by_index)]
-        merged.finished = True
-        return merged
+        return merge_outputs(await stream.collect())
 
 
 def next_token_distribution(logits: torch.Tensor, params: SamplingParams

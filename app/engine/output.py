@@ -46,6 +46,30 @@ class RequestOutput:
     times: RequestTimes | None = None
 
 
+def merge_outputs(outputs: list[RequestOutput]) -> RequestOutput:
+    """Fold a request's stream of outputs into one, with whole completions."""
+    if not outputs:
+        raise ValueError("no outputs to merge")
+    merged = RequestOutput(request_id=outputs[0].request_id,
+                           prompt_tokens=outputs[0].prompt_tokens, finished=True)
+    by_index: dict[int, CompletionDelta] = {}
+    for out in outputs:
+        merged.cached_tokens = max(merged.cached_tokens, out.cached_tokens)
+        merged.times = out.times or merged.times
+        for delta in out.completions:
+            acc = by_index.setdefault(delta.index, CompletionDelta(delta.index, [], ""))
+            acc.token_ids += delta.token_ids
+            acc.text += delta.text
+            if delta.logprobs is not None:
+                acc.logprobs = (acc.logprobs or []) + delta.logprobs
+            acc.finish_reason = delta.finish_reason or acc.finish_reason
+        for name in ("distribution", "class_scores", "score_logprobs"):
+            if getattr(out, name) is not None:
+                setattr(merged, name, getattr(out, name))
+    merged.completions = [by_index[i] for i in sorted(by_index)]
+    return merged
+
+
 class StopText:
     """Accumulates detokenized text and finds stop strings, even across token
     boundaries. Text that might be the start of a stop string is held back until the

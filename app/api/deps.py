@@ -1,0 +1,65 @@
+"""FastAPI dependencies: the server state, model lookup, API-key auth."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from app.api.errors import BadRequest, NotFound, NotReady, Unauthorized
+from app.api.state import Phase, ServedModel, ServerState
+
+
+def get_state(request: Request) -> ServerState:
+    state: ServerState = request.app.state.server
+    return state
+
+
+StateDep = Annotated[ServerState, Depends(get_state)]
+
+
+async def require_api_key(request: Request, state: StateDep) -> None:
+    """Authorization: Bearer KEY, compared in constant time against every key."""
+    if not state.api_keys:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'",
+                           headers={"WWW-Authenticate": "Bearer"})
+    presented = token.strip().encode()
+    match = False
+    for key in state.api_keys:  # no early exit: timing does not reveal which key matched
+        match |= hmac.compare_digest(presented, key.encode())
+    if not match:
+        raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+
+
+def require_serving(state: ServerState) -> None:
+    if state.phase is Phase.DRAINING:
+        raise NotReady("the server is shutting down and takes no new requests")
+    if state.phase is not Phase.READY:
+        raise NotReady(f"the server is not ready ({state.phase.value})",
+                       headers={"Retry-After": "5"})
+
+
+def pick_model(state: ServerState, name: str | None, *, lm: bool | None,
+               purpose: str) -> ServedModel:
+    """The named model, or the first one that can do `purpose` (lm: True for language
+    models, False for classifiers, None for any)."""
+    require_serving(state)
+    if name:
+        model = state.models.get(name)
+        if model is None:
+            known = ", ".join(state.models)
+            raise NotFound(f"model {name!r} does not exist (served: {known})", param="model")
+        if lm is not None and model.is_lm != lm:
+            kind = "a language model" if lm else "a classification model"
+            raise BadRequest(f"model {name!r} cannot serve {purpose}: it is not {kind}",
+                             param="model")
+        return model
+    for model in state.models.values():
+        if lm is None or model.is_lm == lm:
+            return model
+    kind = "language model" if lm else "classification model"
+    raise BadRequest(f"no {kind} is served, so {purpose} is unavailable", param="model")

@@ -1,0 +1,158 @@
+"""Every error a client can see, mapped to one status code and one JSON body shape:
+
+    {"error": {"message": str, "type": str, "param": str | null, "code": int}}
+
+Domain errors come from the engine (app.engine.errors); HTTP-level ones are defined here.
+No handler ever returns a stack trace; each error is logged once with its request id.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from app.engine.errors import (
+    EngineDead,
+    EngineError,
+    EngineStopped,
+    InvalidRequest,
+    QueueFull,
+    RequestCancelled,
+    StepFailed,
+)
+from app.tokenizer import TokenizerError
+
+log = logging.getLogger("app.api")
+
+
+class ApiError(Exception):
+    status = 500
+    type = "internal_error"
+
+    def __init__(self, message: str, param: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.headers = headers or {}
+
+
+class BadRequest(ApiError):
+    status, type = 400, "invalid_request_error"
+
+
+class Unauthorized(ApiError):
+    status, type = 401, "authentication_error"
+
+
+class NotFound(ApiError):
+    status, type = 404, "not_found_error"
+
+
+class PayloadTooLarge(ApiError):
+    status, type = 413, "request_too_large"
+
+
+class NotReady(ApiError):
+    status, type = 503, "service_unavailable"
+
+
+# engine error -> (status, type)
+ENGINE_ERRORS: dict[type[EngineError], tuple[int, str]] = {
+    InvalidRequest: (400, "invalid_request_error"),
+    QueueFull: (429, "rate_limit_error"),
+    EngineStopped: (503, "service_unavailable"),
+    EngineDead: (503, "engine_dead"),
+    StepFailed: (500, "inference_error"),
+    RequestCancelled: (499, "request_cancelled"),
+}
+
+
+def error_body(status: int, type_: str, message: str, param: str | None = None
+               ) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": status}}
+
+
+def status_of(exc: BaseException) -> tuple[int, str, str | None, dict[str, str]]:
+    """(status, type, param, headers) for any exception a handler may raise."""
+    if isinstance(exc, ApiError):
+        return exc.status, exc.type, exc.param, exc.headers
+    if isinstance(exc, EngineError):
+        status, type_ = ENGINE_ERRORS.get(type(exc), (500, "engine_error"))
+        headers = {}
+        if isinstance(exc, QueueFull):
+            headers["Retry-After"] = str(max(1, round(exc.retry_after)))
+        return status, type_, exc.param, headers
+    if isinstance(exc, TokenizerError):
+        return 400, "invalid_request_error", None, {}
+    return 500, "internal_error", None, {}
+
+
+def error_response(request: Request, exc: BaseException) -> JSONResponse:
+    status, type_, param, headers = status_of(exc)
+    message = str(exc) if status < 500 or isinstance(exc, EngineError | ApiError) else (
+        "internal server error")
+    request_id = getattr(request.state, "request_id", None)
+    level = logging.ERROR if status >= 500 else logging.INFO
+    log.log(level, "request failed", extra={"request_id": request_id, "status": status,
+                                            "error_type": type_, "error": message},
+            exc_info=exc if status == 500 and not isinstance(exc, EngineError) else None)
+    return JSONResponse(error_body(status, type_, message, param), status_code=status,
+                        headers=headers)
+
+
+def _validation_param(errors: list[Any]) -> tuple[str, str | None]:
+    first = errors[0] if errors else {}
+    loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+    param = ".".join(loc) or None
+    return str(first.get("msg", "invalid request")), param
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api(request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(request, exc)
+
+    @app.exception_handler(EngineError)
+    async def _engine(request: Request, exc: EngineError) -> JSONResponse:
+        return error_response(request, exc)
+
+    @app.exception_handler(TokenizerError)
+    async def _tokenizer(request: Request, exc: TokenizerError) -> JSONResponse:
+        return error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = list(exc.errors())
+        if any(e.get("type") == "json_invalid" for e in errors):
+            return error_response(request, BadRequest("request body is not valid JSON"))
+        message, param = _validation_param(errors)
+        details = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"
+            for e in errors[:5])
+        status = 422
+        body = error_body(status, "invalid_request_error", details or message, param)
+        log.info("request failed", extra={"request_id": getattr(request.state, "request_id",
+                                                                None),
+                                          "status": status, "error": details})
+        return JSONResponse(body, status_code=status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        type_ = {404: "not_found_error", 405: "method_not_allowed",
+                 413: "request_too_large", 415: "unsupported_media_type"}.get(
+            exc.status_code, "invalid_request_error")
+        message = str(exc.detail) if exc.detail else "error"
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}"
+        return JSONResponse(error_body(exc.status_code, type_, message),
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+        return error_response(request, exc)

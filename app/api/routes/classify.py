@@ -1,0 +1,107 @@
+"""POST /v1/classify: labels for each text, from a classification head or zero-shot from a
+language model's likelihood of each candidate label."""
+
+from __future__ import annotations
+
+import math
+
+from fastapi import APIRouter, Request
+
+from app.api.deps import StateDep, pick_model
+from app.api.errors import BadRequest
+from app.api.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult, LabelScore, Usage
+from app.api.serving import as_list, check_inputs, collect, encode, submit_all
+from app.api.state import ServedModel
+from app.config import Settings
+from app.engine.request import RequestKind, SamplingParams
+
+router = APIRouter(tags=["inference"])
+
+PREFILL_ONLY = SamplingParams(max_tokens=1)
+
+
+def _ranked(labels: list[str], scores: list[float], top_k: int | None) -> list[LabelScore]:
+    ranked = sorted(zip(labels, scores, strict=True), key=lambda x: -x[1])
+    return [LabelScore(label=label, score=score) for label, score in ranked[:top_k]]
+
+
+async def _head(model: ServedModel, settings: Settings, texts: list[str], request: Request,
+                top_k: int | None) -> tuple[list[list[LabelScore]], int]:
+    prompts = [encode(model, settings, t, "text") for t in texts]
+    streams = submit_all(model, prompts, PREFILL_ONLY, RequestKind.CLASSIFY,
+                         request.state.request_id)
+    outputs = await collect(request, streams)
+    labels = list(model.loaded.config.id2label)
+    ranked = [_ranked(labels, out.class_scores or [], top_k) for out in outputs]
+    return ranked, sum(len(p) for p in prompts)
+
+
+async def _zero_shot(model: ServedModel, settings: Settings, body: ClassifyRequest,
+                     texts: list[str], request: Request) -> tuple[list[list[LabelScore]], int]:
+    labels = body.candidate_labels or []
+    if len(labels) > settings.max_candidate_labels:
+        raise BadRequest(f"at most {settings.max_candidate_labels} candidate_labels",
+                         param="candidate_labels")
+    if "{text}" not in body.prompt_template:
+        raise BadRequest("prompt_template must contain {text}", param="prompt_template")
+    # Each (text, label) pair is one SCORE request: context tokens + " label" tokens.
+    # The shared context's full blocks are computed once and then hit the prefix cache.
+    label_ids = [model.tokenizer.encode(" " + label, add_special_tokens=False)
+                 for label in labels]
+    prompts: list[list[int]] = []
+    starts: list[int | None] = []
+    for text in texts:
+        context = encode(model, settings, body.prompt_template.replace("{text}", text), "text")
+        for ids in label_ids:
+            prompts.append(context + ids)
+            starts.append(len(context))
+    too_long = max(len(p) for p in prompts)
+    if too_long > model.max_model_len:
+        raise BadRequest(f"text plus label is {too_long} tokens; the model's context is "
+                         f"{model.max_model_len}", param="text")
+    streams = submit_all(model, prompts, PREFILL_ONLY, RequestKind.SCORE,
+                         request.state.request_id, score_from=starts)
+    outputs = await collect(request, streams)
+    results = []
+    for t in range(len(texts)):
+        mean_logprobs = []
+        for j in range(len(labels)):
+            values = outputs[t * len(labels) + j].score_logprobs or [-math.inf]
+            mean_logprobs.append(sum(values) / len(values))  # length-normalised
+        if body.multi_label:
+            # Each label on its own: its per-token (geometric mean) probability.
+            scores = [math.exp(v) for v in mean_logprobs]
+        else:
+            top = max(mean_logprobs)
+            weights = [math.exp(v - top) for v in mean_logprobs]
+            scores = [w / sum(weights) for w in weights]
+        results.append(_ranked(labels, scores, body.top_k))
+    return results, sum(len(p) for p in prompts)
+
+
+@router.post("/v1/classify", response_model=ClassifyResponse,
+             summary="Classify texts with a classifier head, or zero-shot with candidate labels")
+async def classify(body: ClassifyRequest, request: Request, state: StateDep
+                   ) -> ClassifyResponse:
+    zero_shot = body.candidate_labels is not None
+    if zero_shot:
+        model = pick_model(state, body.model, lm=True, purpose="zero-shot classification")
+    else:
+        model = pick_model(state, body.model, lm=False if body.model is None else None,
+                           purpose="classification")
+    texts = as_list(body.text)
+    check_inputs(state.settings, texts, "text")
+    if model.is_lm:
+        if not zero_shot:
+            raise BadRequest(f"model {model.name!r} is a language model: give candidate_labels "
+                             "for zero-shot classification", param="candidate_labels")
+        ranked, tokens = await _zero_shot(model, state.settings, body, texts, request)
+    else:
+        if zero_shot:
+            raise BadRequest("candidate_labels need a language model", param="candidate_labels")
+        ranked, tokens = await _head(model, state.settings, texts, request, body.top_k)
+    results = [ClassifyResult(index=i, label=r[0].label, score=r[0].score, scores=r)
+               for i, r in enumerate(ranked)]
+    return ClassifyResponse(model=model.name, label=results[0].label, score=results[0].score,
+                            scores=results[0].scores, results=results,
+                            usage=Usage(prompt_tokens=tokens, total_tokens=tokens))

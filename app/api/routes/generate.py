@@ -1,0 +1,77 @@
+"""POST /v1/generate: text generation, whole or streamed as Server-Sent Events."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from app.api.deps import StateDep, pick_model
+from app.api.schemas import ErrorResponse, GenerateRequest, GenerateResponse, GenerateResult, Usage
+from app.api.serving import (
+    as_list,
+    check_inputs,
+    collect,
+    encode,
+    logprobs_out,
+    sampling_params,
+    sse_stream,
+    stream_usage,
+    submit_all,
+    usage_of,
+)
+from app.engine.output import RequestOutput
+from app.engine.request import RequestKind
+
+router = APIRouter(tags=["inference"])
+
+STREAM_DOC = {
+    200: {"content": {"text/event-stream": {"example": (
+        'data: {"index": 0, "prompt_index": 0, "text": " Hello", "finish_reason": null}\n\n'
+        'data: {"index": 0, "prompt_index": 0, "text": "", "finish_reason": "length"}\n\n'
+        'data: {"usage": {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11}}'
+        '\n\ndata: [DONE]\n\n')}},
+          "description": "JSON, or an SSE stream when `stream` is true"},
+    400: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
+}
+
+
+@router.post("/v1/generate", response_model=GenerateResponse, responses=STREAM_DOC,  # type: ignore[arg-type]
+             summary="Generate text from a prompt (or several); SSE when stream=true")
+async def generate(body: GenerateRequest, request: Request, state: StateDep) -> Any:
+    model = pick_model(state, body.model, lm=True, purpose="text generation")
+    settings = state.settings
+    texts = as_list(body.prompt)
+    check_inputs(settings, texts, "prompt")
+    params = sampling_params(body, settings, logprobs=body.logprobs,
+                             top_logprobs=body.top_logprobs, logprobs_mode=body.logprobs_mode)
+    prompts = [encode(model, settings, t, "prompt") for t in texts]
+    request_id = request.state.request_id
+    streams = submit_all(model, prompts, params, RequestKind.GENERATE, request_id,
+                         priority=body.priority)
+    if body.stream:
+
+        def on_output(i: int, out: RequestOutput) -> list[dict[str, Any]]:
+            return [{"index": d.index, "prompt_index": i, "text": d.text,
+                     "finish_reason": d.finish_reason,
+                     **({"tokens": d.token_ids} if body.return_tokens else {}),
+                     **({"logprobs": [e.model_dump() for e in logprobs_out(model, d.logprobs)
+                                      or []]} if d.logprobs else {})}
+                    for d in out.completions]
+
+        def final() -> list[dict[str, Any]]:
+            return [{"id": request_id, "model": model.name, "usage": stream_usage(streams)}]
+
+        return StreamingResponse(sse_stream(streams, on_output, final),
+                                 media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+    outputs = await collect(request, streams)
+    results = [GenerateResult(index=c.index, prompt_index=i, text=c.text,
+                              finish_reason=c.finish_reason,
+                              tokens=c.token_ids if body.return_tokens else None,
+                              logprobs=logprobs_out(model, c.logprobs))
+               for i, out in enumerate(outputs) for c in out.completions]
+    return GenerateResponse(id=request_id, model=model.name, text=results[0].text,
+                            finish_reason=results[0].finish_reason, results=results,
+                            usage=Usage(**usage_of(outputs)))

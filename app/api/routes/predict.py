@@ -1,0 +1,55 @@
+"""POST /v1/predict: the next-token distribution after each input text."""
+
+from __future__ import annotations
+
+import math
+
+from fastapi import APIRouter, Request
+
+from app.api.deps import StateDep, pick_model
+from app.api.errors import BadRequest
+from app.api.schemas import PredictRequest, PredictResponse, PredictResult, TokenProb, Usage
+from app.api.serving import as_list, check_inputs, collect, encode, submit_all, token_text
+from app.engine.request import RequestKind, SamplingParams
+
+router = APIRouter(tags=["inference"])
+
+
+@router.post("/v1/predict", response_model=PredictResponse,
+             summary="Next-token probabilities (softmax over the vocabulary, and its argmax)")
+async def predict(body: PredictRequest, request: Request, state: StateDep) -> PredictResponse:
+    model = pick_model(state, body.model, lm=True, purpose="next-token prediction")
+    settings = state.settings
+    texts = as_list(body.text)
+    check_inputs(settings, texts, "text")
+    if body.top_k > settings.max_predict_top_k:
+        raise BadRequest(f"top_k must be <= {settings.max_predict_top_k}", param="top_k")
+    vocab = model.loaded.config.vocab_size
+    if body.full_distribution and vocab > settings.max_full_distribution:
+        raise BadRequest(f"full_distribution is limited to vocabularies of "
+                         f"{settings.max_full_distribution} tokens (this one has {vocab})",
+                         param="full_distribution")
+    prompts = [encode(model, settings, t, "text", body.add_special_tokens) for t in texts]
+    k = vocab if body.full_distribution else min(body.top_k, vocab)
+    params = SamplingParams(max_tokens=1, temperature=body.temperature, top_logprobs=k)
+    streams = submit_all(model, prompts, params, RequestKind.PREDICT, request.state.request_id)
+    outputs = await collect(request, streams)
+    results = []
+    for i, out in enumerate(outputs):
+        assert out.distribution is not None
+        entries = [TokenProb(token=token_text(model, t), token_id=t, prob=p,
+                             logprob=lp if math.isfinite(lp) else -1e30)
+                   for t, p, lp in out.distribution]
+        distribution = None
+        if body.full_distribution:
+            distribution = [0.0] * vocab
+            for t, p, _ in out.distribution:
+                distribution[t] = p
+        results.append(PredictResult(index=i, predictions=entries[:body.top_k],
+                                     argmax=entries[0], prompt_tokens=out.prompt_tokens,
+                                     distribution=distribution))
+    prompt_tokens = sum(o.prompt_tokens for o in outputs)
+    return PredictResponse(model=model.name, predictions=results[0].predictions,
+                           argmax=results[0].argmax, results=results,
+                           usage=Usage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens,
+                                       cached_tokens=sum(o.cached_tokens for o in outputs)))

@@ -1,0 +1,372 @@
+"""Request and response bodies of every endpoint, with examples for the OpenAPI schema.
+
+Single-input convenience: responses always carry `results` (one per input, or per input
+and completion); the top-level fields (`text`, `predictions`, `label`, ...) repeat
+`results[0]`, which is all a single-input caller needs.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+TextInput = str | Annotated[list[str], Field(min_length=1)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+class Loose(BaseModel):
+    # OpenAI-compatible bodies: clients send fields we do not use (user, metadata...).
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
+
+
+# ---------------------------------------------------------------------------- errors
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: int
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+    model_config = ConfigDict(json_schema_extra={"example": {"error": {
+        "message": "model 'gpt-9' does not exist (served: default-lm, fortune-classifier)",
+        "type": "not_found_error", "param": "model", "code": 404}}})
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int = 0
+    total_tokens: int
+    cached_tokens: int = Field(0, description="prompt tokens served from the prefix cache")
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+class PredictRequest(Strict):
+    model: str | None = Field(None, description="served model name (default: the first LM)")
+    text: TextInput = Field(description="text (or list of texts) to continue")
+    top_k: int = Field(5, ge=1, description="most likely next tokens to return")
+    temperature: float = Field(1.0, gt=0, le=100, description="softmax temperature")
+    full_distribution: bool = Field(False, description="also return the probability of "
+                                                       "every vocabulary token")
+    add_special_tokens: bool = True
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"text": "The quick brown fox", "top_k": 3}]})
+
+
+class TokenProb(BaseModel):
+    token: str
+    token_id: int
+    prob: float
+    logprob: float
+
+
+class PredictResult(BaseModel):
+    index: int
+    predictions: list[TokenProb]
+    argmax: TokenProb
+    prompt_tokens: int
+    distribution: list[float] | None = Field(
+        None, description="P(token id) for every token id, when full_distribution is set")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    predictions: list[TokenProb]
+    argmax: TokenProb
+    results: list[PredictResult]
+    usage: Usage
+
+
+# ---------------------------------------------------------------------------- generate
+
+
+class SamplingFields(BaseModel):
+    """Sampling controls shared by /v1/generate and the OpenAI endpoints."""
+
+    max_tokens: int | None = Field(None, ge=1, description="tokens to generate at most "
+                                                           "(default: the server's)")
+    temperature: float = Field(1.0, ge=0, le=100, description="0 means greedy")
+    top_k: int = Field(0, ge=0, description="sample among the k most likely (0: off)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling mass")
+    min_p: float = Field(0.0, ge=0, le=1, description="drop tokens below min_p x max prob")
+    repetition_penalty: float = Field(1.0, gt=0, le=10)
+    presence_penalty: float = Field(0.0, ge=-2, le=2)
+    frequency_penalty: float = Field(0.0, ge=-2, le=2)
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
+        None, description="token id (as a string) -> bias added to its logit")
+    seed: int | None = Field(None, ge=0, le=2**62, description="reproducible sampling")
+    stop: str | Annotated[list[NonEmptyStr], Field(max_length=16)] | None = Field(
+        None, description="stop strings (not included in the output)")
+    stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(None, max_length=64)
+    min_tokens: int = Field(0, ge=0, description="no EOS/stop token before this many tokens")
+    ignore_eos: bool = False
+    n: int = Field(1, ge=1, description="completions per prompt")
+    stream: bool = False
+
+
+class GenerateRequest(Strict, SamplingFields):
+    model: str | None = Field(None, description="served model name (default: the first LM)")
+    prompt: TextInput = Field(description="prompt text, or a list of prompts")
+    logprobs: bool = Field(False, description="return each token's log-probability")
+    top_logprobs: int = Field(0, ge=0, description="alternatives per token, with logprobs")
+    logprobs_mode: Literal["processed", "raw"] = Field(
+        "processed", description="processed: after penalties, temperature and filters "
+                                 "(what was sampled from); raw: the model's own softmax")
+    return_tokens: bool = Field(False, description="include generated token ids")
+    priority: int = Field(0, ge=-100, le=100, description="lower is scheduled first")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"prompt": "The meaning of life is", "max_tokens": 24, "temperature": 0.7,
+         "seed": 1}]})
+
+
+class TopLogprob(BaseModel):
+    token: str
+    token_id: int
+    logprob: float
+
+
+class TokenLogprobOut(TopLogprob):
+    top_logprobs: list[TopLogprob] = []
+
+
+class GenerateResult(BaseModel):
+    index: int = Field(description="completion index within its prompt (0..n-1)")
+    prompt_index: int
+    text: str
+    finish_reason: str | None
+    tokens: list[int] | None = None
+    logprobs: list[TokenLogprobOut] | None = None
+
+
+class GenerateResponse(BaseModel):
+    id: str
+    model: str
+    text: str
+    finish_reason: str | None
+    results: list[GenerateResult]
+    usage: Usage
+
+
+# ---------------------------------------------------------------------------- classify
+
+
+class ClassifyRequest(Strict):
+    model: str | None = Field(None, description="default: the first classifier, or the "
+                                                "first LM when candidate_labels are given")
+    text: TextInput
+    top_k: int | None = Field(None, ge=1, description="labels to return (default: all)")
+    candidate_labels: Annotated[list[NonEmptyStr], Field(min_length=1)] | None = Field(
+        None, description="zero-shot labels, scored by a language model's likelihood")
+    multi_label: bool = Field(False, description="zero-shot: score each label on its own")
+    prompt_template: str = Field(
+        "{text}", max_length=1000,
+        description="zero-shot: context before ' <label>'; must contain {text}")
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"text": "The compiler segfaulted again."},
+        {"text": "I love pizza", "candidate_labels": ["food", "sports"]}]})
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class ClassifyResult(BaseModel):
+    index: int
+    label: str
+    score: float
+    scores: list[LabelScore]
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    label: str
+    score: float
+    scores: list[LabelScore]
+    results: list[ClassifyResult]
+    usage: Usage
+
+
+# ---------------------------------------------------------------------------- tokenize
+
+
+class TokenizeRequest(Strict):
+    model: str | None = None
+    text: str | None = Field(None, description="text to tokenize")
+    messages: list[dict[str, Any]] | None = Field(
+        None, description="chat messages, rendered with the model's chat template")
+    add_special_tokens: bool = True
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"text": "Hello world"}]})
+
+
+class TokenizeResponse(BaseModel):
+    model: str
+    tokens: list[int]
+    token_strings: list[str]
+    count: int
+    max_model_len: int
+
+
+class DetokenizeRequest(Strict):
+    model: str | None = None
+    tokens: list[Annotated[int, Field(ge=0)]]
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"tokens": [42, 17]}]})
+
+
+class DetokenizeResponse(BaseModel):
+    model: str
+    text: str
+
+
+# ---------------------------------------------------------------------------- info, health
+
+
+class ModelInfo(BaseModel):
+    name: str
+    path: str
+    task: str
+    architecture: str
+    dtype: str
+    device: str
+    max_model_len: int
+    vocab_size: int
+    parameters: int
+    labels: list[str] | None = None
+    kv_cache_blocks: int
+    block_size: int
+
+
+class InfoResponse(BaseModel):
+    version: str
+    phase: str
+    models: list[ModelInfo]
+    limits: dict[str, int | float]
+
+
+class HealthResponse(BaseModel):
+    status: str
+    phase: str
+    models: dict[str, str] = {}
+    reason: str | None = None
+
+
+# ---------------------------------------------------------------------------- OpenAI
+
+
+class OpenAIModel(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "local"
+    max_model_len: int | None = None
+
+
+class OpenAIModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIModel]
+
+
+class StreamOptions(Loose):
+    include_usage: bool = False
+
+
+class CompletionRequest(Loose, SamplingFields):
+    model: str | None = None
+    prompt: TextInput
+    logprobs: int | None = Field(None, ge=0, description="top alternatives per token")
+    echo: bool = False
+    best_of: int | None = Field(None, ge=1)
+    stream_options: StreamOptions | None = None
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "default-lm", "prompt": "Once upon a time", "max_tokens": 16}]})
+
+
+class ChatMessage(Loose):
+    role: Literal["system", "user", "assistant", "tool", "developer"]
+    content: str | list[dict[str, Any]] | None = None
+    name: str | None = None
+
+
+class ChatCompletionRequest(Loose, SamplingFields):
+    model: str | None = None
+    messages: Annotated[list[ChatMessage], Field(min_length=1)]
+    max_completion_tokens: int | None = Field(None, ge=1)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(None, ge=0)
+    stream_options: StreamOptions | None = None
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "default-lm", "messages": [{"role": "user", "content": "Tell me a joke"}],
+         "max_tokens": 32}]})
+
+
+class CompletionLogprobs(BaseModel):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]] | None
+    text_offset: list[int]
+
+
+class CompletionChoice(BaseModel):
+    index: int
+    text: str
+    finish_reason: str | None
+    logprobs: CompletionLogprobs | None = None
+
+
+class CompletionResponse(BaseModel):
+    id: str
+    object: Literal["text_completion"] = "text_completion"
+    created: int
+    model: str
+    choices: list[CompletionChoice]
+    usage: Usage | None = None
+
+
+class ChatLogprobEntry(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None = None
+    top_logprobs: list[dict[str, Any]] = []
+
+
+class ChatChoiceLogprobs(BaseModel):
+    content: list[ChatLogprobEntry] | None
+
+
+class ChatResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class ChatChoice(BaseModel):
+    index: int
+    message: ChatResponseMessage
+    finish_reason: str | None
+    logprobs: ChatChoiceLogprobs | None = None
+
+
+class ChatCompletionResponse(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    choices: list[ChatChoice]
+    usage: Usage

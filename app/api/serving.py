@@ -1,0 +1,234 @@
+"""Serving logic shared by the routes: limits, request -> engine parameters, submitting
+several inputs at once, waiting while watching for a client that goes away, and
+Server-Sent Events. Routes stay thin: parse, call these, shape the response."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from fastapi import Request
+
+from app.api.errors import BadRequest, error_body, status_of
+from app.api.schemas import SamplingFields, TokenLogprobOut, TopLogprob
+from app.api.state import ServedModel, ServerState
+from app.config import Settings
+from app.engine.engine import RequestStream
+from app.engine.errors import RequestCancelled
+from app.engine.output import RequestOutput, merge_outputs
+from app.engine.request import LogprobsMode, RequestKind, SamplingParams
+from app.sampling import TokenLogprob
+
+log = logging.getLogger("app.api")
+
+
+def as_list(value: str | list[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def check_inputs(settings: Settings, texts: list[str], param: str) -> None:
+    if len(texts) > settings.max_inputs:
+        raise BadRequest(f"{param}: at most {settings.max_inputs} inputs per request "
+                         f"(got {len(texts)})", param=param)
+
+
+def encode(model: ServedModel, settings: Settings, text: str, param: str,
+           add_special_tokens: bool = True) -> list[int]:
+    """Tokenize one input, refusing it early when it is longer than any limit allows."""
+    limit = min(settings.max_prompt_tokens or model.max_model_len, model.max_model_len)
+    # Cheap guard before tokenizing megabytes: a token is at least one character.
+    if len(text) > 64 * limit + 1024:
+        raise BadRequest(f"{param} is too long: {len(text)} characters for a limit of "
+                         f"{limit} tokens", param=param)
+    ids = model.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    if len(ids) > limit:
+        raise BadRequest(f"{param} is {len(ids)} tokens; the limit is {limit}", param=param)
+    if not ids:
+        raise BadRequest(f"{param} is empty", param=param)
+    return ids
+
+
+def sampling_params(
+    req: SamplingFields,
+    settings: Settings,
+    *,
+    max_tokens: int | None = None,
+    logprobs: bool = False,
+    top_logprobs: int = 0,
+    logprobs_mode: str = "processed",
+) -> SamplingParams:
+    """Request fields -> engine SamplingParams, enforcing the server's limits (400)."""
+    wanted = max_tokens or req.max_tokens or settings.default_max_tokens
+    if wanted > settings.max_tokens_limit:
+        raise BadRequest(f"max_tokens must be <= {settings.max_tokens_limit}",
+                         param="max_tokens")
+    if req.n > settings.max_n:
+        raise BadRequest(f"n must be <= {settings.max_n}", param="n")
+    if top_logprobs > settings.max_top_logprobs:
+        raise BadRequest(f"top_logprobs must be <= {settings.max_top_logprobs}",
+                         param="top_logprobs")
+    bias: list[tuple[int, float]] = []
+    for key, value in (req.logit_bias or {}).items():
+        if not key.lstrip("-").isdigit():
+            raise BadRequest(f"logit_bias keys must be token ids, got {key!r}",
+                             param="logit_bias")
+        bias.append((int(key), float(value)))
+    stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
+    if any(not s for s in stop):
+        raise BadRequest("stop strings must not be empty", param="stop")
+    return SamplingParams(
+        max_tokens=wanted, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
+        min_p=req.min_p, repetition_penalty=req.repetition_penalty,
+        presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
+        logit_bias=tuple(bias), seed=req.seed, stop=stop,
+        stop_token_ids=tuple(req.stop_token_ids or ()), min_tokens=req.min_tokens,
+        ignore_eos=req.ignore_eos, n=req.n, logprobs=logprobs or top_logprobs > 0,
+        top_logprobs=top_logprobs, logprobs_mode=LogprobsMode(logprobs_mode),
+    )
+
+
+def submit_all(model: ServedModel, prompts: Sequence[list[int]], params: SamplingParams,
+               kind: RequestKind, request_id: str, *, priority: int = 0,
+               score_from: Sequence[int | None] | None = None) -> list[RequestStream]:
+    """Submit every input, or none: if one is refused (e.g. 429), the others are aborted."""
+    streams: list[RequestStream] = []
+    try:
+        for i, ids in enumerate(prompts):
+            streams.append(model.engine.submit(
+                ids, params, kind=kind, request_id=f"{request_id}-{i}", priority=priority,
+                score_from=None if score_from is None else score_from[i]))
+    except Exception:
+        for s in streams:
+            model.engine.abort(s.request_id)
+        raise
+    return streams
+
+
+async def _wait_for_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def collect(request: Request, streams: list[RequestStream]) -> list[RequestOutput]:
+    """Wait for every stream to finish; if the client disconnects first, abort them all
+    (their KV blocks return before the next engine step)."""
+
+    async def gather() -> list[RequestOutput]:
+        results = await asyncio.gather(*(s.collect() for s in streams))
+        return [merge_outputs(r) for r in results]
+
+    work = asyncio.ensure_future(gather())
+    watcher = asyncio.ensure_future(_wait_for_disconnect(request))
+    try:
+        done, _ = await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if work in done:
+            return work.result()
+        raise RequestCancelled("client disconnected")
+    finally:
+        watcher.cancel()
+        if not work.done():
+            work.cancel()
+            for s in streams:
+                s.engine.abort(s.request_id)
+            await asyncio.gather(work, return_exceptions=True)
+
+
+def sse(data: dict[str, Any] | str) -> str:
+    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    return f"data: {payload}\n\n"
+
+
+async def merged_stream(streams: list[RequestStream]
+                        ) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """Outputs of several streams as they come: (input index, output)."""
+    queue: asyncio.Queue[tuple[int, RequestOutput] | BaseException | None] = asyncio.Queue()
+
+    async def pump(i: int, stream: RequestStream) -> None:
+        try:
+            async for out in stream:
+                await queue.put((i, out))
+        except BaseException as exc:  # forwarded to the consumer, which re-raises it
+            await queue.put(exc)
+        finally:
+            await queue.put(None)
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    remaining = len(tasks)
+    try:
+        while remaining:
+            item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:
+        for task in tasks:
+            task.cancel()
+        for s in streams:
+            s.engine.abort(s.request_id)  # no-op for finished requests
+
+
+async def sse_stream(
+    streams: list[RequestStream],
+    on_output: Callable[[int, RequestOutput], list[dict[str, Any]]],
+    final: Callable[[], list[dict[str, Any]]],
+) -> AsyncIterator[str]:
+    """SSE body: one event per engine output, the final events, then [DONE]. An error
+    after the stream started becomes an error event (the status line is already sent)."""
+    try:
+        async for i, out in merged_stream(streams):
+            for event in on_output(i, out):
+                yield sse(event)
+        for event in final():
+            yield sse(event)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        status, type_, param, _ = status_of(exc)
+        log.warning("stream failed: %s", exc)
+        yield sse(error_body(status, type_, str(exc) if status < 500 or hasattr(exc, "message")
+                             else "internal server error", param))
+    yield sse("[DONE]")
+
+
+def token_text(model: ServedModel, token_id: int) -> str:
+    return model.tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+def logprobs_out(model: ServedModel, entries: list[TokenLogprob] | None
+                 ) -> list[TokenLogprobOut] | None:
+    if entries is None:
+        return None
+    return [TokenLogprobOut(
+        token=token_text(model, e.token_id), token_id=e.token_id, logprob=e.logprob,
+        top_logprobs=[TopLogprob(token=token_text(model, t), token_id=t, logprob=lp)
+                      for t, lp in e.top]) for e in entries]
+
+
+def usage_of(outputs: Sequence[RequestOutput]) -> dict[str, int]:
+    prompt = sum(o.prompt_tokens for o in outputs)
+    completion = sum(len(c.token_ids) for o in outputs for c in o.completions)
+    cached = sum(o.cached_tokens for o in outputs)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion, "cached_tokens": cached}
+
+
+def stream_usage(streams: Sequence[RequestStream]) -> dict[str, int]:
+    """Token counts of streamed requests, from the engine's own per-request state."""
+    prompt = sum(len(s.state.prompt_ids) for s in streams)
+    completion = sum(s.state.generated_tokens for s in streams)
+    cached = sum(s.state.sequences[0].num_cached_hit for s in streams)
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion, "cached_tokens": cached}
+
+
+def state_of(request: Request) -> ServerState:
+    state: ServerState = request.app.state.server
+    return state

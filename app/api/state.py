@@ -1,0 +1,59 @@
+"""What the running server holds: its settings, its phase, and the models it serves."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from app.checkpoint import LoadedModel
+from app.config import Settings
+from app.engine.engine import Engine
+from app.modeling.config import Task
+from app.tokenizer import Tokenizer
+
+
+class Phase(enum.StrEnum):
+    STARTING = "starting"  # loading models
+    READY = "ready"
+    DRAINING = "draining"  # SIGTERM received: finishing in-flight work, refusing new work
+    FAILED = "failed"  # a model failed to load; the process exits non-zero
+    STOPPED = "stopped"
+
+
+@dataclass
+class ServedModel:
+    name: str
+    path: Path
+    loaded: LoadedModel
+    tokenizer: Tokenizer
+    engine: Engine
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def is_lm(self) -> bool:
+        return self.loaded.config.task is Task.CAUSAL_LM
+
+    @property
+    def max_model_len(self) -> int:
+        return self.engine.max_model_len
+
+
+@dataclass
+class ServerState:
+    settings: Settings
+    api_keys: list[str]
+    phase: Phase = Phase.STARTING
+    failure: str | None = None
+    models: dict[str, ServedModel] = field(default_factory=dict)
+    started: float = field(default_factory=time.time)
+
+    def dead_models(self) -> dict[str, str]:
+        return {name: m.engine.dead_reason for name, m in self.models.items()
+                if m.engine.dead_reason is not None}
+
+    @property
+    def is_ready(self) -> bool:
+        return self.phase is Phase.READY and not self.dead_models() and all(
+            m.engine.is_running for m in self.models.values())

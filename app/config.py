@@ -1,0 +1,141 @@
+"""Settings: every option is a CLI flag (`--max-num-seqs 8`) and an environment variable
+with the LLM_ prefix (`LLM_MAX_NUM_SEQS=8`). Validated once at start-up, then turned into
+frozen configs; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "LLM_"
+
+
+def _split_list(value: object) -> object:
+    # Env vars may hold a comma-separated list ("a,b") as well as JSON.
+    if isinstance(value, str):
+        stripped = value.strip()
+        if stripped.startswith("["):
+            import json
+
+            return json.loads(stripped)
+        return [v.strip() for v in stripped.split(",") if v.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        cli_kebab_case=True,
+        cli_implicit_flags=True,
+        cli_prog_name="python -m app serve",
+        extra="forbid",
+    )
+
+    # --- models and placement
+    model: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["models/default-lm"],
+        description="checkpoint directory, or NAME=DIR; repeat for several models "
+                    "(the first serving an endpoint is its default)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="weights and KV-cache dtype (auto: bf16/fp16 on GPU, fp32 on CPU)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
+
+    # --- HTTP
+    host: str = Field("127.0.0.1", description="address to bind")
+    port: int = Field(8000, ge=0, le=65535, description="port to bind")
+    api_key: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="accepted API keys (Authorization: Bearer KEY); "
+                                          "none: no auth")
+    api_key_file: Path | None = Field(None, description="file with one API key per line")
+    public_health: bool = Field(True, description="health probes need no API key")
+    public_metrics: bool = Field(True, description="/metrics needs no API key")
+    drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests get "
+                                                          "to finish after SIGTERM")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins allowed by CORS (none: CORS off)")
+
+    # --- request limits
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="largest request body")
+    max_prompt_tokens: int = Field(0, ge=0, description="longest prompt (0: the model's "
+                                                        "context)")
+    max_tokens_limit: int = Field(2048, ge=1, description="largest max_tokens accepted")
+    default_max_tokens: int = Field(64, ge=1, description="max_tokens when a request omits it")
+    max_inputs: int = Field(32, ge=1, description="most texts/prompts in one request")
+    max_n: int = Field(8, ge=1, description="largest n (completions per prompt)")
+    max_top_logprobs: int = Field(20, ge=0, description="largest top_logprobs")
+    max_predict_top_k: int = Field(100, ge=1, description="largest top_k of /v1/predict")
+    max_full_distribution: int = Field(
+        65536, ge=0, description="/v1/predict full_distribution allowed up to this vocab size")
+    max_candidate_labels: int = Field(32, ge=1, description="most zero-shot labels")
+
+    # --- engine
+    block_size: int = Field(16, ge=1, le=1024, description="tokens per KV-cache block")
+    num_kv_blocks: int = Field(0, ge=0, description="KV-cache blocks per model (0: auto)")
+    kv_cache_memory_fraction: float = Field(
+        0.25, gt=0, le=0.95, description="auto KV-cache sizing: share of free memory")
+    max_model_len: int = Field(0, ge=0, description="context cap (0: the model's)")
+    enable_prefix_caching: bool = Field(True, description="reuse KV blocks of shared prefixes")
+    max_num_seqs: int = Field(32, ge=1, description="sequences per forward step")
+    max_num_batched_tokens: int = Field(512, ge=1, description="tokens per forward step")
+    max_waiting_requests: int = Field(128, ge=1, description="queued requests per model "
+                                                             "before 429")
+    max_waiting_tokens: int = Field(65536, ge=1, description="queued prompt tokens per model "
+                                                            "before 429")
+
+    # --- observability
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
+    log_format: Literal["json", "text"] = Field("json")
+    log_prompts: bool = Field(False, description="include prompt text in request logs")
+    metrics_compat: Literal["none", "vllm"] = Field(
+        "none", description="also expose metrics under vLLM's names")
+
+    _split = field_validator("model", "api_key", "cors_origins", mode="before")(_split_list)
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if not self.model:
+            raise ValueError("at least one --model is required")
+        if self.max_num_batched_tokens < self.max_num_seqs:
+            raise ValueError("max_num_batched_tokens must be >= max_num_seqs")
+        if self.default_max_tokens > self.max_tokens_limit:
+            raise ValueError("default_max_tokens must be <= max_tokens_limit")
+        return self
+
+    def api_keys(self) -> list[str]:
+        keys = [k.get_secret_value() for k in self.api_key]
+        if self.api_key_file is not None:
+            text = self.api_key_file.read_text(encoding="utf-8")
+            keys += [line.strip() for line in text.splitlines()
+                     if line.strip() and not line.startswith("#")]
+        return keys
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str
+    path: Path
+
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
+
+
+def model_specs(settings: Settings) -> list[ModelSpec]:
+    """`DIR` or `NAME=DIR` entries -> named specs; a bare DIR is named after its folder."""
+    specs: list[ModelSpec] = []
+    for entry in settings.model:
+        name, sep, path = entry.partition("=")
+        if not sep:
+            name, path = Path(entry).name, entry
+        if not _NAME.match(name):
+            raise ValueError(f"model name {name!r} must be 1-64 of letters, digits, . _ : -")
+        if any(s.name == name for s in specs):
+            raise ValueError(f"model name {name!r} is given twice")
+        specs.append(ModelSpec(name, Path(path)))
+    return specs

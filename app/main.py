@@ -1,0 +1,111 @@
+"""create_app(settings): the FastAPI application and its lifespan.
+
+Models load in the background after the server starts, so probes can answer while a
+large checkpoint loads: /startupz and /readyz say 503 until every model is loaded and its
+engine runs. A model that fails to load, or an engine that dies, is fatal: the phase and
+reason are reported by the probes and `on_fatal` (set by the serve command) stops the
+process with a non-zero exit code so the orchestrator restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from app.api import errors
+from app.api.middleware import RequestContextMiddleware
+from app.api.router import build_router
+from app.api.routes.tokenize import app_version
+from app.api.state import Phase, ServedModel, ServerState
+from app.checkpoint import load_model
+from app.config import Settings, model_specs
+from app.engine.engine import Engine, EngineConfig
+from app.engine.scheduler import SchedulerConfig
+from app.tokenizer import Tokenizer
+
+log = logging.getLogger("app")
+
+DESCRIPTION = """
+An LLM inference service: next-token prediction, text generation (streaming),
+classification, OpenAI-compatible completions and chat, over a continuously batched,
+paged and prefix-cached KV cache. Errors always have the shape
+`{"error": {"message", "type", "param", "code"}}`.
+"""
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    return EngineConfig(
+        block_size=settings.block_size,
+        num_kv_blocks=settings.num_kv_blocks,
+        kv_cache_memory_fraction=settings.kv_cache_memory_fraction,
+        max_model_len=settings.max_model_len,
+        enable_prefix_caching=settings.enable_prefix_caching,
+        max_top_logprobs=settings.max_top_logprobs,
+        scheduler=SchedulerConfig(
+            max_num_seqs=settings.max_num_seqs,
+            max_num_batched_tokens=settings.max_num_batched_tokens,
+            max_waiting_requests=settings.max_waiting_requests,
+            max_waiting_tokens=settings.max_waiting_tokens,
+        ),
+    )
+
+
+async def load_models(state: ServerState, on_fatal: Callable[[str], None]) -> None:
+    settings = state.settings
+    try:
+        for spec in model_specs(settings):
+            log.info("loading model", extra={"model": spec.name, "path": str(spec.path)})
+            loaded = await asyncio.to_thread(load_model, spec.path, settings.dtype,
+                                             settings.device)
+            tokenizer = await asyncio.to_thread(Tokenizer.from_dir, spec.path,
+                                                loaded.config.eos_token_ids)
+            engine = Engine(loaded, tokenizer, engine_config(settings), name=spec.name)
+            engine.death_observers.append(on_fatal)
+            await engine.start()
+            state.models[spec.name] = ServedModel(spec.name, spec.path, loaded, tokenizer, engine)
+            log.info("model ready", extra={"model": spec.name, "dtype": str(loaded.dtype),
+                                           "device": str(loaded.device),
+                                           "kv_blocks": engine.blocks.num_blocks})
+    except Exception as exc:
+        state.phase = Phase.FAILED
+        state.failure = f"{type(exc).__name__}: {exc}"
+        log.critical("model loading failed: %s", state.failure)
+        on_fatal(state.failure)
+        return
+    if state.phase is Phase.STARTING:
+        state.phase = Phase.READY
+        log.info("server ready", extra={"models": list(state.models)})
+
+
+def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:
+    def fatal(reason: str) -> None:
+        if on_fatal is not None:
+            on_fatal(reason)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        state = ServerState(settings=settings, api_keys=settings.api_keys())
+        app.state.server = state
+        loader = asyncio.create_task(load_models(state, fatal), name="load-models")
+        try:
+            yield
+        finally:
+            loader.cancel()
+            state.phase = Phase.STOPPED
+            for model in state.models.values():
+                await model.engine.shutdown()
+
+    app = FastAPI(title="LLM inference service", version=app_version(),
+                  description=DESCRIPTION, lifespan=lifespan)
+    errors.install(app)
+    app.include_router(build_router(settings))
+    if settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"], allow_headers=["*"])
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    return app
