@@ -85,7 +85,7 @@ def apply_penalties(logits: Tensor, params: SamplingParams, prompt_ids: Sequence
 def logits_to_probs(logits: Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
                     min_p: float = 0.0) -> Tensor:
     """(V,) logits -> (V,) probabilities after temperature and the three filters."""
-    logits = logits.float() / max(temperature, 1e-5)
+    logits = logits.float() / max(temperature, 1e-4)
     if 0 < top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k).values[-1]
         logits = logits.masked_fill(logits < kth, float("-inf"))

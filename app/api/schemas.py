@@ -250,6 +250,9 @@ class ModelInfo(BaseModel):
     labels: list[str] | None = None
     kv_cache_blocks: int
     block_size: int
+    kv_blocks_used: int = Field(description="blocks held by requests right now")
+    running_requests: int
+    waiting_requests: int
 
 
 class InfoResponse(BaseModel):

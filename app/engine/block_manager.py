@@ -130,7 +130,11 @@ class BlockManager:
         if not self.enable_prefix_caching:
             return 0
         size = self.block_size
-        lookable = (len(seq.token_ids) - 1) // size
+        end = len(seq.token_ids) - 1
+        if seq.score_from is not None:
+            # Scored positions need their logits computed, so they cannot come from cache.
+            end = min(end, seq.score_from - 1)
+        lookable = max(0, end) // size
         self.prefix_queries += len(seq.token_ids)
         parent: int | None = None
         for i in range(lookable):

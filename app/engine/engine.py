@@ -87,7 +87,8 @@ class RequestState:
     texts: dict[int, StopText] = field(default_factory=dict)
     generators: dict[int, torch.Generator] = field(default_factory=dict)
     forked: bool = False
-    score_logprobs: list[float] = field(default_factory=list)
+    # SCORE: position -> log P(token | prefix); keyed so a recomputed step overwrites.
+    score_logprobs: dict[int, float] = field(default_factory=dict)
     finished: bool = False
     generated_tokens: int = 0
     finish_reasons: list[str] = field(default_factory=list)
@@ -393,7 +394,7 @@ class Engine:
             if state.times.first_scheduled is None:
                 state.times.first_scheduled = now
             if seq.kind is RequestKind.SCORE:
-                state.score_logprobs.extend(result.score_logprobs.get(seq.seq_id, []))
+                state.score_logprobs.update(result.score_logprobs.get(seq.seq_id, {}))
             if not item.completes_prefill:
                 continue
             if seq.kind is RequestKind.GENERATE:
@@ -415,7 +416,8 @@ class Engine:
             output.distribution = next_token_distribution(
                 result.logits[result.rows[seq.seq_id]], state.params)
         else:
-            output.score_logprobs = state.score_logprobs
+            start = seq.score_from or 1
+            output.score_logprobs = [state.score_logprobs[p] for p in range(start, len(seq))]
         self.scheduler.finish(seq, "stop")
         self._complete(state, output, "stop")
 
@@ -539,7 +541,8 @@ class Engine:
 def next_token_distribution(logits: torch.Tensor, params: SamplingParams
                             ) -> list[tuple[int, float, float]]:
     """The top-k of softmax(logits / temperature): [(token_id, prob, logprob)]."""
-    temperature = params.temperature if params.temperature > 0 else 1.0
+    # Tiny temperatures would overflow the division; below 1e-4 the result is one-hot anyway.
+    temperature = max(params.temperature, 1e-4) if params.temperature > 0 else 1.0
     logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
     k = min(params.top_logprobs or 1, logprobs.shape[-1])
     values, ids = torch.topk(logprobs, k)

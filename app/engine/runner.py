@@ -32,8 +32,8 @@ class RunnerOutput:
     rows: dict[int, int] = field(default_factory=dict)  # seq_id -> row of `logits`
     # Classification scores of finished-prefill CLASSIFY sequences.
     class_scores: dict[int, list[float]] = field(default_factory=dict)
-    # SCORE sequences: log P(token | prefix) for target tokens covered by this step.
-    score_logprobs: dict[int, list[float]] = field(default_factory=dict)
+    # SCORE sequences: {position of target token: log P(token | prefix)} for this step.
+    score_logprobs: dict[int, dict[int, float]] = field(default_factory=dict)
 
 
 def kv_cache_blocks(loaded: LoadedModel, block_size: int, max_tokens: int,
@@ -123,5 +123,5 @@ class ModelRunner:
             return
         rows = hidden[first - item.start:last - item.start]
         targets = torch.tensor(seq.token_ids[first + 1:last + 1], device=self.device)
-        values = prompt_logprobs(self.model.logits(rows), targets)
-        result.score_logprobs[seq.seq_id] = values.cpu().tolist()
+        values = prompt_logprobs(self.model.logits(rows), targets).cpu().tolist()
+        result.score_logprobs[seq.seq_id] = dict(enumerate(values, start=first + 1))

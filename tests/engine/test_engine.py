@@ -201,6 +201,11 @@ def test_score_returns_continuation_logprobs(with_engine: Any) -> None:
         expected = [float(ref[len(context) - 1 + i, t]) for i, t in enumerate(label)]
         assert out.score_logprobs is not None
         assert max(abs(a - b) for a, b in zip(out.score_logprobs, expected, strict=True)) < 1e-4
+        # Again: the context now sits in the prefix cache, the scored tokens must not.
+        again = await engine.generate(context + label, SamplingParams(max_tokens=1),
+                                      kind=RequestKind.SCORE, score_from=len(context))
+        assert again.score_logprobs is not None and len(again.score_logprobs) == len(label)
+        assert max(abs(a - b) for a, b in zip(again.score_logprobs, expected, strict=True)) < 1e-4
 
     with_engine("llama_gqa_llama3", body, max_num_batched_tokens=5)  # spans chunks
 

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import StateDep, pick_model
-from app.api.schemas import ErrorResponse, GenerateRequest, GenerateResponse, GenerateResult, Usage
+from app.api.schemas import GenerateRequest, GenerateResponse, GenerateResult, Usage
 from app.api.serving import (
     as_list,
     check_inputs,
@@ -33,7 +33,6 @@ STREAM_DOC = {
         'data: {"usage": {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11}}'
         '\n\ndata: [DONE]\n\n')}},
           "description": "JSON, or an SSE stream when `stream` is true"},
-    400: {"model": ErrorResponse}, 429: {"model": ErrorResponse},
 }
 
 

@@ -25,7 +25,6 @@ from app.api.schemas import (
     CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
-    ErrorResponse,
     OpenAIModel,
     OpenAIModelList,
     Usage,
@@ -48,10 +47,9 @@ from app.engine.request import RequestKind
 from app.sampling import TokenLogprob
 
 router = APIRouter(tags=["openai"])
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"model": ErrorResponse}, 404: {"model": ErrorResponse},
-    429: {"model": ErrorResponse}, 503: {"model": ErrorResponse},
-}
+STREAMABLE: dict[int | str, dict[str, Any]] = {200: {
+    "content": {"text/event-stream": {}},
+    "description": "JSON, or SSE chunks ending with `data: [DONE]` when `stream` is true"}}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
@@ -91,7 +89,7 @@ def _chat_logprobs(model: ServedModel, entries: list[TokenLogprob] | None
     return ChatChoiceLogprobs(content=content)
 
 
-@router.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS,
+@router.post("/v1/completions", response_model=CompletionResponse, responses=STREAMABLE,
              summary="OpenAI-compatible text completion (stream=true for SSE chunks)")
 async def completions(body: CompletionRequest, request: Request, state: StateDep) -> Any:
     model = pick_model(state, body.model, lm=True, purpose="completions")
@@ -152,7 +150,8 @@ def _message_text(content: str | list[dict[str, Any]] | None) -> str:
     return "".join(parts)
 
 
-@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS,
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse,
+             responses=STREAMABLE,
              summary="OpenAI-compatible chat completion, using the model's chat template")
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: StateDep
                            ) -> Any:

@@ -70,7 +70,8 @@ async def info(state: StateDep) -> InfoResponse:
             max_model_len=m.max_model_len, vocab_size=cfg.vocab_size,
             parameters=sum(p.numel() for p in m.loaded.model.parameters()),
             labels=list(cfg.id2label) or None, kv_cache_blocks=m.engine.blocks.num_blocks,
-            block_size=m.engine.blocks.block_size))
+            block_size=m.engine.blocks.block_size, kv_blocks_used=m.engine.blocks.num_used,
+            running_requests=m.engine.num_running, waiting_requests=m.engine.num_waiting))
     limits: dict[str, int | float] = {
         "max_body_bytes": s.max_body_bytes, "max_prompt_tokens": s.max_prompt_tokens,
         "max_tokens_limit": s.max_tokens_limit, "default_max_tokens": s.default_max_tokens,

@@ -1,0 +1,62 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from app.api.state import Phase, ServerState
+from app.config import Settings
+from app.main import create_app
+
+T = TypeVar("T")
+
+
+def settings_for(*models: str, **overrides: Any) -> Settings:
+    base: dict[str, Any] = {"model": list(models), "num_kv_blocks": 256, "block_size": 4,
+                            "max_num_seqs": 8, "max_num_batched_tokens": 64,
+                            "log_format": "text"}
+    return Settings(**{**base, **overrides})
+
+
+@asynccontextmanager
+async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The app with its lifespan, models loaded, and an in-process HTTP client."""
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        state: ServerState = app.state.server
+        for _ in range(600):
+            if state.phase is not Phase.STARTING:
+                break
+            await asyncio.sleep(0.01)
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test",
+                                     timeout=60) as client:
+            yield app, client
+
+
+@pytest.fixture
+def checkpoints(hf_checkpoint: Any) -> dict[str, Path]:
+    return {"lm": hf_checkpoint("llama_gqa_llama3")[0], "cls": hf_checkpoint("gpt2_cls")[0]}
+
+
+@pytest.fixture
+def api(checkpoints: dict[str, Path]) -> Callable[..., Any]:
+    """api(body, **settings): run `await body(app, client)` against lm + cls models."""
+
+    def go(body: Callable[[FastAPI, httpx.AsyncClient], Awaitable[T]], *, models: list[str]
+           | None = None, **overrides: Any) -> T:
+        specs = models or [f"lm={checkpoints['lm']}", f"cls={checkpoints['cls']}"]
+
+        async def main() -> T:
+            async with running_app(settings_for(*specs, **overrides)) as (app, client):
+                return await body(app, client)
+
+        return asyncio.run(main())
+
+    return go

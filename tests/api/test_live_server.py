@@ -1,0 +1,152 @@
+"""Against a real server process: the official OpenAI client, client disconnects that
+abort work, and the SIGTERM drain."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.live import LiveServer
+
+ENGINE_FLAGS = ("--num-kv-blocks", "512", "--block-size", "4", "--max-num-seqs", "16",
+                "--max-num-batched-tokens", "64")
+
+
+@pytest.fixture(scope="module")
+def server(hf_checkpoint: Any) -> Any:
+    lm, _ = hf_checkpoint("llama_gqa_llama3")
+    with LiveServer("--model", f"tiny={lm}", *ENGINE_FLAGS) as live:
+        yield live
+
+
+def engine_load(url: str) -> dict[str, int]:
+    info = httpx.get(url + "/v1/info").json()["models"][0]
+    return {k: info[k] for k in ("running_requests", "waiting_requests", "kv_blocks_used")}
+
+
+def wait_idle(url: str, timeout: float = 5.0) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        if engine_load(url) == {"running_requests": 0, "waiting_requests": 0,
+                                "kv_blocks_used": 0}:
+            return time.monotonic() - start
+        time.sleep(0.02)
+    raise AssertionError(f"engine not idle: {engine_load(url)}")
+
+
+def test_openai_client(server: LiveServer) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    done = client.completions.create(model="tiny", prompt="Hello", max_tokens=5, temperature=0,
+                                     extra_body={"ignore_eos": True})
+    assert done.choices[0].finish_reason == "length" and done.usage.completion_tokens == 5
+    streamed = "".join(c.choices[0].text for c in client.completions.create(
+        model="tiny", prompt="Hello", max_tokens=5, temperature=0, stream=True,
+        extra_body={"ignore_eos": True}) if c.choices)
+    assert streamed == done.choices[0].text
+    chat = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+        temperature=0, logprobs=True, top_logprobs=2, extra_body={"ignore_eos": True})
+    assert chat.choices[0].message.role == "assistant"
+    assert chat.usage.completion_tokens == 6 and len(chat.choices[0].logprobs.content) == 6
+    chunks = list(client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=6,
+        temperature=0, stream=True, stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True}))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == chat.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
+    from openai import NotFoundError
+
+    with pytest.raises(NotFoundError):
+        client.completions.create(model="nope", prompt="x", max_tokens=1)
+
+
+def test_client_disconnects_abort_their_requests(server: LiveServer) -> None:
+    long_req = {"prompt": "Once upon a time", "max_tokens": 230, "ignore_eos": True,
+                "temperature": 1.0}
+
+    async def streaming_then_leave(client: httpx.AsyncClient) -> None:
+        async with client.stream("POST", "/v1/generate", json={**long_req, "stream": True}
+                                 ) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data:"):
+                    break  # got a token: leave mid-stream
+
+    async def waiting_then_leave(client: httpx.AsyncClient) -> None:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.post("/v1/generate", json=long_req, timeout=0.3)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            await asyncio.gather(*(streaming_then_leave(client) for _ in range(12)),
+                                 *(waiting_then_leave(client) for _ in range(4)))
+
+    asyncio.run(main())
+    # 16 requests x 230 tokens would keep the engine busy for seconds; aborted, the
+    # blocks come back at once.
+    assert wait_idle(server.url, timeout=3.0) < 3.0
+    ok = httpx.post(server.url + "/v1/generate", json={"prompt": "hi", "max_tokens": 3},
+                    timeout=30)
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 3
+
+
+def test_sigterm_drains_in_flight_streams(hf_checkpoint: Any, tmp_path: Path) -> None:
+    lm, _ = hf_checkpoint("llama_gqa_llama3")
+    live = LiveServer("--model", f"tiny={lm}", *ENGINE_FLAGS, "--drain-timeout", "20")
+    with live:
+        async def stream_all(client: httpx.AsyncClient) -> tuple[str, int]:
+            async with client.stream("POST", "/v1/generate", json={
+                    "prompt": "Once", "max_tokens": 200, "ignore_eos": True,
+                    "stream": True}) as r:
+                events = [line async for line in r.aiter_lines() if line.startswith("data:")]
+            return events[-1], len(events)
+
+        async def main() -> list[tuple[str, int]]:
+            async with httpx.AsyncClient(base_url=live.url, timeout=60) as client:
+                tasks = [asyncio.ensure_future(stream_all(client)) for _ in range(8)]
+                while engine_load(live.url)["running_requests"] < 8:
+                    await asyncio.sleep(0.01)
+                live.terminate()
+                await asyncio.sleep(0.2)
+                ready = await client.get("/readyz")
+                assert ready.status_code == 503 and ready.json()["phase"] == "draining"
+                refused = await client.post("/v1/generate", json={"prompt": "x"})
+                assert refused.status_code == 503
+                return await asyncio.gather(*tasks)
+
+        results = asyncio.run(main())
+        started = time.monotonic()
+        assert live.proc.wait(timeout=25) == 0
+        assert time.monotonic() - started < 25
+    for last, count in results:
+        assert last == "data: [DONE]" and count == 200 + 2  # every token, usage, [DONE]
+
+
+def test_schemathesis_finds_no_5xx_and_no_schema_violation(hf_checkpoint: Any) -> None:
+    """Property-based fuzzing of every operation in /openapi.json (bounded for CI; the
+    `make fuzz` target runs thousands of examples)."""
+    import os
+    import subprocess
+    import sys
+
+    lm, _ = hf_checkpoint("llama_gqa_llama3")
+    cls, _ = hf_checkpoint("gpt2_cls")
+    examples = os.environ.get("FUZZ_EXAMPLES", "8")
+    with LiveServer("--model", f"tiny={lm}", "--model", f"cls={cls}", *ENGINE_FLAGS) as live:
+        st = Path(sys.executable).with_name("schemathesis")
+        run = subprocess.run(
+            [str(st), "run", live.url + "/openapi.json", "--checks",
+             "not_a_server_error,response_schema_conformance,status_code_conformance,"
+             "content_type_conformance", "--max-examples", examples, "--seed", "7",
+             "--no-shrink", "--request-timeout", "60"],
+            capture_output=True, text=True, timeout=900)
+        assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
+        assert "passed" in run.stdout
