@@ -16,16 +16,19 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import disable_created_metrics
 
 from app.api import errors
 from app.api.middleware import RequestContextMiddleware
 from app.api.router import build_router
 from app.api.routes.tokenize import app_version
 from app.api.state import Phase, ServedModel, ServerState
+from app.api.telemetry import ObservabilityMiddleware, attach, snapshots
 from app.checkpoint import load_model
 from app.config import Settings, model_specs
 from app.engine.engine import Engine, EngineConfig
 from app.engine.scheduler import SchedulerConfig
+from app.metrics import Metrics
 from app.tokenizer import Tokenizer
 
 log = logging.getLogger("app")
@@ -55,7 +58,8 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
-async def load_models(state: ServerState, on_fatal: Callable[[str], None]) -> None:
+async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[str], None]
+                      ) -> None:
     settings = state.settings
     try:
         for spec in model_specs(settings):
@@ -66,6 +70,7 @@ async def load_models(state: ServerState, on_fatal: Callable[[str], None]) -> No
                                                 loaded.config.eos_token_ids)
             engine = Engine(loaded, tokenizer, engine_config(settings), name=spec.name)
             engine.death_observers.append(on_fatal)
+            attach(metrics, engine)
             await engine.start()
             state.models[spec.name] = ServedModel(spec.name, spec.path, loaded, tokenizer, engine)
             log.info("model ready", extra={"model": spec.name, "dtype": str(loaded.dtype),
@@ -91,7 +96,8 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state = ServerState(settings=settings, api_keys=settings.api_keys())
         app.state.server = state
-        loader = asyncio.create_task(load_models(state, fatal), name="load-models")
+        metrics.watch(lambda: snapshots(state))
+        loader = asyncio.create_task(load_models(state, metrics, fatal), name="load-models")
         try:
             yield
         finally:
@@ -100,12 +106,17 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             for model in state.models.values():
                 await model.engine.shutdown()
 
+    disable_created_metrics()  # no *_created series: they only add noise to dashboards
+    metrics = Metrics(compat=settings.metrics_compat, version=app_version())
     app = FastAPI(title="LLM inference service", version=app_version(),
                   description=DESCRIPTION, lifespan=lifespan)
+    app.state.metrics = metrics
     errors.install(app)
     app.include_router(build_router(settings))
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["*"])
+    app.add_middleware(ObservabilityMiddleware, metrics=metrics, log_prompts=settings.log_prompts)
+    # Outermost: sets the request id that the log line above carries.
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     return app

@@ -93,8 +93,15 @@ def status_of(exc: BaseException) -> tuple[int, str, str | None, dict[str, str]]
     return 500, "internal_error", None, {}
 
 
+def count_error(request: Request, type_: str) -> None:
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.errors.labels(type=type_).inc()
+
+
 def error_response(request: Request, exc: BaseException) -> JSONResponse:
     status, type_, param, headers = status_of(exc)
+    count_error(request, type_)
     message = str(exc) if status < 500 or isinstance(exc, EngineError | ApiError) else (
         "internal server error")
     request_id = getattr(request.state, "request_id", None)
@@ -136,6 +143,7 @@ def install(app: FastAPI) -> None:
             f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"
             for e in errors[:5])
         status = 422
+        count_error(request, "invalid_request_error")
         body = error_body(status, "invalid_request_error", details or message, param)
         log.info("request failed", extra={"request_id": getattr(request.state, "request_id",
                                                                 None),
@@ -150,6 +158,7 @@ def install(app: FastAPI) -> None:
         message = str(exc.detail) if exc.detail else "error"
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
+        count_error(request, type_)
         return JSONResponse(error_body(exc.status_code, type_, message),
                             status_code=exc.status_code, headers=getattr(exc, "headers", None))
 

@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from app.api.deps import require_api_key
-from app.api.routes import classify, generate, health, openai, predict, tokenize
+from app.api.routes import classify, generate, health, metrics, openai, predict, tokenize
 from app.api.schemas import ErrorResponse
 from app.config import Settings
 
@@ -36,4 +36,6 @@ def build_router(settings: Settings) -> APIRouter:
         root.include_router(module.router, dependencies=protected, responses=ERROR_RESPONSES)
     root.include_router(health.router, dependencies=[] if settings.public_health else protected,
                         responses=HEALTH_RESPONSES)
+    root.include_router(metrics.router,
+                        dependencies=[] if settings.public_metrics else protected)
     return root

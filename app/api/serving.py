@@ -90,11 +90,14 @@ def sampling_params(
     )
 
 
-def submit_all(model: ServedModel, prompts: Sequence[list[int]], params: SamplingParams,
-               kind: RequestKind, request_id: str, *, priority: int = 0,
+def submit_all(request: Request, model: ServedModel, prompts: Sequence[list[int]],
+               params: SamplingParams, kind: RequestKind, *, priority: int = 0,
                score_from: Sequence[int | None] | None = None) -> list[RequestStream]:
-    """Submit every input, or none: if one is refused (e.g. 429), the others are aborted."""
+    """Submit every input, or none: if one is refused (e.g. 429), the others are aborted.
+    The streams are recorded on the request for its log line."""
+    request_id = request.state.request_id
     streams: list[RequestStream] = []
+    request.state.streams = streams
     try:
         for i, ids in enumerate(prompts):
             streams.append(model.engine.submit(

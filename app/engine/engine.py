@@ -31,6 +31,7 @@ from app.engine.errors import (
     EngineError,
     EngineStopped,
     InvalidRequest,
+    QueueFull,
     RequestCancelled,
     StepFailed,
 )
@@ -73,6 +74,7 @@ class StepStats:
     num_decode_seqs: int
     seconds: float
     preemptions: int
+    generated_tokens: int
 
 
 @dataclass
@@ -151,6 +153,8 @@ class Engine:
         self._accepting = True
         self.dead_reason: str | None = None
         self._consecutive_failures = 0
+        self.num_rejected = 0  # admission refusals (QueueFull -> 429)
+        self._generated_this_step = 0
         # Test hook: called in the worker thread before each forward; may raise.
         self.fault_hook: Callable[[SchedulerOutput], None] | None = None
         self.step_observers: list[Callable[[StepStats], None]] = []
@@ -246,7 +250,11 @@ class Engine:
         state = RequestState(request_id=request_id, kind=kind, params=params,
                              prompt_ids=list(prompt_ids), queue=asyncio.Queue(),
                              times=RequestTimes(arrival=time.monotonic()), sequences=[seq])
-        self.scheduler.add(seq)  # may raise QueueFull
+        try:
+            self.scheduler.add(seq)
+        except QueueFull:
+            self.num_rejected += 1
+            raise
         self._requests[request_id] = state
         self._wake.set()
         return RequestStream(self, state)
@@ -327,6 +335,7 @@ class Engine:
                 await asyncio.sleep(0.001)
                 continue
             started = time.monotonic()
+            self._generated_this_step = 0
             try:
                 result = await loop.run_in_executor(self._executor, self._execute, out)
                 self.scheduler.step_done(out)
@@ -374,6 +383,7 @@ class Engine:
             num_decode_seqs=decodes,
             seconds=seconds,
             preemptions=preemptions,
+            generated_tokens=self._generated_this_step,
         )
         for observer in self.step_observers:
             try:
@@ -504,6 +514,7 @@ class Engine:
         p = state.params
         seq.token_ids.append(token)
         state.generated_tokens += 1
+        self._generated_this_step += 1
         if seq.index not in state.texts:
             detok = IncrementalDetokenizer(self.tokenizer, state.prompt_ids,
                                            skip_special_tokens=p.skip_special_tokens)

@@ -121,7 +121,8 @@ def build_paged_batch(
     """
     slot_mapping: list[int] = []
     decode_tokens: list[int] = []
-    decode_rows: list[list[int]] = []
+    decode_tables: list[list[int]] = []
+    decode_lens: list[int] = []
     prefills: list[PrefillSpan] = []
     offset = 0
     for q_len, ctx, table in zip(query_lens, context_lens, block_tables, strict=True):
@@ -132,7 +133,8 @@ def build_paged_batch(
         slot_mapping.extend(slots_for(table, ctx - q_len, ctx, block_size))
         if q_len == 1 and ctx > 1:
             decode_tokens.append(offset)
-            decode_rows.append(slots_for(table, 0, ctx, block_size))
+            decode_tables.append(table[: -(-ctx // block_size)])
+            decode_lens.append(ctx)
         elif ctx == q_len:
             # Nothing cached yet: attend over the new keys directly, no gather needed.
             prefills.append(PrefillSpan(offset, q_len, ctx, None, None))
@@ -144,11 +146,15 @@ def build_paged_batch(
         offset += q_len
 
     decode_slots = decode_mask = decode_idx = None
-    if decode_rows:
-        width = max(len(r) for r in decode_rows)
-        lens = torch.tensor([len(r) for r in decode_rows], device=device)
-        padded = [r + [0] * (width - len(r)) for r in decode_rows]
-        decode_slots = torch.tensor(padded, device=device)
+    if decode_tables:
+        # Slots from block tables by broadcasting: O(blocks) Python work, not O(tokens).
+        width = max(decode_lens)
+        n_blocks = max(len(t) for t in decode_tables)
+        tables = torch.tensor([t + [0] * (n_blocks - len(t)) for t in decode_tables],
+                              device=device)  # (D, n_blocks)
+        offsets = torch.arange(block_size, device=device)
+        decode_slots = (tables[:, :, None] * block_size + offsets).flatten(1)[:, :width]
+        lens = torch.tensor(decode_lens, device=device)
         valid = torch.arange(width, device=device)[None, :] < lens[:, None]
         decode_mask = valid[:, None, None, :]
         decode_idx = torch.tensor(decode_tokens, device=device)

@@ -28,8 +28,7 @@ def _ranked(labels: list[str], scores: list[float], top_k: int | None) -> list[L
 async def _head(model: ServedModel, settings: Settings, texts: list[str], request: Request,
                 top_k: int | None) -> tuple[list[list[LabelScore]], int]:
     prompts = [encode(model, settings, t, "text") for t in texts]
-    streams = submit_all(model, prompts, PREFILL_ONLY, RequestKind.CLASSIFY,
-                         request.state.request_id)
+    streams = submit_all(request, model, prompts, PREFILL_ONLY, RequestKind.CLASSIFY)
     outputs = await collect(request, streams)
     labels = list(model.loaded.config.id2label)
     ranked = [_ranked(labels, out.class_scores or [], top_k) for out in outputs]
@@ -59,8 +58,8 @@ async def _zero_shot(model: ServedModel, settings: Settings, body: ClassifyReque
     if too_long > model.max_model_len:
         raise BadRequest(f"text plus label is {too_long} tokens; the model's context is "
                          f"{model.max_model_len}", param="text")
-    streams = submit_all(model, prompts, PREFILL_ONLY, RequestKind.SCORE,
-                         request.state.request_id, score_from=starts)
+    streams = submit_all(request, model, prompts, PREFILL_ONLY, RequestKind.SCORE,
+                         score_from=starts)
     outputs = await collect(request, streams)
     results = []
     for t in range(len(texts)):

@@ -47,7 +47,7 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep) -> 
                              top_logprobs=body.top_logprobs, logprobs_mode=body.logprobs_mode)
     prompts = [encode(model, settings, t, "prompt") for t in texts]
     request_id = request.state.request_id
-    streams = submit_all(model, prompts, params, RequestKind.GENERATE, request_id,
+    streams = submit_all(request, model, prompts, params, RequestKind.GENERATE,
                          priority=body.priority)
     if body.stream:
 

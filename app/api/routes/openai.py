@@ -106,7 +106,7 @@ async def completions(body: CompletionRequest, request: Request, state: StateDep
                              top_logprobs=top)
     prompts = [encode(model, settings, t, "prompt") for t in texts]
     request_id = request.state.request_id
-    streams = submit_all(model, prompts, params, RequestKind.GENERATE, request_id)
+    streams = submit_all(request, model, prompts, params, RequestKind.GENERATE)
     created, cid = int(time.time()), f"cmpl-{request_id}"
 
     def choice_index(prompt_index: int, delta: CompletionDelta) -> int:
@@ -164,7 +164,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
     params = sampling_params(body, settings, max_tokens=body.max_completion_tokens,
                              logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0)
     request_id = request.state.request_id
-    streams = submit_all(model, [prompt], params, RequestKind.GENERATE, request_id)
+    streams = submit_all(request, model, [prompt], params, RequestKind.GENERATE)
     created, cid = int(time.time()), f"chatcmpl-{request_id}"
 
     if body.stream:

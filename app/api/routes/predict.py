@@ -32,7 +32,7 @@ async def predict(body: PredictRequest, request: Request, state: StateDep) -> Pr
     prompts = [encode(model, settings, t, "text", body.add_special_tokens) for t in texts]
     k = vocab if body.full_distribution else min(body.top_k, vocab)
     params = SamplingParams(max_tokens=1, temperature=body.temperature, top_logprobs=k)
-    streams = submit_all(model, prompts, params, RequestKind.PREDICT, request.state.request_id)
+    streams = submit_all(request, model, prompts, params, RequestKind.PREDICT)
     outputs = await collect(request, streams)
     results = []
     for i, out in enumerate(outputs):

@@ -1,0 +1,19 @@
+"""GET /metrics: the Prometheus text exposition of every metric in app.metrics.
+
+One process serves each model (scale out with replicas, not workers), so the app's own
+registry is the whole truth and prometheus_client's multiprocess mode is not needed."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics",
+            responses={200: {"content": {"text/plain": {}},
+                             "description": "Prometheus text format 0.0.4"}})
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.metrics.registry
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,143 @@
+"""Wiring between what happens and what is measured: engine observers feed the metrics,
+an ASGI middleware counts and times HTTP requests and writes one log line per request."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from app.api.middleware import ASGIApp, Message, Receive, Scope, Send
+from app.api.state import ServerState
+from app.engine.engine import Engine, RequestState, StepStats
+from app.metrics import EngineSnapshot, Metrics
+
+log = logging.getLogger("app.request")
+
+
+def attach(metrics: Metrics, engine: Engine) -> None:
+    """Record every step and every finished request of `engine`."""
+    model = engine.name
+
+    def on_step(stats: StepStats) -> None:
+        metrics.batch_seqs.observe(model, stats.num_seqs)
+        metrics.batch_tokens.observe(model, stats.num_tokens)
+        metrics.step_time.observe(model, stats.seconds)
+        metrics.generation_tokens.inc(model, stats.generated_tokens)
+
+    def on_finished(state: RequestState) -> None:
+        reason = state.finish_reasons[-1] if state.finish_reasons else "stop"
+        t = state.times
+        metrics.prompt_tokens.inc(model, len(state.prompt_ids))
+        metrics.requests_finished.inc(model, finish_reason=reason)
+        if reason == "abort":
+            metrics.aborts.inc(model)
+        metrics.prompt_len.observe(model, len(state.prompt_ids))
+        if t.finished is not None:
+            metrics.e2e.observe(model, t.finished - t.arrival)
+        if t.first_scheduled is not None:
+            metrics.queue_time.observe(model, t.first_scheduled - t.arrival)
+            end_of_prefill = t.first_token or t.finished
+            if end_of_prefill is not None:
+                metrics.prefill_time.observe(model, end_of_prefill - t.first_scheduled)
+        if t.first_token is None:
+            return
+        metrics.generation_len.observe(model, state.generated_tokens)
+        metrics.ttft.observe(model, t.first_token - t.arrival)
+        for gap in t.inter_token:
+            metrics.itl.observe(model, gap)
+        if t.last_token is not None:
+            metrics.decode_time.observe(model, t.last_token - t.first_token)
+            per_request = len(t.inter_token)
+            if per_request:
+                metrics.tpot.observe(model, (t.last_token - t.first_token) / per_request)
+
+    engine.step_observers.append(on_step)
+    engine.finish_observers.append(on_finished)
+
+
+def snapshots(state: ServerState) -> Iterable[EngineSnapshot]:
+    for name, m in state.models.items():
+        e = m.engine
+        yield EngineSnapshot(
+            model=name, running=e.num_running, waiting=e.num_waiting,
+            blocks_total=e.blocks.num_blocks, blocks_used=e.blocks.num_used,
+            rejections=e.num_rejected, preemptions=e.scheduler.num_preemptions,
+            prefix_queries=e.blocks.prefix_queries, prefix_hits=e.blocks.prefix_hits,
+            dtype=str(m.loaded.dtype).removeprefix("torch."), device=str(m.loaded.device),
+            architecture=m.loaded.config.architecture, alive=e.is_running)
+
+
+def _endpoint(scope: Scope) -> str:
+    route = scope.get("route")
+    path = getattr(route, "path", None)
+    # Unmatched paths share one label, so random 404 URLs cannot explode cardinality.
+    return str(path) if path else "unmatched"
+
+
+class ObservabilityMiddleware:
+    """Per HTTP request: the request counter and duration histogram, and one structured
+    log line at completion (ids, model, endpoint, status, tokens, timings, client)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics, log_prompts: bool) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.log_prompts = log_prompts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.monotonic()
+        status = {"code": 500}
+        logged = {"done": False}
+
+        async def send_and_watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = int(message["status"])
+            await send(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                self._finish(scope, status["code"], started)
+                logged["done"] = True
+
+        try:
+            await self.app(scope, receive, send_and_watch)
+        finally:
+            if not logged["done"]:  # the client left before the body ended
+                self._finish(scope, 499 if status["code"] < 400 else status["code"], started)
+
+    def _finish(self, scope: Scope, status: int, started: float) -> None:
+        seconds = time.monotonic() - started
+        endpoint, method = _endpoint(scope), str(scope.get("method", ""))
+        if endpoint in ("/metrics", "/livez", "/readyz", "/startupz", "/health"):
+            # Probes and scrapes are counted but not logged: they would drown the log.
+            self.metrics.http_requests.labels(endpoint=endpoint, method=method,
+                                              status=str(status)).inc()
+            return
+        self.metrics.http_requests.labels(endpoint=endpoint, method=method,
+                                          status=str(status)).inc()
+        self.metrics.http_duration.labels(endpoint=endpoint, method=method).observe(seconds)
+        state: dict[str, Any] = scope.get("state", {})
+        entry: dict[str, Any] = {
+            "endpoint": endpoint, "method": method, "status": status,
+            "total_ms": round(1000 * seconds, 1),
+            "client": (scope.get("client") or ("-",))[0],
+        }
+        streams = state.get("streams") or []
+        if streams:
+            states = [s.state for s in streams]
+            first = states[0]
+            entry["model"] = streams[0].engine.name
+            entry["prompt_tokens"] = sum(len(s.prompt_ids) for s in states)
+            entry["generated_tokens"] = sum(s.generated_tokens for s in states)
+            entry["finish_reasons"] = sorted({r for s in states for r in s.finish_reasons})
+            t = first.times
+            if t.first_scheduled is not None:
+                entry["queue_ms"] = round(1000 * (t.first_scheduled - t.arrival), 1)
+            if t.first_token is not None:
+                entry["ttft_ms"] = round(1000 * (t.first_token - t.arrival), 1)
+            if self.log_prompts:
+                tokenizer = streams[0].engine.tokenizer
+                entry["prompts"] = [tokenizer.decode(s.prompt_ids) for s in states]
+        log.info("request", extra=entry)

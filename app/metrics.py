@@ -1,0 +1,219 @@
+"""Every Prometheus metric of the service, defined once.
+
+Names follow Prometheus conventions (base units, `_total` counters, `_seconds`). Counters
+and histograms are recorded as things happen (engine observers, HTTP middleware); gauges
+are read from the engines at scrape time, so they can never drift from the truth.
+
+With `compat="vllm"` the same figures are also exposed under vLLM's names with a
+`model_name` label, so existing vLLM dashboards and autoscaling rules work unchanged.
+Nothing is registered globally: each app builds its own registry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3,
+                   0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0)
+TOKEN_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.075,
+                         0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0)
+TOKEN_COUNT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384,
+                       32768)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 256)
+
+
+@dataclass(frozen=True)
+class EngineSnapshot:
+    """What the gauges read from one engine at scrape time."""
+
+    model: str
+    running: int
+    waiting: int
+    blocks_total: int
+    blocks_used: int
+    rejections: int
+    preemptions: int
+    prefix_queries: int
+    prefix_hits: int
+    dtype: str
+    device: str
+    architecture: str
+    alive: bool
+
+
+class _Pair:
+    """One figure recorded under our name and, with vLLM compatibility, vLLM's."""
+
+    def __init__(self, ours: Any, theirs: Any | None) -> None:
+        self.ours, self.theirs = ours, theirs
+
+    def inc(self, model: str, amount: float = 1, **labels: str) -> None:
+        if amount <= 0:
+            return
+        self.ours.labels(model=model, **labels).inc(amount)
+        if self.theirs is not None:
+            self.theirs.labels(model_name=model, **_vllm_labels(labels)).inc(amount)
+
+    def observe(self, model: str, value: float, **labels: str) -> None:
+        self.ours.labels(model=model, **labels).observe(value)
+        if self.theirs is not None:
+            self.theirs.labels(model_name=model, **_vllm_labels(labels)).observe(value)
+
+
+def _vllm_labels(labels: dict[str, str]) -> dict[str, str]:
+    return {("finished_reason" if k == "finish_reason" else k): v for k, v in labels.items()}
+
+
+class Metrics:
+    def __init__(self, compat: str = "none", version: str = "0") -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.version = version
+        self.vllm = compat == "vllm"
+        r = self.registry
+
+        def counter(name: str, doc: str, labels: tuple[str, ...] = (),
+                    vllm: str | None = None) -> _Pair:
+            ours = Counter(name, doc, ("model", *labels), registry=r)
+            theirs = None
+            if self.vllm and vllm:
+                theirs = Counter(vllm, doc, ("model_name", *(_vllm_labels(
+                    dict.fromkeys(labels, "")).keys())), registry=r)
+            return _Pair(ours, theirs)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...],
+                      vllm: str | None = None) -> _Pair:
+            ours = Histogram(name, doc, ("model",), buckets=buckets, registry=r)
+            theirs = None
+            if self.vllm and vllm:
+                theirs = Histogram(vllm, doc, ("model_name",), buckets=buckets, registry=r)
+            return _Pair(ours, theirs)
+
+        # --- counters
+        self.prompt_tokens = counter("llm_prompt_tokens_total", "Prompt tokens processed",
+                                     vllm="vllm:prompt_tokens")
+        self.generation_tokens = counter("llm_generation_tokens_total", "Tokens generated",
+                                         vllm="vllm:generation_tokens")
+        self.requests_finished = counter(
+            "llm_requests_finished_total", "Engine requests finished, by finish reason",
+            ("finish_reason",), vllm="vllm:request_success")
+        self.aborts = counter("llm_request_aborts_total",
+                              "Requests aborted (client went away or cancelled)")
+        self.errors = Counter("llm_errors_total", "Error responses, by error type",
+                              ("type",), registry=r)
+        self.http_requests = Counter("llm_http_requests_total", "HTTP requests",
+                                     ("endpoint", "method", "status"), registry=r)
+        # --- histograms
+        self.e2e = histogram("llm_e2e_request_latency_seconds",
+                             "Arrival to last token, per engine request", LATENCY_BUCKETS,
+                             vllm="vllm:e2e_request_latency_seconds")
+        self.ttft = histogram("llm_time_to_first_token_seconds",
+                              "Arrival to first generated token", LATENCY_BUCKETS,
+                              vllm="vllm:time_to_first_token_seconds")
+        self.itl = histogram("llm_inter_token_latency_seconds",
+                             "Time between consecutive tokens of a sequence",
+                             TOKEN_LATENCY_BUCKETS, vllm="vllm:inter_token_latency_seconds")
+        self.tpot = histogram("llm_time_per_output_token_seconds",
+                              "(e2e - ttft) / (generated - 1), per request",
+                              TOKEN_LATENCY_BUCKETS, vllm="vllm:time_per_output_token_seconds")
+        self.queue_time = histogram("llm_request_queue_time_seconds",
+                                    "Arrival to first scheduled", LATENCY_BUCKETS,
+                                    vllm="vllm:request_queue_time_seconds")
+        self.prefill_time = histogram("llm_request_prefill_time_seconds",
+                                      "First scheduled to first token (or result)",
+                                      LATENCY_BUCKETS, vllm="vllm:request_prefill_time_seconds")
+        self.decode_time = histogram("llm_request_decode_time_seconds",
+                                     "First token to last token", LATENCY_BUCKETS,
+                                     vllm="vllm:request_decode_time_seconds")
+        self.prompt_len = histogram("llm_request_prompt_tokens", "Prompt length in tokens",
+                                    TOKEN_COUNT_BUCKETS, vllm="vllm:request_prompt_tokens")
+        self.generation_len = histogram("llm_request_generation_tokens",
+                                        "Generated tokens per request", TOKEN_COUNT_BUCKETS,
+                                        vllm="vllm:request_generation_tokens")
+        self.batch_seqs = histogram("llm_batch_size_sequences", "Sequences per engine step",
+                                    BATCH_BUCKETS)
+        self.batch_tokens = histogram("llm_batch_size_tokens", "Tokens per engine step",
+                                      TOKEN_COUNT_BUCKETS)
+        self.step_time = histogram("llm_engine_step_seconds", "Duration of one engine step",
+                                   LATENCY_BUCKETS)
+        self.http_duration = Histogram("llm_http_request_duration_seconds",
+                                       "HTTP request duration (to the last body byte)",
+                                       ("endpoint", "method"), buckets=LATENCY_BUCKETS,
+                                       registry=r)
+        self._snapshots: Callable[[], Iterable[EngineSnapshot]] = list
+
+    def watch(self, snapshots: Callable[[], Iterable[EngineSnapshot]]) -> None:
+        """Gauges read engine state through this function at scrape time."""
+        self._snapshots = snapshots
+        self.registry.register(_EngineGauges(self))
+
+
+class _EngineGauges(Collector):
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterable[Metric]:
+        m = self.metrics
+        snaps = list(m._snapshots())
+        families: dict[str, GaugeMetricFamily] = {}
+        counters: dict[str, CounterMetricFamily] = {}
+
+        def counter(name: str, doc: str, label: str = "model") -> CounterMetricFamily:
+            if name not in counters:
+                counters[name] = CounterMetricFamily(name, doc, labels=[label])
+            return counters[name]
+
+        def gauge(name: str, doc: str, labels: tuple[str, ...] = ("model",)
+                  ) -> GaugeMetricFamily:
+            if name not in families:
+                families[name] = GaugeMetricFamily(name, doc, labels=list(labels))
+            return families[name]
+
+        for s in snaps:
+            usage = s.blocks_used / s.blocks_total if s.blocks_total else 0.0
+            gauge("llm_requests_running", "Requests in the running batch").add_metric(
+                [s.model], s.running)
+            gauge("llm_requests_waiting", "Requests queued for admission").add_metric(
+                [s.model], s.waiting)
+            gauge("llm_kv_cache_usage_ratio", "Fraction of KV-cache blocks in use").add_metric(
+                [s.model], usage)
+            gauge("llm_kv_cache_blocks", "KV-cache blocks in total").add_metric(
+                [s.model], s.blocks_total)
+            gauge("llm_kv_cache_blocks_used", "KV-cache blocks held by requests").add_metric(
+                [s.model], s.blocks_used)
+            gauge("llm_engine_alive", "1 while the model's engine runs").add_metric(
+                [s.model], 1.0 if s.alive else 0.0)
+            gauge("llm_model_info", "Served model (value 1)",
+                  ("model", "architecture", "dtype", "device", "version")).add_metric(
+                [s.model, s.architecture, s.dtype, s.device, m.version], 1.0)
+            # Counters the engine keeps itself, read here so they are always exact.
+            owned = (
+                ("llm_admission_rejections", "Requests refused with 429 (queue full)",
+                 s.rejections, None),
+                ("llm_preemptions", "Sequences preempted (blocks freed, recomputed later)",
+                 s.preemptions, "vllm:num_preemptions"),
+                ("llm_prefix_cache_queries_tokens", "Prompt tokens looked up in the prefix cache",
+                 s.prefix_queries, "vllm:prefix_cache_queries"),
+                ("llm_prefix_cache_hits_tokens", "Prompt tokens served from the prefix cache",
+                 s.prefix_hits, "vllm:prefix_cache_hits"),
+            )
+            for name, doc, value, vllm_name in owned:
+                counter(name, doc).add_metric([s.model], value)
+                if m.vllm and vllm_name:
+                    counter(vllm_name, doc, "model_name").add_metric([s.model], value)
+            if m.vllm:
+                vllm_gauges: tuple[tuple[str, float], ...] = (
+                    ("vllm:num_requests_running", s.running),
+                    ("vllm:num_requests_waiting", s.waiting),
+                    ("vllm:kv_cache_usage_perc", usage),
+                    ("vllm:gpu_cache_usage_perc", usage))
+                for gauge_name, gauge_value in vllm_gauges:
+                    gauge(gauge_name, f"vLLM-compatible {gauge_name}", ("model_name",)
+                          ).add_metric([s.model], gauge_value)
+        yield from families.values()
+        yield from counters.values()
