@@ -11,7 +11,7 @@ import httpx
 import torch
 from fastapi import FastAPI
 
-from tests.api.conftest import running_app, settings_for
+from tests.app_helpers import running_app, settings_for
 
 
 def sse_events(text: str) -> list[Any]:

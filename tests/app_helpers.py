@@ -1,13 +1,13 @@
+"""The app in-process with its lifespan, for API tests."""
+
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
-import pytest
 from fastapi import FastAPI
 
 from app.api.state import Phase, ServerState
@@ -40,23 +40,3 @@ async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.
             yield app, client
 
 
-@pytest.fixture
-def checkpoints(hf_checkpoint: Any) -> dict[str, Path]:
-    return {"lm": hf_checkpoint("llama_gqa_llama3")[0], "cls": hf_checkpoint("gpt2_cls")[0]}
-
-
-@pytest.fixture
-def api(checkpoints: dict[str, Path]) -> Callable[..., Any]:
-    """api(body, **settings): run `await body(app, client)` against lm + cls models."""
-
-    def go(body: Callable[[FastAPI, httpx.AsyncClient], Awaitable[T]], *, models: list[str]
-           | None = None, **overrides: Any) -> T:
-        specs = models or [f"lm={checkpoints['lm']}", f"cls={checkpoints['cls']}"]
-
-        async def main() -> T:
-            async with running_app(settings_for(*specs, **overrides)) as (app, client):
-                return await body(app, client)
-
-        return asyncio.run(main())
-
-    return go

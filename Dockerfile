@@ -1,0 +1,54 @@
+# syntax=docker/dockerfile:1
+# CPU image by default. CUDA image: give a CUDA torch wheel index at build time,
+#   docker build --build-arg TORCH_INDEX_URL=<CUDA 12.x wheel index> -t llm-inference:cuda .
+# PyTorch's CUDA wheels bundle the CUDA runtime, so the same slim Python base serves both.
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_VERSION=2.13.0
+# Package indexes are build arguments: the repository names no registry host.
+ARG TORCH_INDEX_URL=""
+ARG PIP_INDEX_URL=""
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_INDEX_URL=${PIP_INDEX_URL}
+WORKDIR /src
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+# The same requirements.txt the Makefile installs: one list of dependencies.
+COPY requirements.txt ./
+RUN if [ -n "$TORCH_INDEX_URL" ]; then \
+        pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"; \
+    else \
+        pip install "torch==${TORCH_VERSION}"; \
+    fi \
+    && pip install -r requirements.txt
+COPY pyproject.toml README.md ./
+COPY app ./app
+RUN pip install --no-deps --no-build-isolation . \
+    && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
+
+FROM ${PYTHON_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="llm-inference" \
+      org.opencontainers.image.description="LLM inference: predict, generate, classify, OpenAI-compatible API, Prometheus metrics"
+RUN groupadd --gid 10001 app \
+    && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin app
+COPY --from=build /opt/venv /opt/venv
+# The shipped default models; mount others and point LLM_MODEL at them.
+COPY models/default-lm /models/default-lm
+COPY models/fortune-classifier /models/fortune-classifier
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    LLM_HOST=0.0.0.0 \
+    LLM_PORT=8000 \
+    LLM_MODEL=default-lm=/models/default-lm,fortune-classifier=/models/fortune-classifier
+# The only writable path: /tmp (a tmpfs when the root filesystem is read-only).
+VOLUME ["/tmp"]
+USER 10001:10001
+EXPOSE 8000
+HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"]
+# Exec form: python is PID 1 and receives SIGTERM itself (graceful drain).
+CMD ["python", "-m", "app", "serve"]
