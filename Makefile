@@ -9,7 +9,7 @@ TORCH  := torch==2.13.0
 HOST  ?= 0.0.0.0
 PORT  ?= 8000
 
-.PHONY: install install-dev serve test lint typecheck unit clean
+.PHONY: install install-dev serve test lint typecheck unit tools lint-deploy soak fuzz bench clean
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,10 @@ $(BIN)/.installed-dev: $(BIN)/.installed requirements-dev.txt
 install: $(BIN)/.installed
 install-dev: $(BIN)/.installed-dev
 
+# The shipped language model and classifier on http://localhost:$(PORT).
 serve: $(BIN)/.installed
-	$(BIN)/python -m app generate --model models/default-lm --prompt "def main():" --max-tokens 48
+	$(BIN)/python -m app serve --host $(HOST) --port $(PORT) \
+		--model default-lm=models/default-lm --model fortune-classifier=models/fortune-classifier
 
 lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check app tests bench
@@ -35,10 +37,27 @@ lint: $(BIN)/.installed-dev
 typecheck: $(BIN)/.installed-dev
 	$(BIN)/mypy
 
+# Tools the deployment checks use that are not Python test dependencies: promtool
+# (Debian's prometheus package; needs root and apt) and checkov (its own venv, because its
+# dependency pins clash with ours). Missing tools make their tests skip with a reason.
+tools:
+	@command -v promtool >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends prometheus >/dev/null) \
+		|| echo "promtool unavailable: its checks will be skipped")
+	@test -x .venv-tools/bin/checkov || ($(PYTHON) -m venv .venv-tools \
+		&& .venv-tools/bin/pip install --quiet --disable-pip-version-check checkov==3.3.30) \
+		|| echo "checkov unavailable: its check will be skipped"
+
 unit: $(BIN)/.installed-dev
 	$(BIN)/python -m pytest
 
-test: lint typecheck unit
+# Deployment checks alone: hadolint, kustomize + kubernetes-validate, ServiceMonitor CRD
+# schema, checkov, compose, promtool, and the image smoke test.
+lint-deploy: $(BIN)/.installed-dev tools
+	$(BIN)/python -m pytest tests/deploy
+
+test: lint typecheck tools unit
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
@@ -65,3 +84,18 @@ models: model-data
 	$(BIN)/python -m app train classifier $(DATA)/classifier/train.jsonl \
 		--test $(DATA)/classifier/test.jsonl --base models/default-lm \
 		--out models/fortune-classifier $(CLF_TRAIN_FLAGS)
+
+# ---------------------------------------------------------------- long suites, benchmarks
+# ~10 minutes of mixed load with disconnects; writes docs/soak.json.
+soak: $(BIN)/.installed-dev
+	SOAK_SECONDS=$${SOAK_SECONDS:-600} SOAK_REPORT=docs/soak.json \
+		$(BIN)/python -m pytest tests/reliability/test_soak.py -q
+
+# Thousands of schemathesis examples per operation.
+fuzz: $(BIN)/.installed-dev
+	FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-1000} \
+		$(BIN)/python -m pytest tests/api/test_live_server.py -q -k schemathesis
+
+# Engine benchmark against transformers (about 25 minutes); table in docs/PERFORMANCE.md.
+bench: $(BIN)/.installed-dev
+	$(BIN)/python -m bench.engine

@@ -39,7 +39,8 @@ class Settings(BaseSettings):
 
     # --- models and placement
     model: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["models/default-lm"],
+        default_factory=lambda: ["default-lm=models/default-lm",
+                                 "fortune-classifier=models/fortune-classifier"],
         description="checkpoint directory, or NAME=DIR; repeat for several models "
                     "(the first serving an endpoint is its default)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
@@ -90,8 +91,10 @@ class Settings(BaseSettings):
                                                             "before 429")
 
     # --- observability
-    log_level: Literal["debug", "info", "warning", "error"] = Field("info")
-    log_format: Literal["json", "text"] = Field("json")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="debug | info | warning | error")
+    log_format: Literal["json", "text"] = Field(
+        "json", description="json: one JSON object per line; text: for humans")
     log_prompts: bool = Field(False, description="include prompt text in request logs")
     metrics_compat: Literal["none", "vllm"] = Field(
         "none", description="also expose metrics under vLLM's names")

@@ -137,6 +137,11 @@ class Tokenizer:
     # ------------------------------------------------------------------ text <-> ids
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # e.g. a lone surrogate from JSON "\\ud800"
+            raise TokenizerError(f"text is not valid Unicode at position {exc.start}: "
+                                 f"{exc.reason}") from exc
         ids: list[int] = self.backend.encode(text, add_special_tokens=False).ids
         bos = self.bos_id
         # Templates that already start with the BOS text must not get a second one.

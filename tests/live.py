@@ -24,16 +24,22 @@ def free_port() -> int:
 
 class LiveServer:
     def __init__(self, *args: str, env: dict[str, str] | None = None,
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, args_override: list[str] | None = None) -> None:
+        """`python -m app serve ARGS` on a free loopback port; with `args_override`, the
+        command is exactly `python -m app ARGS_OVERRIDE` (the port set through env)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"live-{self.port}.log"
         self._log = self.log_path.open("w")
-        self.proc = subprocess.Popen(
-            [python, "-m", "app", "serve", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-format", "text", *args],
-            cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
-            env={**os.environ, **(env or {})})
+        if args_override is None:
+            command = [python, "-m", "app", "serve", "--host", "127.0.0.1", "--port",
+                       str(self.port), "--log-format", "text", *args]
+            full_env = {**os.environ, **(env or {})}
+        else:
+            command = [python, "-m", "app", *args_override]
+            full_env = {**(env or {}), "LLM_PORT": str(self.port)}
+        self.proc = subprocess.Popen(command, cwd=ROOT if args_override is None else "/",
+                                     stdout=self._log, stderr=subprocess.STDOUT, env=full_env)
 
     def wait_ready(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
