@@ -301,6 +301,8 @@ def save_model(
     raw["torch_dtype"] = {v: k for k, v in DTYPES.items()}.get(params.dtype, "float32")
     (out / CONFIG_FILE).write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
     save_file(dict(_export_tensors(model)), str(out / SAFETENSORS_FILE), metadata={"format": "pt"})
+    # safetensors writes 0600; a checkpoint must be readable by the (non-root) server user.
+    (out / SAFETENSORS_FILE).chmod(0o644)
     if generation_config is not None:
         (out / GENERATION_CONFIG_FILE).write_text(
             json.dumps(generation_config, indent=2, sort_keys=True) + "\n"

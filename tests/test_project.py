@@ -19,3 +19,12 @@ def test_ci_runs_the_readme_test_command() -> None:
     assert "make test" in (ROOT / ".ci" / "run").read_text()
     readme = (ROOT / "README.md").read_text()
     assert "make test" in readme and "make serve" in readme
+
+
+def test_every_setting_is_in_the_readme_table() -> None:
+    from app.config import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    for name in Settings.model_fields:
+        flag, env = f"`--{name.replace('_', '-')}`", f"`LLM_{name.upper()}`"
+        assert f"| {flag} | {env} |" in readme, name
