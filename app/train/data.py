@@ -9,9 +9,10 @@ import csv
 import io
 import json
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -47,20 +48,28 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
     return files
 
 
+def jsonl_rows(file: Path, text: str) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON-lines file."""
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{file}:{n}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(obj, dict):
+            raise DataError(f"{file}:{n}: expected a JSON object")
+        yield n, obj
+
+
 def read_documents(paths: Iterable[str | Path]) -> list[str]:
     """Documents from .txt-like files (one document each) and .jsonl files ({"text": ...})."""
     docs: list[str] = []
     for file in _expand(paths):
         text = _decode(file)
         if file.suffix == ".jsonl":
-            for n, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(f"{file}:{n}: not valid JSON ({exc.msg})") from exc
-                if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+            for n, row in jsonl_rows(file, text):
+                if not isinstance(row.get("text"), str):
                     raise DataError(f'{file}:{n}: expected an object with a "text" string')
                 docs.append(row["text"])
         elif text.strip():
@@ -115,15 +124,7 @@ def read_labelled(
     content = _decode(file)
     rows: list[LabelledText] = []
     if file.suffix == ".jsonl":
-        for n, line in enumerate(content.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{file}:{n}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(obj, dict):
-                raise DataError(f"{file}:{n}: expected a JSON object")
+        for n, obj in jsonl_rows(file, content):
             rows.append(_row(file, n, obj, text_column, label_column))
     else:
         reader = csv.DictReader(io.StringIO(content, newline=""))
