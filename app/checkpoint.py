@@ -76,15 +76,25 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """'auto' -> bfloat16 on GPUs that have it (else float16), float32 on CPU.
+# On CPUs with native bf16 (AVX512-BF16 / AMX), bf16 pays off above this size; below it
+# per-op overhead dominates and bf16 conversions make small models slower
+# (bench/dtype.py: 124M GPT-2 1.5x faster batch-1 and 1.36x at batch 32; 6.5M model 0.8x).
+CPU_BF16_MIN_PARAMETERS = 50_000_000
 
-    float32 is the CPU default because batch-1 decode is memory-bound and oneDNN's bf16
-    matrix-vector path streams unpacked weights no faster than fp32 (docs/PERFORMANCE.md).
-    """
+
+def cpu_has_bf16() -> bool:
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
+
+
+def resolve_dtype(name: str, device: torch.device, parameters: int = 0) -> torch.dtype:
+    """'auto' -> bfloat16 on GPUs that have it (else float16); on CPU, bfloat16 for models
+    of at least CPU_BF16_MIN_PARAMETERS when the CPU computes bf16 natively, else float32
+    (measured in docs/PERFORMANCE.md)."""
     if name == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if parameters >= CPU_BF16_MIN_PARAMETERS and cpu_has_bf16():
+            return torch.bfloat16
         return torch.float32
     if name not in DTYPES:
         raise CheckpointError(f"unknown dtype {name!r} (use auto, {', '.join(DTYPES)})")
@@ -104,6 +114,16 @@ def read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: expected a JSON object")
     return data
+
+
+def estimated_parameters(cfg: ModelConfig) -> int:
+    """Parameter count implied by a config (for choosing a dtype before loading)."""
+    h, layers = cfg.hidden_size, cfg.num_layers
+    attention = h * (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim + \
+        cfg.num_heads * cfg.head_dim * h
+    mlp = (2 if cfg.family == "gpt2" else 3) * h * cfg.intermediate_size
+    embeddings = cfg.vocab_size * h * (1 if cfg.tie_word_embeddings else 2)
+    return layers * (attention + mlp) + embeddings
 
 
 def load_config(path: Path) -> ModelConfig:
@@ -232,7 +252,7 @@ def load_model(path: str | Path, dtype: str = "auto", device: str = "auto") -> L
     directory = Path(path)
     cfg = load_config(directory)
     target_device = resolve_device(device)
-    target_dtype = resolve_dtype(dtype, target_device)
+    target_dtype = resolve_dtype(dtype, target_device, estimated_parameters(cfg))
     try:
         with torch.device("meta"):
             model = Transformer(cfg)

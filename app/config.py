@@ -44,7 +44,9 @@ class Settings(BaseSettings):
         description="checkpoint directory, or NAME=DIR; repeat for several models "
                     "(the first serving an endpoint is its default)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="weights and KV-cache dtype (auto: bf16/fp16 on GPU, fp32 on CPU)")
+        "auto", description="weights and KV-cache dtype (auto: bf16/fp16 on GPU; on CPU bf16 "
+                            "for models of 50M+ parameters when the CPU has native bf16, "
+                            "else fp32)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
 

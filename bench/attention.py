@@ -85,8 +85,6 @@ def main() -> None:
     try:
         from torch.nn.attention.flex_attention import create_block_mask, flex_attention
 
-        ks = cache.k[0][padded_slots].transpose(1, 2)  # (B, nh, width, hd)
-        vs = cache.v[0][padded_slots].transpose(1, 2)
         lengths = torch.tensor(lens)
 
         def mask_mod(b: torch.Tensor, h: torch.Tensor, qi: torch.Tensor,
@@ -97,6 +95,8 @@ def main() -> None:
         compiled = torch.compile(flex_attention)
 
         def flex() -> torch.Tensor:
+            ks = cache.k[0][padded_slots].transpose(1, 2)  # (B, nh, width, hd)
+            vs = cache.v[0][padded_slots].transpose(1, 2)
             return compiled(q[0][:, :, None], ks, vs, block_mask=mask)
 
         results["flex (compiled)"] = timed(flex, repeats=10)

@@ -151,3 +151,23 @@ def test_mistral_sliding_window_caps_context(llama_dir: Path) -> None:
                 sliding_window=64)
     loaded = load_model(llama_dir, dtype="float32", device="cpu")
     assert loaded.config.max_model_len == 64
+
+
+def test_auto_dtype_rule(hf_checkpoint) -> None:
+    from app.checkpoint import (
+        CPU_BF16_MIN_PARAMETERS,
+        cpu_has_bf16,
+        estimated_parameters,
+        load_config,
+        resolve_dtype,
+    )
+
+    directory, ref = hf_checkpoint("llama_gqa_llama3")
+    cfg = load_config(directory)
+    assert estimated_parameters(cfg) == sum(
+        p.numel() for n, p in ref.named_parameters() if "norm" not in n)
+    cpu = torch.device("cpu")
+    assert resolve_dtype("auto", cpu, 1000) == torch.float32
+    big = resolve_dtype("auto", cpu, CPU_BF16_MIN_PARAMETERS)
+    assert big == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
+    assert resolve_dtype("float32", cpu, 10**12) == torch.float32

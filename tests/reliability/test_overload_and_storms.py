@@ -5,6 +5,8 @@ aborted and every KV block comes back."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
 import time
 from typing import Any
@@ -14,6 +16,15 @@ import psutil
 import pytest
 
 from tests.live import LiveServer
+
+
+def record(name: str, figures: dict[str, Any]) -> None:
+    """With RELIABILITY_REPORT=DIR, keep the figures for docs/RELIABILITY.md."""
+    out = os.environ.get("RELIABILITY_REPORT")
+    if out:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, f"{name}.json"), "w") as f:
+            json.dump(figures, f, indent=2)
 
 FLAGS = ("--num-kv-blocks", "1024", "--block-size", "4", "--max-num-batched-tokens", "64")
 
@@ -70,6 +81,11 @@ def test_overload_refuses_excess_fast_and_completes_the_rest(lm: Any) -> None:
         wait_idle(live.url)
         rss_after = psutil.Process(live.proc.pid).memory_info().rss
         assert rss_after - rss_before < 200 * 2**20  # bounded: no per-request leak
+        record("overload", {"sent": 24, "admitted": len(served), "refused_429": len(refused),
+                            "slowest_429_s": slowest_refusal,
+                            "fastest_200_s": min(t for t, _ in served),
+                            "rss_before_mib": rss_before / 2**20,
+                            "rss_after_mib": rss_after / 2**20})
 
 
 def test_disconnect_storm_returns_every_block(lm: Any) -> None:
@@ -98,11 +114,15 @@ def test_disconnect_storm_returns_every_block(lm: Any) -> None:
             async with httpx.AsyncClient(base_url=live.url, timeout=60) as client:
                 await asyncio.gather(*(leave_at_random(client, i) for i in range(300)))
 
+        started = time.monotonic()
         asyncio.run(main())
         wait_idle(live.url, timeout=15)
+        record("disconnect_storm_timing", {"seconds_to_idle": time.monotonic() - started})
         metrics = httpx.get(live.url + "/metrics").text
         aborted = next(float(line.split()[-1]) for line in metrics.splitlines()
                        if line.startswith('llm_request_aborts_total{model="lm"}'))
         assert aborted >= 250  # 300 left mid-stream; a few may have finished first
+        record("disconnect_storm", {"streams": 300, "aborted": aborted,
+                                    "blocks_used_after": load(live.url)["kv_blocks_used"]})
         after = httpx.post(live.url + "/v1/generate", json=req, timeout=60).json()["text"]
         assert after == before
