@@ -33,7 +33,7 @@ CASES: list[tuple[str, str, bytes | dict[str, Any], dict[str, str], int]] = [
     ("lone surrogate in chat", "/v1/chat/completions",
      b'{"messages": [{"role": "user", "content": "\\udfff"}]}', JSON, 400),
     ("lone surrogate label", "/v1/classify",
-     b'{"text": "x", "candidate_labels": ["\\ud800"]}', JSON, 400),
+     b'{"text": "x", "candidate_labels": ["\\ud800"]}', JSON, 422),
     ("NaN temperature", "/v1/generate", b'{"prompt": "hi", "temperature": NaN}', JSON, 422),
     ("infinite top_p", "/v1/generate", b'{"prompt": "hi", "top_p": Infinity}', JSON, 422),
     ("negative temperature", "/v1/generate", {"prompt": "hi", "temperature": -1}, {}, 422),
