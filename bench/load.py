@@ -117,7 +117,10 @@ async def one(client: httpx.AsyncClient, kind: str, rng: random.Random,
                     events += 1
                     if ttft is None:
                         ttft = time.perf_counter() - start
-                    payload = json.loads(line[6:])
+                    try:
+                        payload = json.loads(line[6:])
+                    except json.JSONDecodeError:  # a malformed event: a protocol error
+                        return Result(kind, -2, time.perf_counter() - start, ttft)
                     tokens = payload.get("usage", {}).get("completion_tokens", tokens)
                     if disconnect and events >= leave_after:
                         return Result(kind, 200, time.perf_counter() - start, ttft,

@@ -141,8 +141,17 @@ async def collect(request: Request, streams: list[RequestStream]) -> list[Reques
             await asyncio.gather(work, return_exceptions=True)
 
 
+# Characters that some line readers (str.splitlines, hence several HTTP clients) treat as
+# line breaks; JSON-escaped, so one SSE event is always one line on every client.
+_LINE_BREAKERS = {c: f"\\u{c:04x}" for c in (0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x85, 0x2028,
+                                               0x2029)}
+
+
 def sse(data: dict[str, Any] | str) -> str:
-    payload = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
+    if isinstance(data, str):
+        payload = data
+    else:
+        payload = json.dumps(data, ensure_ascii=False).translate(_LINE_BREAKERS)
     return f"data: {payload}\n\n"
 
 

@@ -234,3 +234,11 @@ def test_model_that_fails_to_load_is_reported(tmp_path: Any) -> None:
             error_of(await client.post("/v1/generate", json={"prompt": "x"}), 503)
 
     asyncio.run(main())
+
+
+def test_sse_event_is_one_line_for_every_line_reader() -> None:
+    from app.api.serving import sse
+
+    event = sse({"text": "a\u2028b\x85c\nd\x0be"})
+    assert event.endswith("\n\n") and len(event.rstrip("\n").splitlines()) == 1
+    assert json.loads(event[len("data: "):])["text"] == "a\u2028b\x85c\nd\x0be"
