@@ -93,8 +93,8 @@ def text(rng: random.Random, n_words: int) -> str:
 
 
 async def one(client: httpx.AsyncClient, kind: str, rng: random.Random,
-              disconnect: bool) -> Result:
-    prompt = text(rng, rng.choice((3, 10, 40, 120)))
+              disconnect: bool, max_words: int = 120) -> Result:
+    prompt = text(rng, rng.choice([n for n in (3, 10, 40, 120) if n <= max_words] or [3]))
     max_tokens = rng.randint(4, 48)
     start = time.perf_counter()
     try:
@@ -154,8 +154,8 @@ def engine_load(metrics_text: str) -> dict[str, float]:
 
 
 async def run_load(url: str, requests: int, concurrency: int, duration: float,
-                   disconnect_fraction: float, seed: int, api_key: str | None = None
-                   ) -> Report:
+                   disconnect_fraction: float, seed: int, api_key: str | None = None,
+                   max_words: int = 120) -> Report:
     require_loopback(url)
     rng = random.Random(seed)
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -174,7 +174,7 @@ async def run_load(url: str, requests: int, concurrency: int, duration: float,
             local = random.Random(worker_seed)
             while not queue.empty() and time.perf_counter() < deadline:
                 kind, disconnect = queue.get_nowait()
-                report.results.append(await one(client, kind, local, disconnect))
+                report.results.append(await one(client, kind, local, disconnect, max_words))
 
         start = time.perf_counter()
         await asyncio.gather(*(worker(seed * 1000 + i) for i in range(concurrency)))
@@ -200,9 +200,12 @@ def main() -> None:
     parser.add_argument("--disconnect-fraction", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--api-key")
+    parser.add_argument("--max-prompt-words", type=int, default=120,
+                        help="longest prompt (prompts are 3, 10, 40 or 120 words)")
     args = parser.parse_args()
     report = asyncio.run(run_load(args.url, args.requests, args.concurrency, args.duration,
-                                  args.disconnect_fraction, args.seed, args.api_key))
+                                  args.disconnect_fraction, args.seed, args.api_key,
+                                  args.max_prompt_words))
     summary = report.summary()
     print(json.dumps(summary, indent=2))
     errors = sum(n for status, n in summary["status"].items() if status.startswith("5"))
