@@ -14,25 +14,19 @@ Reports the median time per layer call and the ratio to bucketed.
 from __future__ import annotations
 
 import random
-import statistics
-import time
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from app.modeling.attention import PagedAttention, PagedKVCache, build_paged_batch
+from bench.engine import median_time
 
 
 def timed(fn: Callable[[], object], repeats: int = 30) -> float:
-    for _ in range(3):
+    for _ in range(3):  # warm up (allocator, lazy init, compilation)
         fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_time(fn, repeats)
 
 
 def main() -> None:

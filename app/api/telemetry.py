@@ -110,13 +110,10 @@ class ObservabilityMiddleware:
     def _finish(self, scope: Scope, status: int, started: float) -> None:
         seconds = time.monotonic() - started
         endpoint, method = _endpoint(scope), str(scope.get("method", ""))
-        if endpoint in ("/metrics", "/livez", "/readyz", "/startupz", "/health"):
-            # Probes and scrapes are counted but not logged: they would drown the log.
-            self.metrics.http_requests.labels(endpoint=endpoint, method=method,
-                                              status=str(status)).inc()
-            return
         self.metrics.http_requests.labels(endpoint=endpoint, method=method,
                                           status=str(status)).inc()
+        if endpoint in ("/metrics", "/livez", "/readyz", "/startupz", "/health"):
+            return  # probes and scrapes are counted, not logged: they would drown the log
         self.metrics.http_duration.labels(endpoint=endpoint, method=method).observe(seconds)
         state: dict[str, Any] = scope.get("state", {})
         entry: dict[str, Any] = {
