@@ -150,11 +150,6 @@ class Tokenizer:
             ids = [bos, *ids]
         return ids
 
-    def encode_batch(
-        self, texts: Sequence[str], add_special_tokens: bool = True
-    ) -> list[list[int]]:
-        return [self.encode(t, add_special_tokens) for t in texts]
-
     def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
         return str(self.backend.decode(list(ids), skip_special_tokens=skip_special_tokens))
 

@@ -14,7 +14,7 @@ from fastapi import Request
 
 from app.api.errors import BadRequest, error_body, status_of
 from app.api.schemas import SamplingFields, TokenLogprobOut, TopLogprob
-from app.api.state import ServedModel, ServerState
+from app.api.state import ServedModel
 from app.config import Settings
 from app.engine.engine import RequestStream
 from app.engine.errors import RequestCancelled
@@ -224,14 +224,6 @@ def logprobs_out(model: ServedModel, entries: list[TokenLogprob] | None
                       for t, lp in e.top]) for e in entries]
 
 
-def usage_of(outputs: Sequence[RequestOutput]) -> dict[str, int]:
-    prompt = sum(o.prompt_tokens for o in outputs)
-    completion = sum(len(c.token_ids) for o in outputs for c in o.completions)
-    cached = sum(o.cached_tokens for o in outputs)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion, "cached_tokens": cached}
-
-
 def stream_usage(streams: Sequence[RequestStream]) -> dict[str, int]:
     """Token counts of streamed requests, from the engine's own per-request state."""
     prompt = sum(len(s.state.prompt_ids) for s in streams)
@@ -240,7 +232,3 @@ def stream_usage(streams: Sequence[RequestStream]) -> dict[str, int]:
     return {"prompt_tokens": prompt, "completion_tokens": completion,
             "total_tokens": prompt + completion, "cached_tokens": cached}
 
-
-def state_of(request: Request) -> ServerState:
-    state: ServerState = request.app.state.server
-    return state

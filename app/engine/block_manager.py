@@ -156,6 +156,10 @@ class BlockManager:
             return
         size = self.block_size
         full = min(seq.num_computed, len(seq.token_ids)) // size
+        if full == 0 or self.blocks[seq.block_table[full - 1]].hash is not None:
+            # Hashes are given in order, so a hashed last full block means nothing new:
+            # the common decode step exits here instead of walking the whole table.
+            return
         parent: int | None = None
         for i in range(full):
             block = self.blocks[seq.block_table[i]]
@@ -197,13 +201,3 @@ class BlockManager:
         seq.block_table = []
         seq.num_computed = 0
 
-    def reset_prefix_cache(self) -> None:
-        """Forget every cached block (e.g. after the KV tensors were lost)."""
-        while self._cached:
-            block_id, _ = self._cached.popitem(last=False)
-            self.blocks[block_id].hash, self.blocks[block_id].tokens = None, ()
-            self._free.append(block_id)
-        for block in self.blocks:
-            if block.hash is not None:
-                del self._by_hash[block.hash]
-                block.hash, block.tokens = None, ()

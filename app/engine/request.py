@@ -146,10 +146,6 @@ class Sequence:
         return len(self.token_ids) - self.num_computed
 
     @property
-    def in_prefill(self) -> bool:
-        return self.num_computed < self.num_prompt_tokens
-
-    @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 

@@ -19,7 +19,6 @@ from app.api.serving import (
     sse_stream,
     stream_usage,
     submit_all,
-    usage_of,
 )
 from app.engine.output import RequestOutput
 from app.engine.request import RequestKind
@@ -73,4 +72,4 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep) -> 
                for i, out in enumerate(outputs) for c in out.completions]
     return GenerateResponse(id=request_id, model=model.name, text=results[0].text,
                             finish_reason=results[0].finish_reason, results=results,
-                            usage=Usage(**usage_of(outputs)))
+                            usage=Usage(**stream_usage(streams)))

@@ -39,7 +39,6 @@ from app.api.serving import (
     stream_usage,
     submit_all,
     token_text,
-    usage_of,
 )
 from app.api.state import ServedModel
 from app.engine.output import CompletionDelta, RequestOutput
@@ -135,7 +134,7 @@ async def completions(body: CompletionRequest, request: Request, state: StateDep
                                 logprobs=_completion_logprobs(model, c.logprobs))
                for i, out in enumerate(outputs) for c in out.completions]
     return CompletionResponse(id=cid, created=created, model=model.name, choices=choices,
-                              usage=Usage(**usage_of(outputs)))
+                              usage=Usage(**stream_usage(streams)))
 
 
 def _message_text(content: str | list[dict[str, Any]] | None) -> str:
@@ -200,4 +199,4 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
                           logprobs=_chat_logprobs(model, c.logprobs))
                for c in outputs[0].completions]
     return ChatCompletionResponse(id=cid, created=created, model=model.name, choices=choices,
-                                  usage=Usage(**usage_of(outputs)))
+                                  usage=Usage(**stream_usage(streams)))
