@@ -85,6 +85,9 @@ class Settings(BaseSettings):
         0.25, gt=0, le=0.95, description="auto KV-cache sizing: share of free memory")
     max_model_len: int = Field(0, ge=0, description="context cap (0: the model's)")
     enable_prefix_caching: bool = Field(True, description="reuse KV blocks of shared prefixes")
+    cache_salt_api_key: bool = Field(
+        False, description="isolate the prefix cache per API key: callers with different "
+                           "keys never share cached prompt blocks (see docs/RELIABILITY.md)")
     max_num_seqs: int = Field(32, ge=1, description="sequences per forward step")
     max_num_batched_tokens: int = Field(512, ge=1, description="tokens per forward step")
     max_waiting_requests: int = Field(128, ge=1, description="queued requests per model "

@@ -18,10 +18,10 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import disable_created_metrics
 
+from app import app_version
 from app.api import errors
 from app.api.middleware import RequestContextMiddleware
 from app.api.router import build_router
-from app.api.routes.tokenize import app_version
 from app.api.state import Phase, ServedModel, ServerState
 from app.api.telemetry import ObservabilityMiddleware, attach, snapshots
 from app.checkpoint import load_model
@@ -67,7 +67,7 @@ async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[
             loaded = await asyncio.to_thread(load_model, spec.path, settings.dtype,
                                              settings.device)
             tokenizer = await asyncio.to_thread(Tokenizer.from_dir, spec.path,
-                                                loaded.config.eos_token_ids)
+                                                loaded.eos_token_ids)
             engine = Engine(loaded, tokenizer, engine_config(settings), name=spec.name)
             engine.death_observers.append(on_fatal)
             attach(metrics, engine)
@@ -75,7 +75,7 @@ async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[
             state.models[spec.name] = ServedModel(spec.name, spec.path, loaded, tokenizer, engine)
             log.info("model ready", extra={"model": spec.name, "dtype": str(loaded.dtype),
                                            "device": str(loaded.device),
-                                           "kv_blocks": engine.blocks.num_blocks})
+                                           "kv_blocks": engine.stats().kv_blocks_total})
     except Exception as exc:
         state.phase = Phase.FAILED
         state.failure = f"{type(exc).__name__}: {exc}"

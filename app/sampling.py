@@ -5,7 +5,8 @@ Order of processing for one row (as in vLLM and `transformers`):
   penalties -> temperature -> top-k -> top-p -> min-p -> sample (or argmax when greedy)
 
 Every row that samples draws from its own torch.Generator, so a seeded request gets the
-same tokens whatever else shares its batch.
+same tokens whatever else shares its batch. Log-probabilities are never -inf: a token the
+processed distribution cannot produce reports IMPOSSIBLE_LOGPROB (a finite floor).
 """
 
 from __future__ import annotations
@@ -16,26 +17,19 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from app.engine.request import LogprobsMode, SamplingParams
+from app.sampling_params import IMPOSSIBLE_LOGPROB, LogprobsMode, SamplingParams, TokenLogprob
 
 
-@dataclass
+@dataclass(frozen=True)
 class SampleRow:
-    """What the sampler needs to know about one row of the logits."""
+    """What the sampler needs to know about one draw from one row of the logits. A
+    snapshot: the token lists are copies, taken only when penalties need them."""
 
-    logits_index: int  # row of the logits tensor (n > 1 forks share a row)
     params: SamplingParams
-    prompt_ids: Sequence[int]
-    output_ids: Sequence[int]
+    prompt_ids: Sequence[int] = ()
+    output_ids: Sequence[int] = ()
     banned_ids: tuple[int, ...] = ()  # EOS / stop ids while min_tokens is not reached
     generator: torch.Generator | None = None
-
-
-@dataclass
-class TokenLogprob:
-    token_id: int
-    logprob: float
-    top: list[tuple[int, float]]  # most likely tokens and their log-probabilities
 
 
 @dataclass
@@ -108,7 +102,13 @@ def draw(probs: Tensor, generator: torch.Generator | None) -> int:
     return int(torch.argmax(probs / noise))
 
 
+def finite_logprobs(logprobs: Tensor) -> Tensor:
+    """-inf (an impossible token) -> IMPOSSIBLE_LOGPROB, so every value is valid JSON."""
+    return logprobs.clamp(min=IMPOSSIBLE_LOGPROB)
+
+
 def _logprob_entry(logprobs: Tensor, token_id: int, top_n: int) -> TokenLogprob:
+    logprobs = finite_logprobs(logprobs)
     top: list[tuple[int, float]] = []
     if top_n:
         values, ids = torch.topk(logprobs, top_n)
@@ -146,21 +146,35 @@ def is_plain_greedy(row: SampleRow) -> bool:
             and not p.logprobs)
 
 
-def sample_batch(logits: Tensor, rows: Sequence[SampleRow]) -> list[Sampled]:
-    """(B, V) logits -> one Sampled per row. Plain greedy rows take one batched argmax."""
+def sample_batch(logits: Tensor, rows: Sequence[SampleRow], index: Sequence[int]
+                 ) -> list[Sampled]:
+    """(B, V) logits -> one Sampled per row; rows[i] draws from logits[index[i]] (the n
+    completions of a forking request share a row). Plain greedy rows take one batched
+    argmax."""
     logits = logits.float()
     results: list[Sampled | None] = [None] * len(rows)
     plain = [i for i, r in enumerate(rows) if is_plain_greedy(r)]
     if plain:
-        index = torch.tensor([rows[i].logits_index for i in plain], device=logits.device)
-        for i, token in zip(plain, logits[index].argmax(-1).tolist(), strict=True):
+        picked = torch.tensor([index[i] for i in plain], device=logits.device)
+        for i, token in zip(plain, logits[picked].argmax(-1).tolist(), strict=True):
             results[i] = Sampled(int(token), None)
     for i, row in enumerate(rows):
         if results[i] is None:
-            results[i] = sample_row(logits[row.logits_index], row)
+            results[i] = sample_row(logits[index[i]], row)
     return [r for r in results if r is not None]
+
+
+def next_token_distribution(logits: Tensor, temperature: float, k: int
+                            ) -> list[tuple[int, float, float]]:
+    """The top-k of softmax(logits / temperature): [(token_id, prob, logprob)]."""
+    # Tiny temperatures would overflow the division; below 1e-4 the result is one-hot anyway.
+    temperature = max(temperature, 1e-4) if temperature > 0 else 1.0
+    logprobs = finite_logprobs(torch.log_softmax(logits.float() / temperature, dim=-1))
+    values, ids = torch.topk(logprobs, min(max(k, 1), logprobs.shape[-1]))
+    return [(int(i), float(v.exp()), float(v)) for i, v in zip(ids, values, strict=True)]
 
 
 def prompt_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
     """(T, V) logits and (T,) next tokens -> (T,) log P(target | prefix), raw model values."""
-    return torch.log_softmax(logits.float(), -1).gather(-1, targets[:, None])[:, 0]
+    logprobs = torch.log_softmax(logits.float(), -1).gather(-1, targets[:, None])[:, 0]
+    return finite_logprobs(logprobs)

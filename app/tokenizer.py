@@ -11,7 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from jinja2 import TemplateError
+from jinja2 import Template, TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -50,6 +50,9 @@ class Tokenizer:
     # Extra end-of-sequence ids (generation_config.json / config.json may list several).
     extra_eos_ids: tuple[int, ...] = ()
     config: dict[str, Any] = field(default_factory=dict)
+    # The chat template, compiled at its first use and kept (compiling costs milliseconds).
+    _compiled_template: Template | None = field(default=None, init=False, repr=False,
+                                                compare=False)
 
     # ------------------------------------------------------------------ construction
 
@@ -165,10 +168,11 @@ class Tokenizer:
         add_generation_prompt: bool = True,
     ) -> str:
         """Render messages to the prompt text, the way `transformers` renders templates."""
-        template = self.chat_template or FALLBACK_CHAT_TEMPLATE
         try:
-            compiled = _chat_environment().from_string(template)
-            return compiled.render(
+            if self._compiled_template is None:
+                template = self.chat_template or FALLBACK_CHAT_TEMPLATE
+                self._compiled_template = _chat_environment().from_string(template)
+            return self._compiled_template.render(
                 messages=list(messages),
                 add_generation_prompt=add_generation_prompt,
                 bos_token=self.bos_token or "",

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from app.checkpoint import LoadedModel, load_model
 from app.engine.engine import Engine, EngineConfig
-from app.engine.request import SamplingParams
+from app.sampling_params import SamplingParams
 from app.engine.scheduler import SchedulerConfig
 from app.tokenizer import Tokenizer
 

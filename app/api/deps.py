@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from typing import Annotated
 
@@ -33,6 +34,9 @@ async def require_api_key(request: Request, state: StateDep) -> None:
         match |= hmac.compare_digest(presented, key.encode())
     if not match:
         raise Unauthorized("invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    if state.settings.cache_salt_api_key:
+        # The prefix-cache namespace of this caller (a hash: the key itself is never kept).
+        request.state.api_key_id = hashlib.sha256(presented).hexdigest()[:32]
 
 
 def require_serving(state: ServerState) -> None:

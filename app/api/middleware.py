@@ -3,15 +3,16 @@ request ids, and the request body size limit."""
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
-from contextvars import ContextVar
 from typing import Any
 
 from starlette.exceptions import HTTPException
 
 from app.api.errors import error_body
+from app.logging_setup import request_id_var
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -22,9 +23,6 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 REQUEST_ID_HEADER = "x-request-id"
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
-# The current request's id, for log records (see app.logging_setup).
-request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
-
 
 def _header(scope: Scope, name: bytes) -> str | None:
     for key, value in scope.get("headers", []):
@@ -34,7 +32,9 @@ def _header(scope: Scope, name: bytes) -> str | None:
 
 
 class RequestContextMiddleware:
-    """Accept a well-formed X-Request-ID or make one; echo it on every response; refuse
+    """Accept a well-formed X-Request-ID or make one; echo it on every response and log
+    line (it names the HTTP request for the caller; engine request ids are always made
+    by the engine, so two calls with the same header never collide); refuse
     bodies over `max_body_bytes` with 413 before reading them (Content-Length) or as soon
     as the streamed body passes the limit."""
 
@@ -82,8 +82,6 @@ class RequestContextMiddleware:
         return f"request body exceeds the limit of {self.max_body_bytes} bytes"
 
     async def _too_large(self, send: Send) -> None:
-        import json
-
         body = json.dumps(error_body(413, "request_too_large", self._message())).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),

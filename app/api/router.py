@@ -7,7 +7,16 @@ from typing import Any
 from fastapi import APIRouter, Depends
 
 from app.api.deps import require_api_key
-from app.api.routes import classify, generate, health, metrics, openai, predict, tokenize
+from app.api.routes import (
+    classify,
+    generate,
+    health,
+    info,
+    metrics,
+    openai,
+    predict,
+    tokenize,
+)
 from app.api.schemas import ErrorResponse
 from app.config import Settings
 
@@ -32,7 +41,7 @@ HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 def build_router(settings: Settings) -> APIRouter:
     root = APIRouter()
     protected = [Depends(require_api_key)]
-    for module in (predict, generate, classify, openai, tokenize):
+    for module in (predict, generate, classify, openai, tokenize, info):
         root.include_router(module.router, dependencies=protected, responses=ERROR_RESPONSES)
     root.include_router(health.router, dependencies=[] if settings.public_health else protected,
                         responses=HEALTH_RESPONSES)

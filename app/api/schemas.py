@@ -13,6 +13,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 TextInput = str | Annotated[list[str], Field(min_length=1)]
+# Stop strings are matched against the text held back at each token, which is as long as
+# the longest stop string: the cap keeps that work small and bounded per token.
+MAX_STOP_CHARS = 256
+StopStr = Annotated[str, Field(max_length=MAX_STOP_CHARS)]
+CacheSalt = Annotated[str, Field(min_length=1, max_length=256)]
+CACHE_SALT_DOC = ("prefix-cache namespace: only requests with the same salt share cached "
+                  "prompt blocks (and so can see each other in cached_tokens and latency)")
 
 
 class Strict(BaseModel):
@@ -42,11 +49,24 @@ class ErrorResponse(BaseModel):
         "type": "not_found_error", "param": "model", "code": 404}}})
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(0, description="prompt tokens served from the prefix cache")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int = 0
     total_tokens: int
-    cached_tokens: int = Field(0, description="prompt tokens served from the prefix cache")
+    cached_tokens: int = Field(0, description="prompt tokens served from the prefix cache "
+                                              "(also in prompt_tokens_details, as OpenAI)")
+    prompt_tokens_details: PromptTokensDetails = Field(default_factory=PromptTokensDetails)
+
+    @classmethod
+    def of(cls, prompt_tokens: int, completion_tokens: int = 0, cached_tokens: int = 0
+           ) -> Usage:
+        return cls(prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
+                   total_tokens=prompt_tokens + completion_tokens, cached_tokens=cached_tokens,
+                   prompt_tokens_details=PromptTokensDetails(cached_tokens=cached_tokens))
 
 
 # ---------------------------------------------------------------------------- predict
@@ -60,6 +80,7 @@ class PredictRequest(Strict):
     full_distribution: bool = Field(False, description="also return the probability of "
                                                        "every vocabulary token")
     add_special_tokens: bool = True
+    cache_salt: CacheSalt | None = Field(None, description=CACHE_SALT_DOC)
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"text": "The quick brown fox", "top_k": 3}]})
@@ -107,13 +128,17 @@ class SamplingFields(BaseModel):
     logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = Field(
         None, description="token id (as a string) -> bias added to its logit")
     seed: int | None = Field(None, ge=0, le=2**62, description="reproducible sampling")
-    stop: str | Annotated[list[NonEmptyStr], Field(max_length=16)] | None = Field(
-        None, description="stop strings (not included in the output)")
+    stop: StopStr | Annotated[list[Annotated[StopStr, Field(min_length=1)]],
+                              Field(max_length=16)] | None = Field(
+        None, description=f"stop strings (not included in the output), up to 16 of at most "
+                          f"{MAX_STOP_CHARS} characters")
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = Field(None, max_length=64)
-    min_tokens: int = Field(0, ge=0, description="no EOS/stop token before this many tokens")
+    min_tokens: int = Field(0, ge=0, description="no EOS, stop token or stop string before "
+                                                 "this many tokens")
     ignore_eos: bool = False
     n: int = Field(1, ge=1, description="completions per prompt")
     stream: bool = False
+    cache_salt: CacheSalt | None = Field(None, description=CACHE_SALT_DOC)
 
 
 class GenerateRequest(Strict, SamplingFields):
@@ -174,6 +199,7 @@ class ClassifyRequest(Strict):
     prompt_template: str = Field(
         "{text}", max_length=1000,
         description="zero-shot: context before ' <label>'; must contain {text}")
+    cache_salt: CacheSalt | None = Field(None, description=CACHE_SALT_DOC)
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"text": "The compiler segfaulted again."},
@@ -341,6 +367,9 @@ class CompletionResponse(BaseModel):
     model: str
     choices: list[CompletionChoice]
     usage: Usage | None = None
+    system_fingerprint: str | None = Field(
+        None, description="identifies the serving configuration (version, model, dtype, "
+                          "device); changes when results may change")
 
 
 class ChatLogprobEntry(BaseModel):
@@ -373,3 +402,6 @@ class ChatCompletionResponse(BaseModel):
     model: str
     choices: list[ChatChoice]
     usage: Usage
+    system_fingerprint: str | None = Field(
+        None, description="identifies the serving configuration (version, model, dtype, "
+                          "device); changes when results may change")

@@ -7,22 +7,30 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from fastapi import Request
 
 from app.api.errors import BadRequest, error_body, status_of
-from app.api.schemas import SamplingFields, TokenLogprobOut, TopLogprob
+from app.api.schemas import SamplingFields, TokenLogprobOut, TopLogprob, Usage
 from app.api.state import ServedModel
 from app.config import Settings
-from app.engine.engine import RequestStream
 from app.engine.errors import RequestCancelled
 from app.engine.output import RequestOutput, merge_outputs
-from app.engine.request import LogprobsMode, RequestKind, SamplingParams
-from app.sampling import TokenLogprob
+from app.engine.output import Usage as EngineUsage
+from app.engine.request import RequestKind
+from app.engine.stream import RequestStream
+from app.sampling_params import LogprobsMode, SamplingParams, TokenLogprob
 
 log = logging.getLogger("app.api")
+
+# A logit_bias key is a token id written in plain ASCII base 10 ("²" and "--5" are not).
+_TOKEN_ID_KEY = re.compile(r"[0-9]{1,9}")
+# Texts longer than this are tokenized in a worker thread, so the event loop (streams,
+# health probes) never waits on a long tokenization.
+TOKENIZE_INLINE_CHARS = 4096
 
 
 def as_list(value: str | list[str]) -> list[str]:
@@ -35,15 +43,23 @@ def check_inputs(settings: Settings, texts: list[str], param: str) -> None:
                          f"(got {len(texts)})", param=param)
 
 
-def encode(model: ServedModel, settings: Settings, text: str, param: str,
-           add_special_tokens: bool = True) -> list[int]:
+async def tokenize(model: ServedModel, text: str, add_special_tokens: bool = True
+                   ) -> list[int]:
+    """Token ids of `text`; long texts are tokenized off the event loop."""
+    if len(text) <= TOKENIZE_INLINE_CHARS:
+        return model.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    return await asyncio.to_thread(model.tokenizer.encode, text, add_special_tokens)
+
+
+async def encode(model: ServedModel, settings: Settings, text: str, param: str,
+                 add_special_tokens: bool = True) -> list[int]:
     """Tokenize one input, refusing it early when it is longer than any limit allows."""
     limit = min(settings.max_prompt_tokens or model.max_model_len, model.max_model_len)
     # Cheap guard before tokenizing megabytes: a token is at least one character.
     if len(text) > 64 * limit + 1024:
         raise BadRequest(f"{param} is too long: {len(text)} characters for a limit of "
                          f"{limit} tokens", param=param)
-    ids = model.tokenizer.encode(text, add_special_tokens=add_special_tokens)
+    ids = await tokenize(model, text, add_special_tokens)
     if len(ids) > limit:
         raise BadRequest(f"{param} is {len(ids)} tokens; the limit is {limit}", param=param)
     if not ids:
@@ -59,9 +75,10 @@ def sampling_params(
     logprobs: bool = False,
     top_logprobs: int = 0,
     logprobs_mode: str = "processed",
+    default_max_tokens: int | None = None,
 ) -> SamplingParams:
     """Request fields -> engine SamplingParams, enforcing the server's limits (400)."""
-    wanted = max_tokens or req.max_tokens or settings.default_max_tokens
+    wanted = max_tokens or req.max_tokens or default_max_tokens or settings.default_max_tokens
     if wanted > settings.max_tokens_limit:
         raise BadRequest(f"max_tokens must be <= {settings.max_tokens_limit}",
                          param="max_tokens")
@@ -72,9 +89,9 @@ def sampling_params(
                          param="top_logprobs")
     bias: list[tuple[int, float]] = []
     for key, value in (req.logit_bias or {}).items():
-        if not key.lstrip("-").isdigit():
-            raise BadRequest(f"logit_bias keys must be token ids, got {key!r}",
-                             param="logit_bias")
+        if not _TOKEN_ID_KEY.fullmatch(key):
+            raise BadRequest(f"logit_bias keys must be token ids in plain decimal digits "
+                             f"(like \"50256\"); got {key!r}", param="logit_bias")
         bias.append((int(key), float(value)))
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if any(not s for s in stop):
@@ -90,23 +107,26 @@ def sampling_params(
     )
 
 
+def cache_salt(request: Request, salt: str | None) -> str | None:
+    """The prefix-cache namespace of a request: its own `cache_salt`, and with
+    --cache-salt-api-key the caller's key (hashed), so callers never share cached blocks
+    unless they share both."""
+    key_id: str | None = getattr(request.state, "api_key_id", None)
+    if key_id is None:
+        return salt
+    return f"{key_id}:{salt or ''}"
+
+
 def submit_all(request: Request, model: ServedModel, prompts: Sequence[list[int]],
                params: SamplingParams, kind: RequestKind, *, priority: int = 0,
-               score_from: Sequence[int | None] | None = None) -> list[RequestStream]:
-    """Submit every input, or none: if one is refused (e.g. 429), the others are aborted.
-    The streams are recorded on the request for its log line."""
-    request_id = request.state.request_id
-    streams: list[RequestStream] = []
+               score_from: Sequence[int | None] | None = None,
+               salt: str | None = None) -> list[RequestStream]:
+    """Submit every input as one admission, or none (e.g. 429). The streams are recorded
+    on the request for its log line."""
+    streams = model.engine.submit_batch(prompts, params, kind, priority=priority,
+                                        score_from=score_from,
+                                        cache_salt=cache_salt(request, salt))
     request.state.streams = streams
-    try:
-        for i, ids in enumerate(prompts):
-            streams.append(model.engine.submit(
-                ids, params, kind=kind, request_id=f"{request_id}-{i}", priority=priority,
-                score_from=None if score_from is None else score_from[i]))
-    except Exception:
-        for s in streams:
-            model.engine.abort(s.request_id)
-        raise
     return streams
 
 
@@ -134,11 +154,12 @@ async def collect(request: Request, streams: list[RequestStream]) -> list[Reques
         raise RequestCancelled("client disconnected")
     finally:
         watcher.cancel()
-        if not work.done():
-            work.cancel()
-            for s in streams:
-                s.engine.abort(s.request_id)
-            await asyncio.gather(work, return_exceptions=True)
+        work.cancel()
+        # Whatever ended the wait (a disconnect, or one input failing), nothing is left
+        # running for an answer nobody will get. A no-op for finished streams.
+        for s in streams:
+            s.abort()
+        await asyncio.gather(work, return_exceptions=True)
 
 
 # Characters that some line readers (str.splitlines, hence several HTTP clients) treat as
@@ -148,43 +169,39 @@ _LINE_BREAKERS = {c: f"\\u{c:04x}" for c in (0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x85,
 
 
 def sse(data: dict[str, Any] | str) -> str:
+    """One SSE event of strict JSON (NaN or infinity raise instead of leaking out)."""
     if isinstance(data, str):
         payload = data
     else:
-        payload = json.dumps(data, ensure_ascii=False).translate(_LINE_BREAKERS)
+        payload = json.dumps(data, ensure_ascii=False, allow_nan=False).translate(
+            _LINE_BREAKERS)
     return f"data: {payload}\n\n"
 
 
 async def merged_stream(streams: list[RequestStream]
                         ) -> AsyncIterator[tuple[int, RequestOutput]]:
-    """Outputs of several streams as they come: (input index, output)."""
-    queue: asyncio.Queue[tuple[int, RequestOutput] | BaseException | None] = asyncio.Queue()
-
-    async def pump(i: int, stream: RequestStream) -> None:
-        try:
-            async for out in stream:
-                await queue.put((i, out))
-        except BaseException as exc:  # forwarded to the consumer, which re-raises it
-            await queue.put(exc)
-        finally:
-            await queue.put(None)
-
-    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
-    remaining = len(tasks)
+    """Outputs of several streams as they come: (input index, output). Reads one output
+    per stream at a time and only when the consumer asks for more, so a slow reader
+    leaves outputs merging in each request's collector instead of piling up here."""
+    iterators = [s.__aiter__() for s in streams]
+    pending: dict[asyncio.Future[RequestOutput], int] = {
+        asyncio.ensure_future(anext(it)): i for i, it in enumerate(iterators)}
     try:
-        while remaining:
-            item = await queue.get()
-            if item is None:
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
+        while pending:
+            done, _ = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for future in sorted(done, key=lambda f: pending[f]):
+                i = pending.pop(future)
+                try:
+                    out = future.result()
+                except StopAsyncIteration:
+                    continue
+                yield i, out
+                pending[asyncio.ensure_future(anext(iterators[i]))] = i
     finally:
-        for task in tasks:
-            task.cancel()
+        for future in pending:
+            future.cancel()
         for s in streams:
-            s.engine.abort(s.request_id)  # no-op for finished requests
+            s.abort()  # no-op for finished requests
 
 
 async def sse_stream(
@@ -224,11 +241,14 @@ def logprobs_out(model: ServedModel, entries: list[TokenLogprob] | None
                       for t, lp in e.top]) for e in entries]
 
 
-def stream_usage(streams: Sequence[RequestStream]) -> dict[str, int]:
-    """Token counts of streamed requests, from the engine's own per-request state."""
-    prompt = sum(len(s.state.prompt_ids) for s in streams)
-    completion = sum(s.state.generated_tokens for s in streams)
-    cached = sum(s.state.sequences[0].num_cached_hit for s in streams)
-    return {"prompt_tokens": prompt, "completion_tokens": completion,
-            "total_tokens": prompt + completion, "cached_tokens": cached}
+def stream_usage(streams: Sequence[RequestStream]) -> Usage:
+    """Token counts of finished streams, from their final outputs."""
+    total = EngineUsage(0)
+    for s in streams:
+        if s.final is not None:
+            total += s.final.usage
+    return usage_out(total)
 
+
+def usage_out(usage: EngineUsage) -> Usage:
+    return Usage.of(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)

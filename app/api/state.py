@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
+from app import app_version
 from app.checkpoint import LoadedModel
 from app.config import Settings
 from app.engine.engine import Engine
@@ -38,6 +41,16 @@ class ServedModel:
     @property
     def max_model_len(self) -> int:
         return self.engine.max_model_len
+
+    @cached_property
+    def fingerprint(self) -> str:
+        """OpenAI's system_fingerprint: the same while the code, weights, dtype and
+        device that produce answers stay the same."""
+        cfg = self.loaded.config
+        parts = (app_version(), self.name, cfg.architecture, str(cfg.vocab_size),
+                 str(cfg.num_layers), str(cfg.hidden_size), str(self.loaded.dtype),
+                 str(self.loaded.device))
+        return "fp_" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:12]
 
 
 @dataclass

@@ -10,8 +10,11 @@ from typing import Any
 
 from app.api.middleware import ASGIApp, Message, Receive, Scope, Send
 from app.api.state import ServerState
-from app.engine.engine import Engine, RequestState, StepStats
+from app.engine.engine import Engine
+from app.engine.output import RequestSummary
+from app.engine.stats import StepStats
 from app.metrics import EngineSnapshot, Metrics
+from app.tokenizer import Tokenizer
 
 log = logging.getLogger("app.request")
 
@@ -26,14 +29,14 @@ def attach(metrics: Metrics, engine: Engine) -> None:
         metrics.step_time.observe(model, stats.seconds)
         metrics.generation_tokens.inc(model, stats.generated_tokens)
 
-    def on_finished(state: RequestState) -> None:
-        reason = state.finish_reasons[-1] if state.finish_reasons else "stop"
-        t = state.times
-        metrics.prompt_tokens.inc(model, len(state.prompt_ids))
+    def on_finished(request: RequestSummary) -> None:
+        reason = request.finish_reason or "stop"
+        t = request.times
+        metrics.prompt_tokens.inc(model, request.prompt_tokens)
         metrics.requests_finished.inc(model, finish_reason=reason)
         if reason == "abort":
             metrics.aborts.inc(model)
-        metrics.prompt_len.observe(model, len(state.prompt_ids))
+        metrics.prompt_len.observe(model, request.prompt_tokens)
         if t.finished is not None:
             metrics.e2e.observe(model, t.finished - t.arrival)
         if t.first_scheduled is not None:
@@ -43,7 +46,7 @@ def attach(metrics: Metrics, engine: Engine) -> None:
                 metrics.prefill_time.observe(model, end_of_prefill - t.first_scheduled)
         if t.first_token is None:
             return
-        metrics.generation_len.observe(model, state.generated_tokens)
+        metrics.generation_len.observe(model, request.completion_tokens)
         metrics.ttft.observe(model, t.first_token - t.arrival)
         for gap in t.inter_token:
             metrics.itl.observe(model, gap)
@@ -59,14 +62,21 @@ def attach(metrics: Metrics, engine: Engine) -> None:
 
 def snapshots(state: ServerState) -> Iterable[EngineSnapshot]:
     for name, m in state.models.items():
-        e = m.engine
+        e = m.engine.stats()
         yield EngineSnapshot(
-            model=name, running=e.num_running, waiting=e.num_waiting,
-            blocks_total=e.blocks.num_blocks, blocks_used=e.blocks.num_used,
-            rejections=e.num_rejected, preemptions=e.scheduler.num_preemptions,
-            prefix_queries=e.blocks.prefix_queries, prefix_hits=e.blocks.prefix_hits,
+            model=name, running=e.running_requests, waiting=e.waiting_requests,
+            blocks_total=e.kv_blocks_total, blocks_used=e.kv_blocks_used,
+            rejections=e.rejections, preemptions=e.preemptions,
+            prefix_queries=e.prefix_queries, prefix_hits=e.prefix_hits,
             dtype=str(m.loaded.dtype).removeprefix("torch."), device=str(m.loaded.device),
-            architecture=m.loaded.config.architecture, alive=e.is_running)
+            architecture=m.loaded.config.architecture, alive=e.alive)
+
+
+def _tokenizer(scope: Scope, model: str) -> Tokenizer | None:
+    server: ServerState | None = getattr(getattr(scope.get("app"), "state", None), "server",
+                                         None)
+    served = server.models.get(model) if server is not None else None
+    return served.tokenizer if served is not None else None
 
 
 def _endpoint(scope: Scope) -> str:
@@ -123,18 +133,18 @@ class ObservabilityMiddleware:
         }
         streams = state.get("streams") or []
         if streams:
-            states = [s.state for s in streams]
-            first = states[0]
-            entry["model"] = streams[0].engine.name
-            entry["prompt_tokens"] = sum(len(s.prompt_ids) for s in states)
-            entry["generated_tokens"] = sum(s.generated_tokens for s in states)
-            entry["finish_reasons"] = sorted({r for s in states for r in s.finish_reasons})
-            t = first.times
+            summaries = [s.summary() for s in streams]
+            entry["model"] = streams[0].model
+            entry["prompt_tokens"] = sum(s.prompt_tokens for s in summaries)
+            entry["generated_tokens"] = sum(s.completion_tokens for s in summaries)
+            entry["finish_reasons"] = sorted({r for s in summaries for r in s.finish_reasons})
+            t = summaries[0].times
             if t.first_scheduled is not None:
                 entry["queue_ms"] = round(1000 * (t.first_scheduled - t.arrival), 1)
             if t.first_token is not None:
                 entry["ttft_ms"] = round(1000 * (t.first_token - t.arrival), 1)
             if self.log_prompts:
-                tokenizer = streams[0].engine.tokenizer
-                entry["prompts"] = [tokenizer.decode(s.prompt_ids) for s in states]
+                tokenizer = _tokenizer(scope, streams[0].model)
+                if tokenizer is not None:
+                    entry["prompts"] = [tokenizer.decode(s.prompt_ids) for s in summaries]
         log.info("request", extra=entry)

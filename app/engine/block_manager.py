@@ -8,8 +8,12 @@ Every block is in exactly one state, so free + used + cached == total always hol
           and evicted least-recently-freed first when a free block is needed.
 
 A full block's hash chains its parent's hash with its own tokens, so equal hashes mean
-equal prefixes; on a hit we also compare the stored tokens, so a hash collision can
-never serve the wrong keys and values.
+equal prefixes; on a hit we also compare the stored tokens, parent and salt, so a hash
+collision can never serve the wrong keys and values.
+
+A sequence's cache salt (a per-request `cache_salt`, or one derived from the caller's API
+key) seeds the chain: sequences with different salts never share a block, so one caller
+cannot learn from cache hits (`cached_tokens`, latency) what another caller sent.
 """
 
 from __future__ import annotations
@@ -25,11 +29,18 @@ class Block:
     block_id: int
     ref_count: int = 0
     hash: int | None = None
-    tokens: tuple[int, ...] = ()
+    # What the hash stands for, compared on every hit: (parent hash, salt, tokens).
+    key: tuple[int | None, str | None, tuple[int, ...]] | None = None
 
 
-def chain_hash(parent: int | None, tokens: tuple[int, ...]) -> int:
-    return hash((parent, tokens))
+def chain_hash(parent: int | None, salt: str | None, tokens: tuple[int, ...]) -> int:
+    return hash((parent, salt, tokens))
+
+
+def _check(ok: bool, what: str) -> None:
+    # Not `assert`: invariant checks must hold under `python -O` too.
+    if not ok:
+        raise AssertionError(f"block manager invariant broken: {what}")
 
 
 class BlockManager:
@@ -43,8 +54,8 @@ class BlockManager:
         self._free: deque[int] = deque(range(num_blocks))
         self._cached: OrderedDict[int, None] = OrderedDict()  # LRU: oldest first
         self._by_hash: dict[int, int] = {}
-        self.prefix_queries = 0  # prompt tokens looked up in the prefix cache
-        self.prefix_hits = 0  # of which found
+        self.prefix_queries = 0  # prompt tokens looked up at first admissions
+        self.prefix_hits = 0  # of which found in the prefix cache
 
     # ------------------------------------------------------------------ accounting
 
@@ -76,13 +87,15 @@ class BlockManager:
     def check_invariants(self) -> None:
         """Raise AssertionError if the states disagree with the reference counts."""
         used = sum(1 for b in self.blocks if b.ref_count > 0)
-        assert all(b.ref_count >= 0 for b in self.blocks)
-        assert used == self.num_used, (used, self.num_used)
-        assert self.num_free + self.num_cached + used == self.num_blocks
-        assert all(self.blocks[i].ref_count == 0 and self.blocks[i].hash is not None
-                   for i in self._cached)
-        assert all(self.blocks[i].ref_count == 0 for i in self._free)
-        assert all(self.blocks[i].hash == h for h, i in self._by_hash.items())
+        _check(all(b.ref_count >= 0 for b in self.blocks), "negative reference count")
+        _check(used == self.num_used, f"{used} blocks referenced, {self.num_used} counted")
+        _check(self.num_free + self.num_cached + used == self.num_blocks, "states != total")
+        _check(all(self.blocks[i].ref_count == 0 and self.blocks[i].hash is not None
+                   for i in self._cached), "cached block referenced or unhashed")
+        _check(all(self.blocks[i].ref_count == 0 for i in self._free),
+               "free block referenced")
+        _check(all(self.blocks[i].hash == h for h, i in self._by_hash.items()),
+               "hash index disagrees with its blocks")
 
     # ------------------------------------------------------------------ allocation
 
@@ -91,9 +104,9 @@ class BlockManager:
             return self._free.popleft()
         block_id, _ = self._cached.popitem(last=False)  # evict the least recently freed
         block = self.blocks[block_id]
-        assert block.hash is not None
-        del self._by_hash[block.hash]
-        block.hash, block.tokens = None, ()
+        if block.hash is not None:
+            del self._by_hash[block.hash]
+        block.hash, block.key = None, None
         return block_id
 
     def _ref(self, block_id: int) -> None:
@@ -126,7 +139,8 @@ class BlockManager:
         """Attach the longest cached prefix of a sequence with no blocks yet; returns the
         number of tokens served from the cache. The last token is always recomputed, since
         its logits are needed."""
-        assert not seq.block_table and seq.num_computed == 0
+        if seq.block_table or seq.num_computed:
+            raise ValueError(f"sequence {seq.seq_id} already holds blocks")
         if not self.enable_prefix_caching:
             return 0
         size = self.block_size
@@ -135,20 +149,25 @@ class BlockManager:
             # Scored positions need their logits computed, so they cannot come from cache.
             end = min(end, seq.score_from - 1)
         lookable = max(0, end) // size
-        self.prefix_queries += len(seq.token_ids)
         parent: int | None = None
+        salt = seq.cache_salt
         for i in range(lookable):
             tokens = tuple(seq.token_ids[i * size:(i + 1) * size])
-            h = chain_hash(parent, tokens)
+            h = chain_hash(parent, salt, tokens)
             block_id = self._by_hash.get(h)
-            if block_id is None or self.blocks[block_id].tokens != tokens:
+            if block_id is None or self.blocks[block_id].key != (parent, salt, tokens):
                 break
             self._ref(block_id)
             seq.block_table.append(block_id)
             parent = h
         seq.num_computed = len(seq.block_table) * size
-        self.prefix_hits += seq.num_computed
         return seq.num_computed
+
+    def record_lookup(self, prompt_tokens: int, hit_tokens: int) -> None:
+        """Count one admission's prefix-cache lookup (the hit-rate metric); called once
+        per sequence, not on admission retries or recomputes after preemption."""
+        self.prefix_queries += prompt_tokens
+        self.prefix_hits += hit_tokens
 
     def commit(self, seq: Sequence) -> None:
         """Register the hashes of blocks that `seq` has now filled and computed."""
@@ -161,25 +180,27 @@ class BlockManager:
             # the common decode step exits here instead of walking the whole table.
             return
         parent: int | None = None
+        salt = seq.cache_salt
         for i in range(full):
             block = self.blocks[seq.block_table[i]]
             if block.hash is not None:
                 parent = block.hash
                 continue
             tokens = tuple(seq.token_ids[i * size:(i + 1) * size])
-            h = chain_hash(parent, tokens)
+            h = chain_hash(parent, salt, tokens)
             if h in self._by_hash:
                 # Another sequence computed the same block meanwhile: keep this copy
                 # private; hashing later blocks would chain from a block nobody can find.
                 return
-            block.hash, block.tokens = h, tokens
+            block.hash, block.key = h, (parent, salt, tokens)
             self._by_hash[h] = block.block_id
             parent = h
 
     def fork(self, parent: Sequence, child: Sequence) -> None:
         """Let `child` share the parent's full, computed blocks (the prompt's); the
         partial last block is recomputed by the child, so no K/V copy is needed."""
-        assert not child.block_table
+        if child.block_table:
+            raise ValueError(f"sequence {child.seq_id} already holds blocks")
         shared = min(parent.num_computed, child.num_prompt_tokens) // self.block_size
         for block_id in parent.block_table[:shared]:
             self._ref(block_id)
@@ -192,7 +213,7 @@ class BlockManager:
         for block_id in reversed(seq.block_table):
             block = self.blocks[block_id]
             block.ref_count -= 1
-            assert block.ref_count >= 0
+            _check(block.ref_count >= 0, f"block {block_id} freed more often than taken")
             if block.ref_count == 0:
                 if block.hash is not None:
                     self._cached[block_id] = None

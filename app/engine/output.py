@@ -1,12 +1,13 @@
-"""What the engine streams back to a request, and the per-sequence text state that turns
-token ids into safe text deltas with stop strings applied."""
+"""What the engine hands back: outputs streamed to a request's reader (RequestOutput, with
+one CompletionDelta per completion that moved), token counts (Usage), timings, and the
+summary of a finished request that observers (metrics, request logs) read."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 
-from app.sampling import TokenLogprob
-from app.tokenizer import IncrementalDetokenizer
+from app.sampling_params import TokenLogprob
 
 
 @dataclass
@@ -17,7 +18,16 @@ class CompletionDelta:
     token_ids: list[int]
     text: str
     logprobs: list[TokenLogprob] | None = None
-    finish_reason: str | None = None  # "stop" | "length" | "abort" once finished
+    finish_reason: str | None = None  # "stop" | "length" once finished
+
+    def extended(self, later: CompletionDelta) -> CompletionDelta:
+        """This delta followed by a later one of the same completion."""
+        logprobs = self.logprobs
+        if later.logprobs is not None:
+            logprobs = (logprobs or []) + later.logprobs
+        return CompletionDelta(self.index, self.token_ids + later.token_ids,
+                               self.text + later.text, logprobs,
+                               later.finish_reason or self.finish_reason)
 
 
 @dataclass
@@ -30,13 +40,30 @@ class RequestTimes:
     inter_token: list[float] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Usage:
+    """Token counts of a request so far (final once the request has finished)."""
+
+    prompt_tokens: int
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens served from the prefix cache
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(self.prompt_tokens + other.prompt_tokens,
+                     self.completion_tokens + other.completion_tokens,
+                     self.cached_tokens + other.cached_tokens)
+
+
 @dataclass
 class RequestOutput:
     request_id: str
-    prompt_tokens: int
+    usage: Usage
     completions: list[CompletionDelta] = field(default_factory=list)
     finished: bool = False
-    cached_tokens: int = 0
     # PREDICT: the next-token distribution, [(token_id, prob, logprob)] most likely first.
     distribution: list[tuple[int, float, float]] | None = None
     # CLASSIFY: one score per label (softmax, sigmoid or raw, per the model's problem type).
@@ -45,71 +72,60 @@ class RequestOutput:
     score_logprobs: list[float] | None = None
     times: RequestTimes | None = None
 
+    @property
+    def prompt_tokens(self) -> int:
+        return self.usage.prompt_tokens
 
-def merge_outputs(outputs: list[RequestOutput]) -> RequestOutput:
+    def merged_with(self, later: RequestOutput) -> RequestOutput:
+        """This output followed by a later one: each completion's deltas concatenated,
+        the later counts, flags and results kept."""
+        by_index = {d.index: d for d in self.completions}
+        for delta in later.completions:
+            earlier = by_index.get(delta.index)
+            by_index[delta.index] = delta if earlier is None else earlier.extended(delta)
+        return replace(
+            later, completions=[by_index[i] for i in sorted(by_index)],
+            distribution=later.distribution if later.distribution is not None
+            else self.distribution,
+            class_scores=later.class_scores if later.class_scores is not None
+            else self.class_scores,
+            score_logprobs=later.score_logprobs if later.score_logprobs is not None
+            else self.score_logprobs,
+            times=later.times or self.times)
+
+
+def merge_outputs(outputs: Sequence[RequestOutput]) -> RequestOutput:
     """Fold a request's stream of outputs into one, with whole completions."""
     if not outputs:
         raise ValueError("no outputs to merge")
-    merged = RequestOutput(request_id=outputs[0].request_id,
-                           prompt_tokens=outputs[0].prompt_tokens, finished=True)
-    by_index: dict[int, CompletionDelta] = {}
-    for out in outputs:
-        merged.cached_tokens = max(merged.cached_tokens, out.cached_tokens)
-        merged.times = out.times or merged.times
-        for delta in out.completions:
-            acc = by_index.setdefault(delta.index, CompletionDelta(delta.index, [], ""))
-            acc.token_ids += delta.token_ids
-            acc.text += delta.text
-            if delta.logprobs is not None:
-                acc.logprobs = (acc.logprobs or []) + delta.logprobs
-            acc.finish_reason = delta.finish_reason or acc.finish_reason
-        for name in ("distribution", "class_scores", "score_logprobs"):
-            if getattr(out, name) is not None:
-                setattr(merged, name, getattr(out, name))
-    merged.completions = [by_index[i] for i in sorted(by_index)]
+    merged = outputs[0]
+    for out in outputs[1:]:
+        merged = merged.merged_with(out)
     return merged
 
 
-class StopText:
-    """Accumulates detokenized text and finds stop strings, even across token
-    boundaries. Text that might be the start of a stop string is held back until the
-    next tokens decide; the stop string itself is never emitted."""
+@dataclass(frozen=True)
+class RequestSummary:
+    """A request as observers see it: counts, reasons and timings (read-only)."""
 
-    def __init__(self, detokenizer: IncrementalDetokenizer, stop: tuple[str, ...]) -> None:
-        self.detokenizer = detokenizer
-        self.stop = stop
-        self.text = ""
-        self.emitted = 0
-        self.longest = max((len(s) for s in stop), default=0)
+    request_id: str
+    model: str
+    kind: str
+    prompt_ids: Sequence[int]
+    completion_tokens: int
+    cached_tokens: int
+    finish_reasons: tuple[str, ...]
+    finished: bool
+    times: RequestTimes
 
-    def push(self, token_ids: list[int]) -> tuple[str, bool]:
-        """-> (text now safe to emit, whether a stop string was found)."""
-        new = self.detokenizer.push(token_ids)
-        if not new:
-            return "", False
-        self.text += new
-        if self.stop:
-            search_from = max(0, len(self.text) - len(new) - self.longest + 1)
-            hits = [i for i in (self.text.find(s, search_from) for s in self.stop) if i >= 0]
-            if hits:
-                self.text = self.text[:min(hits)]
-                return self._emit(len(self.text)), True
-        return self._emit(len(self.text) - self._held_back()), False
+    @property
+    def prompt_tokens(self) -> int:
+        return len(self.prompt_ids)
 
-    def _held_back(self) -> int:
-        """Length of the longest text suffix that is a proper prefix of a stop string."""
-        for n in range(min(self.longest - 1, len(self.text)), 0, -1):
-            tail = self.text[-n:]
-            if any(s.startswith(tail) for s in self.stop):
-                return n
-        return 0
+    @property
+    def finish_reason(self) -> str | None:
+        return self.finish_reasons[-1] if self.finish_reasons else None
 
-    def _emit(self, end: int) -> str:
-        end = max(end, self.emitted)
-        delta, self.emitted = self.text[self.emitted:end], end
-        return delta
-
-    def finish(self) -> str:
-        """End of stream without a stop string: everything left, held-back text included."""
-        self.text += self.detokenizer.flush()
-        return self._emit(len(self.text))
+    @property
+    def usage(self) -> Usage:
+        return Usage(self.prompt_tokens, self.completion_tokens, self.cached_tokens)

@@ -1,16 +1,22 @@
-"""Per-request state: what was asked (SamplingParams, RequestKind) and where each sequence
-stands (Sequence). No torch here: the scheduler and block manager use these types.
+"""Per-request state: what kind of work a request is (RequestKind), where each of its
+sequences stands (Sequence, shared with the scheduler and block manager, so no torch in
+their fields), and what the engine keeps about the whole request (RequestState).
 """
 
 from __future__ import annotations
 
 import enum
 import itertools
-import math
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
-from app.engine.errors import InvalidRequest
+from app.engine.output import RequestSummary, RequestTimes
+from app.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from app.engine.output_processor import StopText
+    from app.engine.stream import OutputCollector
 
 
 class RequestKind(enum.StrEnum):
@@ -20,85 +26,6 @@ class RequestKind(enum.StrEnum):
     SCORE = "score"  # prefill only: log-probabilities of the prompt's own tokens
 
 
-class LogprobsMode(enum.StrEnum):
-    RAW = "raw"  # log-softmax of the model's logits
-    PROCESSED = "processed"  # after penalties, bias, temperature and top-k/p/min-p
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 16
-    temperature: float = 1.0  # 0: greedy
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0
-    min_p: float = 0.0
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    logit_bias: tuple[tuple[int, float], ...] = ()
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    min_tokens: int = 0
-    ignore_eos: bool = False
-    n: int = 1
-    logprobs: bool = False
-    top_logprobs: int = 0
-    logprobs_mode: LogprobsMode = LogprobsMode.PROCESSED
-    skip_special_tokens: bool = True
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-    @property
-    def needs_penalties(self) -> bool:
-        return (self.repetition_penalty != 1.0 or self.presence_penalty != 0.0
-                or self.frequency_penalty != 0.0)
-
-    def validate(self, vocab_size: int, max_top_logprobs: int = 20) -> None:
-        """Raise InvalidRequest naming the first bad field."""
-        floats = {
-            "temperature": self.temperature, "top_p": self.top_p, "min_p": self.min_p,
-            "repetition_penalty": self.repetition_penalty,
-            "presence_penalty": self.presence_penalty,
-            "frequency_penalty": self.frequency_penalty,
-        }
-        for name, value in floats.items():
-            if not math.isfinite(value):
-                raise InvalidRequest(f"{name} must be a finite number", param=name)
-        checks = [
-            (self.max_tokens >= 1, "max_tokens", "must be at least 1"),
-            (self.temperature >= 0, "temperature", "must be >= 0"),
-            (self.top_k >= 0, "top_k", "must be >= 0 (0 disables it)"),
-            (0 < self.top_p <= 1, "top_p", "must be in (0, 1]"),
-            (0 <= self.min_p <= 1, "min_p", "must be in [0, 1]"),
-            (self.repetition_penalty > 0, "repetition_penalty", "must be > 0"),
-            (-2 <= self.presence_penalty <= 2, "presence_penalty", "must be in [-2, 2]"),
-            (-2 <= self.frequency_penalty <= 2, "frequency_penalty", "must be in [-2, 2]"),
-            (self.min_tokens >= 0, "min_tokens", "must be >= 0"),
-            (self.min_tokens <= self.max_tokens, "min_tokens", "must not exceed max_tokens"),
-            (self.n >= 1, "n", "must be at least 1"),
-            (0 <= self.top_logprobs <= max_top_logprobs, "top_logprobs",
-             f"must be in [0, {max_top_logprobs}]"),
-            (all(s for s in self.stop), "stop", "stop strings must not be empty"),
-        ]
-        for ok, name, message in checks:
-            if not ok:
-                raise InvalidRequest(f"{name} {message}", param=name)
-        for token_id in self.stop_token_ids:
-            if not 0 <= token_id < vocab_size:
-                raise InvalidRequest(f"stop_token_ids: {token_id} is not in the vocabulary "
-                                     f"(0..{vocab_size - 1})", param="stop_token_ids")
-        for token_id, bias in self.logit_bias:
-            if not 0 <= token_id < vocab_size:
-                raise InvalidRequest(f"logit_bias: token {token_id} is not in the vocabulary",
-                                     param="logit_bias")
-            if not math.isfinite(bias) or abs(bias) > 100:
-                raise InvalidRequest("logit_bias values must be in [-100, 100]",
-                                     param="logit_bias")
-
-
 class SequenceStatus(enum.Enum):
     WAITING = enum.auto()
     RUNNING = enum.auto()
@@ -106,11 +33,20 @@ class SequenceStatus(enum.Enum):
 
 
 _seq_ids = itertools.count()
+_groups = itertools.count()
+
+
+def new_group() -> int:
+    """A fresh admission-group id."""
+    return next(_groups)
 
 
 @dataclass(eq=False)
 class Sequence:
-    """One token stream. A request with n > 1 has n sequences, forked after the prompt."""
+    """One token stream. A request with n > 1 has n sequences, forked after the prompt.
+
+    Owned by the event loop: the scheduler and the engine change it between steps; the
+    worker thread only ever sees the snapshots in a SchedulerOutput."""
 
     request_id: str
     kind: RequestKind
@@ -121,6 +57,15 @@ class Sequence:
     priority: int = 0  # lower runs first; FCFS within a priority
     arrival: float = field(default_factory=time.monotonic)
     seq_id: int = field(default_factory=lambda: next(_seq_ids))
+    # Requests submitted together (the prompts of one HTTP request) share a group: the
+    # waiting queue counts a group as one request.
+    group: int = field(default_factory=new_group)
+    # Siblings this sequence will fork into when its prompt is done (n - 1 for a request's
+    # first sequence until then; 0 after, and for every child). The sequence cap counts
+    # them from admission on, so forking never pushes a step past max_num_seqs.
+    pending_forks: int = 0
+    # Prefix-cache namespace: only sequences with the same salt share cached blocks.
+    cache_salt: str | None = None
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed: int = 0  # tokens whose K/V are in the cache
     num_cached_hit: int = 0  # prompt tokens served by the prefix cache at admission
@@ -146,6 +91,11 @@ class Sequence:
         return len(self.token_ids) - self.num_computed
 
     @property
+    def seats(self) -> int:
+        """Places in the running batch this sequence takes, counting its future forks."""
+        return 1 + self.pending_forks
+
+    @property
     def is_finished(self) -> bool:
         return self.status is SequenceStatus.FINISHED
 
@@ -153,3 +103,38 @@ class Sequence:
     def sort_key(self) -> tuple[int, float, int]:
         """Scheduling order: priority, then arrival (FCFS), then fork index."""
         return (self.priority, self.arrival, self.index)
+
+
+@dataclass
+class RequestState:
+    """What the engine keeps about one request from submit() until it ends."""
+
+    request_id: str
+    model: str
+    kind: RequestKind
+    params: SamplingParams
+    prompt_ids: list[int]
+    collector: OutputCollector
+    times: RequestTimes
+    sequences: list[Sequence] = field(default_factory=list)
+    texts: dict[int, StopText] = field(default_factory=dict)  # completion index -> text
+    generators: dict[int, Any] = field(default_factory=dict)  # index -> torch.Generator
+    # SCORE: position -> log P(token | prefix); keyed so a recomputed step overwrites.
+    score_logprobs: dict[int, float] = field(default_factory=dict)
+    finished: bool = False
+    generated_tokens: int = 0
+    finish_reasons: list[str] = field(default_factory=list)
+
+    @property
+    def cached_tokens(self) -> int:
+        return self.sequences[0].num_cached_hit if self.sequences else 0
+
+    def sequence(self, seq_id: int) -> Sequence | None:
+        return next((s for s in self.sequences if s.seq_id == seq_id), None)
+
+    def summary(self) -> RequestSummary:
+        return RequestSummary(
+            request_id=self.request_id, model=self.model, kind=self.kind.value,
+            prompt_ids=self.prompt_ids, completion_tokens=self.generated_tokens,
+            cached_tokens=self.cached_tokens, finish_reasons=tuple(self.finish_reasons),
+            finished=self.finished, times=self.times)

@@ -1,5 +1,7 @@
 """ModelRunner: turns a SchedulerOutput into tensors, runs one batched forward over the
-paged KV cache, and returns only what postprocessing needs (a few rows of logits).
+paged KV cache, samples, and returns only what postprocessing needs (token ids,
+log-probabilities, distributions, class scores). Runs in the engine's worker thread and
+reads only the step's snapshots and the OutputPlan, never live request state.
 
 All sequences of a step share one flat batch (B=1, T=total new tokens): prefill chunks
 and single decode tokens side by side, each with its own positions and block table.
@@ -20,19 +22,47 @@ from app.engine.scheduler import ScheduledSeq, SchedulerOutput
 from app.modeling.attention import PagedAttention, PagedKVCache, build_paged_batch
 from app.modeling.config import Task
 from app.modeling.heads import label_scores
-from app.sampling import prompt_logprobs
+from app.sampling import (
+    Sampled,
+    SampleRow,
+    next_token_distribution,
+    prompt_logprobs,
+    sample_batch,
+)
 
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class Draw:
+    """One token to sample for a request's completion `index` from the logits of
+    sequence `seq_id` (the n completions of a forking request draw from one row)."""
+
+    request_id: str
+    seq_id: int
+    index: int
+    row: SampleRow
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """What the worker computes from this step's logits besides the forward: the draws
+    of generating sequences and the distributions of PREDICT ones. Built on the event
+    loop from the requests' state, so the worker reads no live object."""
+
+    draws: tuple[Draw, ...] = ()
+    distributions: dict[int, tuple[float, int]] = field(default_factory=dict)  # seq_id ->
+    # (temperature, top-k)
+
+
 @dataclass
 class RunnerOutput:
-    # Next-token logits (float32, CPU) of each sequence whose tokens are now all computed.
-    logits: Tensor | None = None
-    rows: dict[int, int] = field(default_factory=dict)  # seq_id -> row of `logits`
-    # Classification scores of finished-prefill CLASSIFY sequences.
+    sampled: list[Sampled] = field(default_factory=list)  # one per OutputPlan.draws
+    # PREDICT: seq_id -> [(token_id, prob, logprob)], most likely first.
+    distributions: dict[int, list[tuple[int, float, float]]] = field(default_factory=dict)
+    # CLASSIFY: seq_id -> scores of finished-prefill sequences.
     class_scores: dict[int, list[float]] = field(default_factory=dict)
-    # SCORE sequences: {position of target token: log P(token | prefix)} for this step.
+    # SCORE: seq_id -> {position of target token: log P(token | prefix)} for this step.
     score_logprobs: dict[int, dict[int, float]] = field(default_factory=dict)
 
 
@@ -67,18 +97,19 @@ class ModelRunner:
                  self.cache.nbytes / 2**20)
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput) -> RunnerOutput:
+    def execute(self, out: SchedulerOutput, plan: OutputPlan) -> RunnerOutput:
+        """One batched forward over the step's snapshots, then sampling (in this worker
+        thread, off the event loop)."""
         items = out.scheduled
         ids: list[int] = []
         positions: list[int] = []
         for item in items:
-            end = item.start + item.num_new_tokens
-            ids.extend(item.seq.token_ids[item.start:end])
-            positions.extend(range(item.start, end))
+            ids.extend(item.token_ids)
+            positions.extend(range(item.start, item.start + item.num_new_tokens))
         batch = build_paged_batch(
             [i.num_new_tokens for i in items],
             [i.start + i.num_new_tokens for i in items],
-            [i.seq.block_table for i in items],
+            [list(i.block_table) for i in items],
             self.cache.block_size,
             self.device,
         )
@@ -95,15 +126,29 @@ class ModelRunner:
         if self.config.task is Task.SEQUENCE_CLASSIFICATION:
             self._classify(hidden, last_rows, result)
             return result
-        wanted = [(item, row) for item, row in last_rows if item.seq.kind is not RequestKind.SCORE]
+        wanted = [(item, row) for item, row in last_rows if item.kind is not RequestKind.SCORE]
         if wanted:
             index = torch.tensor([row for _, row in wanted], device=self.device)
-            result.logits = self.model.logits(hidden[index]).float().cpu()
-            result.rows = {item.seq.seq_id: k for k, (item, _) in enumerate(wanted)}
+            logits = self.model.logits(hidden[index]).float().cpu()  # (B, V)
+            rows = {item.seq_id: k for k, (item, _) in enumerate(wanted)}
+            self._sample(logits, rows, plan, result)
         for k, item in enumerate(items):
-            if item.seq.kind is RequestKind.SCORE:
+            if item.kind is RequestKind.SCORE:
                 self._score(hidden[offsets[k]:offsets[k + 1]], item, result)
         return result
+
+    @staticmethod
+    def _sample(logits: Tensor, rows: dict[int, int], plan: OutputPlan,
+                result: RunnerOutput) -> None:
+        draws = [d for d in plan.draws if d.seq_id in rows]
+        if len(draws) != len(plan.draws):
+            raise RuntimeError("a draw names a sequence without logits in this step")
+        if draws:
+            result.sampled = sample_batch(logits, [d.row for d in draws],
+                                          [rows[d.seq_id] for d in draws])
+        for seq_id, (temperature, k) in plan.distributions.items():
+            result.distributions[seq_id] = next_token_distribution(
+                logits[rows[seq_id]], temperature, k)
 
     def _classify(self, hidden: Tensor, last_rows: list[tuple[ScheduledSeq, int]],
                   result: RunnerOutput) -> None:
@@ -112,16 +157,18 @@ class ModelRunner:
         index = torch.tensor([row for _, row in last_rows], device=self.device)
         scores = label_scores(self.model.classify(hidden[index]), self.config.problem_type)
         for (item, _), row in zip(last_rows, scores.cpu().tolist(), strict=True):
-            result.class_scores[item.seq.seq_id] = row
+            result.class_scores[item.seq_id] = row
 
     def _score(self, hidden: Tensor, item: ScheduledSeq, result: RunnerOutput) -> None:
         # Position p predicts token p + 1; keep the predictions of target tokens only.
-        seq = item.seq
-        first = max(item.start, (seq.score_from or 1) - 1)
-        last = min(item.start + item.num_new_tokens, len(seq.token_ids) - 1)  # exclusive
+        window = (*item.token_ids, *(() if item.next_token is None else (item.next_token,)))
+        end = item.start + len(window)  # exclusive: positions known in this window
+        first = max(item.start, (item.score_from or 1) - 1)
+        last = min(item.start + item.num_new_tokens, end - 1)  # exclusive
         if first >= last:
             return
         rows = hidden[first - item.start:last - item.start]
-        targets = torch.tensor(seq.token_ids[first + 1:last + 1], device=self.device)
+        targets = torch.tensor(window[first + 1 - item.start:last + 1 - item.start],
+                               device=self.device)
         values = prompt_logprobs(self.model.logits(rows), targets).cpu().tolist()
-        result.score_logprobs[seq.seq_id] = dict(enumerate(values, start=first + 1))
+        result.score_logprobs[item.seq_id] = dict(enumerate(values, start=first + 1))

@@ -9,16 +9,22 @@ Pure Python (no torch). Each `schedule()`:
      the sequence cap and the free blocks allow, reusing cached prefix blocks.
 A prompt longer than the budget is prefilled over several steps (chunked prefill)
 while the other sequences keep decoding.
+
+The runner never sees a live Sequence: `schedule()` returns a SchedulerOutput of frozen
+snapshots (token ids, positions, block tables), so the worker thread computes from
+values that nothing on the event loop can change under it.
 """
 
 from __future__ import annotations
 
 import bisect
+from collections import Counter
+from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
 from app.engine.block_manager import BlockManager
-from app.engine.errors import QueueFull
-from app.engine.request import Sequence, SequenceStatus
+from app.engine.errors import InvalidRequest, QueueFull
+from app.engine.request import RequestKind, Sequence, SequenceStatus
 
 
 @dataclass(frozen=True)
@@ -38,22 +44,36 @@ class SchedulerConfig:
             raise ValueError("scheduler limits must be positive")
 
 
-@dataclass
+@dataclass(frozen=True)
 class ScheduledSeq:
-    seq: Sequence
-    num_new_tokens: int  # query length this step
-    start: int  # position of the first new token (== seq.num_computed when scheduled)
+    """One sequence's share of a step, as plain values: all the runner reads."""
+
+    seq_id: int
+    request_id: str
+    kind: RequestKind
+    token_ids: tuple[int, ...]  # the tokens computed this step
+    start: int  # position of token_ids[0]
+    block_table: tuple[int, ...]
+    num_prompt_tokens: int
+    # After this step every token the sequence holds is computed, so its next-token
+    # output (logits to sample from, a distribution, class scores) is wanted.
+    completes_prefill: bool
+    score_from: int | None = None  # SCORE: first prompt position whose logprob is wanted
+    next_token: int | None = None  # SCORE: the token after this chunk, if any
 
     @property
-    def completes_prefill(self) -> bool:
-        """After this step the sequence has computed every token it holds."""
-        return self.start + self.num_new_tokens == len(self.seq.token_ids)
+    def num_new_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def is_prefill(self) -> bool:
+        return self.start < self.num_prompt_tokens
 
 
-@dataclass
+@dataclass(frozen=True)
 class SchedulerOutput:
-    scheduled: list[ScheduledSeq] = field(default_factory=list)
-    preempted: list[Sequence] = field(default_factory=list)
+    scheduled: tuple[ScheduledSeq, ...] = ()
+    num_preempted: int = 0
 
     @property
     def num_batched_tokens(self) -> int:
@@ -64,76 +84,134 @@ class SchedulerOutput:
         return not self.scheduled
 
 
+def snapshot(seq: Sequence, num_new_tokens: int) -> ScheduledSeq:
+    start = seq.num_computed
+    end = start + num_new_tokens
+    scoring = seq.kind is RequestKind.SCORE
+    return ScheduledSeq(
+        seq_id=seq.seq_id, request_id=seq.request_id, kind=seq.kind,
+        token_ids=tuple(seq.token_ids[start:end]), start=start,
+        block_table=tuple(seq.block_table), num_prompt_tokens=seq.num_prompt_tokens,
+        completes_prefill=end == len(seq.token_ids),
+        score_from=seq.score_from if scoring else None,
+        next_token=seq.token_ids[end] if scoring and end < len(seq.token_ids) else None)
+
+
+@dataclass
+class _Queue:
+    """The waiting sequences in scheduling order, with running totals for admission."""
+
+    seqs: list[Sequence] = field(default_factory=list)
+    tokens: int = 0
+    groups: Counter[int] = field(default_factory=Counter)
+
+    def push(self, seq: Sequence) -> None:
+        seq.status = SequenceStatus.WAITING
+        bisect.insort(self.seqs, seq, key=lambda s: s.sort_key)
+        self.tokens += len(seq)
+        self.groups[seq.group] += 1
+
+    def remove(self, seq: Sequence) -> None:
+        self.seqs.remove(seq)
+        self.tokens -= len(seq)
+        self.groups[seq.group] -= 1
+        if not self.groups[seq.group]:
+            del self.groups[seq.group]
+
+
 class Scheduler:
     def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
         self.config = config
         self.blocks = block_manager
-        self.waiting: list[Sequence] = []  # sorted by sort_key
+        self._queue = _Queue()
         self.running: list[Sequence] = []
         self.num_preemptions = 0
+        self._in_flight: list[Sequence] = []  # the live sequences of the last schedule()
 
     # ------------------------------------------------------------------ queues
 
     @property
+    def waiting(self) -> list[Sequence]:
+        return self._queue.seqs
+
+    @property
     def waiting_tokens(self) -> int:
-        return sum(len(s) for s in self.waiting)
+        return self._queue.tokens
 
     @property
     def num_waiting_requests(self) -> int:
-        return len({s.request_id for s in self.waiting})
+        """Waiting admission groups (the prompts of one HTTP request count once)."""
+        return len(self._queue.groups)
+
+    @property
+    def num_running_seats(self) -> int:
+        return sum(s.seats for s in self.running)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def add(self, seq: Sequence) -> None:
-        """Queue a new request's sequence, or refuse with QueueFull (-> HTTP 429)."""
-        if self.num_waiting_requests >= self.config.max_waiting_requests:
-            raise QueueFull(f"server busy: {self.config.max_waiting_requests} requests are "
+    def add(self, seqs: Seq[Sequence]) -> None:
+        """Queue the sequences of one request (its prompts) as one admission, or refuse
+        them all: InvalidRequest (-> 400) when they could never be admitted, whatever the
+        load; QueueFull (-> 429) when the queue is full now."""
+        limits = self.config
+        tokens = sum(len(s) for s in seqs)
+        if tokens > limits.max_waiting_tokens:
+            raise InvalidRequest(
+                f"the request's prompts total {tokens} tokens, more than the waiting queue "
+                f"ever holds ({limits.max_waiting_tokens}, the server's max_waiting_tokens); "
+                "send fewer or shorter prompts", param="prompt")
+        if self.num_waiting_requests >= limits.max_waiting_requests:
+            raise QueueFull(f"server busy: {limits.max_waiting_requests} requests are "
                             "already waiting")
-        if self.waiting_tokens + len(seq) > self.config.max_waiting_tokens:
+        if self.waiting_tokens + tokens > limits.max_waiting_tokens:
             raise QueueFull(f"server busy: the waiting queue holds its limit of "
-                            f"{self.config.max_waiting_tokens} prompt tokens")
-        self._enqueue(seq)
-
-    def _enqueue(self, seq: Sequence) -> None:
-        seq.status = SequenceStatus.WAITING
-        bisect.insort(self.waiting, seq, key=lambda s: s.sort_key)
+                            f"{limits.max_waiting_tokens} prompt tokens")
+        for seq in seqs:
+            seq.group = seqs[0].group
+            self._queue.push(seq)
 
     def add_running(self, seq: Sequence) -> None:
-        """A forked sequence: it already shares its parent's blocks."""
+        """A forked sequence: it already shares its parent's blocks, and its seat was
+        counted with the parent's (pending_forks)."""
         seq.status = SequenceStatus.RUNNING
         self.running.append(seq)
 
     def finish(self, seq: Sequence, reason: str) -> None:
         """Mark done and return its blocks (cached prefix blocks stay reusable)."""
-        if seq in self.running:
+        if seq.status is SequenceStatus.RUNNING and seq in self.running:
             self.running.remove(seq)
-        elif seq in self.waiting:
-            self.waiting.remove(seq)
+        elif seq.status is SequenceStatus.WAITING and seq in self.waiting:
+            self._queue.remove(seq)
         self.blocks.free(seq)
         seq.status = SequenceStatus.FINISHED
         seq.finish_reason = reason
 
-    def _preempt(self, seq: Sequence, out: SchedulerOutput) -> None:
+    def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
         self.blocks.free(seq)
         seq.preemptions += 1
         self.num_preemptions += 1
-        self._enqueue(seq)
-        out.preempted.append(seq)
+        self._queue.push(seq)
+
+    def _allocate(self, seq: Sequence, num_new_tokens: int) -> None:
+        if not self.blocks.ensure_slots(seq, num_new_tokens):
+            raise RuntimeError(f"scheduler: no blocks for {num_new_tokens} tokens of sequence "
+                               f"{seq.seq_id} after checking that they fit")
 
     # ------------------------------------------------------------------ one step
 
     def schedule(self) -> SchedulerOutput:
-        out = SchedulerOutput()
         budget = self.config.max_num_batched_tokens
         self.running.sort(key=lambda s: s.sort_key)
-        scheduled_ids: set[int] = set()
+        picked: list[tuple[Sequence, int]] = []
+        picked_ids: set[int] = set()
+        preempted = 0
 
         def victim_for(seq: Sequence) -> Sequence:
             # The newest running sequence that has not been given work this step.
             for candidate in reversed(self.running):
-                if candidate.seq_id not in scheduled_ids:
+                if candidate.seq_id not in picked_ids:
                     return candidate
             return seq
 
@@ -148,20 +226,22 @@ class Scheduler:
                 if chunk == want or (chunk > 0 and seq.num_uncomputed > 1):
                     break
                 victim = victim_for(seq)
-                self._preempt(victim, out)
+                self._preempt(victim)
+                preempted += 1
                 if victim is seq:
                     break
             if seq.status is not SequenceStatus.RUNNING:
                 continue
-            assert self.blocks.ensure_slots(seq, chunk)
-            out.scheduled.append(ScheduledSeq(seq, chunk, seq.num_computed))
-            scheduled_ids.add(seq.seq_id)
+            self._allocate(seq, chunk)
+            picked.append((seq, chunk))
+            picked_ids.add(seq.seq_id)
             budget -= chunk
 
         reserve = int(self.config.watermark * self.blocks.num_blocks)
-        while self.waiting and budget > 0 and not out.preempted:
+        seats = self.num_running_seats
+        while self.waiting and budget > 0 and not preempted:
             seq = self.waiting[0]
-            if len(self.running) + seq.params.n > self.config.max_num_seqs and self.running:
+            if seats + seq.seats > self.config.max_num_seqs and self.running:
                 break
             hit = self.blocks.admit(seq)
             chunk = min(seq.num_uncomputed, budget,
@@ -169,26 +249,24 @@ class Scheduler:
             if chunk <= 0:
                 self.blocks.free(seq)  # give back the prefix hits; try again next step
                 break
-            assert self.blocks.ensure_slots(seq, chunk)
-            self.waiting.pop(0)
-            if seq.preemptions == 0:
+            self._allocate(seq, chunk)
+            self._queue.remove(seq)
+            if seq.preemptions == 0:  # a first admission, not a recompute
                 seq.num_cached_hit = hit
+                self.blocks.record_lookup(len(seq), hit)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
-            out.scheduled.append(ScheduledSeq(seq, chunk, seq.num_computed))
+            seats += seq.seats
+            picked.append((seq, chunk))
             budget -= chunk
-        return out
+        self._in_flight = [seq for seq, _ in picked]
+        return SchedulerOutput(tuple(snapshot(seq, chunk) for seq, chunk in picked),
+                               preempted)
 
     def step_done(self, out: SchedulerOutput) -> None:
         """The runner computed the scheduled tokens: advance and publish full blocks."""
-        for item in out.scheduled:
-            if item.seq.status is SequenceStatus.RUNNING:
-                item.seq.num_computed = item.start + item.num_new_tokens
-                self.blocks.commit(item.seq)
-
-    def abort(self, request_id: str) -> list[Sequence]:
-        """Remove every sequence of a request, freeing its blocks at once."""
-        found = [s for s in self.waiting + self.running if s.request_id == request_id]
-        for seq in found:
-            self.finish(seq, "abort")
-        return found
+        for seq, item in zip(self._in_flight, out.scheduled, strict=True):
+            if seq.status is SequenceStatus.RUNNING and seq.seq_id == item.seq_id:
+                seq.num_computed = item.start + item.num_new_tokens
+                self.blocks.commit(seq)
+        self._in_flight = []

@@ -130,7 +130,8 @@ def test_sigterm_drains_in_flight_streams(hf_checkpoint: Any, tmp_path: Path) ->
         assert last == "data: [DONE]" and count == 200 + 2  # every token, usage, [DONE]
 
 
-def test_schemathesis_finds_no_5xx_and_no_schema_violation(hf_checkpoint: Any) -> None:
+def test_schemathesis_finds_no_5xx_and_no_schema_violation(hf_checkpoint: Any,
+                                                            tmp_path: Path) -> None:
     """Property-based fuzzing of every operation in /openapi.json (bounded for CI; the
     `make fuzz` target runs thousands of examples)."""
     import os
@@ -147,6 +148,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(hf_checkpoint: Any) -
              "not_a_server_error,response_schema_conformance,status_code_conformance,"
              "content_type_conformance", "--max-examples", examples, "--seed", "7",
              "--no-shrink", "--request-timeout", "60"],
-            capture_output=True, text=True, timeout=900)
+            # Its example cache (.schemathesis/) goes to a temporary directory, not the repo.
+            cwd=tmp_path, capture_output=True, text=True, timeout=900)
         assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
         assert "passed" in run.stdout

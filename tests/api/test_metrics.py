@@ -12,7 +12,10 @@ import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
+from app import app_version
+from app.sampling_params import SamplingParams
 from tests.app_helpers import running_app, settings_for
+from tests.waiting import until
 
 
 def scrape(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -62,8 +65,7 @@ def test_counters_and_histograms_move_by_known_amounts(api: Any) -> None:
         assert value(after, "llm_kv_cache_blocks", model="lm") == 256
         assert value(after, "llm_requests_running", model="lm") == 0
         assert value(after, "llm_model_info", model="lm", architecture="LlamaForCausalLM",
-                     dtype="float32", device="cpu", version=pytest.importorskip(
-                         "app.api.routes.tokenize").app_version()) == 1
+                     dtype="float32", device="cpu", version=app_version()) == 1
         # errors by type
         await client.post("/v1/generate", json={"prompt": "x", "model": "nope"})
         errors = await get_metrics(client)
@@ -84,15 +86,11 @@ def test_rejections_aborts_and_vllm_names(checkpoints: dict[str, Any]) -> None:
             rejected = codes.count(429)
             assert rejected >= 1
             engine = app.state.server.models["lm"].engine
-            stream = engine.submit([5, 6, 7], __import__("app.engine.request", fromlist=[
-                "SamplingParams"]).SamplingParams(max_tokens=50, ignore_eos=True))
+            stream = engine.submit([5, 6, 7], SamplingParams(max_tokens=50, ignore_eos=True))
             iterator = stream.__aiter__()
             await iterator.__anext__()
             await iterator.aclose()  # the consumer leaves: an abort
-            for _ in range(100):
-                if engine.num_requests == 0:
-                    break
-                await asyncio.sleep(0.01)
+            await until(lambda: engine.num_requests == 0, "the aborted request to end")
             m = await get_metrics(client)
             assert value(m, "llm_admission_rejections_total", model="lm") == rejected
             assert value(m, "llm_request_aborts_total", model="lm") == 1

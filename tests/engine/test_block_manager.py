@@ -5,7 +5,8 @@ from __future__ import annotations
 import random
 
 from app.engine.block_manager import BlockManager
-from app.engine.request import RequestKind, SamplingParams, Sequence
+from app.engine.request import RequestKind, Sequence
+from app.sampling_params import SamplingParams
 
 
 def seq(tokens: list[int], request_id: str = "r") -> Sequence:
@@ -52,7 +53,27 @@ def test_prefix_hit_miss_and_last_token_recomputed() -> None:
     d = seq([7, 1, 2, 3, 4, 5, 6, 7, 8])
     assert bm.admit(d) == 0
     bm.check_invariants()
-    assert bm.prefix_hits == 12 and bm.prefix_queries == 12 + 9 + 9
+
+
+def test_cache_salt_separates_prefixes() -> None:
+    bm = BlockManager(num_blocks=16, block_size=4)
+    tokens = list(range(12))
+    a = seq(tokens)
+    a.cache_salt = "alice"
+    compute(bm, a, 12)
+    bm.free(a)
+    for salt, hit in ((None, 0), ("bob", 0), ("alice", 8)):
+        other = seq(tokens)
+        other.cache_salt = salt
+        assert bm.admit(other) == hit, salt
+        bm.free(other)
+    plain = seq(tokens)
+    compute(bm, plain, 12)  # unsalted blocks are their own namespace too
+    bm.free(plain)
+    salted = seq(tokens)
+    salted.cache_salt = "bob"
+    assert bm.admit(salted) == 0
+    bm.check_invariants()
 
 
 def test_lru_eviction_keeps_accounting_exact() -> None:

@@ -12,7 +12,8 @@ import torch
 
 from app.engine.engine import Engine
 from app.engine.errors import EngineDead, InvalidRequest, QueueFull, StepFailed
-from app.engine.request import RequestKind, SamplingParams
+from app.engine.request import RequestKind
+from app.sampling_params import SamplingParams
 from tests.engine.conftest import reference_greedy
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)

@@ -10,8 +10,9 @@ import pytest
 
 from app.checkpoint import load_model
 from app.engine.engine import Engine, EngineConfig
-from app.engine.request import RequestKind, SamplingParams
+from app.engine.request import RequestKind
 from app.engine.scheduler import SchedulerConfig
+from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
 
 MODELS = Path(__file__).resolve().parents[2] / "models"

@@ -10,10 +10,11 @@ from fastapi import APIRouter, Request
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
 from app.api.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult, LabelScore, Usage
-from app.api.serving import as_list, check_inputs, collect, encode, submit_all
+from app.api.serving import as_list, check_inputs, collect, encode, stream_usage, submit_all
 from app.api.state import ServedModel
 from app.config import Settings
-from app.engine.request import RequestKind, SamplingParams
+from app.engine.request import RequestKind
+from app.sampling_params import IMPOSSIBLE_LOGPROB, SamplingParams
 
 router = APIRouter(tags=["inference"])
 
@@ -26,17 +27,18 @@ def _ranked(labels: list[str], scores: list[float], top_k: int | None) -> list[L
 
 
 async def _head(model: ServedModel, settings: Settings, texts: list[str], request: Request,
-                top_k: int | None) -> tuple[list[list[LabelScore]], int]:
-    prompts = [encode(model, settings, t, "text") for t in texts]
-    streams = submit_all(request, model, prompts, PREFILL_ONLY, RequestKind.CLASSIFY)
+                top_k: int | None, salt: str | None) -> tuple[list[list[LabelScore]], Usage]:
+    prompts = [await encode(model, settings, t, "text") for t in texts]
+    streams = submit_all(request, model, prompts, PREFILL_ONLY, RequestKind.CLASSIFY,
+                         salt=salt)
     outputs = await collect(request, streams)
     labels = list(model.loaded.config.id2label)
     ranked = [_ranked(labels, out.class_scores or [], top_k) for out in outputs]
-    return ranked, sum(len(p) for p in prompts)
+    return ranked, stream_usage(streams)
 
 
 async def _zero_shot(model: ServedModel, settings: Settings, body: ClassifyRequest,
-                     texts: list[str], request: Request) -> tuple[list[list[LabelScore]], int]:
+                     texts: list[str], request: Request) -> tuple[list[list[LabelScore]], Usage]:
     labels = body.candidate_labels or []
     if len(labels) > settings.max_candidate_labels:
         raise BadRequest(f"at most {settings.max_candidate_labels} candidate_labels",
@@ -50,7 +52,8 @@ async def _zero_shot(model: ServedModel, settings: Settings, body: ClassifyReque
     prompts: list[list[int]] = []
     starts: list[int | None] = []
     for text in texts:
-        context = encode(model, settings, body.prompt_template.replace("{text}", text), "text")
+        context = await encode(model, settings, body.prompt_template.replace("{text}", text),
+                               "text")
         for ids in label_ids:
             prompts.append(context + ids)
             starts.append(len(context))
@@ -58,14 +61,15 @@ async def _zero_shot(model: ServedModel, settings: Settings, body: ClassifyReque
     if too_long > model.max_model_len:
         raise BadRequest(f"text plus label is {too_long} tokens; the model's context is "
                          f"{model.max_model_len}", param="text")
+    # All texts x labels are one admission: the fan-out is one request to the queue.
     streams = submit_all(request, model, prompts, PREFILL_ONLY, RequestKind.SCORE,
-                         score_from=starts)
+                         score_from=starts, salt=body.cache_salt)
     outputs = await collect(request, streams)
     results = []
     for t in range(len(texts)):
         mean_logprobs = []
         for j in range(len(labels)):
-            values = outputs[t * len(labels) + j].score_logprobs or [-math.inf]
+            values = outputs[t * len(labels) + j].score_logprobs or [IMPOSSIBLE_LOGPROB]
             mean_logprobs.append(sum(values) / len(values))  # length-normalised
         if body.multi_label:
             # Each label on its own: its per-token (geometric mean) probability.
@@ -75,7 +79,7 @@ async def _zero_shot(model: ServedModel, settings: Settings, body: ClassifyReque
             weights = [math.exp(v - top) for v in mean_logprobs]
             scores = [w / sum(weights) for w in weights]
         results.append(_ranked(labels, scores, body.top_k))
-    return results, sum(len(p) for p in prompts)
+    return results, stream_usage(streams)
 
 
 @router.post("/v1/classify", response_model=ClassifyResponse,
@@ -94,13 +98,14 @@ async def classify(body: ClassifyRequest, request: Request, state: StateDep
         if not zero_shot:
             raise BadRequest(f"model {model.name!r} is a language model: give candidate_labels "
                              "for zero-shot classification", param="candidate_labels")
-        ranked, tokens = await _zero_shot(model, state.settings, body, texts, request)
+        ranked, usage = await _zero_shot(model, state.settings, body, texts, request)
     else:
         if zero_shot:
             raise BadRequest("candidate_labels need a language model", param="candidate_labels")
-        ranked, tokens = await _head(model, state.settings, texts, request, body.top_k)
+        ranked, usage = await _head(model, state.settings, texts, request, body.top_k,
+                                     body.cache_salt)
     results = [ClassifyResult(index=i, label=r[0].label, score=r[0].score, scores=r)
                for i, r in enumerate(ranked)]
     return ClassifyResponse(model=model.name, label=results[0].label, score=results[0].score,
                             scores=results[0].scores, results=results,
-                            usage=Usage(prompt_tokens=tokens, total_tokens=tokens))
+                            usage=usage)

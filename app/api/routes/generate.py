@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from app.api.deps import StateDep, pick_model
-from app.api.schemas import GenerateRequest, GenerateResponse, GenerateResult, Usage
+from app.api.schemas import GenerateRequest, GenerateResponse, GenerateResult
 from app.api.serving import (
     as_list,
     check_inputs,
@@ -44,10 +44,10 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep) -> 
     check_inputs(settings, texts, "prompt")
     params = sampling_params(body, settings, logprobs=body.logprobs,
                              top_logprobs=body.top_logprobs, logprobs_mode=body.logprobs_mode)
-    prompts = [encode(model, settings, t, "prompt") for t in texts]
+    prompts = [await encode(model, settings, t, "prompt") for t in texts]
     request_id = request.state.request_id
     streams = submit_all(request, model, prompts, params, RequestKind.GENERATE,
-                         priority=body.priority)
+                         priority=body.priority, salt=body.cache_salt)
     if body.stream:
 
         def on_output(i: int, out: RequestOutput) -> list[dict[str, Any]]:
@@ -59,7 +59,8 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep) -> 
                     for d in out.completions]
 
         def final() -> list[dict[str, Any]]:
-            return [{"id": request_id, "model": model.name, "usage": stream_usage(streams)}]
+            return [{"id": request_id, "model": model.name,
+                     "usage": stream_usage(streams).model_dump()}]
 
         return StreamingResponse(sse_stream(streams, on_output, final),
                                  media_type="text/event-stream",
@@ -72,4 +73,4 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep) -> 
                for i, out in enumerate(outputs) for c in out.completions]
     return GenerateResponse(id=request_id, model=model.name, text=results[0].text,
                             finish_reason=results[0].finish_reason, results=results,
-                            usage=Usage(**stream_usage(streams)))
+                            usage=stream_usage(streams))

@@ -1,7 +1,10 @@
 """OpenAI-compatible endpoints: /v1/completions, /v1/chat/completions, /v1/models.
 
 Extra sampling fields that vLLM also accepts (top_k, min_p, repetition_penalty,
-min_tokens, ignore_eos, stop_token_ids) work here too; unknown fields are ignored.
+min_tokens, ignore_eos, stop_token_ids, cache_salt) work here too; unknown fields are
+ignored. As in OpenAI's API: chat without max_tokens may generate until the context is
+full (bounded by the server's max_tokens_limit); usage carries
+prompt_tokens_details.cached_tokens; every response and chunk carries system_fingerprint.
 """
 
 from __future__ import annotations
@@ -27,7 +30,6 @@ from app.api.schemas import (
     CompletionResponse,
     OpenAIModel,
     OpenAIModelList,
-    Usage,
 )
 from app.api.serving import (
     as_list,
@@ -43,7 +45,7 @@ from app.api.serving import (
 from app.api.state import ServedModel
 from app.engine.output import CompletionDelta, RequestOutput
 from app.engine.request import RequestKind
-from app.sampling import TokenLogprob
+from app.sampling_params import TokenLogprob
 
 router = APIRouter(tags=["openai"])
 STREAMABLE: dict[int | str, dict[str, Any]] = {200: {
@@ -103,10 +105,13 @@ async def completions(body: CompletionRequest, request: Request, state: StateDep
     top = body.logprobs or 0
     params = sampling_params(body, settings, logprobs=body.logprobs is not None,
                              top_logprobs=top)
-    prompts = [encode(model, settings, t, "prompt") for t in texts]
+    prompts = [await encode(model, settings, t, "prompt") for t in texts]
     request_id = request.state.request_id
-    streams = submit_all(request, model, prompts, params, RequestKind.GENERATE)
+    streams = submit_all(request, model, prompts, params, RequestKind.GENERATE,
+                         salt=body.cache_salt)
     created, cid = int(time.time()), f"cmpl-{request_id}"
+    head = {"id": cid, "object": "text_completion", "created": created, "model": model.name,
+            "system_fingerprint": model.fingerprint}
 
     def choice_index(prompt_index: int, delta: CompletionDelta) -> int:
         return prompt_index * params.n + delta.index
@@ -117,13 +122,11 @@ async def completions(body: CompletionRequest, request: Request, state: StateDep
                 index=choice_index(i, d), text=d.text, finish_reason=d.finish_reason,
                 logprobs=_completion_logprobs(model, d.logprobs)).model_dump()
                 for d in out.completions]
-            return [{"id": cid, "object": "text_completion", "created": created,
-                     "model": model.name, "choices": choices}]
+            return [{**head, "choices": choices}]
 
         def final() -> list[dict[str, Any]]:
             if body.stream_options and body.stream_options.include_usage:
-                return [{"id": cid, "object": "text_completion", "created": created,
-                         "model": model.name, "choices": [], "usage": stream_usage(streams)}]
+                return [{**head, "choices": [], "usage": stream_usage(streams).model_dump()}]
             return []
 
         return StreamingResponse(sse_stream(streams, on_output, final),
@@ -134,7 +137,8 @@ async def completions(body: CompletionRequest, request: Request, state: StateDep
                                 logprobs=_completion_logprobs(model, c.logprobs))
                for i, out in enumerate(outputs) for c in out.completions]
     return CompletionResponse(id=cid, created=created, model=model.name, choices=choices,
-                              usage=Usage(**stream_usage(streams)))
+                              usage=stream_usage(streams),
+                              system_fingerprint=model.fingerprint)
 
 
 def _message_text(content: str | list[dict[str, Any]] | None) -> str:
@@ -159,17 +163,22 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
     messages = [{"role": m.role, "content": _message_text(m.content),
                  **({"name": m.name} if m.name else {})} for m in body.messages]
     text = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    prompt = encode(model, settings, text, "messages", add_special_tokens=False)
+    prompt = await encode(model, settings, text, "messages", add_special_tokens=False)
+    # OpenAI semantics: without max_tokens, a reply may run to the end of the context.
+    until_full = max(1, min(model.max_model_len - len(prompt), settings.max_tokens_limit))
     params = sampling_params(body, settings, max_tokens=body.max_completion_tokens,
-                             logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0)
+                             logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
+                             default_max_tokens=until_full)
     request_id = request.state.request_id
-    streams = submit_all(request, model, [prompt], params, RequestKind.GENERATE)
+    streams = submit_all(request, model, [prompt], params, RequestKind.GENERATE,
+                         salt=body.cache_salt)
     created, cid = int(time.time()), f"chatcmpl-{request_id}"
 
     if body.stream:
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
             return {"id": cid, "object": "chat.completion.chunk", "created": created,
-                    "model": model.name, "choices": choices, **extra}
+                    "model": model.name, "system_fingerprint": model.fingerprint,
+                    "choices": choices, **extra}
 
         started: set[int] = set()
 
@@ -188,7 +197,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
 
         def final() -> list[dict[str, Any]]:
             if body.stream_options and body.stream_options.include_usage:
-                return [chunk([], usage=stream_usage(streams))]
+                return [chunk([], usage=stream_usage(streams).model_dump())]
             return []
 
         return StreamingResponse(sse_stream(streams, on_output, final),
@@ -199,4 +208,5 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
                           logprobs=_chat_logprobs(model, c.logprobs))
                for c in outputs[0].completions]
     return ChatCompletionResponse(id=cid, created=created, model=model.name, choices=choices,
-                                  usage=Usage(**stream_usage(streams)))
+                                  usage=stream_usage(streams),
+                                  system_fingerprint=model.fingerprint)

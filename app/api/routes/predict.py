@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
-import math
-
 from fastapi import APIRouter, Request
 
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
-from app.api.schemas import PredictRequest, PredictResponse, PredictResult, TokenProb, Usage
-from app.api.serving import as_list, check_inputs, collect, encode, submit_all, token_text
-from app.engine.request import RequestKind, SamplingParams
+from app.api.schemas import PredictRequest, PredictResponse, PredictResult, TokenProb
+from app.api.serving import (
+    as_list,
+    check_inputs,
+    collect,
+    encode,
+    stream_usage,
+    submit_all,
+    token_text,
+)
+from app.engine.request import RequestKind
+from app.sampling_params import SamplingParams
 
 router = APIRouter(tags=["inference"])
 
@@ -29,27 +36,26 @@ async def predict(body: PredictRequest, request: Request, state: StateDep) -> Pr
         raise BadRequest(f"full_distribution is limited to vocabularies of "
                          f"{settings.max_full_distribution} tokens (this one has {vocab})",
                          param="full_distribution")
-    prompts = [encode(model, settings, t, "text", body.add_special_tokens) for t in texts]
+    prompts = [await encode(model, settings, t, "text", body.add_special_tokens)
+               for t in texts]
     k = vocab if body.full_distribution else min(body.top_k, vocab)
     params = SamplingParams(max_tokens=1, temperature=body.temperature, top_logprobs=k)
-    streams = submit_all(request, model, prompts, params, RequestKind.PREDICT)
+    streams = submit_all(request, model, prompts, params, RequestKind.PREDICT,
+                         salt=body.cache_salt)
     outputs = await collect(request, streams)
     results = []
     for i, out in enumerate(outputs):
-        assert out.distribution is not None
-        entries = [TokenProb(token=token_text(model, t), token_id=t, prob=p,
-                             logprob=lp if math.isfinite(lp) else -1e30)
-                   for t, p, lp in out.distribution]
+        top = out.distribution or []
+        entries = [TokenProb(token=token_text(model, t), token_id=t, prob=p, logprob=lp)
+                   for t, p, lp in top]
         distribution = None
         if body.full_distribution:
             distribution = [0.0] * vocab
-            for t, p, _ in out.distribution:
+            for t, p, _ in top:
                 distribution[t] = p
         results.append(PredictResult(index=i, predictions=entries[:body.top_k],
                                      argmax=entries[0], prompt_tokens=out.prompt_tokens,
                                      distribution=distribution))
-    prompt_tokens = sum(o.prompt_tokens for o in outputs)
     return PredictResponse(model=model.name, predictions=results[0].predictions,
                            argmax=results[0].argmax, results=results,
-                           usage=Usage(prompt_tokens=prompt_tokens, total_tokens=prompt_tokens,
-                                       cached_tokens=sum(o.cached_tokens for o in outputs)))
+                           usage=stream_usage(streams))

@@ -1,0 +1,42 @@
+"""GET /v1/info: the served models (dtype, device, KV cache, load) and the request limits."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app import app_version
+from app.api.deps import StateDep
+from app.api.schemas import InfoResponse, ModelInfo
+
+router = APIRouter(tags=["utility"])
+
+
+@router.get("/v1/info", response_model=InfoResponse,
+            summary="Served models, their dtype and device, and the request limits")
+async def info(state: StateDep) -> InfoResponse:
+    s = state.settings
+    models = []
+    for m in state.models.values():
+        cfg = m.loaded.config
+        stats = m.engine.stats()
+        models.append(ModelInfo(
+            name=m.name, path=str(m.path), task=cfg.task.value, architecture=cfg.architecture,
+            dtype=str(m.loaded.dtype).removeprefix("torch."), device=str(m.loaded.device),
+            max_model_len=m.max_model_len, vocab_size=cfg.vocab_size,
+            parameters=sum(p.numel() for p in m.loaded.model.parameters()),
+            labels=list(cfg.id2label) or None, kv_cache_blocks=stats.kv_blocks_total,
+            block_size=stats.block_size, kv_blocks_used=stats.kv_blocks_used,
+            running_requests=stats.running_requests, waiting_requests=stats.waiting_requests))
+    limits: dict[str, int | float] = {
+        "max_body_bytes": s.max_body_bytes, "max_prompt_tokens": s.max_prompt_tokens,
+        "max_tokens_limit": s.max_tokens_limit, "default_max_tokens": s.default_max_tokens,
+        "max_inputs": s.max_inputs, "max_n": s.max_n, "max_top_logprobs": s.max_top_logprobs,
+        "max_predict_top_k": s.max_predict_top_k,
+        "max_full_distribution": s.max_full_distribution,
+        "max_candidate_labels": s.max_candidate_labels, "max_num_seqs": s.max_num_seqs,
+        "max_num_batched_tokens": s.max_num_batched_tokens,
+        "max_waiting_requests": s.max_waiting_requests,
+        "max_waiting_tokens": s.max_waiting_tokens, "drain_timeout": s.drain_timeout,
+    }
+    return InfoResponse(version=app_version(), phase=state.phase.value, models=models,
+                        limits=limits)

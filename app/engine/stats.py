@@ -1,0 +1,42 @@
+"""What the engine reports about itself: per-step figures (StepStats, handed to step
+observers) and a point-in-time snapshot (EngineStats, read by probes, /v1/info and the
+metrics gauges). Plain values: readers never touch the scheduler or block manager."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one engine iteration did; handed to step observers (metrics)."""
+
+    num_seqs: int
+    num_tokens: int
+    num_prefill_tokens: int
+    num_decode_seqs: int
+    seconds: float
+    preemptions: int
+    generated_tokens: int
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """A snapshot of the engine for probes, /v1/info and the metrics gauges."""
+
+    model: str
+    running_requests: int  # requests with a sequence in the running batch
+    waiting_requests: int  # requests in flight with nothing running yet
+    running_seqs: int
+    waiting_seqs: int
+    kv_blocks_total: int
+    kv_blocks_used: int
+    kv_blocks_cached: int
+    block_size: int
+    rejections: int  # admissions refused as transient overload (429)
+    preemptions: int
+    prefix_queries: int  # prompt tokens looked up in the prefix cache, at first admission
+    prefix_hits: int  # of which served from the cache
+    alive: bool
+    accepting: bool
+    dead_reason: str | None
