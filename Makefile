@@ -9,7 +9,8 @@ TORCH  := torch==2.13.0
 HOST  ?= 0.0.0.0
 PORT  ?= 8000
 
-.PHONY: install install-dev serve test lint typecheck unit tools lint-deploy soak fuzz bench clean
+.PHONY: install install-dev serve test lint typecheck unit tools lint-deploy soak fuzz bench clean \
+	test-slow
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -49,8 +50,12 @@ tools:
 		&& .venv-tools/bin/pip install --quiet --disable-pip-version-check checkov==3.3.30) \
 		|| echo "checkov unavailable: its check will be skipped"
 
+# Tests marked slow (timing and memory thresholds) run in `make test-slow`, not here.
 unit: $(BIN)/.installed-dev
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -m "not slow"
+
+test-slow: $(BIN)/.installed-dev
+	$(BIN)/python -m pytest -m slow
 
 # Deployment checks alone: hadolint, kustomize + kubernetes-validate, ServiceMonitor CRD
 # schema, checkov, compose, promtool, and the image smoke test.

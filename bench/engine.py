@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from app.checkpoint import LoadedModel, load_model
 from app.engine.engine import Engine, EngineConfig
-from app.sampling_params import SamplingParams
 from app.engine.scheduler import SchedulerConfig
+from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
 
 log = logging.getLogger("bench")

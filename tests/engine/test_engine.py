@@ -15,6 +15,7 @@ from app.engine.errors import EngineDead, InvalidRequest, QueueFull, StepFailed
 from app.engine.request import RequestKind
 from app.sampling_params import SamplingParams
 from tests.engine.conftest import reference_greedy
+from tests.waiting import until
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 
@@ -83,10 +84,7 @@ def test_abort_mid_generation_returns_every_block(with_engine: Any) -> None:
         for it in iterators[:2]:
             await it.aclose()  # consumer goes away -> abort
         engine.abort(streams[2].request_id)  # explicit abort
-        for _ in range(50):
-            if engine.num_requests == 0:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: engine.num_requests == 0, "the aborted requests to end")
         engine.blocks.check_invariants()
         assert engine.num_requests == 0 and engine.blocks.num_used == 0
         assert not engine.scheduler.has_work()

@@ -8,13 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from tests.live import ROOT, LiveServer, free_port
+from tests.waiting import wait_until
 
 
 def test_dead_engine_exits_non_zero(hf_checkpoint: Any, tmp_path: Path) -> None:
@@ -30,12 +30,13 @@ def test_dead_engine_exits_non_zero(hf_checkpoint: Any, tmp_path: Path) -> None:
             env={**os.environ, "FAULT_AFTER_STEPS": "3"})
         url = f"http://127.0.0.1:{port}"
         try:
-            for _ in range(300):
+            def ready() -> bool:
                 try:
-                    if httpx.get(url + "/readyz", timeout=1).status_code == 200:
-                        break
+                    return httpx.get(url + "/readyz", timeout=1).status_code == 200
                 except httpx.HTTPError:
-                    time.sleep(0.1)
+                    return False
+
+            wait_until(ready, "the fault server to be ready", timeout=60, poll=0.1)
             ok = httpx.post(url + "/v1/generate", json={"prompt": "hi", "max_tokens": 2},
                             timeout=30)
             assert ok.status_code == 200  # steps 1-3 work
