@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
@@ -13,6 +12,7 @@ from fastapi import FastAPI
 from app.api.state import Phase, ServerState
 from app.config import Settings
 from app.main import create_app
+from tests.waiting import until
 
 T = TypeVar("T")
 
@@ -30,10 +30,7 @@ async def running_app(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         state: ServerState = app.state.server
-        for _ in range(600):
-            if state.phase is not Phase.STARTING:
-                break
-            await asyncio.sleep(0.01)
+        await until(lambda: state.phase is not Phase.STARTING, "the models to load", 60)
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test",
                                      timeout=60) as client:
