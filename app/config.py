@@ -48,6 +48,13 @@ class Settings(BaseSettings):
                             "for models of 50M+ parameters when the CPU has native bf16, "
                             "else fp32)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    compile: Literal["auto", "on", "off"] = Field(
+        "auto", description="compile the model's dense math with torch.compile: auto = on "
+                            "CPUs where a C++ compiler works (else eager, reason logged); "
+                            "startup then takes longer (warm-up, covered by /startupz)")
+    prepack: Literal["auto", "on", "off"] = Field(
+        "auto", description="prepack linear weights for oneDNN (CPU): auto = where it "
+                            "measures faster at startup; costs one more copy of them")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
 
     # --- HTTP

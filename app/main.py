@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
+import torch
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import disable_created_metrics
@@ -26,6 +28,7 @@ from app.api.state import Phase, ServedModel, ServerState
 from app.api.telemetry import ObservabilityMiddleware, attach, snapshots
 from app.checkpoint import load_model
 from app.config import Settings, model_specs
+from app.engine.compute import compute_thread
 from app.engine.engine import Engine, EngineConfig
 from app.engine.scheduler import SchedulerConfig
 from app.metrics import Metrics
@@ -49,6 +52,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_model_len=settings.max_model_len,
         enable_prefix_caching=settings.enable_prefix_caching,
         max_top_logprobs=settings.max_top_logprobs,
+        compile=settings.compile,
+        prepack=settings.prepack,
         scheduler=SchedulerConfig(
             max_num_seqs=settings.max_num_seqs,
             max_num_batched_tokens=settings.max_num_batched_tokens,
@@ -58,17 +63,27 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
-async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[str], None]
-                      ) -> None:
+def _set_threads(threads: int) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+
+
+async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[str], None],
+                      compute: ThreadPoolExecutor) -> None:
+    """Load every model on the compute thread (see app.engine.compute), which then runs
+    all their steps."""
     settings = state.settings
+    loop = asyncio.get_running_loop()
     try:
+        await loop.run_in_executor(compute, _set_threads, settings.threads)
         for spec in model_specs(settings):
             log.info("loading model", extra={"model": spec.name, "path": str(spec.path)})
-            loaded = await asyncio.to_thread(load_model, spec.path, settings.dtype,
-                                             settings.device)
+            loaded = await loop.run_in_executor(compute, load_model, spec.path, settings.dtype,
+                                                settings.device)
             tokenizer = await asyncio.to_thread(Tokenizer.from_dir, spec.path,
                                                 loaded.eos_token_ids)
-            engine = Engine(loaded, tokenizer, engine_config(settings), name=spec.name)
+            engine = Engine(loaded, tokenizer, engine_config(settings), name=spec.name,
+                            executor=compute)
             engine.death_observers.append(on_fatal)
             attach(metrics, engine)
             await engine.start()
@@ -97,7 +112,9 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         state = ServerState(settings=settings, api_keys=settings.api_keys())
         app.state.server = state
         metrics.watch(lambda: snapshots(state))
-        loader = asyncio.create_task(load_models(state, metrics, fatal), name="load-models")
+        compute = compute_thread()
+        loader = asyncio.create_task(load_models(state, metrics, fatal, compute),
+                                     name="load-models")
         try:
             yield
         finally:
@@ -105,6 +122,7 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             state.phase = Phase.STOPPED
             for model in state.models.values():
                 await model.engine.shutdown()
+            compute.shutdown(wait=False, cancel_futures=True)
 
     disable_created_metrics()  # no *_created series: they only add noise to dashboards
     metrics = Metrics(compat=settings.metrics_compat, version=app_version())

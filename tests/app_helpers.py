@@ -18,9 +18,11 @@ T = TypeVar("T")
 
 
 def settings_for(*models: str, **overrides: Any) -> Settings:
+    # Eager and unpacked, as the references are: the compiled path has its own tests
+    # (tests/engine/test_compiled.py), and compiling per test would slow the suite.
     base: dict[str, Any] = {"model": list(models), "num_kv_blocks": 256, "block_size": 4,
                             "max_num_seqs": 8, "max_num_batched_tokens": 64,
-                            "log_format": "text"}
+                            "log_format": "text", "compile": "off", "prepack": "off"}
     return Settings(**{**base, **overrides})
 
 

@@ -34,7 +34,8 @@ class LiveServer:
         if args_override is None:
             command = [python, "-m", "app", "serve", "--host", "127.0.0.1", "--port",
                        str(self.port), "--log-format", "text", *args]
-            full_env = {**os.environ, **(env or {})}
+            # Eager unless a test asks otherwise (LLM_COMPILE=auto): see app_helpers.
+            full_env = {**os.environ, "LLM_COMPILE": "off", "LLM_PREPACK": "off", **(env or {})}
         else:
             command = [python, "-m", "app", *args_override]
             full_env = {**(env or {}), "LLM_PORT": str(self.port)}

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from app.checkpoint import LoadedModel
 from app.engine.block_manager import BlockManager
+from app.engine.compute import compute_thread
 from app.engine.errors import (
     EngineDead,
     EngineError,
@@ -71,12 +72,16 @@ class EngineConfig:
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
     max_top_logprobs: int = 20
     max_consecutive_failures: int = 3
+    compile: str = "off"  # auto | on | off: see app.modeling.compile
+    prepack: str = "off"  # auto | off: see app.modeling.packed
     shutdown_timeout: float = 30.0  # how long shutdown() waits for a step in flight
 
 
 class Engine:
     def __init__(self, loaded: LoadedModel, tokenizer: Tokenizer, config: EngineConfig,
-                 name: str = "default") -> None:
+                 name: str = "default", executor: ThreadPoolExecutor | None = None) -> None:
+        """`executor`: the one thread that runs torch work (see app.engine.compute); an
+        engine without one makes its own."""
         self.name = name
         self.loaded = loaded
         self.tokenizer = tokenizer
@@ -90,7 +95,8 @@ class Engine:
             config.kv_cache_memory_fraction)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(sched, self.blocks)
-        self.runner = ModelRunner(loaded, num_blocks, config.block_size)
+        self.runner = ModelRunner(loaded, num_blocks, config.block_size, config.compile,
+                                  config.prepack)
         eos_ids = tuple(dict.fromkeys((*tokenizer.eos_ids, *loaded.eos_token_ids)))
         self.processor = OutputProcessor(tokenizer, eos_ids, self.max_model_len)
         self.limits = RequestLimits(
@@ -102,7 +108,8 @@ class Engine:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"engine-{name}")
+        self._owns_executor = executor is None
+        self._executor = executor or compute_thread(f"engine-{name}")
         self._task: asyncio.Task[None] | None = None
         self._accepting = True
         self._stopping = False
@@ -146,6 +153,9 @@ class Engine:
             alive=self.is_running, accepting=self.is_accepting, dead_reason=self.dead_reason)
 
     async def start(self) -> None:
+        """Prepare the model (compile and warm up, in the worker thread) and start the loop."""
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.runner.prepare)
         self._task = asyncio.create_task(self._loop(), name=f"engine-{self.name}")
         self._task.add_done_callback(self._loop_ended)
 
@@ -187,7 +197,9 @@ class Engine:
                           self.name, self.config.shutdown_timeout)
                 task.cancel()
         self._end_all(EngineStopped("the server is shutting down"))
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        self.runner.release()
+        if self._owns_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     # ------------------------------------------------------------------ requests
 

@@ -10,6 +10,7 @@ and single decode tokens side by side, each with its own positions and block tab
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 import psutil
@@ -19,9 +20,12 @@ from torch import Tensor
 from app.checkpoint import LoadedModel
 from app.engine.request import RequestKind
 from app.engine.scheduler import ScheduledSeq, SchedulerOutput
-from app.modeling.attention import PagedAttention, PagedKVCache, build_paged_batch
+from app.modeling.attention import DecodeFn, PagedAttention, PagedKVCache, build_paged_batch
+from app.modeling.compile import CompileError, compile_model
 from app.modeling.config import Task
 from app.modeling.heads import label_scores
+from app.modeling.packed import choose_packing, pack_model, unpack_model
+from app.modeling.transformer import EAGER
 from app.sampling import (
     Sampled,
     SampleRow,
@@ -85,16 +89,87 @@ def kv_cache_blocks(loaded: LoadedModel, block_size: int, max_tokens: int,
 
 
 class ModelRunner:
-    def __init__(self, loaded: LoadedModel, num_blocks: int, block_size: int) -> None:
+    def __init__(self, loaded: LoadedModel, num_blocks: int, block_size: int,
+                 compile_mode: str = "off", prepack: str = "off") -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.config = loaded.config
         self.device = loaded.device
-        cfg = loaded.config
-        self.cache = PagedKVCache(cfg.num_layers, num_blocks, block_size, cfg.num_kv_heads,
-                                  cfg.head_dim, loaded.dtype, loaded.device)
-        log.info("KV cache: %d blocks of %d tokens, %.1f MiB", num_blocks, block_size,
-                 self.cache.nbytes / 2**20)
+        self.num_blocks, self.block_size = num_blocks, block_size
+        self._cache: PagedKVCache | None = None
+        self.compile_mode = compile_mode
+        self.compile_reason = "off (not prepared)"
+        self.prepack = prepack
+        self.pack_reason = "not packed (not prepared)"
+        self.decode: DecodeFn | None = None
+
+    @property
+    def cache(self) -> PagedKVCache:
+        if self._cache is None:
+            raise RuntimeError("ModelRunner.prepare() has not run")
+        return self._cache
+
+    def prepare(self) -> None:
+        """Allocate the KV cache, compile (per --compile) and trace every graph once,
+        before the first request, so no request pays for compiling. Runs on the compute
+        thread, like every step (see app.engine.compute)."""
+        started = time.monotonic()
+        cfg = self.config
+        self._cache = PagedKVCache(cfg.num_layers, self.num_blocks, self.block_size,
+                                   cfg.num_kv_heads, cfg.head_dim, self.loaded.dtype,
+                                   self.device)
+        log.info("KV cache: %d blocks of %d tokens, %.1f MiB", self.num_blocks,
+                 self.block_size, self._cache.nbytes / 2**20)
+        if self.prepack == "off":
+            self.pack_reason = "not packed (--prepack off)"
+        else:
+            pack, self.pack_reason = choose_packing(self.model, self.device,
+                                                    measure=self.prepack == "auto")
+            if pack:
+                pack_model(self.model)
+        log.info("weights: %s", self.pack_reason)
+        compiled = compile_model(self.model, self.device, self.compile_mode)
+        self.compile_reason = compiled.reason
+        if compiled.ops.compiled:
+            self.model.ops, self.decode = compiled.ops, compiled.decode
+            try:
+                self._warm_up()
+            except Exception as exc:
+                self.model.ops, self.decode = EAGER, None
+                if self.compile_mode == "on":
+                    raise CompileError(f"--compile on, but tracing failed: {exc}") from exc
+                self.compile_reason = f"off: tracing failed ({type(exc).__name__}: {exc})"
+                log.warning("compiling failed; running eager", exc_info=exc)
+        log.info("compile: %s (%.1f s)", self.compile_reason, time.monotonic() - started)
+
+    def release(self) -> None:
+        """Drop what prepare() added outside the model's own tensors (packed weights)."""
+        unpack_model(self.model)
+
+    def _warm_up(self) -> None:
+        """Steps that meet every graph: several prompt tokens, two decodes, one decode,
+        five decodes (each a different token count and LM-head row count). They write
+        into free blocks only: nothing is allocated yet, and nothing reads them later."""
+        kind = (RequestKind.GENERATE if self.config.task is Task.CAUSAL_LM
+                else RequestKind.CLASSIFY)
+        bs, blocks = self.cache.block_size, self.cache.num_blocks
+
+        def seq(i: int, start: int, n: int) -> ScheduledSeq:
+            table = tuple((2 * i + b) % blocks for b in range(-(-(start + n) // bs)))
+            return ScheduledSeq(seq_id=-1 - i, request_id="warm-up", kind=kind,
+                                token_ids=tuple(range(1, n + 1)), start=start,
+                                block_table=table, num_prompt_tokens=start + n,
+                                completes_prefill=True)
+
+        # Prompts of several tokens; then decodes of one and of several sequences, over
+        # one block and over several (each a different token count, LM-head row count
+        # and attention width).
+        steps = [[seq(0, 0, 5), seq(1, 0, 3)], [seq(0, 5, 1), seq(1, 3, 1)], [seq(0, 6, 1)],
+                 [seq(i, 0, 1) for i in range(2, 7)], [seq(i, 1, 1) for i in range(2, 7)],
+                 [seq(0, bs + 1, 1)], [seq(i, bs + 1, 1) for i in range(5)],
+                 [seq(i, 2 * bs + 1, 1) for i in range(5)]]
+        for scheduled in steps:
+            self.execute(SchedulerOutput(tuple(scheduled)), OutputPlan())
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, plan: OutputPlan) -> RunnerOutput:
@@ -115,7 +190,7 @@ class ModelRunner:
         )
         input_ids = torch.tensor(ids, device=self.device)[None]
         pos = torch.tensor(positions, device=self.device)[None]
-        hidden = self.model(input_ids, pos, PagedAttention(self.cache, batch))[0]  # (T, H)
+        hidden = self.model(input_ids, pos, PagedAttention(self.cache, batch, self.decode))[0]
 
         result = RunnerOutput()
         offsets = [0]

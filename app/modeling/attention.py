@@ -15,6 +15,7 @@ decides where the keys and values of earlier tokens come from:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -59,6 +60,7 @@ class DecodeGroup:
     tokens: Tensor  # (D,) positions of their new tokens in the flat batch
     blocks: Tensor  # (D, max_blocks) block tables, padded with block 0
     mask: Tensor  # (D, 1, 1, max_blocks * block_size) bool: which gathered keys are real
+    lens: Tensor  # (D,) context lengths (the same information as `mask`)
 
 
 @dataclass
@@ -128,7 +130,7 @@ def _decode_groups(tokens: list[int], tables: list[list[int]], lens: list[int],
         group_lens = torch.tensor([lens[i] for i in bucket], device=device)
         valid = torch.arange(width * block_size, device=device)[None, :] < group_lens[:, None]
         groups.append(DecodeGroup(torch.tensor([tokens[i] for i in bucket], device=device),
-                                  blocks, valid[:, None, None, :]))
+                                  blocks, valid[:, None, None, :], group_lens))
     return groups
 
 
@@ -185,17 +187,47 @@ def build_paged_batch(
     )
 
 
+def decode_attention(q: Tensor, k_blocks: Tensor, v_blocks: Tensor, tables: Tensor,
+                     lens: Tensor) -> Tensor:
+    """One query per sequence over its cached blocks, written as plain reductions so that
+    a compiler fuses the block gather into the dot products (no gathered copy of K and V,
+    no padded SDPA call): measured 3-9x faster than index_select + SDPA on CPU once
+    compiled (bf16, 32 sequences of 64-512 tokens). Eager, it is only a reference.
+
+    q (D, nh, hd); k_blocks, v_blocks (num_blocks, block_size, nkv, hd) of one layer;
+    tables (D, nb) block ids; lens (D,) context lengths -> (D, nh, hd).
+    """
+    D, nh, hd = q.shape
+    nkv = k_blocks.shape[2]
+    k = k_blocks[tables].flatten(1, 2).float()  # (D, W, nkv, hd)
+    v = v_blocks[tables].flatten(1, 2).float()
+    valid = torch.arange(k.shape[1], device=q.device)[None, :] < lens[:, None]  # (D, W)
+    qg = q.float().view(D, 1, nkv, nh // nkv, hd)  # grouped queries share a KV head
+    scores = (qg * k[:, :, :, None, :]).sum(-1) * hd**-0.5  # (D, W, nkv, g)
+    scores = scores.masked_fill(~valid[:, :, None, None], float("-inf"))
+    weights = torch.softmax(scores, dim=1)
+    out = (weights[..., None] * v[:, :, :, None, :]).sum(1)  # (D, nkv, g, hd)
+    return out.reshape(D, nh, hd).to(q.dtype)
+
+
+DecodeFn = Callable[[Tensor, Tensor, Tensor, Tensor, Tensor], Tensor]
+
+
 class PagedAttention:
     """Writes new K/V into the paged cache, then attends each sequence over its blocks.
 
-    Keys and values are gathered a whole block at a time (index_select of contiguous
-    block_size x nkv x hd rows), which is several times faster on CPU than gathering
-    token slots with advanced indexing; the padding mask hides the unused tail.
+    Eager: keys and values are gathered a whole block at a time (index_select of
+    contiguous block_size x nkv x hd rows), which is several times faster on CPU than
+    gathering token slots with advanced indexing, and SDPA masks the padded tail. With a
+    compiled `decode` function (app.modeling.compile), single-token sequences go through
+    it instead.
     """
 
-    def __init__(self, cache: PagedKVCache, batch: PagedBatch) -> None:
+    def __init__(self, cache: PagedKVCache, batch: PagedBatch, decode: DecodeFn | None = None
+                 ) -> None:
         self.cache = cache
         self.batch = batch
+        self.decode = decode
 
     def _blocks(self, layer: int, which: Tensor, index: Tensor) -> Tensor:
         """Blocks `index` (any shape S) of one layer's K or V -> (*S, block_size, nkv, hd)."""
@@ -230,6 +262,18 @@ class PagedAttention:
 
     def _decode(self, layer: int, q: Tensor, group: DecodeGroup) -> Tensor:
         # q (D, nh, hd) -> (D, nh, hd): one query per sequence over its gathered blocks.
+        if self.decode is not None:
+            bs = self.cache.block_size
+            k_blocks = self.cache.k[layer].view(-1, bs, *self.cache.k.shape[2:])
+            v_blocks = self.cache.v[layer].view(-1, bs, *self.cache.v.shape[2:])
+            # Sequence count and width vary every step: symbolic, not one graph each
+            # (a single sequence, or a single block, keeps a graph of its own).
+            if q.shape[0] > 1:
+                for t in (q, group.blocks, group.lens):
+                    torch._dynamo.mark_dynamic(t, 0)
+            if group.blocks.shape[1] > 1:
+                torch._dynamo.mark_dynamic(group.blocks, 1)
+            return self.decode(q, k_blocks, v_blocks, group.blocks, group.lens)
         ks = self._blocks(layer, self.cache.k, group.blocks).flatten(1, 2)  # (D, W, nkv, hd)
         vs = self._blocks(layer, self.cache.v, group.blocks).flatten(1, 2)
         res = _sdpa(q[:, :, None, :], ks.transpose(1, 2), vs.transpose(1, 2), group.mask,

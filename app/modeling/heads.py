@@ -17,8 +17,12 @@ class LMHead(nn.Module):
         self.tied = tied
         self.weight = None if tied else nn.Parameter(torch.empty(vocab_size, hidden_size))
 
-    def forward(self, hidden: Tensor, embedding: Tensor) -> Tensor:
+    def forward(self, hidden: Tensor, embedding: Tensor, gemv: bool = False) -> Tensor:
         weight = embedding if self.weight is None else self.weight
+        if gemv:  # see app.modeling.transformer.dense
+            return (hidden.float()[..., None, :] * weight.float()).sum(-1).to(hidden.dtype)
+        if (key := getattr(self, "packed_key", None)) is not None:  # app.modeling.packed
+            return torch.ops.llm.packed_linear(hidden, key, weight.shape[0])
         return F.linear(hidden, weight)
 
 

@@ -14,12 +14,20 @@ a forward step is one matrix multiply where the checkpoint has two or three; the
 
 The model never owns a KV cache: `forward` takes an attention backend
 (`app.modeling.attention`) that knows where earlier tokens' keys and values live.
+
+Each block is two pieces around attention, `pre_attention` (norm, qkv, rotary) and
+`post_attention` (output projection, residual, norm, MLP, residual), so that the dense
+math can be compiled while attention, whose shape changes with every batch, stays
+outside the graph (vLLM's piecewise compilation). `Transformer.ops` says which versions
+run: plain eager methods by default, or compiled ones (`app.modeling.compile`), which
+every layer shares because they take the block as an argument.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +68,24 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
     return RMSNorm(cfg.hidden_size, cfg.norm_eps)
 
 
+def dense(x: Tensor, layer: nn.Linear, gemv: bool = False) -> Tensor:
+    """x (..., in) -> (..., out). With `gemv` (set only when compiled, for a few rows, on
+    a CPU where it was measured faster) the product is written as multiply-and-reduce:
+    inductor turns it into one vectorised pass over the weights, which streams them at
+    close to memory bandwidth, where a BLAS matrix-vector call reaches about half. The
+    caller decides from the row count, so the compiled graph never branches on a shape."""
+    if gemv:
+        y = (x.float()[..., None, :] * layer.weight.float()).sum(-1).to(x.dtype)
+    elif (key := getattr(layer, "packed_key", None)) is not None:  # app.modeling.packed
+        y = torch.ops.llm.packed_linear(x, key, layer.out_features)
+    else:
+        return layer(x)
+    return y if layer.bias is None else y + layer.bias
+
+
 class Attention(nn.Module):
+    """The projections around attention; attention itself is the backend's."""
+
     def __init__(self, cfg: ModelConfig, layer: int) -> None:
         super().__init__()
         self.layer = layer
@@ -68,18 +93,17 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=cfg.qkv_bias)
         self.o = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=cfg.o_bias)
 
-    def forward(
-        self, x: Tensor, rope: tuple[Tensor, Tensor] | None, attn: AttentionBackend
-    ) -> Tensor:
+    def project(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, gemv: bool
+                ) -> tuple[Tensor, Tensor, Tensor]:
         B, T, _ = x.shape
-        q, k, v = self.qkv(x).split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], -1)
+        q, k, v = dense(x, self.qkv, gemv).split(
+            [self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], -1)
         q = q.view(B, T, self.nh, self.hd)  # (B, T, nh, hd)
         k = k.view(B, T, self.nkv, self.hd)  # (B, T, nkv, hd)
         v = v.view(B, T, self.nkv, self.hd)
         if rope is not None:
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        y = attn(self.layer, q, k, v)  # (B, T, nh, hd)
-        return self.o(y.reshape(B, T, self.nh * self.hd))
+        return q, k, v
 
 
 class MLP(nn.Module):
@@ -91,12 +115,12 @@ class MLP(nn.Module):
         self.up = nn.Linear(cfg.hidden_size, width, bias=cfg.mlp_bias)  # fc, or gate|up
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        h = self.up(x)
+    def forward(self, x: Tensor, gemv: bool = False) -> Tensor:
+        h = dense(x, self.up, gemv)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
-            return self.down(self.act(gate) * up)
-        return self.down(self.act(h))
+            return dense(self.act(gate) * up, self.down, gemv)
+        return dense(self.act(h), self.down, gemv)
 
 
 class Block(nn.Module):
@@ -107,11 +131,54 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(cfg)
         self.mlp = MLP(cfg)
 
+    def pre_attention(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, gemv: bool = False
+                      ) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, H) -> q (B, T, nh, hd), k and v (B, T, nkv, hd)."""
+        return self.attn.project(self.attn_norm(x), rope, gemv)
+
+    def post_attention(self, x: Tensor, y: Tensor, gemv: bool = False) -> Tensor:
+        """x (B, T, H) and attention output y (B, T, nh, hd) -> the block's output."""
+        B, T, _ = x.shape
+        x = x + dense(y.reshape(B, T, -1), self.attn.o, gemv)
+        return x + self.mlp(self.mlp_norm(x), gemv)
+
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor] | None, attn: AttentionBackend
     ) -> Tensor:
-        x = x + self.attn(self.attn_norm(x), rope, attn)
-        return x + self.mlp(self.mlp_norm(x))
+        q, k, v = self.pre_attention(x, rope)
+        return self.post_attention(x, attn(self.attn.layer, q, k, v))
+
+
+def lm_logits(model: Transformer, hidden: Tensor, gemv: bool = False) -> Tensor:
+    if model.lm_head is None:
+        raise ConfigError("this checkpoint has a classification head, not an LM head")
+    return model.lm_head(hidden, model.embed.weight, gemv)
+
+
+@dataclass(frozen=True)
+class ForwardOps:
+    """Which implementation of each dense piece the forward pass calls. Every function
+    takes its module first, so one compiled version serves every layer."""
+
+    pre_attention: Callable[..., tuple[Tensor, Tensor, Tensor]] = Block.pre_attention
+    post_attention: Callable[..., Tensor] = Block.post_attention
+    logits: Callable[..., Tensor] = lm_logits
+    gemv_rows: int = 0  # row counts up to which the compiled multiply-and-reduce is used
+    compiled: bool = False
+
+    def mark_dynamic(self, dim: int, *tensors: Tensor) -> bool:
+        """Whether a product of `rows` rows uses the multiply-and-reduce form. Row counts
+        above it share one graph with a symbolic row dimension; below, each count has
+        its own graph (a handful), so the graph never branches on a symbolic size."""
+        rows = tensors[0].shape[dim]
+        gemv = rows <= self.gemv_rows
+        if self.compiled and not gemv and rows > 1:
+            for t in tensors:
+                torch._dynamo.mark_dynamic(t, dim)
+        return gemv
+
+
+EAGER = ForwardOps()
 
 
 class Transformer(nn.Module):
@@ -138,6 +205,10 @@ class Transformer(nn.Module):
         # Not a registered buffer: a meta-device build must not need it, and it is cheap
         # to recompute wherever the weights land (see `init_rope`).
         self.inv_freq: Tensor | None = None
+        self.ops = EAGER  # see app.modeling.compile
+
+    def blocks(self) -> list[Block]:
+        return [block for block in self.layers if isinstance(block, Block)]
 
     def init_rope(self, device: torch.device) -> None:
         """(Re)compute the rotary frequencies on `device`; call after moving the weights."""
@@ -149,6 +220,7 @@ class Transformer(nn.Module):
     ) -> Tensor:
         """input_ids, positions (B, T) -> hidden states (B, T, H) after the final norm."""
         attn = attn or DenseCausalAttention()
+        ops = self.ops
         x = self.embed(input_ids)  # (B, T, H)
         rope = None
         if self.pos_embed is not None:
@@ -156,17 +228,23 @@ class Transformer(nn.Module):
         else:
             if self.inv_freq is None or self.inv_freq.device != x.device:
                 self.init_rope(x.device)
-            assert self.inv_freq is not None
-            rope = rope_cos_sin(positions, self.inv_freq, x.dtype)
-        for block in self.layers:
-            x = block(x, rope, attn)
+            inv_freq = self.inv_freq
+            if inv_freq is None:
+                raise RuntimeError("rotary frequencies missing after init_rope")
+            rope = rope_cos_sin(positions, inv_freq, x.dtype)
+        gemv = ops.mark_dynamic(1, x, *(rope or ()))
+        for layer, block in enumerate(self.layers):
+            q, k, v = ops.pre_attention(block, x, rope, gemv)
+            y = attn(layer, q, k, v)  # (B, T, nh, hd)
+            ops.mark_dynamic(1, y)
+            x = ops.post_attention(block, x, y, gemv)
         return self.norm(x)
 
     def logits(self, hidden: Tensor) -> Tensor:
         """(..., H) -> (..., vocab) next-token logits."""
-        if self.lm_head is None:
-            raise ConfigError("this checkpoint has a classification head, not an LM head")
-        return self.lm_head(hidden, self.embed.weight)
+        ops = self.ops
+        gemv = ops.mark_dynamic(0, hidden) if hidden.dim() == 2 else False
+        return ops.logits(self, hidden, gemv)
 
     def classify(self, pooled: Tensor) -> Tensor:
         """(..., H) hidden state of each sequence's last token -> (..., num_labels) logits."""
