@@ -146,11 +146,40 @@ def is_plain_greedy(row: SampleRow) -> bool:
             and not p.logprobs)
 
 
+def batched_probs(logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor,
+                  min_p: Tensor) -> Tensor:
+    """(R, V) logits and per-row parameters (R,) -> (R, V) probabilities: row r equals
+    logits_to_probs(logits[r], temperature[r], top_k[r], top_p[r], min_p[r]), for all rows
+    in a few batched ops instead of a loop of small ones."""
+    x = logits.float() / temperature.clamp(min=1e-4)[:, None]
+    vocab = x.shape[-1]
+    limited = (top_k > 0) & (top_k < vocab)
+    if bool(limited.any()):
+        widest = int(top_k[limited].max())
+        values = torch.topk(x, widest, dim=-1).values  # (R, widest), largest first
+        kth = values.gather(1, (top_k.clamp(1, widest) - 1)[:, None])
+        kth = torch.where(limited[:, None], kth, torch.full_like(kth, float("-inf")))
+        x = x.masked_fill(x < kth, float("-inf"))
+    probs = torch.softmax(x, dim=-1)
+    nucleus = (top_p < 1.0).nonzero().flatten()
+    if nucleus.numel():
+        sorted_probs, order = torch.sort(probs[nucleus], dim=-1, descending=True)
+        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p[nucleus][:, None]
+        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
+        probs[nucleus] = torch.zeros_like(sorted_probs).scatter(-1, order, sorted_probs)
+    if bool((min_p > 0).any()):
+        floor = min_p[:, None] * probs.max(dim=-1, keepdim=True).values
+        probs = probs.masked_fill(probs < floor, 0.0)
+    return probs / probs.sum(dim=-1, keepdim=True)
+
+
 def sample_batch(logits: Tensor, rows: Sequence[SampleRow], index: Sequence[int]
                  ) -> list[Sampled]:
     """(B, V) logits -> one Sampled per row; rows[i] draws from logits[index[i]] (the n
     completions of a forking request share a row). Plain greedy rows take one batched
-    argmax."""
+    argmax; the others are processed together: per-row bias, masks and penalties (when a
+    row has them), then temperature, top-k, top-p and min-p as batched ops, and one draw
+    per row from its own generator, so a row's token does not depend on its batch."""
     logits = logits.float()
     results: list[Sampled | None] = [None] * len(rows)
     plain = [i for i, r in enumerate(rows) if is_plain_greedy(r)]
@@ -158,9 +187,53 @@ def sample_batch(logits: Tensor, rows: Sequence[SampleRow], index: Sequence[int]
         picked = torch.tensor([index[i] for i in plain], device=logits.device)
         for i, token in zip(plain, logits[picked].argmax(-1).tolist(), strict=True):
             results[i] = Sampled(int(token), None)
-    for i, row in enumerate(rows):
-        if results[i] is None:
-            results[i] = sample_row(logits[index[i]], row)
+    others = [i for i in range(len(rows)) if results[i] is None]
+    if not others:
+        return [r for r in results if r is not None]
+    raw = logits[torch.tensor([index[i] for i in others], device=logits.device)]  # (R, V)
+    processed = raw
+    for j, i in enumerate(others):
+        row, p = rows[i], rows[i].params
+        if p.logit_bias or row.banned_ids or p.needs_penalties:
+            if processed is raw:
+                processed = raw.clone()
+            one = apply_logit_bias(raw[j], p.logit_bias)
+            one = mask_tokens(one, row.banned_ids)
+            processed[j] = apply_penalties(one, p, row.prompt_ids, row.output_ids)
+    tokens: dict[int, int] = {}
+    probs: dict[int, Tensor] = {}
+    greedy = [j for j, i in enumerate(others) if rows[i].params.greedy]
+    if greedy:
+        for j, token in zip(greedy, processed[greedy].argmax(-1).tolist(), strict=True):
+            tokens[j] = int(token)
+    drawn = [j for j, i in enumerate(others) if not rows[i].params.greedy]
+    if drawn:
+        params = [rows[others[j]].params for j in drawn]
+        device = logits.device
+        batch = batched_probs(
+            processed[drawn],
+            torch.tensor([p.temperature for p in params], device=device),
+            torch.tensor([p.top_k for p in params], device=device),
+            torch.tensor([p.top_p for p in params], device=device),
+            torch.tensor([p.min_p for p in params], device=device))
+        noise = torch.stack([torch.empty(batch.shape[-1], device=device).exponential_(
+            1.0, generator=rows[others[j]].generator) for j in drawn])
+        for k, (j, token) in enumerate(zip(drawn, (batch / noise).argmax(-1).tolist(),
+                                           strict=True)):
+            tokens[j] = int(token)
+            probs[j] = batch[k]
+    for j, i in enumerate(others):
+        p = rows[i].params
+        entry = None
+        if p.logprobs:
+            if p.logprobs_mode is LogprobsMode.RAW:
+                lp = torch.log_softmax(raw[j], -1)
+            elif j in probs:
+                lp = torch.log(probs[j])
+            else:  # greedy: the processed distribution at temperature 1
+                lp = torch.log_softmax(processed[j], -1)
+            entry = _logprob_entry(lp, tokens[j], p.top_logprobs)
+        results[i] = Sampled(tokens[j], entry)
     return [r for r in results if r is not None]
 
 

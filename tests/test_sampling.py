@@ -490,3 +490,44 @@ def test_draw_follows_the_distribution() -> None:
     assert counts[3] == 0
     for token in range(3):
         assert counts[token] / n == pytest.approx(float(probs[token]), abs=0.03)
+
+
+def test_batched_probs_equal_the_per_row_computation() -> None:
+    from app.sampling import batched_probs
+
+    torch.manual_seed(5)
+    logits = torch.randn(6, 300) * 3
+    settings = [(1.0, 0, 1.0, 0.0), (0.7, 20, 1.0, 0.0), (1.3, 0, 0.8, 0.0),
+                (0.5, 50, 0.9, 0.05), (2.0, 0, 1.0, 0.2), (1.0, 300, 0.95, 0.0)]
+    batch = batched_probs(logits, *(torch.tensor(c) for c in zip(*settings, strict=True)))
+    for row, (t, k, p, m) in enumerate(settings):
+        expected = logits_to_probs(logits[row], t, k, p, m)
+        assert torch.equal(batch[row] > 0, expected > 0)
+        assert torch.allclose(batch[row], expected, atol=1e-7)
+
+
+def test_sample_batch_equals_sample_row_for_every_kind_of_row() -> None:
+    torch.manual_seed(6)
+    logits = torch.randn(4, 200) * 2
+    specs = [SamplingParams(temperature=0.0),
+             SamplingParams(temperature=0.0, logprobs=True, top_logprobs=3,
+                            logit_bias=((7, 50.0),)),
+             SamplingParams(temperature=0.8, top_k=40, top_p=0.9, logprobs=True,
+                            top_logprobs=2),
+             SamplingParams(temperature=1.2, min_p=0.05, repetition_penalty=1.3,
+                            presence_penalty=0.5, logprobs=True,
+                            logprobs_mode=LogprobsMode.RAW)]
+
+    def rows(seed: int) -> list[SampleRow]:
+        return [SampleRow(p, prompt_ids=(1, 2, 3), output_ids=(4, 4), banned_ids=(9,),
+                          generator=torch.Generator().manual_seed(seed + i))
+                for i, p in enumerate(specs)]
+
+    batched = sample_batch(logits, rows(11), [0, 1, 2, 3])
+    alone = [sample_row(logits[i], row) for i, row in enumerate(rows(11))]
+    for got, want in zip(batched, alone, strict=True):
+        assert got.token_id == want.token_id
+        assert (got.logprob is None) == (want.logprob is None)
+        if got.logprob is not None and want.logprob is not None:
+            assert got.logprob.logprob == pytest.approx(want.logprob.logprob, abs=1e-5)
+            assert [t for t, _ in got.logprob.top] == [t for t, _ in want.logprob.top]
