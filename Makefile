@@ -10,7 +10,7 @@ HOST  ?= 0.0.0.0
 PORT  ?= 8000
 
 .PHONY: install install-dev serve test lint typecheck unit tools lint-deploy soak fuzz bench clean \
-	test-slow
+	test-slow install-peers bench-peers
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -104,3 +104,13 @@ fuzz: $(BIN)/.installed-dev
 # Engine benchmark against transformers (about 25 minutes); table in docs/PERFORMANCE.md.
 bench: $(BIN)/.installed-dev
 	$(BIN)/python -m bench.engine
+
+# llama.cpp for bench-peers (optional): llama-cpp-python built from source for this CPU.
+install-peers: $(BIN)/.installed-dev
+	CMAKE_ARGS="-DGGML_NATIVE=ON" MAKEFLAGS=-j$$(nproc) CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+		$(BIN)/pip install --quiet -r requirements-peers.txt
+
+# Ours against transformers (eager, compiled) and llama.cpp (if installed) in one run, on
+# this machine (30-40 minutes on 2 cores); JSON in docs/, tables in docs/PERFORMANCE.md.
+bench-peers: $(BIN)/.installed-dev
+	$(BIN)/python -m bench.peers

@@ -88,9 +88,11 @@ async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[
             attach(metrics, engine)
             await engine.start()
             state.models[spec.name] = ServedModel(spec.name, spec.path, loaded, tokenizer, engine)
+            stats = engine.stats()
             log.info("model ready", extra={"model": spec.name, "dtype": str(loaded.dtype),
                                            "device": str(loaded.device),
-                                           "kv_blocks": engine.stats().kv_blocks_total})
+                                           "kv_blocks": stats.kv_blocks_total,
+                                           "compile": stats.compile, "weights": stats.weights})
     except Exception as exc:
         state.phase = Phase.FAILED
         state.failure = f"{type(exc).__name__}: {exc}"

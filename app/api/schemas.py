@@ -279,6 +279,10 @@ class ModelInfo(BaseModel):
     kv_blocks_used: int = Field(description="blocks held by requests right now")
     running_requests: int
     waiting_requests: int
+    compile: str = Field(description="whether the dense math runs compiled, and why "
+                                     "(--compile; measured choices at startup)")
+    weights: str = Field(description="whether linear weights are prepacked for oneDNN, "
+                                     "and why (--prepack)")
 
 
 class InfoResponse(BaseModel):

@@ -40,3 +40,5 @@ class EngineStats:
     alive: bool
     accepting: bool
     dead_reason: str | None
+    compile: str  # how the forward pass runs (app.modeling.compile), and why
+    weights: str  # whether weights are prepacked (app.modeling.packed), and why

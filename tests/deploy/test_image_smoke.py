@@ -71,7 +71,9 @@ def test_image_install_steps_and_cmd_serve(tmp_path: Path) -> None:
     run_env = {k: v for k, v in env.items() if k.startswith(("LLM_", "PYTHON"))}
     run_env.update({"LLM_MODEL": mapped, "LLM_HOST": "127.0.0.1", "HOME": str(tmp_path)})
     run_env["PATH"] = f"{venv / 'bin'}:{os.environ.get('PATH', '')}"
-    live = LiveServer(env=run_env, python=str(venv / "bin" / "python"), args_override=cmd[3:])
+    # The image's defaults compile and warm up both models at startup (--compile auto).
+    live = LiveServer(env=run_env, python=str(venv / "bin" / "python"), args_override=cmd[3:],
+                      ready_timeout=600)
     with live:
         ready = httpx.get(live.url + "/readyz", timeout=5)
         assert ready.status_code == 200

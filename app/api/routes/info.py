@@ -26,7 +26,8 @@ async def info(state: StateDep) -> InfoResponse:
             parameters=sum(p.numel() for p in m.loaded.model.parameters()),
             labels=list(cfg.id2label) or None, kv_cache_blocks=stats.kv_blocks_total,
             block_size=stats.block_size, kv_blocks_used=stats.kv_blocks_used,
-            running_requests=stats.running_requests, waiting_requests=stats.waiting_requests))
+            running_requests=stats.running_requests, waiting_requests=stats.waiting_requests,
+            compile=stats.compile, weights=stats.weights))
     limits: dict[str, int | float] = {
         "max_body_bytes": s.max_body_bytes, "max_prompt_tokens": s.max_prompt_tokens,
         "max_tokens_limit": s.max_tokens_limit, "default_max_tokens": s.default_max_tokens,
