@@ -18,8 +18,11 @@ engine alike (`--dtype` overrides). Scenarios, every request ignoring EOS:
   b  32 concurrent requests, equal lengths (32-token prompts, 128 new), aggregate tok/s
   c  mixed lengths (64 requests, bench.engine's workload c), useful tok/s
 Baselines: `transformers` one padded generate() per batch ("static batching"), eager and
-compiled (static cache + torch.compile). Ours: requests submitted concurrently to the
-engine in process (and batch-1 decode also through HTTP, streamed from a real server).
+compiled (static cache + torch.compile). Batch-1 decode is measured in --rounds
+interleaved rounds (each engine once per round); its ratios are medians of the per-round
+ratios, so a slow minute of the shared machine does not favour one engine. Ours:
+requests submitted concurrently to the engine in process (and batch-1 decode also
+through HTTP, streamed from a real server).
 The CPU (model, ISA flags), torch and threads, memory bandwidth and GEMM rate are
 measured in the same run; every timed block first waits for the machine to be idle.
 """
@@ -292,8 +295,9 @@ def http_decode_ms(directory: Path, dtype: str, prompt_text: str, new: int) -> f
 
 
 def measure(engine: str, name: str, directory: Path, dtype: str, quick: bool,
-            compile_mode: str, prepack: str) -> dict[str, Any]:
-    """Every scenario of one engine on one model, in this process."""
+            compile_mode: str, prepack: str, only_decode: bool = False) -> dict[str, Any]:
+    """Every scenario of one engine on one model (or batch-1 decode only), in this
+    process."""
     torch_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
     rng = random.Random(0)
     cfg = config_from_hf(read_json(directory / "config.json"))
@@ -305,6 +309,7 @@ def measure(engine: str, name: str, directory: Path, dtype: str, quick: bool,
     mixed = make_workloads(cfg.vocab_size, cfg.max_model_len, quick)["c"]
     repeats = 3 if quick else 5
     small = name == "default-lm"  # the shipped model: batched scenarios only
+    batched = not only_decode
     rows: dict[str, float] = {}
     notes: dict[str, Any] = {}
     if engine == "ours":
@@ -312,14 +317,16 @@ def measure(engine: str, name: str, directory: Path, dtype: str, quick: bool,
         notes = {"startup_s": ours.startup_s, **ours.notes}
         if not small:
             rows["a"] = statistics.median(ours.decode_ms(prompt, new) for _ in range(3))
+        if not small and batched:
             # A fresh prompt each time: a repeated one would be served from the prefix cache.
             rows["p"] = statistics.median(
                 ours.prefill_tok_s(ids(rng, cfg.vocab_size, len(long_prompt)))
                 for _ in range(repeats))
-        rows["b"] = statistics.median(ours.batch_tok_s(batch_prompts, batch_outputs)
-                                      for _ in range(3))
-        rows["c"] = statistics.median(ours.batch_tok_s(mixed.prompts, mixed.outputs)
-                                      for _ in range(2))
+        if batched:
+            rows["b"] = statistics.median(ours.batch_tok_s(batch_prompts, batch_outputs)
+                                          for _ in range(3))
+            rows["c"] = statistics.median(ours.batch_tok_s(mixed.prompts, mixed.outputs)
+                                          for _ in range(2))
         ours.close()
     elif engine == "ours-http":
         rows["a"] = http_decode_ms(directory, dtype, " ".join(["hello"] * PROMPT), new)
@@ -327,9 +334,11 @@ def measure(engine: str, name: str, directory: Path, dtype: str, quick: bool,
         hf = HF(directory, torch_dtype, compiled=engine == "hf-compile")
         if not small:
             rows["a"] = hf.decode_ms(prompt, new)
+        if not small and batched:
             rows["p"] = hf.prefill_tok_s(long_prompt, repeats)
-        rows["b"] = hf.batch_tok_s(batch_prompts, batch_outputs)
-        if engine == "hf-eager":
+        if batched:
+            rows["b"] = hf.batch_tok_s(batch_prompts, batch_outputs)
+        if batched and engine == "hf-eager":
             rows["c"] = hf.batch_tok_s(mixed.prompts, mixed.outputs)
     elif engine.startswith("llama.cpp"):
         from bench.gguf_export import export_llama
@@ -338,7 +347,8 @@ def measure(engine: str, name: str, directory: Path, dtype: str, quick: bool,
             path = export_llama(directory, Path(tmp), engine.split("-", 1)[1])
             cpp = LlamaCpp(path, torch.get_num_threads())
             rows["a"] = cpp.decode_ms(prompt, new)
-            rows["p"] = cpp.prefill_tok_s(long_prompt, repeats)
+            if batched:
+                rows["p"] = cpp.prefill_tok_s(long_prompt, repeats)
     else:
         raise ValueError(f"unknown engine {engine!r}")
     return {"rows": rows, "notes": notes}
@@ -356,13 +366,14 @@ def engines_for(name: str, dtype: str, skip: set[str]) -> list[str]:
 
 
 def run_isolated(engine: str, name: str, directory: Path, dtype: str,
-                 args: argparse.Namespace) -> dict[str, Any]:
+                 args: argparse.Namespace, only_decode: bool = False) -> dict[str, Any]:
     """One engine in a process of its own: OpenMP thread teams, allocator state and
     compiled code of one engine never slow down the next (see app.engine.compute)."""
     command = [sys.executable, "-m", "bench.peers", "--worker", engine, "--worker-model", name,
                "--worker-dir", str(directory), "--dtype", dtype, "--compile", args.compile,
                "--prepack", args.prepack] + (["--quick"] if args.quick else []) + (
-               ["--threads", str(args.threads)] if args.threads else [])
+               ["--threads", str(args.threads)] if args.threads else []) + (
+               ["--only-decode"] if only_decode else [])
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
         log.error("%s on %s failed: %s", engine, name, done.stderr[-2000:])
@@ -385,6 +396,22 @@ def bench_model(name: str, directory: Path, dtype: str, args: argparse.Namespace
             result["rows"].setdefault(scenario, {})[engine] = value
             log.info("%s %s %s: %.2f", name, scenario, engine, value)
         result["notes"][engine] = measured["notes"]
+    # Batch-1 decode is the figure most at the mercy of a shared machine: it is measured
+    # again in interleaved rounds (every engine once per round), and each peer's ratio is
+    # the median of its per-round ratios to ours.
+    decode = {e: [v] for e, v in result["rows"].get("a", {}).items()}
+    for _ in range(args.rounds - 1):
+        for engine in decode:
+            value = run_isolated(engine, name, directory, dtype, args, True)["rows"].get("a")
+            if value is not None:
+                decode[engine].append(value)
+    if decode:
+        result["decode_rounds"] = decode
+        result["rows"]["a"] = {e: statistics.median(v) for e, v in decode.items()}
+        ours = decode.get("ours", [])
+        result["decode_ratio"] = {
+            e: statistics.median(p / o for p, o in zip(v, ours, strict=False))
+            for e, v in decode.items() if e != "ours" and ours}
     return result
 
 
@@ -402,7 +429,7 @@ def table(results: list[dict[str, Any]]) -> str:
                 if ours is None or engine == "ours":
                     ratio = ""
                 elif scenario == "a":
-                    ratio = f"{value / ours:.2f}x"
+                    ratio = f"{r.get('decode_ratio', {}).get(engine, value / ours):.2f}x"
                 else:
                     ratio = f"{ours / value:.2f}x"
                 lines.append(f"| {r['model']} ({r['dtype']}) | {SCENARIOS[scenario]} | {engine} "
@@ -421,7 +448,10 @@ def main() -> None:
     parser.add_argument("--skip", default="", help="comma list of: ours-http, hf-eager, "
                                                    "hf-compile, llama.cpp")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of batch-1 decode per engine")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--only-decode", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-model", help=argparse.SUPPRESS)
     parser.add_argument("--worker-dir", type=Path, help=argparse.SUPPRESS)
@@ -433,7 +463,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.worker:
         measured = measure(args.worker, args.worker_model, args.worker_dir, args.dtype,
-                           args.quick, args.compile, args.prepack)
+                           args.quick, args.compile, args.prepack, args.only_decode)
         sys.stdout.write(json.dumps(measured) + "\n")
         return
     cpu = cpu_info()

@@ -5,7 +5,7 @@ summary of a finished request that observers (metrics, request logs) read."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from app.sampling_params import TokenLogprob
 
@@ -20,14 +20,16 @@ class CompletionDelta:
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None  # "stop" | "length" once finished
 
-    def extended(self, later: CompletionDelta) -> CompletionDelta:
-        """This delta followed by a later one of the same completion."""
-        logprobs = self.logprobs
+    def extend(self, later: CompletionDelta) -> None:
+        """Append a later delta of the same completion (in place: amortised O(1) per
+        token, however long a reader has been away)."""
+        self.token_ids.extend(later.token_ids)
+        self.text += later.text
         if later.logprobs is not None:
-            logprobs = (logprobs or []) + later.logprobs
-        return CompletionDelta(self.index, self.token_ids + later.token_ids,
-                               self.text + later.text, logprobs,
-                               later.finish_reason or self.finish_reason)
+            if self.logprobs is None:
+                self.logprobs = []
+            self.logprobs.extend(later.logprobs)
+        self.finish_reason = later.finish_reason or self.finish_reason
 
 
 @dataclass
@@ -76,31 +78,35 @@ class RequestOutput:
     def prompt_tokens(self) -> int:
         return self.usage.prompt_tokens
 
-    def merged_with(self, later: RequestOutput) -> RequestOutput:
-        """This output followed by a later one: each completion's deltas concatenated,
-        the later counts, flags and results kept."""
+    def merge(self, later: RequestOutput) -> None:
+        """Fold a later output of the same request into this one, in place: each
+        completion's deltas appended, the later counts, flags and results kept. Only for
+        an output nobody else holds (the collector's pending one, or merge_outputs')."""
         by_index = {d.index: d for d in self.completions}
         for delta in later.completions:
             earlier = by_index.get(delta.index)
-            by_index[delta.index] = delta if earlier is None else earlier.extended(delta)
-        return replace(
-            later, completions=[by_index[i] for i in sorted(by_index)],
-            distribution=later.distribution if later.distribution is not None
-            else self.distribution,
-            class_scores=later.class_scores if later.class_scores is not None
-            else self.class_scores,
-            score_logprobs=later.score_logprobs if later.score_logprobs is not None
-            else self.score_logprobs,
-            times=later.times or self.times)
+            if earlier is None:
+                by_index[delta.index] = CompletionDelta(
+                    delta.index, list(delta.token_ids), delta.text,
+                    None if delta.logprobs is None else list(delta.logprobs),
+                    delta.finish_reason)
+            else:
+                earlier.extend(delta)
+        self.completions = [by_index[i] for i in sorted(by_index)]
+        self.usage, self.finished = later.usage, later.finished
+        for name in ("distribution", "class_scores", "score_logprobs"):
+            if getattr(later, name) is not None:
+                setattr(self, name, getattr(later, name))
+        self.times = later.times or self.times
 
 
 def merge_outputs(outputs: Sequence[RequestOutput]) -> RequestOutput:
     """Fold a request's stream of outputs into one, with whole completions."""
     if not outputs:
         raise ValueError("no outputs to merge")
-    merged = outputs[0]
-    for out in outputs[1:]:
-        merged = merged.merged_with(out)
+    merged = RequestOutput(outputs[0].request_id, outputs[0].usage)
+    for out in outputs:
+        merged.merge(out)
     return merged
 
 

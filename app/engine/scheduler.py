@@ -21,6 +21,7 @@ import bisect
 from collections import Counter
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from app.engine.block_manager import BlockManager
 from app.engine.errors import InvalidRequest, QueueFull
@@ -44,9 +45,10 @@ class SchedulerConfig:
             raise ValueError("scheduler limits must be positive")
 
 
-@dataclass(frozen=True)
-class ScheduledSeq:
-    """One sequence's share of a step, as plain values: all the runner reads."""
+class ScheduledSeq(NamedTuple):
+    """One sequence's share of a step, as plain values: all the runner reads. (A named
+    tuple: immutable like a frozen dataclass, and several times cheaper to build, which
+    counts at dozens per step.)"""
 
     seq_id: int
     request_id: str

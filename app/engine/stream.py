@@ -27,7 +27,10 @@ class OutputCollector:
         return int(self._pending is not None)
 
     def put(self, output: RequestOutput) -> None:
-        self._pending = output if self._pending is None else self._pending.merged_with(output)
+        if self._pending is None:
+            self._pending = output  # the engine hands each output over: ours to merge into
+        else:
+            self._pending.merge(output)
         self._ready.set()
 
     def fail(self, error: BaseException) -> None:

@@ -96,20 +96,26 @@ def choose_packing(model: Transformer, device: torch.device, measure: bool = Tru
                        f"than {PACK_MEMORY_FRACTION:.0%} of free memory")
     if not measure:
         return True, f"packed for oneDNN ({size / 2**20:.0f} MiB; --prepack on)"
-    weights = [block.mlp.up.weight for block in model.blocks()]
+    layers = [block.mlp.up for block in model.blocks()]
     gains = []
+    keys: list[Tensor] = []
     try:
         with torch.inference_mode():
-            packed = [torch.ops.mkldnn._reorder_linear_weight(w, 32) for w in weights]
+            # Timed through the custom op the model would call, so its per-call cost
+            # counts: on small models it can eat what the packed layout saves.
+            keys = [_pack(layer.weight, 32) for layer in layers]
             for rows in (8, 32):
-                x = torch.randn(rows, weights[0].shape[1], dtype=weights[0].dtype)
-                plain = _median_seconds(lambda: [F.linear(x, w) for w in weights])  # noqa: B023
+                x = torch.randn(rows, layers[0].in_features, dtype=layers[0].weight.dtype)
+                plain = _median_seconds(lambda: [F.linear(x, m.weight) for m in layers])  # noqa: B023
                 fast = _median_seconds(lambda: [
-                    torch.ops.mkldnn._linear_pointwise(x, p, None, "none", [], "")  # noqa: B023
-                    for p in packed])
+                    torch.ops.llm.packed_linear(x, k, m.out_features)  # noqa: B023
+                    for k, m in zip(keys, layers, strict=True)])
                 gains.append(plain / fast)
     except RuntimeError as exc:  # a dtype or ISA oneDNN cannot pack here
         return False, f"not packed: oneDNN refused ({str(exc).splitlines()[0][:120]})"
+    finally:
+        for key in keys:
+            _PACKED.pop(int(key), None)
     measured = f"8 rows {gains[0]:.2f}x, 32 rows {gains[1]:.2f}x"
     if min(gains) < PACK_MIN_GAIN:
         return False, f"not packed: no gain here ({measured})"
