@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -21,10 +22,19 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from app.modeling.config import ConfigError, ModelConfig, config_from_hf, config_to_hf
+from app.modeling.quantize import METHODS as QUANTIZATION_METHODS
+from app.modeling.quantized_model import (
+    DEFAULT_INT4_GROUP_SIZE,
+    quantization_config,
+    quantize_model,
+    skeleton,
+)
+from app.modeling.quantized_model import FORMAT as QUANT_FORMAT
+from app.modeling.quantized_model import FORMAT_VERSION as QUANT_FORMAT_VERSION
 from app.modeling.transformer import Transformer
 from app.modeling.weights import BODY_PREFIXES, IGNORED_SUFFIXES, Source, weight_plan
 
@@ -258,40 +268,39 @@ def _used_names(index: TensorIndex, plan: dict[str, Source]) -> set[str]:
     return used
 
 
-def load_model(path: str | Path, dtype: str = "auto", device: str = "auto") -> LoadedModel:
-    """Load a checkpoint directory onto `device` in `dtype`; CheckpointError on any problem."""
+def load_model(path: str | Path, dtype: str = "auto", device: str = "auto",
+               quantization: str = "none",
+               group_size: int = DEFAULT_INT4_GROUP_SIZE) -> LoadedModel:
+    """Load a checkpoint directory onto `device` in `dtype`, quantized per `quantization`
+    (none | int8 | int4; see app.modeling.quantized_model); CheckpointError on any problem.
+    A checkpoint saved quantized (`python -m app quantize`) loads as stored."""
     directory = Path(path)
     cfg = load_config(directory)
     target_device = resolve_device(device)
     target_dtype = resolve_dtype(dtype, target_device, estimated_parameters(cfg))
+    if quantization not in QUANTIZATION_METHODS:
+        raise CheckpointError(f"quantization must be one of {QUANTIZATION_METHODS}, "
+                              f"not {quantization!r}")
+    stored = read_json(directory / CONFIG_FILE).get("quantization_config")
     try:
         with torch.device("meta"):
             model = Transformer(cfg)
     except ConfigError as exc:
         raise CheckpointError(f"{directory / CONFIG_FILE}: {exc}") from exc
-    plan = weight_plan(cfg)
-    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    if set(plan) != set(shapes):  # a bug in a plan, never the user's fault
-        raise AssertionError(f"weight plan mismatch: {sorted(set(plan) ^ set(shapes))}")
-
-    state: dict[str, Tensor] = {}
-    with ExitStack() as stack:
-        index = TensorIndex(directory, stack)
-        for ours, src in plan.items():
-            state[ours] = _gather_parameter(index, ours, src, shapes[ours], target_dtype).to(
-                target_device
-            )
-        unexpected = [
-            n
-            for n in sorted(set(index.where) - _used_names(index, plan))
-            if not n.endswith(IGNORED_SUFFIXES) and n != "lm_head.weight"
-        ]
-    if unexpected:
-        log.warning(
-            "checkpoint %s has %d tensors the model does not use, e.g. %s",
-            directory, len(unexpected), unexpected[:5],
-        )
-    model.load_state_dict(state, strict=True, assign=True)
+    if stored is not None:
+        _load_quantized(model, directory, stored, quantization, target_dtype)
+    else:
+        # Quantize from the checkpoint's own precision, not from a bf16 copy of it.
+        read_dtype = torch.float32 if quantization != "none" else target_dtype
+        model.load_state_dict(_read_hf_state(model, directory, read_dtype), strict=True,
+                              assign=True)
+        if quantization != "none":
+            try:
+                quantize_model(model, quantization, group_size, target_dtype)
+            except ValueError as exc:
+                raise CheckpointError(f"{directory}: {exc}") from exc
+            _cast_floats(model, target_dtype)
+    model.to(target_device)
     model.requires_grad_(False).eval()
     model.init_rope(target_device)
     generation = directory / GENERATION_CONFIG_FILE
@@ -303,6 +312,108 @@ def load_model(path: str | Path, dtype: str = "auto", device: str = "auto") -> L
         device=target_device,
         generation_config=read_json(generation) if generation.exists() else {},
     )
+
+
+def _read_hf_state(model: Transformer, directory: Path, dtype: torch.dtype
+                   ) -> dict[str, Tensor]:
+    """Our parameters, gathered from a Hugging Face layout checkpoint in `dtype`."""
+    plan = weight_plan(model.config)
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    if set(plan) != set(shapes):  # a bug in a plan, never the user's fault
+        raise AssertionError(f"weight plan mismatch: {sorted(set(plan) ^ set(shapes))}")
+    state: dict[str, Tensor] = {}
+    with ExitStack() as stack:
+        index = TensorIndex(directory, stack)
+        for ours, src in plan.items():
+            state[ours] = _gather_parameter(index, ours, src, shapes[ours], dtype)
+        unexpected = [
+            n
+            for n in sorted(set(index.where) - _used_names(index, plan))
+            if not n.endswith(IGNORED_SUFFIXES) and n != "lm_head.weight"
+        ]
+    if unexpected:
+        log.warning(
+            "checkpoint %s has %d tensors the model does not use, e.g. %s",
+            directory, len(unexpected), unexpected[:5],
+        )
+    return state
+
+
+def _cast_floats(model: Transformer, dtype: torch.dtype) -> None:
+    """Parameters (norms, biases, embeddings) to `dtype`; quantized buffers keep theirs."""
+    for module in model.modules():
+        for name, param in list(module.named_parameters(recurse=False)):
+            setattr(module, name, torch.nn.Parameter(param.detach().to(dtype),
+                                                     requires_grad=False))
+
+
+def _load_quantized(model: Transformer, directory: Path, stored: Any, requested: str,
+                    dtype: torch.dtype) -> None:
+    """A checkpoint written by `python -m app quantize`: our names, loaded as stored."""
+    where = directory / CONFIG_FILE
+    if not isinstance(stored, dict) or stored.get("quant_method") != QUANT_FORMAT:
+        method = stored.get("quant_method") if isinstance(stored, dict) else stored
+        raise CheckpointError(f"{where}: quantization_config of kind {method!r} is not "
+                              f"supported (only checkpoints written by python -m app quantize)")
+    if stored.get("format_version") != QUANT_FORMAT_VERSION:
+        raise CheckpointError(f"{where}: quantized format version "
+                              f"{stored.get('format_version')!r} is not supported")
+    method, group = stored.get("method"), stored.get("group_size", 0)
+    if method not in ("int8", "int4") or not isinstance(group, int):
+        raise CheckpointError(f"{where}: quantization_config.method {method!r} is not "
+                              "int8 or int4")
+    if requested not in ("none", method):
+        raise CheckpointError(f"{directory} is stored as {method}; it cannot be served as "
+                              f"{requested} (quantize the original checkpoint instead)")
+    skeleton(model, method, group, dtype)
+    file = directory / SAFETENSORS_FILE
+    try:
+        state = load_file(str(file))
+    except Exception as exc:
+        raise CheckpointError(f"{file}: cannot read ({exc})") from exc
+    if model.lm_head is not None and model.lm_head.tied:  # one table, saved once
+        for suffix in ("qweight", "scale"):
+            if f"embed.table.{suffix}" in state:
+                state[f"lm_head.quantized.{suffix}"] = state[f"embed.table.{suffix}"]
+    expected = dict(model.state_dict(keep_vars=True))
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise CheckpointError(f"{file}: does not match its config (missing {missing[:5]}, "
+                              f"unexpected {extra[:5]})")
+    for name, tensor in expected.items():
+        got = state[name]
+        if tuple(got.shape) != tuple(tensor.shape) or (
+                not tensor.is_floating_point() and got.dtype != tensor.dtype):
+            raise CheckpointError(f"{file}: tensor {name!r} has shape {list(got.shape)} "
+                                  f"{got.dtype}, the config implies {list(tensor.shape)} "
+                                  f"{tensor.dtype}")
+        if isinstance(tensor, torch.nn.Parameter):
+            state[name] = got.to(dtype)
+    model.load_state_dict(state, strict=True, assign=True)
+    _cast_floats(model, dtype)
+
+
+def save_quantized(loaded: LoadedModel, directory: str | Path) -> None:
+    """Write a quantized model in the layout of app.modeling.quantized_model, with the
+    source's generation config and tokenizer files."""
+    model = loaded.model
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    raw = read_json(loaded.path / CONFIG_FILE)
+    raw["quantization_config"] = quantization_config(model, loaded.dtype)
+    (out / CONFIG_FILE).write_text(json.dumps(raw, indent=2, sort_keys=True) + "\n")
+    state = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()
+             if not (model.lm_head is not None and model.lm_head.tied
+                     and name.startswith("lm_head.quantized."))}
+    save_file(state, str(out / SAFETENSORS_FILE),
+              metadata={"format": "pt", "quantization": model.quantization})
+    (out / SAFETENSORS_FILE).chmod(0o644)
+    for source in sorted(loaded.path.iterdir()):
+        if source.is_file() and (source.name == GENERATION_CONFIG_FILE
+                                 or source.name.startswith(("tokenizer", "special_tokens",
+                                                            "vocab", "merges", "chat_template"))):
+            shutil.copyfile(source, out / source.name)
 
 
 # ---------------------------------------------------------------------------- writing

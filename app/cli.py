@@ -1,4 +1,4 @@
-"""Command line: `python -m app serve|generate|train|eval|data ...`.
+"""Command line: `python -m app serve|generate|train|eval|quantize|data ...`.
 
 Training code is imported only by the commands that need it, so the server never loads it.
 """
@@ -44,6 +44,12 @@ def _add_train_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: floa
                    help="bf16: CPU autocast for matmuls (weights and optimizer stay fp32)")
     g.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     g.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt")
+
+
+def _add_quantization_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quantization", choices=["none", "int8", "int4"], default="none",
+                   help="evaluate the model quantized at load")
+    p.add_argument("--group-size", type=int, default=64, help="int4 group size")
 
 
 def _train_config(args: argparse.Namespace) -> TrainConfig:
@@ -100,12 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
     elm.add_argument("inputs", nargs="+")
     elm.add_argument("--model", required=True)
     elm.add_argument("--context", type=int, default=0, help="block length (0: the model's)")
+    for p in (elm,):
+        _add_quantization_args(p)
     eclf = esub.add_parser("classifier", help="accuracy, macro-F1, confusion matrix")
     eclf.add_argument("data")
     eclf.add_argument("--model", required=True)
     eclf.add_argument("--max-length", type=int, default=128)
     eclf.add_argument("--text-column", default="text")
     eclf.add_argument("--label-column", default="label")
+    _add_quantization_args(eclf)
+
+    quant = sub.add_parser("quantize", help="write a quantized copy of a checkpoint "
+                                            "(loads without re-quantizing)")
+    quant.add_argument("source", type=Path, help="checkpoint directory (fp32/bf16/fp16)")
+    quant.add_argument("dest", type=Path, help="directory to write")
+    quant.add_argument("--method", choices=["int8", "int4"], required=True)
+    quant.add_argument("--group-size", type=int, default=64,
+                       help="int4 group size: 32, 64 or 128")
+    quant.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                       default="float32", help="dtype of the tensors kept in floating point")
 
     data = sub.add_parser("data", help="prepare the shipped models' training data")
     dsub = data.add_subparsers(dest="what", required=True)
@@ -148,7 +167,8 @@ def run_eval(args: argparse.Namespace) -> int:
     from app.train.data import pack_tokens, read_documents, read_labelled
     from app.train.evaluate import classification_report, lm_metrics, predict_labels
 
-    loaded = load_model(args.model, dtype="float32", device="cpu")
+    loaded = load_model(args.model, dtype="float32", device="cpu",
+                        quantization=args.quantization, group_size=args.group_size)
     tokenizer = Tokenizer.from_dir(args.model)
     if args.what == "lm":
         eos = tokenizer.eos_ids[0]
@@ -172,6 +192,20 @@ def run_eval(args: argparse.Namespace) -> int:
     predicted = predict_labels(loaded.model, encode_rows(tokenizer, labelled, args.max_length), pad)
     gold = [index[r.label] for r in labelled]
     _out(classification_report(gold, predicted, labels).as_text())
+    return 0
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    from app.checkpoint import load_model, save_quantized
+    from app.modeling.quantized_model import describe
+
+    if args.dest.resolve() == args.source.resolve():
+        _err("error: dest must differ from source")
+        return 2
+    loaded = load_model(args.source, dtype=args.dtype, device="cpu", quantization=args.method,
+                        group_size=args.group_size)
+    save_quantized(loaded, args.dest)
+    _out(f"wrote {args.dest}: {describe(loaded.model)}")
     return 0
 
 
@@ -207,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_train(args)
         if args.command == "eval":
             return run_eval(args)
+        if args.command == "quantize":
+            return run_quantize(args)
         if args.command == "data":
             from app.train.fortunes import prepare
 

@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "LLM_"
+QUANTIZATION_METHODS = ("none", "int8", "int4")
 
 
 def _split_list(value: object) -> object:
@@ -55,6 +56,13 @@ class Settings(BaseSettings):
     prepack: Literal["auto", "on", "off"] = Field(
         "auto", description="prepack linear weights for oneDNN (CPU): auto = where it "
                             "measures faster at startup; costs one more copy of them")
+    quantization: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="weight quantization at load: none | int8 | int4 for every model, or "
+                    "NAME=METHOD for one (repeat or comma-separate); int8 per output channel, "
+                    "int4 in groups (see docs/PERFORMANCE.md for when to use which)")
+    int4_group_size: Literal[32, 64, 128] = Field(
+        64, description="weights per int4 group (one float16 scale and min each)")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
 
     # --- HTTP
@@ -111,7 +119,8 @@ class Settings(BaseSettings):
     metrics_compat: Literal["none", "vllm"] = Field(
         "none", description="also expose metrics under vLLM's names")
 
-    _split = field_validator("model", "api_key", "cors_origins", mode="before")(_split_list)
+    _split = field_validator("model", "api_key", "cors_origins", "quantization",
+                             mode="before")(_split_list)
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -121,6 +130,11 @@ class Settings(BaseSettings):
             raise ValueError("max_num_batched_tokens must be >= max_num_seqs")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens must be <= max_tokens_limit")
+        for entry in self.quantization:
+            method = entry.partition("=")[2] if "=" in entry else entry
+            if method not in QUANTIZATION_METHODS:
+                raise ValueError(f"quantization {entry!r}: the method must be one of "
+                                 f"{', '.join(QUANTIZATION_METHODS)}")
         return self
 
     def api_keys(self) -> list[str]:
@@ -136,6 +150,7 @@ class Settings(BaseSettings):
 class ModelSpec:
     name: str
     path: Path
+    quantization: str = "none"
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$")
@@ -152,5 +167,25 @@ def model_specs(settings: Settings) -> list[ModelSpec]:
             raise ValueError(f"model name {name!r} must be 1-64 of letters, digits, . _ : -")
         if any(s.name == name for s in specs):
             raise ValueError(f"model name {name!r} is given twice")
-        specs.append(ModelSpec(name, Path(path)))
+        specs.append(ModelSpec(name, Path(path), _quantization_for(settings, name)))
+    names = {s.name for s in specs}
+    for entry in settings.quantization:
+        target, sep, _ = entry.partition("=")
+        if sep and target not in names:
+            raise ValueError(f"quantization {entry!r} names no served model "
+                             f"(models: {', '.join(sorted(names))})")
     return specs
+
+
+def _quantization_for(settings: Settings, name: str) -> str:
+    """A NAME=METHOD entry for this model wins over a bare METHOD for all."""
+    chosen = "none"
+    for entry in settings.quantization:
+        target, sep, method = entry.partition("=")
+        if not sep:
+            chosen = target
+    for entry in settings.quantization:
+        target, sep, method = entry.partition("=")
+        if sep and target == name:
+            chosen = method
+    return chosen

@@ -79,7 +79,8 @@ async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[
         for spec in model_specs(settings):
             log.info("loading model", extra={"model": spec.name, "path": str(spec.path)})
             loaded = await loop.run_in_executor(compute, load_model, spec.path, settings.dtype,
-                                                settings.device)
+                                                settings.device, spec.quantization,
+                                                settings.int4_group_size)
             tokenizer = await asyncio.to_thread(Tokenizer.from_dir, spec.path,
                                                 loaded.eos_token_ids)
             engine = Engine(loaded, tokenizer, engine_config(settings), name=spec.name,
@@ -92,7 +93,8 @@ async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[
             log.info("model ready", extra={"model": spec.name, "dtype": str(loaded.dtype),
                                            "device": str(loaded.device),
                                            "kv_blocks": stats.kv_blocks_total,
-                                           "compile": stats.compile, "weights": stats.weights})
+                                           "compile": stats.compile, "weights": stats.weights,
+                                           "quantization": stats.quantization})
     except Exception as exc:
         state.phase = Phase.FAILED
         state.failure = f"{type(exc).__name__}: {exc}"

@@ -45,6 +45,7 @@ class EngineSnapshot:
     device: str
     architecture: str
     alive: bool
+    quantization: str = "none"
 
 
 class _Pair:
@@ -189,8 +190,9 @@ class _EngineGauges(Collector):
             gauge("llm_engine_alive", "1 while the model's engine runs").add_metric(
                 [s.model], 1.0 if s.alive else 0.0)
             gauge("llm_model_info", "Served model (value 1)",
-                  ("model", "architecture", "dtype", "device", "version")).add_metric(
-                [s.model, s.architecture, s.dtype, s.device, m.version], 1.0)
+                  ("model", "architecture", "dtype", "device", "quantization",
+                   "version")).add_metric(
+                [s.model, s.architecture, s.dtype, s.device, s.quantization, m.version], 1.0)
             # Counters the engine keeps itself, read here so they are always exact.
             owned = (
                 ("llm_admission_rejections", "Requests refused with 429 (queue full)",

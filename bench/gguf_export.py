@@ -19,7 +19,7 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 
 def export_llama(checkpoint: Path, out: Path, kind: str) -> Path:
     """checkpoint (HF LlamaForCausalLM directory) -> out/model-<kind>.gguf; kind: f32 | bf16
-    | q8_0."""
+    | q8_0 | q4_0 (the output matrix Q8_0)."""
     import gguf
     from transformers import AutoModelForCausalLM
 
@@ -39,7 +39,8 @@ def export_llama(checkpoint: Path, out: Path, kind: str) -> Path:
             names[f"model.layers.{i}.{ours}.weight"] = f"blk.{i}.{theirs}.weight"
     qtypes = {"f32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
               "bf16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
-              "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0)}
+              "q8_0": (gguf.GGMLQuantizationType.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
+              "q4_0": (gguf.GGMLQuantizationType.Q4_0, gguf.LlamaFileType.MOSTLY_Q4_0)}
     qtype, ftype = qtypes[kind]
     tokens = [b"<unk>", b"<s>", b"</s>"] + [f"<0x{b:02X}>".encode() for b in range(256)]
     tokens += [f"\u2581t{i}".encode() for i in range(cfg.vocab_size - len(tokens))]
@@ -73,10 +74,16 @@ def export_llama(checkpoint: Path, out: Path, kind: str) -> Path:
             array = _permute(array, heads)
         elif ours.endswith("k_proj.weight"):
             array = _permute(array, kv_heads)
-        if array.ndim == 1 or qtype == gguf.GGMLQuantizationType.F32:  # norms stay f32
+        tensor_type = qtype
+        if kind == "q4_0" and theirs == "output.weight":
+            # As llama.cpp's own Q4 files (and our int4) do: the output matrix stays at
+            # higher precision (llama-quantize picks Q6_K; the gguf package writes Q8_0).
+            tensor_type = gguf.GGMLQuantizationType.Q8_0
+        if array.ndim == 1 or tensor_type == gguf.GGMLQuantizationType.F32:  # norms: f32
             writer.add_tensor(theirs, np.ascontiguousarray(array, dtype=np.float32))
         else:
-            writer.add_tensor(theirs, gguf.quants.quantize(array, qtype), raw_dtype=qtype)
+            writer.add_tensor(theirs, gguf.quants.quantize(array, tensor_type),
+                              raw_dtype=tensor_type)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()

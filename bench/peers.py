@@ -4,6 +4,7 @@ llama.cpp, in one run, on the same weights and dtype, on the machine at hand.
     python -m bench.peers                 # everything (about 30-40 minutes on 2 cores)
     python -m bench.peers --quick         # fewer tokens and repeats (a smoke run)
     python -m bench.peers --skip hf-compile,http
+    python -m bench.peers --models llama-134m --quantized   # + int8/int4 and llama.cpp q8_0/q4_0
 
 Models: a random Llama-style 134M (12 x 768, 32k vocabulary, the config of
 ../shared/peers) and a random GPT-2 124M, both written as Hugging Face checkpoints, and
@@ -94,9 +95,11 @@ def ids(rng: random.Random, vocab: int, n: int) -> list[int]:
 class Ours:
     """The engine in process, on its compute thread, with the server's defaults."""
 
-    def __init__(self, directory: Path, dtype: str, compile_mode: str, prepack: str) -> None:
+    def __init__(self, directory: Path, dtype: str, compile_mode: str, prepack: str,
+                 quantization: str = "none") -> None:
         self.pool = compute_thread()
-        self.loaded = self.pool.submit(load_model, directory, dtype, "cpu").result()
+        self.loaded = self.pool.submit(load_model, directory, dtype, "cpu", quantization
+                                       ).result()
         self.tokenizer = Tokenizer.from_dir(directory)
         self.runner = asyncio.Runner()
         config = EngineConfig(
@@ -108,7 +111,8 @@ class Ours:
         self.runner.run(self.engine.start())
         self.startup_s = time.perf_counter() - started
         self.notes = {"compile": self.engine.runner.compile_reason,
-                      "weights": self.engine.runner.pack_reason}
+                      "weights": self.engine.runner.pack_reason,
+                      "quantization": self.engine.runner.quantization}
 
     def close(self) -> None:
         self.runner.run(self.engine.shutdown())
@@ -312,8 +316,11 @@ def measure(engine: str, name: str, directory: Path, dtype: str, quick: bool,
     batched = not only_decode
     rows: dict[str, float] = {}
     notes: dict[str, Any] = {}
-    if engine == "ours":
-        ours = Ours(directory, dtype, compile_mode, prepack)
+    if engine == "ours" or engine in QUANTIZED_OURS:
+        # ours-int8 / ours-int4: quantized at load; ours-f32: float32 whatever the CPU.
+        variant = engine.removeprefix("ours").removeprefix("-") or "none"
+        ours = Ours(directory, "float32" if variant == "f32" else dtype, compile_mode,
+                    prepack, "none" if variant == "f32" else variant)
         notes = {"startup_s": ours.startup_s, **ours.notes}
         if not small:
             rows["a"] = statistics.median(ours.decode_ms(prompt, new) for _ in range(3))
@@ -354,7 +361,10 @@ def measure(engine: str, name: str, directory: Path, dtype: str, quick: bool,
     return {"rows": rows, "notes": notes}
 
 
-def engines_for(name: str, dtype: str, skip: set[str]) -> list[str]:
+QUANTIZED_OURS = ("ours-int8", "ours-int4", "ours-f32")
+
+
+def engines_for(name: str, dtype: str, skip: set[str], quantized: bool = False) -> list[str]:
     engines = ["ours"]
     if name != "default-lm":
         engines += ["ours-http", "hf-eager", "hf-compile"]
@@ -362,6 +372,10 @@ def engines_for(name: str, dtype: str, skip: set[str]) -> list[str]:
             engines.append("llama.cpp-" + ("bf16" if dtype == "bfloat16" else "f32"))
     else:
         engines.append("hf-eager")
+    if quantized and name != "default-lm":
+        engines += ["ours-int8", "ours-int4"] + (["ours-f32"] if dtype != "float32" else [])
+        if name == "llama-134m":
+            engines += ["llama.cpp-q8_0", "llama.cpp-q4_0"]
     return [e for e in engines if e not in skip and e.split("-")[0] not in skip]
 
 
@@ -389,7 +403,7 @@ def bench_model(name: str, directory: Path, dtype: str, args: argparse.Namespace
         result["notes"]["llama.cpp"] = f"skipped: {llama_cpp_problem()}"
         log.warning("llama.cpp skipped: %s", llama_cpp_problem())
         skip.add("llama.cpp")
-    for engine in engines_for(name, dtype, skip):
+    for engine in engines_for(name, dtype, skip, args.quantized):
         log.info("%s: %s", name, engine)
         measured = run_isolated(engine, name, directory, dtype, args)
         for scenario, value in measured["rows"].items():
@@ -451,6 +465,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds of batch-1 decode per engine")
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--quantized", action="store_true",
+                        help="add ours int8 / int4 (and fp32) and llama.cpp q8_0 / q4_0")
     parser.add_argument("--only-decode", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--worker-model", help=argparse.SUPPRESS)

@@ -283,6 +283,10 @@ class ModelInfo(BaseModel):
                                      "(--compile; measured choices at startup)")
     weights: str = Field(description="whether linear weights are prepacked for oneDNN, "
                                      "and why (--prepack)")
+    quantization: str = Field(
+        "none", description="none, or the weight format (int8 / int4 and group size), the "
+                            "bytes of quantized weights and the kernels chosen at startup "
+                            "(--quantization)")
 
 
 class InfoResponse(BaseModel):

@@ -69,7 +69,8 @@ def snapshots(state: ServerState) -> Iterable[EngineSnapshot]:
             rejections=e.rejections, preemptions=e.preemptions,
             prefix_queries=e.prefix_queries, prefix_hits=e.prefix_hits,
             dtype=str(m.loaded.dtype).removeprefix("torch."), device=str(m.loaded.device),
-            architecture=m.loaded.config.architecture, alive=e.alive)
+            architecture=m.loaded.config.architecture, alive=e.alive,
+            quantization=m.loaded.model.quantization)
 
 
 def _tokenizer(scope: Scope, model: str) -> Tokenizer | None:

@@ -151,7 +151,8 @@ class Engine:
             rejections=self._num_rejected, preemptions=self.scheduler.num_preemptions,
             prefix_queries=self.blocks.prefix_queries, prefix_hits=self.blocks.prefix_hits,
             alive=self.is_running, accepting=self.is_accepting, dead_reason=self.dead_reason,
-            compile=self.runner.compile_reason, weights=self.runner.pack_reason)
+            compile=self.runner.compile_reason, weights=self.runner.pack_reason,
+            quantization=self.runner.quantization)
 
     async def start(self) -> None:
         """Prepare the model (compile and warm up, in the worker thread) and start the loop."""

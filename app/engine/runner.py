@@ -25,6 +25,9 @@ from app.modeling.compile import CompileError, compile_model
 from app.modeling.config import Task
 from app.modeling.heads import label_scores
 from app.modeling.packed import choose_packing, pack_model, unpack_model
+from app.modeling.quantized_linear import choose_kernels
+from app.modeling.quantized_model import describe as describe_quantization
+from app.modeling.quantized_model import kernel_probes
 from app.modeling.transformer import EAGER
 from app.sampling import (
     Sampled,
@@ -101,6 +104,7 @@ class ModelRunner:
         self.compile_reason = "off (not prepared)"
         self.prepack = prepack
         self.pack_reason = "not packed (not prepared)"
+        self.quantization = describe_quantization(self.model)
         self.decode: DecodeFn | None = None
 
     @property
@@ -120,7 +124,15 @@ class ModelRunner:
                                    self.device)
         log.info("KV cache: %d blocks of %d tokens, %.1f MiB", self.num_blocks,
                  self.block_size, self._cache.nbytes / 2**20)
-        if self.prepack == "off":
+        probes = kernel_probes(self.model)
+        if probes:
+            measured = ("; ".join(f"{layers[0].method} {choose_kernels(layers, self.loaded.dtype)}"
+                                  for layers in probes)
+                        if self.device.type == "cpu" else "dequantize + BLAS off the CPU")
+            self.quantization = f"{describe_quantization(self.model)}; kernels: {measured}"
+            self.pack_reason = "not packed (weights quantized)"
+            log.info("quantization: %s", self.quantization)
+        elif self.prepack == "off":
             self.pack_reason = "not packed (--prepack off)"
         else:
             pack, self.pack_reason = choose_packing(self.model, self.device,

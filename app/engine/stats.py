@@ -42,3 +42,4 @@ class EngineStats:
     dead_reason: str | None
     compile: str  # how the forward pass runs (app.modeling.compile), and why
     weights: str  # whether weights are prepacked (app.modeling.packed), and why
+    quantization: str  # none, or the format and the kernels chosen (app.modeling.quantized_*)

@@ -127,7 +127,11 @@ def compile_model(model: Transformer, device: torch.device, mode: str) -> Compil
             raise CompileError(f"--compile on, but compiling fails here: {problem}")
         return CompiledModel(model.ops, None, f"off: compiling fails here ({problem})")
     _configure_dynamo()
-    gemv_rows, gains = (choose_gemv_rows(model) if device.type == "cpu" else (0, {}))
+    # Quantized products have their own one-row kernels (app.modeling.quantized_linear).
+    measure_gemv = device.type == "cpu" and model.quantization == "none"
+    gemv_rows, gains = choose_gemv_rows(model) if measure_gemv else (0, {})
+    if model.quantization != "none":
+        gemv_rows = 1  # one-row graphs call the one-row quantized kernel directly
     ops = ForwardOps(
         pre_attention=torch.compile(Block.pre_attention, dynamic=None),
         post_attention=torch.compile(Block.post_attention, dynamic=None),
@@ -137,5 +141,6 @@ def compile_model(model: Transformer, device: torch.device, mode: str) -> Compil
     measured = ", ".join(f"{rows} row{'s' * (rows > 1)} {gain:.2f}x"
                          for rows, gain in gains.items())
     reason = (f"on: inductor; multiply-and-reduce products up to {gemv_rows} rows "
-              f"(measured against the plain product: {measured or 'not measured'})")
+              f"(measured against the plain product: {measured or 'not measured'})"
+              if measure_gemv else "on: inductor; quantized products as custom ops")
     return CompiledModel(ops, decode, reason)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -10,15 +12,19 @@ from app.modeling.config import ProblemType
 
 
 class LMHead(nn.Module):
-    """hidden (..., H) -> logits (..., vocab). A tied head reuses the input embedding."""
+    """hidden (..., H) -> logits (..., vocab). A tied head reuses the input embedding; a
+    quantized one (app.modeling.quantized_model) has its own int8 product."""
 
     def __init__(self, hidden_size: int, vocab_size: int, tied: bool) -> None:
         super().__init__()
         self.tied = tied
         self.weight = None if tied else nn.Parameter(torch.empty(vocab_size, hidden_size))
+        self.quantized: nn.Module | None = None
 
-    def forward(self, hidden: Tensor, embedding: Tensor, gemv: bool = False) -> Tensor:
-        weight = embedding if self.weight is None else self.weight
+    def forward(self, hidden: Tensor, embed: nn.Module, gemv: bool = False) -> Tensor:
+        if self.quantized is not None:
+            return self.quantized(hidden, gemv)
+        weight = cast(Tensor, embed.weight if self.weight is None else self.weight)
         if gemv:  # see app.modeling.transformer.dense
             return (hidden.float()[..., None, :] * weight.float()).sum(-1).to(hidden.dtype)
         if (key := getattr(self, "packed_key", None)) is not None:  # app.modeling.packed

@@ -63,6 +63,8 @@ def _pack(weight: Tensor, batch_hint: int) -> Tensor:
 def packable(model: Transformer) -> list[tuple[nn.Module, Tensor]]:
     """(module, weight) of every product worth packing: each block's four, the LM head."""
     pairs: list[tuple[nn.Module, Tensor]] = []
+    if model.quantization != "none":  # quantized products have their own kernels
+        return pairs
     for block in model.blocks():
         for layer in (block.attn.qkv, block.attn.o, block.mlp.up, block.mlp.down):
             pairs.append((layer, layer.weight))

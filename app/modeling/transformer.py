@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from app.modeling.attention import AttentionBackend, DenseCausalAttention
 from app.modeling.config import ConfigError, ModelConfig, Task
 from app.modeling.heads import ClassificationHead, LMHead
+from app.modeling.quantized_linear import QuantizedLinear
 from app.modeling.rope import apply_rope, inverse_frequencies, rope_cos_sin
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -68,12 +69,14 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
     return RMSNorm(cfg.hidden_size, cfg.norm_eps)
 
 
-def dense(x: Tensor, layer: nn.Linear, gemv: bool = False) -> Tensor:
+def dense(x: Tensor, layer: nn.Linear | QuantizedLinear, gemv: bool = False) -> Tensor:
     """x (..., in) -> (..., out). With `gemv` (set only when compiled, for a few rows, on
     a CPU where it was measured faster) the product is written as multiply-and-reduce:
     inductor turns it into one vectorised pass over the weights, which streams them at
     close to memory bandwidth, where a BLAS matrix-vector call reaches about half. The
     caller decides from the row count, so the compiled graph never branches on a shape."""
+    if isinstance(layer, QuantizedLinear):  # app.modeling.quantized_model
+        return layer(x, gemv)
     if gemv:
         y = (x.float()[..., None, :] * layer.weight.float()).sum(-1).to(x.dtype)
     elif (key := getattr(layer, "packed_key", None)) is not None:  # app.modeling.packed
@@ -152,7 +155,7 @@ class Block(nn.Module):
 def lm_logits(model: Transformer, hidden: Tensor, gemv: bool = False) -> Tensor:
     if model.lm_head is None:
         raise ConfigError("this checkpoint has a classification head, not an LM head")
-    return model.lm_head(hidden, model.embed.weight, gemv)
+    return model.lm_head(hidden, model.embed, gemv)
 
 
 @dataclass(frozen=True)
@@ -206,6 +209,8 @@ class Transformer(nn.Module):
         # to recompute wherever the weights land (see `init_rope`).
         self.inv_freq: Tensor | None = None
         self.ops = EAGER  # see app.modeling.compile
+        self.quantization = "none"  # see app.modeling.quantized_model
+        self.quantization_group_size = 0
 
     def blocks(self) -> list[Block]:
         return [block for block in self.layers if isinstance(block, Block)]

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from app import app_version
 from app.api.deps import StateDep
 from app.api.schemas import InfoResponse, ModelInfo
+from app.modeling.quantized_model import weight_count
 
 router = APIRouter(tags=["utility"])
 
@@ -23,11 +24,12 @@ async def info(state: StateDep) -> InfoResponse:
             name=m.name, path=str(m.path), task=cfg.task.value, architecture=cfg.architecture,
             dtype=str(m.loaded.dtype).removeprefix("torch."), device=str(m.loaded.device),
             max_model_len=m.max_model_len, vocab_size=cfg.vocab_size,
-            parameters=sum(p.numel() for p in m.loaded.model.parameters()),
+            parameters=weight_count(m.loaded.model),
             labels=list(cfg.id2label) or None, kv_cache_blocks=stats.kv_blocks_total,
             block_size=stats.block_size, kv_blocks_used=stats.kv_blocks_used,
             running_requests=stats.running_requests, waiting_requests=stats.waiting_requests,
-            compile=stats.compile, weights=stats.weights))
+            compile=stats.compile, weights=stats.weights,
+            quantization=stats.quantization))
     limits: dict[str, int | float] = {
         "max_body_bytes": s.max_body_bytes, "max_prompt_tokens": s.max_prompt_tokens,
         "max_tokens_limit": s.max_tokens_limit, "default_max_tokens": s.default_max_tokens,

@@ -1,0 +1,94 @@
+"""The accuracy of quantized serving, measured on the shipped models and their held-out
+data (the same figures as the model cards):
+
+- default-lm on its validation split: perplexity within 1 % of fp32 (int8) and 5 %
+  (int4); greedy next-token agreement with fp32 at least 98 % (int8).
+- fortune-classifier on its test split: accuracy within 1 point of fp32 (int8).
+
+The data is rebuilt from Debian's `fortunes` package exactly as the models were trained
+(`python -m app data fortunes`); `make test` installs the package.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from app.checkpoint import load_model
+from app.tokenizer import Tokenizer
+from app.train.data import pack_tokens, read_documents, read_labelled
+from app.train.evaluate import predict_labels
+
+FORTUNES = Path("/usr/share/games/fortunes")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    if not FORTUNES.is_dir():
+        pytest.skip(f"{FORTUNES} is missing: install Debian's fortunes package "
+                    "(make test does) to measure quantized accuracy on held-out data")
+    from app.train.fortunes import prepare
+
+    out = tmp_path_factory.mktemp("fortunes")
+    prepare(out)
+    return out
+
+
+@torch.no_grad()
+def nll_and_argmax(model: torch.nn.Module, rows: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """Mean next-token NLL over (N, T+1) blocks, and every position's argmax."""
+    total, count, argmaxes = 0.0, 0, []
+    for start in range(0, rows.shape[0], 16):
+        batch = rows[start:start + 16]
+        logits = model.causal_lm_logits(batch[:, :-1]).float()
+        targets = batch[:, 1:]
+        total += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
+                                       reduction="sum"))
+        count += targets.numel()
+        argmaxes.append(logits.argmax(-1).flatten())
+    return total / count, torch.cat(argmaxes)
+
+
+def test_default_lm_perplexity_and_greedy_agreement(splits: Path) -> None:
+    directory = ROOT / "models" / "default-lm"
+    tokenizer = Tokenizer.from_dir(directory)
+    docs = read_documents([splits / "lm" / "val.jsonl"])
+    fp32 = load_model(directory, dtype="float32", device="cpu")
+    rows = pack_tokens((tokenizer.encode(d, add_special_tokens=False) for d in docs),
+                       tokenizer.eos_ids[0], fp32.config.max_model_len)
+    base_nll, base_argmax = nll_and_argmax(fp32.model, rows)
+    figures = {}
+    for method, limit in (("int8", 1.01), ("int4", 1.05)):
+        quant = load_model(directory, dtype="float32", device="cpu", quantization=method)
+        nll, argmax = nll_and_argmax(quant.model, rows)
+        ratio = math.exp(nll) / math.exp(base_nll)
+        agreement = float((argmax == base_argmax).float().mean())
+        figures[method] = (math.exp(nll), ratio, agreement)
+        print(f"default-lm {method}: perplexity {math.exp(nll):.2f} vs fp32 "
+              f"{math.exp(base_nll):.2f} ({ratio:.4f}x), greedy agreement {agreement:.2%} "
+              f"over {argmax.numel()} tokens")
+        assert ratio <= limit, f"{method} perplexity {ratio:.4f}x of fp32 (limit {limit})"
+    assert figures["int8"][2] >= 0.98
+
+
+def test_fortune_classifier_accuracy(splits: Path) -> None:
+    directory = ROOT / "models" / "fortune-classifier"
+    tokenizer = Tokenizer.from_dir(directory)
+    rows = read_labelled(splits / "classifier" / "test.jsonl")
+    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_ids[0]
+    ids = [tokenizer.encode(r.text)[-128:] or [tokenizer.eos_ids[0]] for r in rows]
+    accuracy = {}
+    for method in ("none", "int8", "int4"):
+        loaded = load_model(directory, dtype="float32", device="cpu", quantization=method)
+        index = {label: i for i, label in enumerate(loaded.config.id2label)}
+        gold = [index[r.label] for r in rows]
+        predicted = predict_labels(loaded.model, ids, pad)
+        accuracy[method] = sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold)
+    print(f"fortune-classifier test accuracy over {len(rows)} rows: "
+          + ", ".join(f"{m} {a:.2%}" for m, a in accuracy.items()))
+    assert abs(accuracy["int8"] - accuracy["none"]) <= 0.01
