@@ -32,13 +32,19 @@ FROM ${PYTHON_IMAGE} AS runtime
 LABEL org.opencontainers.image.title="llm-inference" \
       org.opencontainers.image.description="LLM inference: predict, generate, classify, OpenAI-compatible API, Prometheus metrics"
 # A C++ compiler, for --compile auto (torch.compile builds CPU kernels at startup: about
-# 2x faster decoding, see docs/PERFORMANCE.md). Without one the server runs eager.
+# 2x faster decoding, see docs/PERFORMANCE.md) and the quantized kernels. Without one the
+# server runs eager, and quantized products dequantize in PyTorch.
 RUN apt-get update \
     && apt-get install -y --no-install-recommends g++=4:12.2.0-3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 app \
     && useradd --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin app
 COPY --from=build /opt/venv /opt/venv
+# The quantized-matmul kernels (--quantization), built for this build machine's CPU kind
+# beside the package; a CPU of another kind builds its own at first use into $HOME/.cache
+# (/tmp here), which takes 20-60 s (see app/kernels/build.py).
+RUN /opt/venv/bin/python -m app.kernels.build --prebuilt \
+    && find /opt/venv -name '__pycache__' -prune -exec rm -rf {} +
 # The shipped default models; mount others and point LLM_MODEL at them.
 COPY models/default-lm /models/default-lm
 COPY models/fortune-classifier /models/fortune-classifier

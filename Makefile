@@ -10,7 +10,7 @@ HOST  ?= 0.0.0.0
 PORT  ?= 8000
 
 .PHONY: install install-dev serve test lint typecheck unit tools lint-deploy soak fuzz bench clean \
-	test-slow install-peers bench-peers
+	test-slow install-peers bench-peers bench-quant
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,8 @@ typecheck: $(BIN)/.installed-dev
 
 # Tools the deployment checks use that are not Python test dependencies: promtool
 # (Debian's prometheus package; needs root and apt) and checkov (its own venv, because its
-# dependency pins clash with ours). Missing tools make their tests skip with a reason.
+# dependency pins clash with ours); and Debian's fortunes package, the held-out data of
+# the shipped models' accuracy tests. Missing tools make their tests skip with a reason.
 tools:
 	@command -v promtool >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
@@ -49,6 +50,10 @@ tools:
 	@test -x .venv-tools/bin/checkov || ($(PYTHON) -m venv .venv-tools \
 		&& .venv-tools/bin/pip install --quiet --disable-pip-version-check checkov==3.3.30) \
 		|| echo "checkov unavailable: its check will be skipped"
+	@test -d /usr/share/games/fortunes || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends fortunes >/dev/null)) \
+		|| echo "fortunes unavailable: the quantized-accuracy tests will be skipped"
 
 # Tests marked slow (timing and memory thresholds) run in `make test-slow`, not here.
 unit: $(BIN)/.installed-dev
@@ -114,3 +119,8 @@ install-peers: $(BIN)/.installed-dev
 # this machine (30-40 minutes on 2 cores); JSON in docs/, tables in docs/PERFORMANCE.md.
 bench-peers: $(BIN)/.installed-dev
 	$(BIN)/python -m bench.peers
+
+# Quantization: accuracy on the shipped models (needs Debian's fortunes) and kernel speed;
+# the end-to-end figures against llama.cpp q8_0 / q4_0: python -m bench.peers --quantized.
+bench-quant: $(BIN)/.installed-dev
+	$(BIN)/python -m bench.quantization

@@ -65,7 +65,8 @@ def test_counters_and_histograms_move_by_known_amounts(api: Any) -> None:
         assert value(after, "llm_kv_cache_blocks", model="lm") == 256
         assert value(after, "llm_requests_running", model="lm") == 0
         assert value(after, "llm_model_info", model="lm", architecture="LlamaForCausalLM",
-                     dtype="float32", device="cpu", version=app_version()) == 1
+                     dtype="float32", device="cpu", quantization="none",
+                     version=app_version()) == 1
         # errors by type
         await client.post("/v1/generate", json={"prompt": "x", "model": "nope"})
         errors = await get_metrics(client)

@@ -61,6 +61,18 @@ def test_image_install_steps_and_cmd_serve(tmp_path: Path) -> None:
     subprocess.run([*pip, "-r", str(ROOT / "requirements.txt")], check=True, timeout=900)
     subprocess.run([*pip, "--no-deps", "--no-build-isolation", str(ROOT)], check=True,
                    timeout=300)
+    # The runtime stage builds the quantized kernels beside the installed package; the
+    # server then loads that build without compiling (and without a writable cache).
+    assert "python -m app.kernels.build --prebuilt" in (ROOT / "Dockerfile").read_text()
+    python = str(venv / "bin" / "python")
+    subprocess.run([python, "-m", "app.kernels.build", "--prebuilt"], check=True,
+                   timeout=600, cwd=tmp_path, env={**os.environ, "HOME": str(tmp_path)})
+    loaded = subprocess.run(
+        [python, "-c", "from app.kernels.build import quant_extension; "
+                       "print(quant_extension()[1])"],
+        check=True, capture_output=True, text=True, timeout=120, cwd=tmp_path,
+        env={**os.environ, "HOME": str(tmp_path / "elsewhere")})
+    assert "(prebuilt)" in loaded.stdout, loaded.stdout
     # The runtime stage: models where the image puts them, the image's environment.
     model_env = env["LLM_MODEL"]
     for entry in model_env.split(","):
