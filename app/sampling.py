@@ -247,6 +247,26 @@ def next_token_distribution(logits: Tensor, temperature: float, k: int
     return [(int(i), float(v.exp()), float(v)) for i, v in zip(ids, values, strict=True)]
 
 
+def prompt_top_logprobs(logits: Tensor, targets: Tensor, k: int
+                        ) -> list[list[tuple[int, float, int]]]:
+    """(T, V) logits, (T,) next tokens -> per row [(token_id, logprob, rank)]: the target
+    first (rank 1 = most likely), then the k most likely tokens other than it (vLLM's
+    prompt_logprobs)."""
+    logprobs = finite_logprobs(torch.log_softmax(logits.float(), -1))
+    target_lp = logprobs.gather(-1, targets[:, None])  # (T, 1)
+    ranks = ((logprobs > target_lp).sum(-1) + 1).tolist()
+    values, ids = torch.topk(logprobs, min(k, logprobs.shape[-1]), dim=-1)
+    rows = []
+    for target, lp, rank, row_ids, row_values in zip(
+            targets.tolist(), target_lp[:, 0].tolist(), ranks, ids.tolist(), values.tolist(),
+            strict=True):
+        entries = [(target, lp, rank)]
+        entries += [(t, v, r) for r, (t, v) in enumerate(zip(row_ids, row_values, strict=True),
+                                                          start=1) if t != target]
+        rows.append(entries)
+    return rows
+
+
 def prompt_logprobs(logits: Tensor, targets: Tensor) -> Tensor:
     """(T, V) logits and (T,) next tokens -> (T,) log P(target | prefix), raw model values."""
     logprobs = torch.log_softmax(logits.float(), -1).gather(-1, targets[:, None])[:, 0]

@@ -9,11 +9,13 @@ from fastapi import APIRouter, Depends
 from app.api.deps import require_api_key
 from app.api.routes import (
     classify,
+    embeddings,
     generate,
     health,
     info,
     metrics,
     openai,
+    perplexity,
     predict,
     tokenize,
 )
@@ -41,7 +43,8 @@ HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
 def build_router(settings: Settings) -> APIRouter:
     root = APIRouter()
     protected = [Depends(require_api_key)]
-    for module in (predict, generate, classify, openai, tokenize, info):
+    for module in (predict, generate, classify, openai, embeddings, perplexity, tokenize,
+                   info):
         root.include_router(module.router, dependencies=protected, responses=ERROR_RESPONSES)
     root.include_router(health.router, dependencies=[] if settings.public_health else protected,
                         responses=HEALTH_RESPONSES)

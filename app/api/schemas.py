@@ -13,6 +13,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 TextInput = str | Annotated[list[str], Field(min_length=1)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+PromptInput = (str | Annotated[list[str], Field(min_length=1)] | TokenIds
+               | Annotated[list[TokenIds], Field(min_length=1)])
 # Stop strings are matched against the text held back at each token, which is as long as
 # the longest stop string: the cap keeps that work small and bounded per token.
 MAX_STOP_CHARS = 256
@@ -260,6 +263,143 @@ class DetokenizeResponse(BaseModel):
     text: str
 
 
+class EmbeddingRequest(Loose):
+    """OpenAI's /v1/embeddings, plus `pooling` (ours)."""
+
+    model: str | None = None
+    input: PromptInput = Field(description="text, a list of texts, token ids, or a list of "
+                                           "token-id lists")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64: the little-endian float32 bytes, base64-encoded")
+    dimensions: int | None = Field(None, ge=1, description="only the model's hidden size is "
+                                                           "supported (no truncation)")
+    pooling: Literal["mean", "last"] = Field(
+        "mean", description="mean of the final hidden states over the input's tokens, or "
+                            "the last token's")
+    user: str | None = None
+    cache_salt: str | None = None
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"model": "default-lm", "input": ["The cat sat.", "A dog ran."]}]})
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str = Field(description="L2-normalised; a base64 string with "
+                                                     "encoding_format base64")
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Embedding]
+    model: str
+    usage: EmbeddingUsage
+
+
+class PerplexityRequest(Strict):
+    """Ours: how well a language model predicts given text."""
+
+    model: str | None = None
+    text: PromptInput = Field(description="text, a list of texts, token ids, or a list of "
+                                          "token-id lists")
+    window: int | None = Field(None, ge=2, description="tokens of context per window "
+                                                       "(default: the model's context)")
+    stride: int | None = Field(None, ge=1, description="new tokens scored per window "
+                                                       "(default: half the window); "
+                                                       "window - 1 gives non-overlapping "
+                                                       "windows, as `python -m app eval lm` "
+                                                       "uses")
+    logprobs: bool = Field(False, description="also return each scored token's logprob")
+    cache_salt: str | None = None
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"text": "The best thing about computers is that they do what you say."}]})
+
+
+class ScoredToken(BaseModel):
+    token: str
+    token_id: int
+    logprob: float
+
+
+class PerplexityResult(BaseModel):
+    index: int
+    tokens: int = Field(description="tokens in the text")
+    scored_tokens: int = Field(description="tokens predicted (all but the first)")
+    mean_nll: float = Field(description="mean negative log-likelihood, nats per token")
+    perplexity: float
+    logprobs: list[ScoredToken] | None = None
+
+
+class PerplexityResponse(BaseModel):
+    model: str
+    window: int
+    stride: int
+    mean_nll: float = Field(description="over every scored token of every text")
+    perplexity: float
+    results: list[PerplexityResult]
+    usage: Usage
+
+
+class VLLMTokenizeRequest(Strict):
+    """vLLM's /tokenize: a completion prompt or chat messages."""
+
+    model: str | None = None
+    prompt: str | None = Field(None, description="text to tokenize")
+    messages: list[dict[str, Any]] | None = Field(
+        None, description="chat messages, rendered with the model's chat template")
+    add_special_tokens: bool | None = Field(
+        None, description="add the tokenizer's special tokens (BOS); default true for a "
+                          "prompt, false for messages (the template writes them)")
+    add_generation_prompt: bool = True
+    return_token_strs: bool = False
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"prompt": "Hello world", "add_special_tokens": False}]})
+
+
+class VLLMTokenizeResponse(BaseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = None
+
+
+class VLLMDetokenizeRequest(Strict):
+    model: str | None = None
+    tokens: list[Annotated[int, Field(ge=0)]]
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"tokens": [42, 17]}]})
+
+
+class VLLMDetokenizeResponse(BaseModel):
+    prompt: str
+
+
+class TokenizerInfoResponse(BaseModel):
+    """vLLM's /tokenizer_info: what a client needs to tokenize like the server."""
+
+    model: str
+    tokenizer_class: str
+    bos_token: str | None
+    eos_token: str | None
+    pad_token: str | None
+    bos_token_id: int | None
+    eos_token_id: int | None
+    pad_token_id: int | None
+    add_bos_token: bool
+    chat_template: str = Field(description="the template the server applies (the model's, "
+                                           "or the built-in fallback)")
+    model_max_length: int
+    vocab_size: int
+
+
 # ---------------------------------------------------------------------------- info, health
 
 
@@ -323,11 +463,21 @@ class StreamOptions(Loose):
     include_usage: bool = False
 
 
+
+
 class CompletionRequest(Loose, SamplingFields):
     model: str | None = None
-    prompt: TextInput
-    logprobs: int | None = Field(None, ge=0, description="top alternatives per token")
-    echo: bool = False
+    prompt: PromptInput = Field(description="text, a list of texts, token ids, or a list of "
+                                            "token-id lists")
+    max_tokens: int | None = Field(None, ge=0, description="tokens to generate at most; 0 "
+                                                           "only with echo (score the prompt)")
+    logprobs: int | None = Field(None, ge=0, description="top alternatives per token; with "
+                                                         "echo, for the prompt's tokens too")
+    echo: bool = Field(False, description="prepend the prompt to each completion (and its "
+                                          "tokens' logprobs, the first null, with logprobs)")
+    prompt_logprobs: int | None = Field(
+        None, ge=0, description="vLLM: each prompt token's logprob, rank and the N most "
+                                "likely alternatives, in choices[].prompt_logprobs")
     best_of: int | None = Field(None, ge=1)
     stream_options: StreamOptions | None = None
 
@@ -356,9 +506,16 @@ class ChatCompletionRequest(Loose, SamplingFields):
 
 class CompletionLogprobs(BaseModel):
     tokens: list[str]
-    token_logprobs: list[float]
-    top_logprobs: list[dict[str, float]] | None
+    token_logprobs: list[float | None] = Field(
+        description="with echo, the first prompt token's is null (nothing predicts it)")
+    top_logprobs: list[dict[str, float] | None] | None
     text_offset: list[int]
+
+
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int = Field(description="1 = the most likely token at that position")
+    decoded_token: str
 
 
 class CompletionChoice(BaseModel):
@@ -366,6 +523,8 @@ class CompletionChoice(BaseModel):
     text: str
     finish_reason: str | None
     logprobs: CompletionLogprobs | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = Field(
+        None, description="vLLM: per prompt token, keyed by token id; the first is null")
 
 
 class CompletionResponse(BaseModel):

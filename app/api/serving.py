@@ -37,7 +37,7 @@ def as_list(value: str | list[str]) -> list[str]:
     return [value] if isinstance(value, str) else list(value)
 
 
-def check_inputs(settings: Settings, texts: list[str], param: str) -> None:
+def check_inputs(settings: Settings, texts: Sequence[object], param: str) -> None:
     if len(texts) > settings.max_inputs:
         raise BadRequest(f"{param}: at most {settings.max_inputs} inputs per request "
                          f"(got {len(texts)})", param=param)
@@ -65,6 +65,30 @@ async def encode(model: ServedModel, settings: Settings, text: str, param: str,
     if not ids:
         raise BadRequest(f"{param} is empty", param=param)
     return ids
+
+
+async def prompt_inputs(model: ServedModel, settings: Settings, prompt: Any, param: str
+                        ) -> tuple[list[list[int]], list[str]]:
+    """Token ids and texts of a request's input(s): text, texts, token ids, or lists of
+    token ids (what lm-evaluation-harness and OpenAI's clients send)."""
+    if isinstance(prompt, str) or isinstance(prompt[0], str):
+        texts = as_list(prompt)
+        check_inputs(settings, texts, param)
+        return [await encode(model, settings, t, param) for t in texts], texts
+    id_lists: list[list[int]] = [prompt] if isinstance(prompt[0], int) else prompt
+    check_inputs(settings, id_lists, param)
+    vocab = model.loaded.config.vocab_size
+    limit = min(settings.max_prompt_tokens or model.max_model_len, model.max_model_len)
+    for ids in id_lists:
+        bad = [t for t in ids if t >= vocab]
+        if bad:
+            raise BadRequest(f"{param} token ids must be < {vocab} (the vocabulary); got "
+                             f"{bad[:5]}", param=param)
+        if len(ids) > limit:
+            raise BadRequest(f"{param} is {len(ids)} tokens; the limit is {limit}",
+                             param=param)
+    return id_lists, [model.tokenizer.decode(ids, skip_special_tokens=False)
+                      for ids in id_lists]
 
 
 def sampling_params(

@@ -238,7 +238,9 @@ class Engine:
                       num_prompt_tokens=len(tokens), params=params, priority=priority,
                       arrival=now, cache_salt=cache_salt,
                       pending_forks=params.n - 1 if kind is RequestKind.GENERATE else 0,
-                      score_from=None if score_from is None else score_from[i])
+                      # EMBED pools every position: none may come from the prefix cache.
+                      score_from=1 if kind is RequestKind.EMBED else
+                      None if score_from is None else score_from[i])
             states.append(RequestState(
                 request_id=request_id, model=self.name, kind=kind, params=params,
                 prompt_ids=list(prompt_ids), collector=OutputCollector(),
@@ -383,6 +385,16 @@ class Engine:
                 state.times.first_scheduled = now
             if item.kind is RequestKind.SCORE:
                 state.score_logprobs.update(result.score_logprobs.get(item.seq_id, {}))
+                state.score_top.update(result.score_top.get(item.seq_id, {}))
+            elif item.kind is RequestKind.EMBED and item.seq_id in result.embeddings:
+                chunk_sum, last = result.embeddings[item.seq_id]
+                # A chunk at position 0 starts the sequence (again, after a preemption).
+                if item.start == 0 or state.embed_sum is None:
+                    state.embed_sum = chunk_sum
+                else:
+                    state.embed_sum = [a + b for a, b in zip(state.embed_sum, chunk_sum,
+                                                             strict=True)]
+                state.embed_last = last
             if item.completes_prefill and item.kind is not RequestKind.GENERATE:
                 self._end(state, "stop", output=self.processor.prefill_output(state, seq, result))
         # Resolve every draw to its sequence first: a parent's siblings fork from its

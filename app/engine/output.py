@@ -72,6 +72,12 @@ class RequestOutput:
     class_scores: list[float] | None = None
     # SCORE: log P(token | prefix) of each target token of the prompt.
     score_logprobs: list[float] | None = None
+    # SCORE with top_logprobs: the most likely tokens at each of those positions.
+    score_top: list[list[tuple[int, float, int]]] | None = None
+    # EMBED: the sum of the prompt's final hidden states (mean pooling divides by the
+    # prompt's length) and the last token's (last-token pooling).
+    embedding_sum: list[float] | None = None
+    embedding_last: list[float] | None = None
     times: RequestTimes | None = None
 
     @property
@@ -94,7 +100,8 @@ class RequestOutput:
                 earlier.extend(delta)
         self.completions = [by_index[i] for i in sorted(by_index)]
         self.usage, self.finished = later.usage, later.finished
-        for name in ("distribution", "class_scores", "score_logprobs"):
+        for name in ("distribution", "class_scores", "score_logprobs", "score_top",
+                     "embedding_sum", "embedding_last"):
             if getattr(later, name) is not None:
                 setattr(self, name, getattr(later, name))
         self.times = later.times or self.times

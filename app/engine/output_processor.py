@@ -179,15 +179,19 @@ class OutputProcessor:
 
     def prefill_output(self, state: RequestState, seq: Sequence, result: RunnerOutput
                        ) -> RequestOutput:
-        """The one output of a prefill-only request (PREDICT, CLASSIFY, SCORE)."""
+        """The one output of a prefill-only request (PREDICT, CLASSIFY, SCORE, EMBED)."""
         output = self.output(state, finished=True)
         if seq.kind is RequestKind.CLASSIFY:
             output.class_scores = result.class_scores[seq.seq_id]
         elif seq.kind is RequestKind.PREDICT:
             output.distribution = result.distributions[seq.seq_id]
+        elif seq.kind is RequestKind.EMBED:
+            output.embedding_sum, output.embedding_last = state.embed_sum, state.embed_last
         else:
             start = seq.score_from or 1
             output.score_logprobs = [state.score_logprobs[p] for p in range(start, len(seq))]
+            if state.score_top:
+                output.score_top = [state.score_top[p] for p in range(start, len(seq))]
         return output
 
     @staticmethod

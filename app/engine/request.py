@@ -24,6 +24,7 @@ class RequestKind(enum.StrEnum):
     PREDICT = "predict"  # prefill only: the next-token distribution after the prompt
     CLASSIFY = "classify"  # prefill only: the classification head on the last token
     SCORE = "score"  # prefill only: log-probabilities of the prompt's own tokens
+    EMBED = "embed"  # prefill only: the final hidden states, summed, and the last one
 
 
 class SequenceStatus(enum.Enum):
@@ -121,6 +122,10 @@ class RequestState:
     generators: dict[int, Any] = field(default_factory=dict)  # index -> torch.Generator
     # SCORE: position -> log P(token | prefix); keyed so a recomputed step overwrites.
     score_logprobs: dict[int, float] = field(default_factory=dict)
+    score_top: dict[int, list[tuple[int, float, int]]] = field(default_factory=dict)
+    # EMBED: the sum of the final hidden states so far, and the latest one.
+    embed_sum: list[float] | None = None
+    embed_last: list[float] | None = None
     finished: bool = False
     generated_tokens: int = 0
     finish_reasons: list[str] = field(default_factory=list)

@@ -34,6 +34,7 @@ from app.sampling import (
     SampleRow,
     next_token_distribution,
     prompt_logprobs,
+    prompt_top_logprobs,
     sample_batch,
 )
 
@@ -71,6 +72,11 @@ class RunnerOutput:
     class_scores: dict[int, list[float]] = field(default_factory=dict)
     # SCORE: seq_id -> {position of target token: log P(token | prefix)} for this step.
     score_logprobs: dict[int, dict[int, float]] = field(default_factory=dict)
+    # SCORE with top_logprobs: seq_id -> {position: [(token_id, logprob, rank)]}, the
+    # prompt's own token first, then the most likely others.
+    score_top: dict[int, dict[int, list[tuple[int, float, int]]]] = field(default_factory=dict)
+    # EMBED: seq_id -> (sum of this chunk's final hidden states, the chunk's last one).
+    embeddings: dict[int, tuple[list[float], list[float]]] = field(default_factory=dict)
 
 
 def kv_cache_blocks(loaded: LoadedModel, block_size: int, max_tokens: int,
@@ -208,8 +214,13 @@ class ModelRunner:
         offsets = [0]
         for item in items:
             offsets.append(offsets[-1] + item.num_new_tokens)
+        for k, item in enumerate(items):
+            if item.kind is RequestKind.EMBED:
+                rows = hidden[offsets[k]:offsets[k + 1]].float()
+                result.embeddings[item.seq_id] = (rows.sum(0).cpu().tolist(),
+                                                  rows[-1].cpu().tolist())
         last_rows = [(item, offsets[k + 1] - 1) for k, item in enumerate(items)
-                     if item.completes_prefill]
+                     if item.completes_prefill and item.kind is not RequestKind.EMBED]
         if self.config.task is Task.SEQUENCE_CLASSIFICATION:
             self._classify(hidden, last_rows, result)
             return result
@@ -257,5 +268,9 @@ class ModelRunner:
         rows = hidden[first - item.start:last - item.start]
         targets = torch.tensor(window[first + 1 - item.start:last + 1 - item.start],
                                device=self.device)
-        values = prompt_logprobs(self.model.logits(rows), targets).cpu().tolist()
+        logits = self.model.logits(rows)
+        values = prompt_logprobs(logits, targets).cpu().tolist()
         result.score_logprobs[item.seq_id] = dict(enumerate(values, start=first + 1))
+        if item.score_top:
+            top = prompt_top_logprobs(logits, targets, item.score_top)
+            result.score_top[item.seq_id] = dict(enumerate(top, start=first + 1))

@@ -62,6 +62,7 @@ class ScheduledSeq(NamedTuple):
     completes_prefill: bool
     score_from: int | None = None  # SCORE: first prompt position whose logprob is wanted
     next_token: int | None = None  # SCORE: the token after this chunk, if any
+    score_top: int = 0  # SCORE: most likely alternatives wanted at each position
 
     @property
     def num_new_tokens(self) -> int:
@@ -96,7 +97,8 @@ def snapshot(seq: Sequence, num_new_tokens: int) -> ScheduledSeq:
         block_table=tuple(seq.block_table), num_prompt_tokens=seq.num_prompt_tokens,
         completes_prefill=end == len(seq.token_ids),
         score_from=seq.score_from if scoring else None,
-        next_token=seq.token_ids[end] if scoring and end < len(seq.token_ids) else None)
+        next_token=seq.token_ids[end] if scoring and end < len(seq.token_ids) else None,
+        score_top=seq.params.top_logprobs if scoring else 0)
 
 
 @dataclass

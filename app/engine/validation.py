@@ -28,7 +28,7 @@ def check_request(limits: RequestLimits, prompt_ids: list[int], params: Sampling
                   kind: RequestKind) -> None:
     cfg = limits.model
     is_lm = cfg.task is Task.CAUSAL_LM
-    if (kind is RequestKind.CLASSIFY) == is_lm:
+    if kind is not RequestKind.EMBED and (kind is RequestKind.CLASSIFY) == is_lm:
         need = "a classification" if kind is RequestKind.CLASSIFY else "a language"
         raise InvalidRequest(f"model {limits.model_name!r} is not {need} model", param="model")
     if not prompt_ids:

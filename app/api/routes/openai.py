@@ -2,7 +2,9 @@
 
 Extra sampling fields that vLLM also accepts (top_k, min_p, repetition_penalty,
 min_tokens, ignore_eos, stop_token_ids, cache_salt) work here too; unknown fields are
-ignored. As in OpenAI's API: chat without max_tokens may generate until the context is
+ignored. Completions take token-id prompts, `echo` (with the prompt's logprobs when
+`logprobs` is set: what lm-evaluation-harness's loglikelihood tasks send) and vLLM's
+`prompt_logprobs`. As in OpenAI's API: chat without max_tokens may generate until the context is
 full (bounded by the server's max_tokens_limit); usage carries
 prompt_tokens_details.cached_tokens; every response and chunk carries system_fingerprint.
 """
@@ -10,6 +12,8 @@ prompt_tokens_details.cached_tokens; every response and chunk carries system_fin
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -30,22 +34,24 @@ from app.api.schemas import (
     CompletionResponse,
     OpenAIModel,
     OpenAIModelList,
+    PromptLogprob,
+    Usage,
 )
 from app.api.serving import (
-    as_list,
-    check_inputs,
     collect,
     encode,
+    prompt_inputs,
     sampling_params,
+    sse,
     sse_stream,
     stream_usage,
     submit_all,
     token_text,
 )
 from app.api.state import ServedModel
-from app.engine.output import CompletionDelta, RequestOutput
+from app.engine.output import RequestOutput
 from app.engine.request import RequestKind
-from app.sampling_params import TokenLogprob
+from app.sampling_params import SamplingParams, TokenLogprob
 
 router = APIRouter(tags=["openai"])
 STREAMABLE: dict[int | str, dict[str, Any]] = {200: {
@@ -61,19 +67,154 @@ async def models(state: StateDep) -> OpenAIModelList:
         for m in state.models.values()])
 
 
-def _completion_logprobs(model: ServedModel, entries: list[TokenLogprob] | None
-                         ) -> CompletionLogprobs | None:
-    if entries is None:
+def _completion_logprobs(model: ServedModel, entries: list[TokenLogprob] | None,
+                         echo: EchoedPrompt | None = None) -> CompletionLogprobs | None:
+    """OpenAI's legacy logprobs; with echo, the prompt's tokens first (the first one's
+    logprob null) and text_offset running across prompt and completion."""
+    if entries is None and echo is None:
         return None
-    tokens = [token_text(model, e.token_id) for e in entries]
+    tokens: list[str] = list(echo.tokens) if echo else []
+    values: list[float | None] = list(echo.logprobs) if echo else []
+    tops: list[dict[str, float] | None] = list(echo.tops) if echo else []
+    for e in entries or []:
+        tokens.append(token_text(model, e.token_id))
+        values.append(e.logprob)
+        tops.append({token_text(model, t): lp for t, lp in e.top})
     offsets, pos = [], 0
     for t in tokens:
         offsets.append(pos)
         pos += len(t)
-    return CompletionLogprobs(
-        tokens=tokens, token_logprobs=[e.logprob for e in entries],
-        top_logprobs=[{token_text(model, t): lp for t, lp in e.top} for e in entries],
-        text_offset=offsets)
+    return CompletionLogprobs(tokens=tokens, token_logprobs=values, top_logprobs=tops,
+                              text_offset=offsets)
+
+
+@dataclass(frozen=True)
+class EchoedPrompt:
+    """A prompt as echo shows it: its text and, when scored, its tokens' logprobs."""
+
+    text: str
+    tokens: list[str]
+    logprobs: list[float | None]
+    tops: list[dict[str, float] | None]
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None
+
+
+def _echoed(model: ServedModel, ids: list[int], text: str, scored: RequestOutput | None,
+            top: int, want_prompt_logprobs: int | None) -> EchoedPrompt:
+    tokens = [token_text(model, t) for t in ids]
+    if scored is None or scored.score_logprobs is None:
+        return EchoedPrompt(text, tokens, [], [], None)
+    values: list[float | None] = [None, *scored.score_logprobs]
+    ranked = scored.score_top or [[(t, lp, 0)] for t, lp in
+                                  zip(ids[1:], scored.score_logprobs, strict=True)]
+    tops: list[dict[str, float] | None] = [None]
+    for entries in ranked:  # the prompt's own token first, then the `top` most likely
+        tops.append({token_text(model, t): lp for t, lp, _ in entries[:top + 1]})
+    prompt_lps: list[dict[str, PromptLogprob] | None] | None = None
+    if want_prompt_logprobs is not None:
+        prompt_lps = [None]
+        for entries in ranked:
+            prompt_lps.append({str(t): PromptLogprob(logprob=lp, rank=r,
+                                                     decoded_token=token_text(model, t))
+                               for t, lp, r in entries[:want_prompt_logprobs + 1]})
+    return EchoedPrompt(text, tokens, values, tops, prompt_lps)
+
+
+@router.post("/v1/completions", response_model=CompletionResponse, responses=STREAMABLE,
+             summary="OpenAI-compatible text completion (stream=true for SSE chunks)")
+async def completions(body: CompletionRequest, request: Request, state: StateDep) -> Any:
+    model = pick_model(state, body.model, lm=True, purpose="completions")
+    if body.best_of is not None and body.best_of != body.n:
+        raise BadRequest("best_of must equal n (ranking completions is not supported)",
+                         param="best_of")
+    if body.max_tokens == 0 and not body.echo:
+        raise BadRequest("max_tokens 0 needs echo: true (score the prompt only)",
+                         param="max_tokens")
+    settings = state.settings
+    prompts, texts = await prompt_inputs(model, settings, body.prompt, "prompt")
+    top = body.logprobs or 0
+    generate = body.max_tokens != 0
+    params = sampling_params(body, settings, logprobs=body.logprobs is not None,
+                             top_logprobs=top, max_tokens=body.max_tokens or None)
+    # Prompt logprobs (echo with logprobs, or vLLM's prompt_logprobs) come from scoring the
+    # prompts first, through the batched, prefix-cached SCORE path; the completions then
+    # reuse the prompts' cached blocks.
+    score_top = max(top if body.echo and body.logprobs is not None else 0,
+                    body.prompt_logprobs or 0)
+    scored: list[RequestOutput | None] = [None] * len(prompts)
+    if (body.echo and body.logprobs is not None) or body.prompt_logprobs is not None:
+        score_params = SamplingParams(max_tokens=1, top_logprobs=score_top)
+        if score_top > settings.max_top_logprobs:
+            raise BadRequest(f"logprobs / prompt_logprobs must be <= "
+                             f"{settings.max_top_logprobs}", param="prompt_logprobs")
+        score_streams = submit_all(request, model, prompts, score_params, RequestKind.SCORE,
+                                   score_from=[1] * len(prompts), salt=body.cache_salt)
+        scored = list(await collect(request, score_streams))
+    echoes = [_echoed(model, ids, text, out, top, body.prompt_logprobs)
+              for ids, text, out in zip(prompts, texts, scored, strict=True)]
+    request_id = request.state.request_id
+    created, cid = int(time.time()), f"cmpl-{request_id}"
+    head = {"id": cid, "object": "text_completion", "created": created, "model": model.name,
+            "system_fingerprint": model.fingerprint}
+    echo_logprobs = body.echo and body.logprobs is not None
+
+    def choice(prompt_index: int, index: int, text: str, finish: str | None,
+               entries: list[TokenLogprob] | None, first: bool) -> CompletionChoice:
+        echo = echoes[prompt_index]
+        return CompletionChoice(
+            index=prompt_index * params.n + index,
+            text=(echo.text + text) if body.echo and first else text,
+            finish_reason=finish,
+            logprobs=_completion_logprobs(
+                model, entries if body.logprobs is not None else None,
+                echo if echo_logprobs and first else None),
+            prompt_logprobs=echo.prompt_logprobs if first else None)
+
+    if not generate:  # echo with max_tokens 0: the prompts, scored, nothing generated
+        streams_used = request.state.streams
+        choices = [choice(i, j, "", "length", None, True)
+                   for i in range(len(prompts)) for j in range(params.n)]
+        if body.stream:
+            async def events() -> AsyncIterator[str]:
+                for c in choices:
+                    yield sse({**head, "choices": [c.model_dump()]})
+                yield sse("[DONE]")
+            return StreamingResponse(events(), media_type="text/event-stream",
+                                     headers=SSE_HEADERS)
+        usage = stream_usage(streams_used)
+        return CompletionResponse(id=cid, created=created, model=model.name, choices=choices,
+                                  usage=Usage.of(usage.prompt_tokens, 0, usage.cached_tokens),
+                                  system_fingerprint=model.fingerprint)
+    streams = submit_all(request, model, prompts, params, RequestKind.GENERATE,
+                         salt=body.cache_salt)
+
+    if body.stream:
+        started: set[int] = set()
+
+        def on_output(i: int, out: RequestOutput) -> list[dict[str, Any]]:
+            events = []
+            for d in out.completions:
+                key = i * params.n + d.index
+                first = key not in started
+                started.add(key)
+                events.append({**head, "choices": [
+                    choice(i, d.index, d.text, d.finish_reason, d.logprobs, first).model_dump(
+                        exclude_none=False)]})
+            return events
+
+        def final() -> list[dict[str, Any]]:
+            if body.stream_options and body.stream_options.include_usage:
+                return [{**head, "choices": [], "usage": stream_usage(streams).model_dump()}]
+            return []
+
+        return StreamingResponse(sse_stream(streams, on_output, final),
+                                 media_type="text/event-stream", headers=SSE_HEADERS)
+    outputs = await collect(request, streams)
+    choices = [choice(i, c.index, c.text, c.finish_reason, c.logprobs, True)
+               for i, out in enumerate(outputs) for c in out.completions]
+    return CompletionResponse(id=cid, created=created, model=model.name, choices=choices,
+                              usage=stream_usage(streams),
+                              system_fingerprint=model.fingerprint)
 
 
 def _chat_logprobs(model: ServedModel, entries: list[TokenLogprob] | None
@@ -88,57 +229,6 @@ def _chat_logprobs(model: ServedModel, entries: list[TokenLogprob] | None
             top_logprobs=[{"token": token_text(model, t), "logprob": lp,
                            "bytes": list(token_text(model, t).encode())} for t, lp in e.top]))
     return ChatChoiceLogprobs(content=content)
-
-
-@router.post("/v1/completions", response_model=CompletionResponse, responses=STREAMABLE,
-             summary="OpenAI-compatible text completion (stream=true for SSE chunks)")
-async def completions(body: CompletionRequest, request: Request, state: StateDep) -> Any:
-    model = pick_model(state, body.model, lm=True, purpose="completions")
-    if body.echo:
-        raise BadRequest("echo is not supported", param="echo")
-    if body.best_of is not None and body.best_of != body.n:
-        raise BadRequest("best_of must equal n (ranking completions is not supported)",
-                         param="best_of")
-    settings = state.settings
-    texts = as_list(body.prompt)
-    check_inputs(settings, texts, "prompt")
-    top = body.logprobs or 0
-    params = sampling_params(body, settings, logprobs=body.logprobs is not None,
-                             top_logprobs=top)
-    prompts = [await encode(model, settings, t, "prompt") for t in texts]
-    request_id = request.state.request_id
-    streams = submit_all(request, model, prompts, params, RequestKind.GENERATE,
-                         salt=body.cache_salt)
-    created, cid = int(time.time()), f"cmpl-{request_id}"
-    head = {"id": cid, "object": "text_completion", "created": created, "model": model.name,
-            "system_fingerprint": model.fingerprint}
-
-    def choice_index(prompt_index: int, delta: CompletionDelta) -> int:
-        return prompt_index * params.n + delta.index
-
-    if body.stream:
-        def on_output(i: int, out: RequestOutput) -> list[dict[str, Any]]:
-            choices = [CompletionChoice(
-                index=choice_index(i, d), text=d.text, finish_reason=d.finish_reason,
-                logprobs=_completion_logprobs(model, d.logprobs)).model_dump()
-                for d in out.completions]
-            return [{**head, "choices": choices}]
-
-        def final() -> list[dict[str, Any]]:
-            if body.stream_options and body.stream_options.include_usage:
-                return [{**head, "choices": [], "usage": stream_usage(streams).model_dump()}]
-            return []
-
-        return StreamingResponse(sse_stream(streams, on_output, final),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
-    outputs = await collect(request, streams)
-    choices = [CompletionChoice(index=choice_index(i, c), text=c.text,
-                                finish_reason=c.finish_reason,
-                                logprobs=_completion_logprobs(model, c.logprobs))
-               for i, out in enumerate(outputs) for c in out.completions]
-    return CompletionResponse(id=cid, created=created, model=model.name, choices=choices,
-                              usage=stream_usage(streams),
-                              system_fingerprint=model.fingerprint)
 
 
 def _message_text(content: str | list[dict[str, Any]] | None) -> str:

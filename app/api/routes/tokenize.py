@@ -1,4 +1,6 @@
-"""POST /v1/tokenize and /v1/detokenize: text <-> token ids with a model's tokenizer."""
+"""Text <-> token ids with a model's tokenizer: ours (/v1/tokenize, /v1/detokenize) and
+vLLM's (/tokenize, /detokenize, /tokenizer_info, at the root, with vLLM's field names),
+which lm-evaluation-harness's remote tokenizer and other vLLM clients call."""
 
 from __future__ import annotations
 
@@ -11,8 +13,15 @@ from app.api.schemas import (
     DetokenizeResponse,
     TokenizeRequest,
     TokenizeResponse,
+    TokenizerInfoResponse,
+    VLLMDetokenizeRequest,
+    VLLMDetokenizeResponse,
+    VLLMTokenizeRequest,
+    VLLMTokenizeResponse,
 )
 from app.api.serving import tokenize as encode_text
+from app.api.state import ServedModel
+from app.tokenizer import FALLBACK_CHAT_TEMPLATE
 
 router = APIRouter(tags=["utility"])
 
@@ -40,8 +49,59 @@ async def tokenize(body: TokenizeRequest, state: StateDep) -> TokenizeResponse:
              summary="Text of a list of token ids")
 async def detokenize(body: DetokenizeRequest, state: StateDep) -> DetokenizeResponse:
     model = pick_model(state, body.model, lm=None, purpose="detokenization")
+    _check_ids(model, body.tokens)
+    return DetokenizeResponse(model=model.name, text=model.tokenizer.decode(body.tokens))
+
+
+def _check_ids(model: ServedModel, tokens: list[int]) -> None:
     vocab = model.loaded.config.vocab_size
-    bad = [t for t in body.tokens if t >= vocab]
+    bad = [t for t in tokens if t >= vocab]
     if bad:
         raise BadRequest(f"token ids must be < {vocab}; got {bad[:5]}", param="tokens")
-    return DetokenizeResponse(model=model.name, text=model.tokenizer.decode(body.tokens))
+
+
+@router.post("/tokenize", response_model=VLLMTokenizeResponse,
+             summary="vLLM-compatible: token ids of a prompt or of chat messages")
+async def vllm_tokenize(body: VLLMTokenizeRequest, state: StateDep) -> VLLMTokenizeResponse:
+    model = pick_model(state, body.model, lm=None, purpose="tokenization")
+    if (body.prompt is None) == (body.messages is None):
+        raise BadRequest("give exactly one of prompt or messages", param="prompt")
+    if body.messages is not None:
+        text = model.tokenizer.apply_chat_template(
+            body.messages, add_generation_prompt=body.add_generation_prompt)
+        add_special = bool(body.add_special_tokens)
+    else:
+        text = body.prompt or ""
+        add_special = True if body.add_special_tokens is None else body.add_special_tokens
+    if len(text) > state.settings.max_body_bytes:
+        raise BadRequest("prompt is too long", param="prompt")
+    ids = await encode_text(model, text, add_special)
+    strs = [model.tokenizer.id_to_token(i) or "" for i in ids] if body.return_token_strs else None
+    return VLLMTokenizeResponse(count=len(ids), max_model_len=model.max_model_len, tokens=ids,
+                                token_strs=strs)
+
+
+@router.post("/detokenize", response_model=VLLMDetokenizeResponse,
+             summary="vLLM-compatible: the text of token ids")
+async def vllm_detokenize(body: VLLMDetokenizeRequest, state: StateDep
+                          ) -> VLLMDetokenizeResponse:
+    model = pick_model(state, body.model, lm=None, purpose="detokenization")
+    _check_ids(model, body.tokens)
+    return VLLMDetokenizeResponse(prompt=model.tokenizer.decode(body.tokens,
+                                                                skip_special_tokens=False))
+
+
+@router.get("/tokenizer_info", response_model=TokenizerInfoResponse,
+            summary="vLLM-compatible: the tokenizer's special tokens and chat template")
+async def tokenizer_info(state: StateDep, model: str | None = None) -> TokenizerInfoResponse:
+    served = pick_model(state, model, lm=None, purpose="tokenizer info")
+    tok = served.tokenizer
+    eos_ids = tok.eos_ids
+    return TokenizerInfoResponse(
+        model=served.name,
+        tokenizer_class=str(tok.config.get("tokenizer_class") or "PreTrainedTokenizerFast"),
+        bos_token=tok.bos_token, eos_token=tok.eos_token, pad_token=tok.pad_token,
+        bos_token_id=tok.bos_id, eos_token_id=eos_ids[0] if eos_ids else None,
+        pad_token_id=tok.pad_id, add_bos_token=tok.add_bos_token,
+        chat_template=tok.chat_template or FALLBACK_CHAT_TEMPLATE,
+        model_max_length=served.max_model_len, vocab_size=served.loaded.config.vocab_size)
