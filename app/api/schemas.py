@@ -154,10 +154,19 @@ class GenerateRequest(Strict, SamplingFields):
                                  "(what was sampled from); raw: the model's own softmax")
     return_tokens: bool = Field(False, description="include generated token ids")
     priority: int = Field(0, ge=-100, le=100, description="lower is scheduled first")
+    prompt_logprobs: int | None = Field(
+        None, ge=0, description="vLLM: each prompt token's logprob, rank and the N most "
+                                "likely alternatives, in results[].prompt_logprobs")
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"prompt": "The meaning of life is", "max_tokens": 24, "temperature": 0.7,
          "seed": 1}]})
+
+
+class PromptLogprob(BaseModel):
+    logprob: float
+    rank: int = Field(description="1 = the most likely token at that position")
+    decoded_token: str
 
 
 class TopLogprob(BaseModel):
@@ -177,6 +186,9 @@ class GenerateResult(BaseModel):
     finish_reason: str | None
     tokens: list[int] | None = None
     logprobs: list[TokenLogprobOut] | None = None
+    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None = Field(
+        None, description="with prompt_logprobs: per prompt token, keyed by token id; the "
+                          "first is null")
 
 
 class GenerateResponse(BaseModel):
@@ -510,12 +522,6 @@ class CompletionLogprobs(BaseModel):
         description="with echo, the first prompt token's is null (nothing predicts it)")
     top_logprobs: list[dict[str, float] | None] | None
     text_offset: list[int]
-
-
-class PromptLogprob(BaseModel):
-    logprob: float
-    rank: int = Field(description="1 = the most likely token at that position")
-    decoded_token: str
 
 
 class CompletionChoice(BaseModel):

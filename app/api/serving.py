@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import Request
 
 from app.api.errors import BadRequest, error_body, status_of
-from app.api.schemas import SamplingFields, TokenLogprobOut, TopLogprob, Usage
+from app.api.schemas import PromptLogprob, SamplingFields, TokenLogprobOut, TopLogprob, Usage
 from app.api.state import ServedModel
 from app.config import Settings
 from app.engine.errors import RequestCancelled
@@ -249,6 +249,32 @@ async def sse_stream(
         yield sse(error_body(status, type_, str(exc) if status < 500 or hasattr(exc, "message")
                              else "internal server error", param))
     yield sse("[DONE]")
+
+
+async def score_prompts(request: Request, model: ServedModel, settings: Settings,
+                        prompts: Sequence[list[int]], top: int, salt: str | None
+                        ) -> list[RequestOutput]:
+    """Each prompt token's logprob (the first excepted), rank and the `top` most likely
+    alternatives: SCORE requests, batched and prefix-cached like zero-shot labels."""
+    if top > settings.max_top_logprobs:
+        raise BadRequest(f"logprobs / prompt_logprobs must be <= {settings.max_top_logprobs}",
+                         param="prompt_logprobs")
+    # At least one alternative is computed, so the prompt token's rank is always known.
+    params = SamplingParams(max_tokens=1, top_logprobs=max(top, 1))
+    streams = submit_all(request, model, prompts, params, RequestKind.SCORE,
+                         score_from=[1] * len(prompts), salt=salt)
+    return list(await collect(request, streams))
+
+
+def prompt_logprobs_out(model: ServedModel, scored: RequestOutput, top: int
+                        ) -> list[dict[str, PromptLogprob] | None]:
+    """vLLM's prompt_logprobs: None for the first token, then {token id: logprob, rank,
+    decoded token} for the prompt's own token and the `top` most likely."""
+    out: list[dict[str, PromptLogprob] | None] = [None]
+    for entries in scored.score_top or []:
+        out.append({str(t): PromptLogprob(logprob=lp, rank=r, decoded_token=token_text(model, t))
+                    for t, lp, r in entries[:top + 1]})
+    return out
 
 
 def token_text(model: ServedModel, token_id: int) -> str:

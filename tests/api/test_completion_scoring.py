@@ -111,3 +111,33 @@ def test_malformed_token_id_prompts_get_422_or_400(api: Any, prompt: Any) -> Non
         assert r.status_code in (400, 422) and "error" in r.json()
 
     api(body)
+
+
+def test_generate_prompt_logprobs(api: Any, hf_checkpoint: Any) -> None:
+    _, ref = hf_checkpoint("llama_gqa_llama3")
+
+    async def body(app: FastAPI, client: httpx.AsyncClient) -> None:
+        tok = await client.post("/v1/tokenize", json={"text": "hello world again"})
+        ids = tok.json()["tokens"]
+        expected = reference_logprobs(ref, ids)
+        r = await client.post("/v1/generate", json={
+            "prompt": "hello world again", "max_tokens": 2, "prompt_logprobs": 0,
+            "temperature": 0})
+        assert r.status_code == 200, r.text
+        lps = r.json()["results"][0]["prompt_logprobs"]
+        assert len(lps) == len(ids) and lps[0] is None
+        for pos in range(1, len(ids)):
+            (key, entry), = lps[pos].items()  # prompt_logprobs 0: the token itself only
+            assert key == str(ids[pos])
+            assert abs(entry["logprob"] - float(expected[pos - 1, ids[pos]])) < 1e-4
+            assert entry["rank"] >= 1
+        async with client.stream("POST", "/v1/generate", json={
+                "prompt": "hello world again", "max_tokens": 3, "prompt_logprobs": 2,
+                "stream": True, "ignore_eos": True}) as s:
+            events = [json.loads(line[6:]) async for line in s.aiter_lines()
+                      if line.startswith("data: {")]
+        carrying = [e for e in events if "prompt_logprobs" in e]
+        assert len(carrying) == 1 and carrying[0] is events[0]
+        assert len(carrying[0]["prompt_logprobs"]) == len(ids)
+
+    api(body)

@@ -73,6 +73,33 @@ def test_openai_client(server: LiveServer) -> None:
         client.completions.create(model="nope", prompt="x", max_tokens=1)
 
 
+def test_openai_client_embeddings_echo_and_token_ids(server: LiveServer) -> None:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=server.url + "/v1", api_key="unused")
+    # The client asks for base64 unless told otherwise, and decodes it itself.
+    packed = client.embeddings.create(model="tiny", input=["hello there", "general"])
+    plain = client.embeddings.create(model="tiny", input=["hello there", "general"],
+                                     encoding_format="float")
+    ids = client.embeddings.create(model="tiny", input=[[5, 6, 7]])
+    assert len(ids.data) == 1 and ids.usage.prompt_tokens == 3
+    assert [d.index for d in packed.data] == [0, 1]
+    for a, b in zip(packed.data, plain.data, strict=True):
+        assert a.embedding == pytest.approx(b.embedding, abs=1e-6)
+        assert sum(v * v for v in a.embedding) == pytest.approx(1.0, abs=1e-4)
+    assert packed.usage.prompt_tokens == plain.usage.prompt_tokens > 2
+    scored = client.completions.create(model="tiny", prompt=[[5, 17, 42, 99]], max_tokens=1,
+                                       temperature=0, logprobs=1, echo=True)
+    lp = scored.choices[0].logprobs
+    assert lp.token_logprobs[0] is None and len(lp.token_logprobs) == 5
+    assert all(isinstance(v, float) for v in lp.token_logprobs[1:])
+    assert lp.text_offset[0] == 0 and scored.usage.prompt_tokens == 4
+    many = client.completions.create(model="tiny", prompt=[[5, 6], [7, 8, 9]], max_tokens=2,
+                                     temperature=0, extra_body={"ignore_eos": True})
+    assert sorted(c.index for c in many.choices) == [0, 1]
+    assert many.usage.prompt_tokens == 5 and many.usage.completion_tokens == 4
+
+
 def test_client_disconnects_abort_their_requests(server: LiveServer) -> None:
     long_req = {"prompt": "Once upon a time", "max_tokens": 230, "ignore_eos": True,
                 "temperature": 1.0}

@@ -15,7 +15,9 @@ from app.api.serving import (
     collect,
     encode,
     logprobs_out,
+    prompt_logprobs_out,
     sampling_params,
+    score_prompts,
     sse_stream,
     stream_usage,
     submit_all,
@@ -45,17 +47,34 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep) -> 
     params = sampling_params(body, settings, logprobs=body.logprobs,
                              top_logprobs=body.top_logprobs, logprobs_mode=body.logprobs_mode)
     prompts = [await encode(model, settings, t, "prompt") for t in texts]
+    # vLLM's prompt_logprobs: the prompts scored first (prefix-cached for the generation).
+    prompt_lps = ([prompt_logprobs_out(model, out, body.prompt_logprobs) for out in
+                   await score_prompts(request, model, settings, prompts, body.prompt_logprobs,
+                                       body.cache_salt)]
+                  if body.prompt_logprobs is not None else [None] * len(prompts))
     request_id = request.state.request_id
     streams = submit_all(request, model, prompts, params, RequestKind.GENERATE,
                          priority=body.priority, salt=body.cache_salt)
     if body.stream:
+
+        started: set[tuple[int, int]] = set()
+
+        def first_event(i: int, index: int) -> dict[str, Any]:
+            """prompt_logprobs ride on each completion's first event."""
+            if (i, index) in started or prompt_lps[i] is None:
+                return {}
+            started.add((i, index))
+            return {"prompt_logprobs": [None if p is None else
+                                        {k: v.model_dump() for k, v in p.items()}
+                                        for p in prompt_lps[i] or []]}
 
         def on_output(i: int, out: RequestOutput) -> list[dict[str, Any]]:
             return [{"index": d.index, "prompt_index": i, "text": d.text,
                      "finish_reason": d.finish_reason,
                      **({"tokens": d.token_ids} if body.return_tokens else {}),
                      **({"logprobs": [e.model_dump() for e in logprobs_out(model, d.logprobs)
-                                      or []]} if d.logprobs else {})}
+                                      or []]} if d.logprobs else {}),
+                     **first_event(i, d.index)}
                     for d in out.completions]
 
         def final() -> list[dict[str, Any]]:
@@ -69,7 +88,8 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep) -> 
     results = [GenerateResult(index=c.index, prompt_index=i, text=c.text,
                               finish_reason=c.finish_reason,
                               tokens=c.token_ids if body.return_tokens else None,
-                              logprobs=logprobs_out(model, c.logprobs))
+                              logprobs=logprobs_out(model, c.logprobs),
+                              prompt_logprobs=prompt_lps[i])
                for i, out in enumerate(outputs) for c in out.completions]
     return GenerateResponse(id=request_id, model=model.name, text=results[0].text,
                             finish_reason=results[0].finish_reason, results=results,

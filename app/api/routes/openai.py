@@ -41,7 +41,9 @@ from app.api.serving import (
     collect,
     encode,
     prompt_inputs,
+    prompt_logprobs_out,
     sampling_params,
+    score_prompts,
     sse,
     sse_stream,
     stream_usage,
@@ -51,7 +53,7 @@ from app.api.serving import (
 from app.api.state import ServedModel
 from app.engine.output import RequestOutput
 from app.engine.request import RequestKind
-from app.sampling_params import SamplingParams, TokenLogprob
+from app.sampling_params import TokenLogprob
 
 router = APIRouter(tags=["openai"])
 STREAMABLE: dict[int | str, dict[str, Any]] = {200: {
@@ -110,13 +112,8 @@ def _echoed(model: ServedModel, ids: list[int], text: str, scored: RequestOutput
     tops: list[dict[str, float] | None] = [None]
     for entries in ranked:  # the prompt's own token first, then the `top` most likely
         tops.append({token_text(model, t): lp for t, lp, _ in entries[:top + 1]})
-    prompt_lps: list[dict[str, PromptLogprob] | None] | None = None
-    if want_prompt_logprobs is not None:
-        prompt_lps = [None]
-        for entries in ranked:
-            prompt_lps.append({str(t): PromptLogprob(logprob=lp, rank=r,
-                                                     decoded_token=token_text(model, t))
-                               for t, lp, r in entries[:want_prompt_logprobs + 1]})
+    prompt_lps = (None if want_prompt_logprobs is None
+                  else prompt_logprobs_out(model, scored, want_prompt_logprobs))
     return EchoedPrompt(text, tokens, values, tops, prompt_lps)
 
 
@@ -143,13 +140,8 @@ async def completions(body: CompletionRequest, request: Request, state: StateDep
                     body.prompt_logprobs or 0)
     scored: list[RequestOutput | None] = [None] * len(prompts)
     if (body.echo and body.logprobs is not None) or body.prompt_logprobs is not None:
-        score_params = SamplingParams(max_tokens=1, top_logprobs=score_top)
-        if score_top > settings.max_top_logprobs:
-            raise BadRequest(f"logprobs / prompt_logprobs must be <= "
-                             f"{settings.max_top_logprobs}", param="prompt_logprobs")
-        score_streams = submit_all(request, model, prompts, score_params, RequestKind.SCORE,
-                                   score_from=[1] * len(prompts), salt=body.cache_salt)
-        scored = list(await collect(request, score_streams))
+        scored = list(await score_prompts(request, model, settings, prompts, score_top,
+                                          body.cache_salt))
     echoes = [_echoed(model, ids, text, out, top, body.prompt_logprobs)
               for ids, text, out in zip(prompts, texts, scored, strict=True)]
     request_id = request.state.request_id
