@@ -100,6 +100,10 @@ class Settings(BaseSettings):
         0.25, gt=0, le=0.95, description="auto KV-cache sizing: share of free memory")
     max_model_len: int = Field(0, ge=0, description="context cap (0: the model's)")
     enable_prefix_caching: bool = Field(True, description="reuse KV blocks of shared prefixes")
+    structured_output_timeout: float = Field(
+        10.0, gt=0, le=600, description="seconds a structured-output constraint (JSON "
+                                        "Schema, regex, grammar) may take to compile "
+                                        "before the request is refused with 400")
     cache_salt_api_key: bool = Field(
         False, description="isolate the prefix cache per API key: callers with different "
                            "keys never share cached prompt blocks (see docs/RELIABILITY.md)")

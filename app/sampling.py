@@ -13,7 +13,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -173,16 +175,33 @@ def batched_probs(logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Ten
     return probs / probs.sum(dim=-1, keepdim=True)
 
 
-def sample_batch(logits: Tensor, rows: Sequence[SampleRow], index: Sequence[int]
-                 ) -> list[Sampled]:
+def allowed_tokens(matcher: Any, vocab: int, eos_ids: Sequence[int]) -> Tensor:
+    """(V,) bool: the tokens a structured-output matcher (llguidance) allows next. A
+    matcher in an error state, or one that allows nothing, allows EOS only, so the
+    completion ends instead of sampling from nothing."""
+    allowed = torch.zeros(vocab, dtype=torch.bool)
+    if not matcher.is_error():
+        bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8),
+                             bitorder="little")[:vocab]
+        allowed = torch.from_numpy(bits.astype(np.bool_))
+    if not bool(allowed.any()):
+        allowed[list(eos_ids)] = True
+    return allowed
+
+
+def sample_batch(logits: Tensor, rows: Sequence[SampleRow], index: Sequence[int],
+                 masks: Sequence[Tensor | None] | None = None) -> list[Sampled]:
     """(B, V) logits -> one Sampled per row; rows[i] draws from logits[index[i]] (the n
     completions of a forking request share a row). Plain greedy rows take one batched
     argmax; the others are processed together: per-row bias, masks and penalties (when a
     row has them), then temperature, top-k, top-p and min-p as batched ops, and one draw
-    per row from its own generator, so a row's token does not depend on its batch."""
+    per row from its own generator, so a row's token does not depend on its batch.
+    masks[i] (structured output): the tokens row i may take, applied after bias and
+    penalties, before temperature and the filters; `raw` logprobs ignore it."""
     logits = logits.float()
+    masks = masks or [None] * len(rows)
     results: list[Sampled | None] = [None] * len(rows)
-    plain = [i for i, r in enumerate(rows) if is_plain_greedy(r)]
+    plain = [i for i, r in enumerate(rows) if is_plain_greedy(r) and masks[i] is None]
     if plain:
         picked = torch.tensor([index[i] for i in plain], device=logits.device)
         for i, token in zip(plain, logits[picked].argmax(-1).tolist(), strict=True):
@@ -193,12 +212,18 @@ def sample_batch(logits: Tensor, rows: Sequence[SampleRow], index: Sequence[int]
     raw = logits[torch.tensor([index[i] for i in others], device=logits.device)]  # (R, V)
     processed = raw
     for j, i in enumerate(others):
-        row, p = rows[i], rows[i].params
-        if p.logit_bias or row.banned_ids or p.needs_penalties:
+        row, p, allowed = rows[i], rows[i].params, masks[i]
+        if p.logit_bias or row.banned_ids or p.needs_penalties or allowed is not None:
             if processed is raw:
                 processed = raw.clone()
             one = apply_logit_bias(raw[j], p.logit_bias)
-            one = mask_tokens(one, row.banned_ids)
+            if allowed is not None:
+                one = one.masked_fill(~allowed.to(one.device), float("-inf"))
+                held = mask_tokens(one, row.banned_ids)
+                # A grammar that can only end now wins over min_tokens' hold on EOS.
+                one = held if bool(torch.isfinite(held).any()) else one
+            else:
+                one = mask_tokens(one, row.banned_ids)
             processed[j] = apply_penalties(one, p, row.prompt_ids, row.output_ids)
     tokens: dict[int, int] = {}
     probs: dict[int, Tensor] = {}

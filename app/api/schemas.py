@@ -116,6 +116,22 @@ class PredictResponse(BaseModel):
 # ---------------------------------------------------------------------------- generate
 
 
+class StructuredOutputs(Strict):
+    """vLLM's structured_outputs: exactly one constraint."""
+
+    json_: dict[str, Any] | str | None = Field(
+        None, alias="json", description="a JSON Schema (object or JSON text)")
+    regex: str | None = Field(None, max_length=4096, description="the whole output matches")
+    choice: Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]],
+                      Field(min_length=1, max_length=256)] | None = Field(
+        None, description="the output is exactly one of these")
+    grammar: str | None = Field(None, max_length=65536,
+                                description="a Lark grammar (llguidance), or GBNF")
+    json_object: bool | None = Field(None, description="any JSON object")
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
 class SamplingFields(BaseModel):
     """Sampling controls shared by /v1/generate and the OpenAI endpoints."""
 
@@ -142,6 +158,18 @@ class SamplingFields(BaseModel):
     n: int = Field(1, ge=1, description="completions per prompt")
     stream: bool = False
     cache_salt: CacheSalt | None = Field(None, description=CACHE_SALT_DOC)
+    structured_outputs: StructuredOutputs | None = Field(
+        None, description="vLLM: constrain the output to a JSON Schema (json), a regex, one "
+                          "of a list (choice) or a grammar; see README")
+    guided_json: dict[str, Any] | str | None = Field(
+        None, description="vLLM's older alias of structured_outputs.json")
+    guided_regex: str | None = Field(None, max_length=4096,
+                                     description="alias of structured_outputs.regex")
+    guided_choice: Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]],
+                             Field(min_length=1, max_length=256)] | None = Field(
+        None, description="alias of structured_outputs.choice")
+    guided_grammar: str | None = Field(None, max_length=65536,
+                                       description="alias of structured_outputs.grammar")
 
 
 class GenerateRequest(Strict, SamplingFields):
@@ -214,6 +242,10 @@ class ClassifyRequest(Strict):
     prompt_template: str = Field(
         "{text}", max_length=1000,
         description="zero-shot: context before ' <label>'; must contain {text}")
+    method: Literal["score", "generate"] = Field(
+        "score", description="zero-shot: score = each label's likelihood as the text's "
+                             "continuation; generate = the label the model writes "
+                             "(greedy, constrained to the labels; the others score 0)")
     cache_salt: CacheSalt | None = Field(None, description=CACHE_SALT_DOC)
 
     model_config = ConfigDict(json_schema_extra={"examples": [
@@ -477,6 +509,22 @@ class StreamOptions(Loose):
 
 
 
+class JsonSchemaFormat(BaseModel):
+    name: str = Field("response", max_length=64)
+    schema_: dict[str, Any] = Field(alias="schema")
+    strict: bool | None = None
+    description: str | None = None
+
+    model_config = ConfigDict(populate_by_name=True)
+
+
+class ResponseFormat(BaseModel):
+    """OpenAI's response_format."""
+
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+
 class CompletionRequest(Loose, SamplingFields):
     model: str | None = None
     prompt: PromptInput = Field(description="text, a list of texts, token ids, or a list of "
@@ -490,6 +538,8 @@ class CompletionRequest(Loose, SamplingFields):
     prompt_logprobs: int | None = Field(
         None, ge=0, description="vLLM: each prompt token's logprob, rank and the N most "
                                 "likely alternatives, in choices[].prompt_logprobs")
+    response_format: ResponseFormat | None = Field(
+        None, description="OpenAI: json_object, or json_schema with a schema")
     best_of: int | None = Field(None, ge=1)
     stream_options: StreamOptions | None = None
 
@@ -507,6 +557,8 @@ class ChatCompletionRequest(Loose, SamplingFields):
     model: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(None, ge=1)
+    response_format: ResponseFormat | None = Field(
+        None, description="OpenAI: json_object, or json_schema with a schema")
     logprobs: bool = False
     top_logprobs: int | None = Field(None, ge=0)
     stream_options: StreamOptions | None = None

@@ -144,12 +144,13 @@ def cache_salt(request: Request, salt: str | None) -> str | None:
 def submit_all(request: Request, model: ServedModel, prompts: Sequence[list[int]],
                params: SamplingParams, kind: RequestKind, *, priority: int = 0,
                score_from: Sequence[int | None] | None = None,
-               salt: str | None = None) -> list[RequestStream]:
+               salt: str | None = None, constraint: Any = None) -> list[RequestStream]:
     """Submit every input as one admission, or none (e.g. 429). The streams are recorded
     on the request for its log line."""
     streams = model.engine.submit_batch(prompts, params, kind, priority=priority,
                                         score_from=score_from,
-                                        cache_salt=cache_salt(request, salt))
+                                        cache_salt=cache_salt(request, salt),
+                                        constraint=constraint)
     request.state.streams = streams
     return streams
 

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 from app import app_version
 from app.checkpoint import LoadedModel
@@ -33,6 +34,8 @@ class ServedModel:
     tokenizer: Tokenizer
     engine: Engine
     created: int = field(default_factory=lambda: int(time.time()))
+    # Structured output: constraints compiled against this model's tokenizer (lazily).
+    compiler: Any = None
 
     @property
     def is_lm(self) -> bool:

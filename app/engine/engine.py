@@ -27,6 +27,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 from app.checkpoint import LoadedModel
 from app.engine.block_manager import BlockManager
@@ -207,19 +208,24 @@ class Engine:
 
     def submit(self, prompt_ids: list[int], params: SamplingParams,
                kind: RequestKind = RequestKind.GENERATE, *, priority: int = 0,
-               score_from: int | None = None, cache_salt: str | None = None) -> RequestStream:
+               score_from: int | None = None, cache_salt: str | None = None,
+               constraint: Any = None) -> RequestStream:
         """Validate and queue one request; see submit_batch."""
         return self.submit_batch([prompt_ids], params, kind, priority=priority,
-                                 score_from=[score_from], cache_salt=cache_salt)[0]
+                                 score_from=[score_from], cache_salt=cache_salt,
+                                 constraint=constraint)[0]
 
     def submit_batch(self, prompts: Sequence[list[int]], params: SamplingParams,
                      kind: RequestKind = RequestKind.GENERATE, *, priority: int = 0,
                      score_from: Sequence[int | None] | None = None,
-                     cache_salt: str | None = None) -> list[RequestStream]:
+                     cache_salt: str | None = None,
+                     constraint: Any = None) -> list[RequestStream]:
         """Queue several prompts as one admission (the waiting queue counts them once),
         each its own request with its own stream; all or none. Raises InvalidRequest,
         QueueFull, EngineDead or EngineStopped at once, never after queueing. Request ids
-        are always made here: callers' ids (X-Request-ID) are for logs, not identity."""
+        are always made here: callers' ids (X-Request-ID) are for logs, not identity.
+        `constraint` (app.structured.Constraint, GENERATE only): every completion's
+        tokens are masked to what it allows."""
         if self.dead_reason is not None:
             raise EngineDead(f"model {self.name!r} is unavailable: {self.dead_reason}")
         if not self.is_accepting:
@@ -244,7 +250,7 @@ class Engine:
             states.append(RequestState(
                 request_id=request_id, model=self.name, kind=kind, params=params,
                 prompt_ids=list(prompt_ids), collector=OutputCollector(),
-                times=RequestTimes(arrival=now), sequences=[seq]))
+                times=RequestTimes(arrival=now), sequences=[seq], constraint=constraint))
         try:
             self.scheduler.add([s.sequences[0] for s in states])
         except QueueFull:

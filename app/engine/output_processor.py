@@ -112,7 +112,12 @@ class OutputProcessor:
             for index in indices:
                 row = SampleRow(p, prompt_ids, output_ids, banned,
                                 None if p.greedy else self._generator(state, index))
-                draws.append(Draw(item.request_id, item.seq_id, index, row))
+                matcher = None
+                if state.constraint is not None:
+                    if index not in state.matchers:
+                        state.matchers[index] = state.constraint.new_matcher()
+                    matcher = state.matchers[index]
+                draws.append(Draw(item.request_id, item.seq_id, index, row, matcher))
         return OutputPlan(tuple(draws), distributions)
 
     @staticmethod

@@ -123,6 +123,9 @@ class RequestState:
     # SCORE: position -> log P(token | prefix); keyed so a recomputed step overwrites.
     score_logprobs: dict[int, float] = field(default_factory=dict)
     score_top: dict[int, list[tuple[int, float, int]]] = field(default_factory=dict)
+    # Structured output (app.structured.Constraint) and each completion's matcher.
+    constraint: Any = None
+    matchers: dict[int, Any] = field(default_factory=dict)
     # EMBED: the sum of the final hidden states so far, and the latest one.
     embed_sum: list[float] | None = None
     embed_last: list[float] | None = None

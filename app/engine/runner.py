@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import psutil
 import torch
@@ -32,6 +33,7 @@ from app.modeling.transformer import EAGER
 from app.sampling import (
     Sampled,
     SampleRow,
+    allowed_tokens,
     next_token_distribution,
     prompt_logprobs,
     prompt_top_logprobs,
@@ -50,6 +52,9 @@ class Draw:
     seq_id: int
     index: int
     row: SampleRow
+    # app.structured: the completion's matcher (the worker masks with it and feeds it the
+    # sampled token; only the worker touches it while a step runs).
+    matcher: Any = None
 
 
 @dataclass(frozen=True)
@@ -229,7 +234,7 @@ class ModelRunner:
             index = torch.tensor([row for _, row in wanted], device=self.device)
             logits = self.model.logits(hidden[index]).float().cpu()  # (B, V)
             rows = {item.seq_id: k for k, (item, _) in enumerate(wanted)}
-            self._sample(logits, rows, plan, result)
+            self._sample(logits, rows, plan, result, self.loaded.eos_token_ids)
         for k, item in enumerate(items):
             if item.kind is RequestKind.SCORE:
                 self._score(hidden[offsets[k]:offsets[k + 1]], item, result)
@@ -237,13 +242,19 @@ class ModelRunner:
 
     @staticmethod
     def _sample(logits: Tensor, rows: dict[int, int], plan: OutputPlan,
-                result: RunnerOutput) -> None:
+                result: RunnerOutput, eos_ids: tuple[int, ...]) -> None:
         draws = [d for d in plan.draws if d.seq_id in rows]
         if len(draws) != len(plan.draws):
             raise RuntimeError("a draw names a sequence without logits in this step")
         if draws:
+            vocab = logits.shape[-1]
+            masks = [None if d.matcher is None else allowed_tokens(d.matcher, vocab, eos_ids)
+                     for d in draws]
             result.sampled = sample_batch(logits, [d.row for d in draws],
-                                          [rows[d.seq_id] for d in draws])
+                                          [rows[d.seq_id] for d in draws], masks)
+            for d, sampled in zip(draws, result.sampled, strict=True):
+                if d.matcher is not None:
+                    d.matcher.consume_token(sampled.token_id)
         for seq_id, (temperature, k) in plan.distributions.items():
             result.distributions[seq_id] = next_token_distribution(
                 logits[rows[seq_id]], temperature, k)

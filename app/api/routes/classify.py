@@ -1,8 +1,11 @@
 """POST /v1/classify: labels for each text, from a classification head or zero-shot from a
-language model's likelihood of each candidate label."""
+language model: by each candidate label's likelihood (method "score"), or by the label
+it generates when its output is constrained to the labels (method "generate")."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import math
 
 from fastapi import APIRouter, Request
@@ -15,6 +18,7 @@ from app.api.state import ServedModel
 from app.config import Settings
 from app.engine.request import RequestKind
 from app.sampling_params import IMPOSSIBLE_LOGPROB, SamplingParams
+from app.structured import ConstraintCompiler, ConstraintSpec, InvalidConstraint
 
 router = APIRouter(tags=["inference"])
 
@@ -35,6 +39,40 @@ async def _head(model: ServedModel, settings: Settings, texts: list[str], reques
     labels = list(model.loaded.config.id2label)
     ranked = [_ranked(labels, out.class_scores or [], top_k) for out in outputs]
     return ranked, stream_usage(streams)
+
+
+async def _generated(model: ServedModel, settings: Settings, body: ClassifyRequest,
+                     texts: list[str], request: Request
+                     ) -> tuple[list[list[LabelScore]], Usage]:
+    """method=generate: greedy generation constrained to " <label>" for one of the labels
+    (the same continuation the score method measures). The written label scores its
+    probability under the constrained distribution; the others 0."""
+    labels = body.candidate_labels or []
+    choices = [" " + label for label in labels]
+    spec = ConstraintSpec("choice", json.dumps(choices), "candidate_labels")
+    if model.compiler is None:
+        model.compiler = ConstraintCompiler(model.tokenizer, model.loaded.config.vocab_size)
+    try:
+        constraint = await asyncio.to_thread(model.compiler.compile, spec)
+    except InvalidConstraint as exc:
+        raise BadRequest(exc.message, param=exc.param) from None
+    # Constrained sampling may spell a label in more tokens than its usual tokenization
+    # (" ", "f", "ood"); every token is at least one byte, plus one for EOS.
+    longest = max(len(c.encode()) for c in choices)
+    params = SamplingParams(max_tokens=longest + 1, temperature=0.0, logprobs=True)
+    prompts = [await encode(model, settings, body.prompt_template.replace("{text}", t),
+                            "text") for t in texts]
+    streams = submit_all(request, model, prompts, params, RequestKind.GENERATE,
+                         salt=body.cache_salt, constraint=constraint)
+    outputs = await collect(request, streams)
+    results = []
+    for out in outputs:
+        done = out.completions[0]
+        written = done.text.removeprefix(" ")
+        logprob = sum(e.logprob for e in done.logprobs or [])
+        scores = [math.exp(logprob) if label == written else 0.0 for label in labels]
+        results.append(_ranked(labels, scores, body.top_k))
+    return results, stream_usage(streams)
 
 
 async def _zero_shot(model: ServedModel, settings: Settings, body: ClassifyRequest,
@@ -98,7 +136,8 @@ async def classify(body: ClassifyRequest, request: Request, state: StateDep
         if not zero_shot:
             raise BadRequest(f"model {model.name!r} is a language model: give candidate_labels "
                              "for zero-shot classification", param="candidate_labels")
-        ranked, usage = await _zero_shot(model, state.settings, body, texts, request)
+        zero_shot_method = _generated if body.method == "generate" else _zero_shot
+        ranked, usage = await zero_shot_method(model, state.settings, body, texts, request)
     else:
         if zero_shot:
             raise BadRequest("candidate_labels need a language model", param="candidate_labels")

@@ -22,6 +22,7 @@ from app.api.serving import (
     stream_usage,
     submit_all,
 )
+from app.api.structured_fields import request_constraint
 from app.engine.output import RequestOutput
 from app.engine.request import RequestKind
 
@@ -47,6 +48,7 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep) -> 
     params = sampling_params(body, settings, logprobs=body.logprobs,
                              top_logprobs=body.top_logprobs, logprobs_mode=body.logprobs_mode)
     prompts = [await encode(model, settings, t, "prompt") for t in texts]
+    constraint = await request_constraint(model, settings, body)
     # vLLM's prompt_logprobs: the prompts scored first (prefix-cached for the generation).
     prompt_lps = ([prompt_logprobs_out(model, out, body.prompt_logprobs) for out in
                    await score_prompts(request, model, settings, prompts, body.prompt_logprobs,
@@ -54,7 +56,7 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep) -> 
                   if body.prompt_logprobs is not None else [None] * len(prompts))
     request_id = request.state.request_id
     streams = submit_all(request, model, prompts, params, RequestKind.GENERATE,
-                         priority=body.priority, salt=body.cache_salt)
+                         priority=body.priority, salt=body.cache_salt, constraint=constraint)
     if body.stream:
 
         started: set[tuple[int, int]] = set()

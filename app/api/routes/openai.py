@@ -51,6 +51,7 @@ from app.api.serving import (
     token_text,
 )
 from app.api.state import ServedModel
+from app.api.structured_fields import request_constraint
 from app.engine.output import RequestOutput
 from app.engine.request import RequestKind
 from app.sampling_params import TokenLogprob
@@ -129,6 +130,7 @@ async def completions(body: CompletionRequest, request: Request, state: StateDep
                          param="max_tokens")
     settings = state.settings
     prompts, texts = await prompt_inputs(model, settings, body.prompt, "prompt")
+    constraint = await request_constraint(model, settings, body, body.response_format)
     top = body.logprobs or 0
     generate = body.max_tokens != 0
     params = sampling_params(body, settings, logprobs=body.logprobs is not None,
@@ -178,7 +180,7 @@ async def completions(body: CompletionRequest, request: Request, state: StateDep
                                   usage=Usage.of(usage.prompt_tokens, 0, usage.cached_tokens),
                                   system_fingerprint=model.fingerprint)
     streams = submit_all(request, model, prompts, params, RequestKind.GENERATE,
-                         salt=body.cache_salt)
+                         salt=body.cache_salt, constraint=constraint)
 
     if body.stream:
         started: set[int] = set()
@@ -246,6 +248,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
                  **({"name": m.name} if m.name else {})} for m in body.messages]
     text = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     prompt = await encode(model, settings, text, "messages", add_special_tokens=False)
+    constraint = await request_constraint(model, settings, body, body.response_format)
     # OpenAI semantics: without max_tokens, a reply may run to the end of the context.
     until_full = max(1, min(model.max_model_len - len(prompt), settings.max_tokens_limit))
     params = sampling_params(body, settings, max_tokens=body.max_completion_tokens,
@@ -253,7 +256,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
                              default_max_tokens=until_full)
     request_id = request.state.request_id
     streams = submit_all(request, model, [prompt], params, RequestKind.GENERATE,
-                         salt=body.cache_salt)
+                         salt=body.cache_salt, constraint=constraint)
     created, cid = int(time.time()), f"chatcmpl-{request_id}"
 
     if body.stream:
