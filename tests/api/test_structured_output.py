@@ -110,3 +110,34 @@ def test_classify_generate_method_writes_one_of_the_labels(api: Any) -> None:
         assert abs(sum(s["score"] for s in scored.json()["scores"]) - 1) < 1e-6
 
     api(body, models=MODELS)
+
+
+def test_constraints_with_stop_strings_streaming_and_processed_logprobs(api: Any) -> None:
+    date = r"(19|20)\d\d-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])"
+
+    async def body(app: FastAPI, client: httpx.AsyncClient) -> None:
+        stopped = await client.post("/v1/generate", json={
+            "prompt": "Born on", "max_tokens": 20, "seed": 3, "guided_regex": date,
+            "stop": ["-"]})
+        result = stopped.json()["results"][0]
+        assert re.fullmatch(r"(19|20)\d\d", result["text"]) and result["finish_reason"] == "stop"
+        whole = await client.post("/v1/generate", json={
+            "prompt": "Born on", "max_tokens": 20, "seed": 3, "guided_regex": date,
+            "logprobs": True, "top_logprobs": 3})
+        async with client.stream("POST", "/v1/generate", json={
+                "prompt": "Born on", "max_tokens": 20, "seed": 3, "guided_regex": date,
+                "stream": True}) as s:
+            events = [json.loads(line[6:]) async for line in s.aiter_lines()
+                      if line.startswith("data: {") and '"text"' in line]
+        assert "".join(e["text"] for e in events) == whole.json()["text"]
+        # processed logprobs: every listed alternative is allowed by the constraint, so
+        # the first token's top alternatives are all digits 1 or 2 (years 19xx / 20xx).
+        first = whole.json()["results"][0]["logprobs"][0]
+        assert all(t["token"][:1] in "12" for t in first["top_logprobs"]
+                   if t["logprob"] > -1e30)
+        raw = await client.post("/v1/generate", json={
+            "prompt": "Born on", "max_tokens": 20, "seed": 3, "guided_regex": date,
+            "logprobs": True, "top_logprobs": 3, "logprobs_mode": "raw"})
+        assert raw.json()["text"] == whole.json()["text"]  # same draws, other report
+
+    api(body, models=MODELS)
