@@ -141,3 +141,14 @@ def test_constraints_with_stop_strings_streaming_and_processed_logprobs(api: Any
         assert raw.json()["text"] == whole.json()["text"]  # same draws, other report
 
     api(body, models=MODELS)
+
+
+def test_a_constraint_too_slow_to_compile_is_refused(api: Any) -> None:
+    async def body(app: FastAPI, client: httpx.AsyncClient) -> None:
+        r = await client.post("/v1/generate", json={"prompt": "x", "guided_regex": "[0-9]+"})
+        assert r.status_code == 400
+        assert "to compile (--structured-output-timeout)" in r.json()["error"]["message"]
+        assert r.json()["error"]["param"] == "guided_regex"
+
+    # A microsecond: no compile (not even a cache hit handed back by a thread) is that fast.
+    api(body, models=MODELS, structured_output_timeout=1e-6)
