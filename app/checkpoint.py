@@ -388,10 +388,8 @@ def _load_quantized(model: Transformer, directory: Path, stored: Any, requested:
             raise CheckpointError(f"{file}: tensor {name!r} has shape {list(got.shape)} "
                                   f"{got.dtype}, the config implies {list(tensor.shape)} "
                                   f"{tensor.dtype}")
-        if isinstance(tensor, torch.nn.Parameter):
-            state[name] = got.to(dtype)
     model.load_state_dict(state, strict=True, assign=True)
-    _cast_floats(model, dtype)
+    _cast_floats(model, dtype)  # parameters to the serving dtype; quantized buffers as stored
 
 
 def save_quantized(loaded: LoadedModel, directory: str | Path) -> None:

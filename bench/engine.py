@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psutil
 import torch
 import torch.nn.functional as F
 
@@ -38,6 +37,7 @@ from app.engine.engine import Engine, EngineConfig
 from app.engine.scheduler import SchedulerConfig
 from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
+from bench import machine
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,29 +47,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def wait_idle(threshold: float = 15.0, timeout: float = 180.0) -> float:
-    """Wait until other processes use less than `threshold` % of the CPU; return it."""
-    me = psutil.Process()
-    deadline = time.monotonic() + timeout
-    busy = 100.0
-    while time.monotonic() < deadline:
-        mine_before = sum(me.cpu_times()[:2])
-        total = psutil.cpu_percent(interval=1.0)
-        mine = (sum(me.cpu_times()[:2]) - mine_before) * 100 / psutil.cpu_count()
-        busy = max(0.0, total - mine)
-        if busy < threshold:
-            return busy
-    log.warning("machine still busy (%.0f%% by others) after %.0fs; measuring anyway",
-                busy, timeout)
-    return busy
+    return machine.wait_idle(threshold, timeout)
 
 
 def median_time(fn: Any, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return machine.median_seconds(fn, repeats, warmup=0)
 
 
 def ceilings() -> dict[str, float]:

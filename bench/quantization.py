@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -32,8 +30,8 @@ from app.modeling import quantized_linear as ql
 from app.modeling.quantized_model import block_products
 from app.tokenizer import Tokenizer
 from app.train.data import pack_tokens, read_documents, read_labelled
-from app.train.evaluate import predict_labels
-from bench.machine import cpu_info, wait_idle
+from app.train.evaluate import nll_and_argmax, predict_labels
+from bench.machine import cpu_info, median_seconds, wait_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -50,17 +48,9 @@ def symmetric_int4(model: torch.nn.Module, group: int) -> None:
         layer.weight.copy_((q * scale).view(n, k))
 
 
-@torch.no_grad()
 def lm_figures(model: torch.nn.Module, rows: torch.Tensor) -> tuple[float, torch.Tensor]:
-    total, count, argmaxes = 0.0, 0, []
-    for start in range(0, rows.shape[0], 16):
-        batch = rows[start:start + 16]
-        logits = model.causal_lm_logits(batch[:, :-1]).float()
-        total += float(F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(),
-                                       reduction="sum"))
-        count += batch[:, 1:].numel()
-        argmaxes.append(logits.argmax(-1).flatten())
-    return math.exp(total / count), torch.cat(argmaxes)
+    nll, argmax = nll_and_argmax(model, rows)
+    return math.exp(nll), argmax
 
 
 def accuracy(data: Path) -> list[str]:
@@ -116,16 +106,6 @@ def accuracy(data: Path) -> list[str]:
     return lines
 
 
-def median_s(fn: Callable[[], Any], repeats: int = 9) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def speed() -> list[str]:
     torch.manual_seed(0)
     weights = [torch.randn(3072, 768) * 0.02 for _ in range(12)]
@@ -140,7 +120,7 @@ def speed() -> list[str]:
             for rows in (1, 16, 32):
                 wait_idle()
                 x = torch.randn(rows, 768, dtype=dtype)
-                base = median_s(lambda: [F.linear(x, w) for w in plain]) / 12  # noqa: B023
+                base = median_seconds(lambda: [F.linear(x, w) for w in plain], 9) / 12  # noqa: B023
                 cells = []
                 for method, qs in layers.items():
                     kernels: dict[str, Callable[..., torch.Tensor]] = dict(
@@ -150,7 +130,7 @@ def speed() -> list[str]:
                         k = kernels[name]
                         args = ([(m.qweight, m.scale) for m in qs] if method == "int8" else
                                 [(m.qweight, m.scale, m.mins, 64) for m in qs])
-                        t = median_s(lambda: [k(x, *a) for a in args]) / 12  # noqa: B023
+                        t = median_seconds(lambda: [k(x, *a) for a in args], 9) / 12  # noqa: B023
                         cells.append(f"{t * 1e3:.3f} ({nbytes / t / 1e9:.1f})")
                 lines.append(f"| {rows} | {str(dtype).removeprefix('torch.')} | "
                              f"{base * 1e3:.3f} | " + " | ".join(cells) + " |")

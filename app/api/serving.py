@@ -9,6 +9,7 @@ import json
 import logging
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from fastapi import Request
@@ -31,6 +32,10 @@ _TOKEN_ID_KEY = re.compile(r"[0-9]{1,9}")
 # Texts longer than this are tokenized in a worker thread, so the event loop (streams,
 # health probes) never waits on a long tokenization.
 TOKENIZE_INLINE_CHARS = 4096
+
+
+# Prefill-only requests (classify, score, embed) sample nothing; one token is their budget.
+PREFILL_ONLY = SamplingParams(max_tokens=1)
 
 
 def as_list(value: str | list[str]) -> list[str]:
@@ -261,7 +266,7 @@ async def score_prompts(request: Request, model: ServedModel, settings: Settings
         raise BadRequest(f"logprobs / prompt_logprobs must be <= {settings.max_top_logprobs}",
                          param="prompt_logprobs")
     # At least one alternative is computed, so the prompt token's rank is always known.
-    params = SamplingParams(max_tokens=1, top_logprobs=max(top, 1))
+    params = replace(PREFILL_ONLY, top_logprobs=max(top, 1))
     streams = submit_all(request, model, prompts, params, RequestKind.SCORE,
                          score_from=[1] * len(prompts), salt=salt)
     return list(await collect(request, streams))

@@ -86,8 +86,12 @@ async def request_constraint(model: ServedModel, settings: Settings, body: Sampl
                              ) -> Constraint | None:
     """The request's compiled constraint, or None; 400 for a bad or too slow one."""
     spec = constraint_spec(body, response_format)
-    if spec is None:
-        return None
+    return None if spec is None else await compile_constraint(model, settings, spec)
+
+
+async def compile_constraint(model: ServedModel, settings: Settings, spec: ConstraintSpec
+                             ) -> Constraint:
+    """`spec` compiled for `model` in a thread, under the time limit; 400 when it fails."""
     if model.compiler is None:
         model.compiler = ConstraintCompiler(model.tokenizer, model.loaded.config.vocab_size)
     compiler: ConstraintCompiler = model.compiler

@@ -280,8 +280,10 @@ class ModelRunner:
         targets = torch.tensor(window[first + 1 - item.start:last + 1 - item.start],
                                device=self.device)
         logits = self.model.logits(rows)
-        values = prompt_logprobs(logits, targets).cpu().tolist()
-        result.score_logprobs[item.seq_id] = dict(enumerate(values, start=first + 1))
-        if item.score_top:
+        if item.score_top:  # one softmax for both: each row's first entry is its target
             top = prompt_top_logprobs(logits, targets, item.score_top)
             result.score_top[item.seq_id] = dict(enumerate(top, start=first + 1))
+            values = [entries[0][1] for entries in top]
+        else:
+            values = prompt_logprobs(logits, targets).cpu().tolist()
+        result.score_logprobs[item.seq_id] = dict(enumerate(values, start=first + 1))

@@ -22,16 +22,13 @@ vendor's, and compiling has not been measured on a GPU.
 from __future__ import annotations
 
 import logging
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
 import torch
 
 from app.modeling.attention import DecodeFn, decode_attention
+from app.modeling.timing import median_seconds
 from app.modeling.transformer import Block, ForwardOps, Transformer, dense, lm_logits
 
 log = logging.getLogger(__name__)
@@ -78,16 +75,6 @@ def compiler_problem() -> str | None:
     return None
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int = 7) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def choose_gemv_rows(model: Transformer) -> tuple[int, dict[int, float]]:
     """The largest row count up to which the compiled multiply-and-reduce beats the
     product the model would otherwise run (BLAS, or prepacked oneDNN) on this CPU,
@@ -102,8 +89,8 @@ def choose_gemv_rows(model: Transformer) -> tuple[int, dict[int, float]]:
         for rows in GEMV_CANDIDATE_ROWS:
             w0 = layers[0].weight
             x = torch.randn(rows, w0.shape[1], dtype=w0.dtype, device=w0.device)
-            blas = _median_seconds(lambda: [dense(x, m) for m in layers])  # noqa: B023
-            ours = _median_seconds(lambda: [reduce(x, m.weight) for m in layers])  # noqa: B023
+            blas = median_seconds(lambda: [dense(x, m) for m in layers], 7)  # noqa: B023
+            ours = median_seconds(lambda: [reduce(x, m.weight) for m in layers], 7)  # noqa: B023
             gains[rows] = blas / ours
             if gains[rows] < GEMV_MIN_GAIN:
                 break

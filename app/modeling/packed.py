@@ -20,16 +20,13 @@ reason logged) when that would take more than a quarter of the free memory.
 from __future__ import annotations
 
 import itertools
-import statistics
-import time
-from collections.abc import Callable
-from typing import Any
 
 import psutil
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from app.modeling.timing import median_seconds
 from app.modeling.transformer import Transformer
 
 # Packed weights by key. Process-wide because a custom op's implementation can only find
@@ -74,16 +71,6 @@ def packable(model: Transformer) -> list[tuple[nn.Module, Tensor]]:
     return pairs
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def choose_packing(model: Transformer, device: torch.device, measure: bool = True
                    ) -> tuple[bool, str]:
     """Whether prepacked products beat plain ones here (8 and 32 rows, the model's MLP
@@ -108,8 +95,8 @@ def choose_packing(model: Transformer, device: torch.device, measure: bool = Tru
             keys = [_pack(layer.weight, 32) for layer in layers]
             for rows in (8, 32):
                 x = torch.randn(rows, layers[0].in_features, dtype=layers[0].weight.dtype)
-                plain = _median_seconds(lambda: [F.linear(x, m.weight) for m in layers])  # noqa: B023
-                fast = _median_seconds(lambda: [
+                plain = median_seconds(lambda: [F.linear(x, m.weight) for m in layers])  # noqa: B023
+                fast = median_seconds(lambda: [
                     torch.ops.llm.packed_linear(x, k, m.out_features)  # noqa: B023
                     for k, m in zip(keys, layers, strict=True)])
                 gains.append(plain / fast)

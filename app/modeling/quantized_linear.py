@@ -24,10 +24,7 @@ from __future__ import annotations
 
 import functools
 import logging
-import statistics
-import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -42,6 +39,7 @@ from app.modeling.quantize import (
     quantize_int4,
     quantize_int8,
 )
+from app.modeling.timing import median_seconds
 
 log = logging.getLogger(__name__)
 
@@ -221,16 +219,6 @@ class QuantizedEmbedding(nn.Module):
 # ---------------------------------------------------------------------------- choosing
 
 
-def _median_seconds(fn: Callable[[], Any], repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def available_kernels(method: str) -> list[str]:
     names = ["dequant"]
     if method == "int8":
@@ -257,7 +245,7 @@ def choose_kernels(layers: list[QuantizedLinear], dtype: torch.dtype) -> str:
                     [(m.qweight, m.scale, m.mins, m.group_size) for m in layers])
             try:
                 with torch.inference_mode():
-                    timings[name] = _median_seconds(
+                    timings[name] = median_seconds(
                         lambda: [kernel(x, *a) for a in args])  # noqa: B023
             except RuntimeError as exc:  # a dtype or shape a stock kernel refuses
                 log.info("%s kernel %s unusable: %s", method, name, str(exc)[:120])

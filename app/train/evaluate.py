@@ -46,6 +46,22 @@ def lm_metrics(model: Transformer, rows: Tensor, batch_size: int = 16) -> dict[s
     }
 
 
+@torch.no_grad()
+def nll_and_argmax(model: Transformer, rows: Tensor, batch_size: int = 16
+                   ) -> tuple[float, Tensor]:
+    """Mean next-token NLL over packed (N, T+1) blocks, and every position's argmax (to
+    compare two models' greedy choices, e.g. quantized against fp32)."""
+    total, count, argmaxes = 0.0, 0, []
+    for start in range(0, rows.shape[0], batch_size):
+        batch = rows[start:start + batch_size]
+        logits = model.causal_lm_logits(batch[:, :-1]).float()
+        total += float(F.cross_entropy(logits.flatten(0, 1), batch[:, 1:].flatten(),
+                                       reduction="sum"))
+        count += batch[:, 1:].numel()
+        argmaxes.append(logits.argmax(-1).flatten())
+    return total / count, torch.cat(argmaxes)
+
+
 def unigram_perplexity(train_ids: Iterable[int], eval_ids: Sequence[int], vocab_size: int) -> float:
     """Perplexity of an add-one-smoothed unigram model fitted on train_ids: the baseline
     any context-using language model must beat by far."""

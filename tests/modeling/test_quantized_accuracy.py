@@ -15,13 +15,11 @@ import math
 from pathlib import Path
 
 import pytest
-import torch
-import torch.nn.functional as F
 
 from app.checkpoint import load_model
 from app.tokenizer import Tokenizer
 from app.train.data import pack_tokens, read_documents, read_labelled
-from app.train.evaluate import predict_labels
+from app.train.evaluate import nll_and_argmax, predict_labels
 
 FORTUNES = Path("/usr/share/games/fortunes")
 ROOT = Path(__file__).resolve().parents[2]
@@ -37,21 +35,6 @@ def splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fortunes")
     prepare(out)
     return out
-
-
-@torch.no_grad()
-def nll_and_argmax(model: torch.nn.Module, rows: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """Mean next-token NLL over (N, T+1) blocks, and every position's argmax."""
-    total, count, argmaxes = 0.0, 0, []
-    for start in range(0, rows.shape[0], 16):
-        batch = rows[start:start + 16]
-        logits = model.causal_lm_logits(batch[:, :-1]).float()
-        targets = batch[:, 1:]
-        total += float(F.cross_entropy(logits.flatten(0, 1), targets.flatten(),
-                                       reduction="sum"))
-        count += targets.numel()
-        argmaxes.append(logits.argmax(-1).flatten())
-    return total / count, torch.cat(argmaxes)
 
 
 def test_default_lm_perplexity_and_greedy_agreement(splits: Path) -> None:

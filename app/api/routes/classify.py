@@ -4,7 +4,6 @@ it generates when its output is constrained to the labels (method "generate").""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
 
@@ -13,16 +12,24 @@ from fastapi import APIRouter, Request
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
 from app.api.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult, LabelScore, Usage
-from app.api.serving import as_list, check_inputs, collect, encode, stream_usage, submit_all
+from app.api.serving import (
+    PREFILL_ONLY,
+    as_list,
+    check_inputs,
+    collect,
+    encode,
+    stream_usage,
+    submit_all,
+)
 from app.api.state import ServedModel
+from app.api.structured_fields import compile_constraint
 from app.config import Settings
 from app.engine.request import RequestKind
 from app.sampling_params import IMPOSSIBLE_LOGPROB, SamplingParams
-from app.structured import ConstraintCompiler, ConstraintSpec, InvalidConstraint
+from app.structured import ConstraintSpec
 
 router = APIRouter(tags=["inference"])
 
-PREFILL_ONLY = SamplingParams(max_tokens=1)
 
 
 def _ranked(labels: list[str], scores: list[float], top_k: int | None) -> list[LabelScore]:
@@ -49,13 +56,8 @@ async def _generated(model: ServedModel, settings: Settings, body: ClassifyReque
     probability under the constrained distribution; the others 0."""
     labels = body.candidate_labels or []
     choices = [" " + label for label in labels]
-    spec = ConstraintSpec("choice", json.dumps(choices), "candidate_labels")
-    if model.compiler is None:
-        model.compiler = ConstraintCompiler(model.tokenizer, model.loaded.config.vocab_size)
-    try:
-        constraint = await asyncio.to_thread(model.compiler.compile, spec)
-    except InvalidConstraint as exc:
-        raise BadRequest(exc.message, param=exc.param) from None
+    constraint = await compile_constraint(
+        model, settings, ConstraintSpec("choice", json.dumps(choices), "candidate_labels"))
     # Constrained sampling may spell a label in more tokens than its usual tokenization
     # (" ", "f", "ood"); every token is at least one byte, plus one for EOS.
     longest = max(len(c.encode()) for c in choices)

@@ -18,13 +18,11 @@ from fastapi import APIRouter, Request
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
 from app.api.schemas import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
-from app.api.serving import collect, prompt_inputs, stream_usage, submit_all
+from app.api.serving import PREFILL_ONLY, collect, prompt_inputs, stream_usage, submit_all
 from app.engine.output import RequestOutput
 from app.engine.request import RequestKind
-from app.sampling_params import SamplingParams
 
 router = APIRouter(tags=["openai"])
-PREFILL_ONLY = SamplingParams(max_tokens=1)
 
 
 def pooled(out: RequestOutput, pooling: str) -> list[float]:

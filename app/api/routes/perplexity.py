@@ -28,6 +28,7 @@ from app.api.schemas import (
     ScoredToken,
 )
 from app.api.serving import (
+    PREFILL_ONLY,
     as_list,
     check_inputs,
     collect,
@@ -37,10 +38,8 @@ from app.api.serving import (
     tokenize,
 )
 from app.engine.request import RequestKind
-from app.sampling_params import SamplingParams
 
 router = APIRouter(tags=["evaluation"])
-PREFILL_ONLY = SamplingParams(max_tokens=1)
 
 
 def windows(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:

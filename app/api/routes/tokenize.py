@@ -4,6 +4,8 @@ which lm-evaluation-harness's remote tokenizer and other vLLM clients call."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter
 
 from app.api.deps import StateDep, pick_model
@@ -21,25 +23,36 @@ from app.api.schemas import (
 )
 from app.api.serving import tokenize as encode_text
 from app.api.state import ServedModel
+from app.config import Settings
 from app.tokenizer import FALLBACK_CHAT_TEMPLATE
 
 router = APIRouter(tags=["utility"])
+
+
+async def _token_ids(model: ServedModel, settings: Settings, text: str | None,
+                     messages: list[dict[str, Any]] | None, param: str,
+                     add_special_tokens: bool | None, add_generation_prompt: bool = True
+                     ) -> list[int]:
+    """Token ids of a text, or of chat messages rendered by the chat template. Special
+    tokens: the caller's choice; by default added to a text, not to rendered messages
+    (the template writes its own)."""
+    if (text is None) == (messages is None):
+        raise BadRequest(f"give exactly one of {param} or messages", param=param)
+    if messages is not None:
+        text = model.tokenizer.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt)
+    add_special = (messages is None) if add_special_tokens is None else add_special_tokens
+    if len(text or "") > settings.max_body_bytes:
+        raise BadRequest(f"{param} is too long", param=param)
+    return await encode_text(model, text or "", add_special)
 
 
 @router.post("/v1/tokenize", response_model=TokenizeResponse,
              summary="Token ids of a text (or of chat messages after the chat template)")
 async def tokenize(body: TokenizeRequest, state: StateDep) -> TokenizeResponse:
     model = pick_model(state, body.model, lm=None, purpose="tokenization")
-    if (body.text is None) == (body.messages is None):
-        raise BadRequest("give exactly one of text or messages", param="text")
-    if body.messages is not None:
-        text = model.tokenizer.apply_chat_template(body.messages, add_generation_prompt=True)
-        add_special = False
-    else:
-        text, add_special = body.text or "", body.add_special_tokens
-    if len(text) > state.settings.max_body_bytes:
-        raise BadRequest("text is too long", param="text")
-    ids = await encode_text(model, text, add_special)
+    ids = await _token_ids(model, state.settings, body.text, body.messages, "text",
+                           None if body.messages is not None else body.add_special_tokens)
     return TokenizeResponse(model=model.name, tokens=ids,
                             token_strings=[model.tokenizer.id_to_token(i) or "" for i in ids],
                             count=len(ids), max_model_len=model.max_model_len)
@@ -64,18 +77,8 @@ def _check_ids(model: ServedModel, tokens: list[int]) -> None:
              summary="vLLM-compatible: token ids of a prompt or of chat messages")
 async def vllm_tokenize(body: VLLMTokenizeRequest, state: StateDep) -> VLLMTokenizeResponse:
     model = pick_model(state, body.model, lm=None, purpose="tokenization")
-    if (body.prompt is None) == (body.messages is None):
-        raise BadRequest("give exactly one of prompt or messages", param="prompt")
-    if body.messages is not None:
-        text = model.tokenizer.apply_chat_template(
-            body.messages, add_generation_prompt=body.add_generation_prompt)
-        add_special = bool(body.add_special_tokens)
-    else:
-        text = body.prompt or ""
-        add_special = True if body.add_special_tokens is None else body.add_special_tokens
-    if len(text) > state.settings.max_body_bytes:
-        raise BadRequest("prompt is too long", param="prompt")
-    ids = await encode_text(model, text, add_special)
+    ids = await _token_ids(model, state.settings, body.prompt, body.messages, "prompt",
+                           body.add_special_tokens, body.add_generation_prompt)
     strs = [model.tokenizer.id_to_token(i) or "" for i in ids] if body.return_token_strs else None
     return VLLMTokenizeResponse(count=len(ids), max_model_len=model.max_model_len, tokens=ids,
                                 token_strs=strs)
