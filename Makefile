@@ -41,7 +41,9 @@ typecheck: $(BIN)/.installed-dev
 # Tools the deployment checks use that are not Python test dependencies: promtool
 # (Debian's prometheus package; needs root and apt) and checkov (its own venv, because its
 # dependency pins clash with ours); and Debian's fortunes package, the held-out data of
-# the shipped models' accuracy tests. Missing tools make their tests skip with a reason.
+# the shipped models' accuracy tests; and Debian's chromium, the browser that Playwright
+# drives in tests/browser (Playwright's own browser download cannot be reached here).
+# Missing tools make their tests skip with a reason.
 tools:
 	@command -v promtool >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
@@ -54,6 +56,10 @@ tools:
 		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 		--no-install-recommends fortunes >/dev/null)) \
 		|| echo "fortunes unavailable: the quantized-accuracy tests will be skipped"
+	@command -v chromium >/dev/null || (command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+		--no-install-recommends chromium >/dev/null)) \
+		|| echo "chromium unavailable: the playground's browser tests will be skipped"
 
 # Tests marked slow (timing and memory thresholds) run in `make test-slow`, not here.
 unit: $(BIN)/.installed-dev

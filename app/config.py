@@ -76,6 +76,8 @@ class Settings(BaseSettings):
     public_metrics: bool = Field(True, description="/metrics needs no API key")
     drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests get "
                                                           "to finish after SIGTERM")
+    playground: bool = Field(True, description="serve the browser playground at GET / "
+                                               "(the page is public; its API calls are not)")
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins allowed by CORS (none: CORS off)")
 

@@ -24,6 +24,7 @@ from app import app_version
 from app.api import errors
 from app.api.middleware import RequestContextMiddleware
 from app.api.router import build_router
+from app.api.routes import playground
 from app.api.state import Phase, ServedModel, ServerState
 from app.api.telemetry import ObservabilityMiddleware, attach, snapshots
 from app.checkpoint import load_model
@@ -135,6 +136,8 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
     app.state.metrics = metrics
     errors.install(app)
     app.include_router(build_router(settings))
+    if settings.playground:
+        playground.install(app)
     if settings.cors_origins:
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["*"])

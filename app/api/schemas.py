@@ -298,6 +298,8 @@ class TokenizeResponse(BaseModel):
 class DetokenizeRequest(Strict):
     model: str | None = None
     tokens: list[Annotated[int, Field(ge=0)]]
+    skip_special_tokens: bool = Field(True, description="false: keep special tokens such "
+                                                        "as the chat template's markers")
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"tokens": [42, 17]}]})
 

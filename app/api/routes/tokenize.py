@@ -63,7 +63,8 @@ async def tokenize(body: TokenizeRequest, state: StateDep) -> TokenizeResponse:
 async def detokenize(body: DetokenizeRequest, state: StateDep) -> DetokenizeResponse:
     model = pick_model(state, body.model, lm=None, purpose="detokenization")
     _check_ids(model, body.tokens)
-    return DetokenizeResponse(model=model.name, text=model.tokenizer.decode(body.tokens))
+    return DetokenizeResponse(model=model.name, text=model.tokenizer.decode(
+        body.tokens, skip_special_tokens=body.skip_special_tokens))
 
 
 def _check_ids(model: ServedModel, tokens: list[int]) -> None:

@@ -1,0 +1,595 @@
+// The playground page: each panel calls the server's public API, as any client would.
+// No framework, no build step, no inline code (the page's CSP forbids it).
+"use strict";
+
+(() => {
+  const $ = (id) => document.getElementById(id);
+  const KEY_STORAGE = "llm-playground-api-key";
+  /** Served models from /v1/info: {name, task, labels, max_model_len}. */
+  let served = [];
+
+  // ------------------------------------------------------------------ API calls
+
+  class ApiError extends Error {
+    constructor(status, message, param) {
+      super(message);
+      this.status = status;
+      this.param = param;
+    }
+  }
+
+  function headers() {
+    const h = { "Content-Type": "application/json" };
+    const key = sessionStorage.getItem(KEY_STORAGE);
+    if (key) h.Authorization = "Bearer " + key;
+    return h;
+  }
+
+  /** The server's error body ({"error": {"message", "type", "param", "code"}}) as an Error. */
+  async function errorFrom(resp) {
+    let message = `HTTP ${resp.status} ${resp.statusText}`;
+    let param = null;
+    try {
+      const body = await resp.json();
+      if (body && body.error) {
+        message = body.error.message;
+        param = body.error.param;
+      }
+    } catch (_) { /* not JSON: keep the status line */ }
+    return new ApiError(resp.status, message, param);
+  }
+
+  async function call(path, body, signal) {
+    const init = body === undefined
+      ? { headers: headers(), signal }
+      : { method: "POST", headers: headers(), body: JSON.stringify(body), signal };
+    const resp = await fetch(path, init);
+    if (!resp.ok) throw await errorFrom(resp);
+    return resp;
+  }
+
+  async function api(path, body, signal) {
+    return (await call(path, body, signal)).json();
+  }
+
+  /** POST with stream=true and call onEvent for each Server-Sent Event's JSON; an error
+   * event (sent once the stream has started) is thrown like an error response. */
+  async function stream(path, body, signal, onEvent) {
+    const resp = await call(path, { ...body, stream: true }, signal);
+    const reader = resp.body.getReader();
+    const decoder = new TextDecoder();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const event = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        for (const line of event.split("\n")) {
+          if (!line.startsWith("data:")) continue;
+          const data = line.slice(5).trim();
+          if (data === "[DONE]") return;
+          const parsed = JSON.parse(data);
+          if (parsed.error) {
+            throw new ApiError(parsed.error.code, parsed.error.message, parsed.error.param);
+          }
+          onEvent(parsed);
+        }
+      }
+    }
+  }
+
+  // ------------------------------------------------------------------ helpers
+
+  function showError(id, err) {
+    const box = $(id);
+    if (!err) {
+      box.hidden = true;
+      box.textContent = "";
+      return;
+    }
+    let text = err.message || String(err);
+    if (err instanceof ApiError) {
+      text = `${text} (HTTP ${err.status}${err.param ? `, field: ${err.param}` : ""})`;
+      if (err.status === 401) text += "\nEnter the server's API key at the top of the page.";
+    }
+    box.textContent = text;
+    box.hidden = false;
+  }
+
+  const aborted = (err) => err && err.name === "AbortError";
+
+  /** A token as a person can see it: spaces, newlines and tabs made visible. */
+  const visible = (s) => s.replace(/ /g, "\u2423").replace(/\n/g, "\u23ce").replace(/\t/g, "\u21e5");
+  const pct = (p) => (p >= 0.001 ? (100 * p).toFixed(1) : (100 * p).toPrecision(2)) + "%";
+
+  function numberField(id, parse = Number) {
+    const raw = $(id).value.trim();
+    return raw === "" ? undefined : parse(raw);
+  }
+
+  function selectedModel(id) {
+    return $(id).value || undefined;
+  }
+
+  /** Horizontal bars, largest first: items are {label, value, key}; `top` is the key to
+   * highlight; with onPick each bar is a button. Values go into data-value unrounded. */
+  function drawBars(container, items, top, onPick) {
+    container.replaceChildren();
+    const max = Math.max(...items.map((i) => i.value), 1e-12);
+    for (const item of items) {
+      const row = document.createElement("div");
+      row.setAttribute("role", "listitem");
+      const bar = document.createElement(onPick ? "button" : "div");
+      if (onPick) {
+        bar.type = "button";
+        bar.addEventListener("click", () => onPick(item));
+      }
+      bar.className = "bar" + (item.key === top ? " top" : "");
+      bar.dataset.value = String(item.value);
+      bar.dataset.label = item.label;
+      bar.setAttribute("aria-label", `${JSON.stringify(item.label)}: ${pct(item.value)}` +
+        (item.key === top ? " (most likely)" : ""));
+      const label = document.createElement("span");
+      label.className = "label";
+      label.textContent = visible(item.label);
+      const track = document.createElement("span");
+      track.className = "track";
+      const fill = document.createElement("span");
+      fill.className = "fill";
+      fill.style.setProperty("--w", String(item.value / max));
+      track.append(fill);
+      const value = document.createElement("span");
+      value.className = "value";
+      value.textContent = pct(item.value);
+      bar.append(label, track, value);
+      row.append(bar);
+      container.append(row);
+    }
+  }
+
+  // ------------------------------------------------------------------ tabs
+
+  const tabs = Array.from(document.querySelectorAll('[role="tab"]'));
+
+  function selectTab(tab) {
+    for (const t of tabs) {
+      const on = t === tab;
+      t.setAttribute("aria-selected", String(on));
+      t.tabIndex = on ? 0 : -1;
+      $(t.getAttribute("aria-controls")).hidden = !on;
+    }
+    if (tab.id === "tab-server") refreshServer();
+  }
+
+  tabs.forEach((tab, i) => {
+    tab.addEventListener("click", () => selectTab(tab));
+    tab.addEventListener("keydown", (e) => {
+      const to = { ArrowRight: i + 1, ArrowLeft: i - 1, Home: 0, End: tabs.length - 1 }[e.key];
+      if (to === undefined) return;
+      e.preventDefault();
+      const next = tabs[(to + tabs.length) % tabs.length];
+      next.focus();
+      selectTab(next);
+    });
+  });
+
+  // ------------------------------------------------------------------ API key and models
+
+  async function loadModels() {
+    try {
+      const [list, info] = await Promise.all([api("/v1/models"), api("/v1/info")]);
+      const tasks = new Map(info.models.map((m) => [m.name, m]));
+      served = list.data.map((m) => ({ name: m.id, ...(tasks.get(m.id) || {}) }));
+      fillSelects();
+      showError("global-error", null);
+    } catch (err) {
+      showError("global-error", err);
+    }
+  }
+
+  function fillSelects() {
+    const lms = served.filter((m) => m.task === "causal_lm");
+    for (const select of document.querySelectorAll("select.lm-models")) {
+      fill(select, lms, null);
+    }
+    const classifierFirst = served.find((m) => m.task !== "causal_lm");
+    fill($("cls-model"), served, classifierFirst ? classifierFirst.name : null);
+  }
+
+  function fill(select, models, preferred) {
+    const previous = select.value;
+    select.replaceChildren();
+    for (const m of models) {
+      const option = document.createElement("option");
+      option.value = m.name;
+      option.textContent = m.task === "causal_lm" || !m.task ? m.name
+        : `${m.name} (classifier${m.labels ? `: ${m.labels.length} labels` : ""})`;
+      select.append(option);
+    }
+    if (models.some((m) => m.name === previous)) select.value = previous;
+    else if (preferred) select.value = preferred;
+  }
+
+  $("api-key").value = sessionStorage.getItem(KEY_STORAGE) || "";
+  $("key-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    const key = $("api-key").value.trim();
+    if (key) sessionStorage.setItem(KEY_STORAGE, key);
+    else sessionStorage.removeItem(KEY_STORAGE);
+    loadModels();
+  });
+
+  // ------------------------------------------------------------------ Generate
+
+  let generating = null;
+  /** Token entries of the current output, for the alternatives shown on hover/focus. */
+  let generatedTokens = [];
+
+  function tokenSpan(entry) {
+    const span = document.createElement("span");
+    span.className = "tok";
+    span.tabIndex = 0;
+    span.textContent = entry.token;
+    const p = Math.exp(entry.logprob);
+    span.style.setProperty("--p", p.toFixed(4));
+    span.dataset.index = String(generatedTokens.length);
+    span.dataset.prob = String(p);
+    span.title = `${JSON.stringify(entry.token)}: ${pct(p)}`;
+    generatedTokens.push(entry);
+    return span;
+  }
+
+  /** One streamed event's text: a span per token, shaded, when its tokens spell the text
+   * (a stop string or a partial character can make them differ), else the text itself. */
+  function appendGenerated(out, event) {
+    const entries = event.logprobs || [];
+    if (entries.length && entries.map((e) => e.token).join("") === event.text) {
+      for (const entry of entries) out.append(tokenSpan(entry));
+    } else if (event.text) {
+      out.append(document.createTextNode(event.text));
+    }
+  }
+
+  function showTokenInfo(entry) {
+    const box = $("gen-token-info");
+    box.replaceChildren();
+    const title = document.createElement("p");
+    const chosen = document.createElement("code");
+    chosen.className = "t";
+    chosen.textContent = visible(entry.token);
+    title.append("Chosen ", chosen, ` with p = ${pct(Math.exp(entry.logprob))}`);
+    const table = document.createElement("table");
+    const caption = document.createElement("caption");
+    caption.textContent = "Most likely at this position";
+    table.append(caption);
+    for (const alt of entry.top_logprobs || []) {
+      const tr = document.createElement("tr");
+      if (alt.token_id === entry.token_id) tr.className = "chosen";
+      const token = document.createElement("td");
+      const code = document.createElement("code");
+      code.className = "t";
+      code.textContent = visible(alt.token);
+      token.append(code);
+      const prob = document.createElement("td");
+      prob.textContent = pct(Math.exp(alt.logprob));
+      tr.append(token, prob);
+      table.append(tr);
+    }
+    box.append(title, table);
+  }
+
+  for (const kind of ["mouseover", "focusin"]) {
+    $("gen-output").addEventListener(kind, (e) => {
+      const index = e.target.dataset && e.target.dataset.index;
+      if (index !== undefined) showTokenInfo(generatedTokens[Number(index)]);
+    });
+  }
+
+  function setGenerating(on) {
+    $("gen-run").disabled = on;
+    $("gen-stop-button").disabled = !on;
+  }
+
+  $("generate-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    showError("gen-error", null);
+    const withProbs = $("gen-logprobs").checked;
+    const body = {
+      model: selectedModel("gen-model"),
+      prompt: $("gen-prompt").value,
+      temperature: numberField("gen-temperature"),
+      top_k: numberField("gen-top-k", parseInt),
+      top_p: numberField("gen-top-p"),
+      max_tokens: numberField("gen-max-tokens", parseInt),
+      seed: numberField("gen-seed", parseInt),
+      ignore_eos: $("gen-ignore-eos").checked,
+      logprobs: withProbs,
+      top_logprobs: withProbs ? 5 : 0,
+    };
+    const stop = $("gen-stop").value;
+    if (stop.trim()) body.stop = stop.split("|").map((s) => s.replace(/\\n/g, "\n")).filter((s) => s);
+    const out = $("gen-output");
+    const prompt = document.createElement("span");
+    prompt.className = "prompt";
+    prompt.textContent = body.prompt;
+    out.replaceChildren(prompt);
+    generatedTokens = [];
+    generating = new AbortController();
+    setGenerating(true);
+    $("gen-status").textContent = "generating\u2026";
+    const started = performance.now();
+    let tokens = 0;
+    let finish = null;
+    let usage = null;
+    try {
+      await stream("/v1/generate", body, generating.signal, (event) => {
+        if (event.usage) {
+          usage = event.usage;
+          return;
+        }
+        appendGenerated(out, event);
+        tokens += event.logprobs ? event.logprobs.length : (event.text ? 1 : 0);
+        if (event.finish_reason) finish = event.finish_reason;
+      });
+      const count = usage ? usage.completion_tokens : tokens;
+      const seconds = (performance.now() - started) / 1000;
+      $("gen-status").textContent =
+        `${count} tokens in ${seconds.toFixed(2)} s (${(count / seconds).toFixed(1)} tokens/s); finish: ${finish}`;
+    } catch (err) {
+      if (aborted(err)) {
+        $("gen-status").textContent = `stopped after ${tokens} tokens`;
+      } else {
+        $("gen-status").textContent = "";
+        showError("gen-error", err);
+      }
+    } finally {
+      generating = null;
+      setGenerating(false);
+    }
+  });
+
+  $("gen-stop-button").addEventListener("click", () => generating && generating.abort());
+
+  // ------------------------------------------------------------------ Chat
+
+  /** The conversation so far: {role, content}. */
+  let conversation = [];
+  let chatting = null;
+
+  function addMessage(role, content) {
+    const li = document.createElement("li");
+    li.className = role;
+    const who = document.createElement("span");
+    who.className = "role";
+    who.textContent = role;
+    const text = document.createElement("span");
+    text.className = "content";
+    text.textContent = content;
+    li.append(who, text);
+    $("chat-messages").append(li);
+    return text;
+  }
+
+  function chatMessages() {
+    const system = $("chat-system").value.trim();
+    return system ? [{ role: "system", content: system }, ...conversation] : [...conversation];
+  }
+
+  /** The prompt after the model's chat template, as the server renders it. */
+  async function showRendered(model, messages) {
+    try {
+      const { tokens } = await api("/v1/tokenize", { model, messages });
+      const { text } = await api("/v1/detokenize", { model, tokens, skip_special_tokens: false });
+      $("chat-rendered").textContent = text;
+    } catch (err) {
+      $("chat-rendered").textContent = `(could not render: ${err.message})`;
+    }
+  }
+
+  function setChatting(on) {
+    $("chat-send").disabled = on;
+    $("chat-stop").disabled = !on;
+  }
+
+  $("chat-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const content = $("chat-input").value;
+    if (!content.trim()) return;
+    showError("chat-error", null);
+    const model = selectedModel("chat-model");
+    conversation.push({ role: "user", content });
+    addMessage("user", content);
+    $("chat-input").value = "";
+    const messages = chatMessages();
+    showRendered(model, messages);
+    const reply = addMessage("assistant", "");
+    let text = "";
+    chatting = new AbortController();
+    setChatting(true);
+    $("chat-status").textContent = "replying\u2026";
+    try {
+      await stream("/v1/chat/completions", {
+        model, messages, temperature: numberField("chat-temperature"),
+        max_tokens: numberField("chat-max-tokens", parseInt),
+      }, chatting.signal, (event) => {
+        for (const choice of event.choices || []) {
+          if (choice.delta && choice.delta.content) {
+            text += choice.delta.content;
+            reply.textContent = text;
+          }
+          if (choice.finish_reason) $("chat-status").textContent = `finish: ${choice.finish_reason}`;
+        }
+      });
+      conversation.push({ role: "assistant", content: text });
+    } catch (err) {
+      if (aborted(err)) {
+        $("chat-status").textContent = "stopped";
+        if (text) conversation.push({ role: "assistant", content: text });
+      } else {
+        // Nothing is lost: the message goes back into the box for another try.
+        conversation.pop();
+        $("chat-messages").lastChild.remove();
+        $("chat-messages").lastChild.remove();
+        $("chat-input").value = content;
+        $("chat-status").textContent = "";
+        showError("chat-error", err);
+      }
+    } finally {
+      chatting = null;
+      setChatting(false);
+    }
+  });
+
+  $("chat-stop").addEventListener("click", () => chatting && chatting.abort());
+  $("chat-clear").addEventListener("click", () => {
+    conversation = [];
+    $("chat-messages").replaceChildren();
+    $("chat-rendered").textContent = "";
+    $("chat-status").textContent = "";
+    showError("chat-error", null);
+  });
+
+  // ------------------------------------------------------------------ Next token
+
+  let predictRun = 0;
+
+  async function predictNext() {
+    const run = ++predictRun;
+    showError("next-error", null);
+    $("next-status").textContent = "predicting\u2026";
+    try {
+      const result = await api("/v1/predict", {
+        model: selectedModel("next-model"),
+        text: $("next-prompt").value,
+        top_k: numberField("next-top-k", parseInt),
+        temperature: Number($("next-temperature").value),
+      });
+      if (run !== predictRun) return; // a newer request (slider moved) owns the chart
+      drawBars($("next-chart"), result.predictions.map((p) => ({
+        label: p.token, value: p.prob, key: p.token_id,
+      })), result.argmax.token_id, (item) => {
+        $("next-prompt").value += item.label;
+        predictNext();
+      });
+      $("next-status").textContent =
+        `${result.usage.prompt_tokens} prompt tokens; argmax ${JSON.stringify(result.argmax.token)} ` +
+        `with p = ${pct(result.argmax.prob)}`;
+    } catch (err) {
+      if (run !== predictRun) return;
+      $("next-status").textContent = "";
+      showError("next-error", err);
+    }
+  }
+
+  $("next-form").addEventListener("submit", (e) => {
+    e.preventDefault();
+    predictNext();
+  });
+
+  let sliderTimer = null;
+  $("next-temperature").addEventListener("input", () => {
+    $("next-temperature-value").textContent = Number($("next-temperature").value).toFixed(2);
+    clearTimeout(sliderTimer);
+    sliderTimer = setTimeout(() => {
+      if ($("next-chart").childElementCount) predictNext();
+    }, 120);
+  });
+
+  // ------------------------------------------------------------------ Classify
+
+  $("classify-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    showError("cls-error", null);
+    const body = { model: selectedModel("cls-model"), text: $("cls-text").value };
+    const labels = $("cls-labels").value.split(",").map((s) => s.trim()).filter((s) => s);
+    if (labels.length) {
+      body.candidate_labels = labels;
+      body.multi_label = $("cls-multi").checked;
+    }
+    $("cls-status").textContent = "classifying\u2026";
+    try {
+      const result = await api("/v1/classify", body);
+      drawBars($("cls-chart"), result.scores.map((s) => ({ label: s.label, value: s.score, key: s.label })),
+        result.label, null);
+      $("cls-status").textContent = `${result.model}: ${result.label} (${pct(result.score)})`;
+    } catch (err) {
+      $("cls-status").textContent = "";
+      $("cls-chart").replaceChildren();
+      showError("cls-error", err);
+    }
+  });
+
+  // ------------------------------------------------------------------ Server
+
+  /** The last reading of the token counters, to turn them into rates. */
+  let lastCounters = null;
+
+  /** Per-model totals of the two token counters in a Prometheus text exposition. */
+  function tokenCounters(text) {
+    const totals = { generation: new Map(), prompt: new Map() };
+    for (const line of text.split("\n")) {
+      const match = /^llm_(generation|prompt)_tokens_total\{([^}]*)\}\s+(\S+)/.exec(line);
+      if (!match) continue;
+      const model = /model="([^"]*)"/.exec(match[2]);
+      if (model) totals[match[1]].set(model[1], Number(match[3]));
+    }
+    return totals;
+  }
+
+  function rate(now, kind, model) {
+    if (!lastCounters || !now) return "\u2013";
+    const seconds = (now.time - lastCounters.time) / 1000;
+    const delta = (now[kind].get(model) || 0) - (lastCounters[kind].get(model) || 0);
+    return seconds > 0 ? (delta / seconds).toFixed(1) : "\u2013";
+  }
+
+  function cell(text, numeric) {
+    const td = document.createElement("td");
+    td.textContent = text;
+    if (numeric) td.className = "num";
+    return td;
+  }
+
+  async function refreshServer() {
+    try {
+      const info = await api("/v1/info");
+      let counters = null;
+      try {
+        counters = { time: performance.now(), ...tokenCounters(await (await call("/metrics")).text()) };
+      } catch (_) { /* /metrics may be off-limits to this key: rates then stay blank */ }
+      const rows = info.models.map((m) => {
+        const tr = document.createElement("tr");
+        tr.dataset.model = m.name;
+        const th = document.createElement("th");
+        th.scope = "row";
+        th.textContent = m.name;
+        const kv = m.kv_cache_blocks ? `${m.kv_blocks_used} / ${m.kv_cache_blocks} blocks ` +
+          `(${pct(m.kv_blocks_used / m.kv_cache_blocks)})` : "\u2013";
+        const running = cell(String(m.running_requests), true);
+        running.className += " running";
+        tr.append(th, cell(m.task === "causal_lm" ? "language model" : "classifier"),
+          cell(rate(counters, "generation", m.name), true), cell(rate(counters, "prompt", m.name), true),
+          running, cell(String(m.waiting_requests), true), cell(kv),
+          cell(`${m.dtype} on ${m.device}` + (m.quantization === "none" ? "" : `, ${m.quantization}`)));
+        return tr;
+      });
+      $("srv-rows").replaceChildren(...rows);
+      if (counters) lastCounters = counters;
+      $("srv-version").textContent = `version ${info.version}, ${info.phase}`;
+      $("srv-status").textContent = `updated ${new Date().toLocaleTimeString()}`;
+      showError("srv-error", null);
+    } catch (err) {
+      showError("srv-error", err);
+    }
+  }
+
+  $("srv-refresh").addEventListener("click", refreshServer);
+  setInterval(() => {
+    if ($("srv-auto").checked && !$("panel-server").hidden && !document.hidden) refreshServer();
+  }, 3000);
+
+  loadModels();
+})();

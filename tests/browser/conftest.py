@@ -1,0 +1,68 @@
+"""A real browser (Debian's Chromium, driven by Playwright) against a real server.
+
+Playwright's own browser download cannot reach its host here, so the tests launch the
+system's Chromium (`make tools` installs Debian's `chromium` package when missing);
+LLM_TEST_CHROMIUM names another binary. Screenshots go to a temporary folder whose path
+the session prints at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.live import ROOT, LiveServer
+
+playwright_sync = pytest.importorskip("playwright.sync_api",
+                                      reason="playwright is not installed (make install-dev)")
+
+MODELS = ("--model", f"default-lm={ROOT / 'models' / 'default-lm'}",
+          "--model", f"fortune-classifier={ROOT / 'models' / 'fortune-classifier'}")
+API_KEY = "playground-test-key"
+
+
+def chromium_path() -> str | None:
+    named = os.environ.get("LLM_TEST_CHROMIUM")
+    if named:
+        return named
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    path = chromium_path()
+    if path is None:
+        pytest.skip("no Chromium on this machine: `make tools` installs Debian's chromium "
+                    "package (needs root and apt), or set LLM_TEST_CHROMIUM")
+    with playwright_sync.sync_playwright() as p:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
+        launched = p.chromium.launch(executable_path=path, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+@pytest.fixture(scope="session")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    folder = tmp_path_factory.mktemp("playground-screenshots")
+    yield folder
+    print(f"\nplayground screenshots: {folder}")
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[LiveServer]:
+    with LiveServer(*MODELS) as live:
+        yield live
+
+
+@pytest.fixture(scope="module")
+def keyed_server() -> Iterator[LiveServer]:
+    with LiveServer(*MODELS, "--api-key", API_KEY) as live:
+        yield live
