@@ -45,9 +45,10 @@ async def generate(body: GenerateRequest, request: Request, state: StateDep) -> 
     settings = state.settings
     texts = as_list(body.prompt)
     check_inputs(settings, texts, "prompt")
-    params = sampling_params(body, settings, logprobs=body.logprobs,
-                             top_logprobs=body.top_logprobs, logprobs_mode=body.logprobs_mode)
     prompts = [await encode(model, settings, t, "prompt") for t in texts]
+    params = sampling_params(body, settings, logprobs=body.logprobs,
+                             top_logprobs=body.top_logprobs, logprobs_mode=body.logprobs_mode,
+                             model=model, prompts=prompts)
     constraint = await request_constraint(model, settings, body)
     # vLLM's prompt_logprobs: the prompts scored first (prefix-cached for the generation).
     prompt_lps = ([prompt_logprobs_out(model, out, body.prompt_logprobs) for out in

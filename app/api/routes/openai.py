@@ -1,11 +1,13 @@
 """OpenAI-compatible endpoints: /v1/completions, /v1/chat/completions, /v1/models.
 
 Extra sampling fields that vLLM also accepts (top_k, min_p, repetition_penalty,
-min_tokens, ignore_eos, stop_token_ids, cache_salt) work here too; unknown fields are
-ignored. Completions take token-id prompts, `echo` (with the prompt's logprobs when
-`logprobs` is set: what lm-evaluation-harness's loglikelihood tasks send) and vLLM's
-`prompt_logprobs`. As in OpenAI's API: chat without max_tokens may generate until the context is
-full (bounded by the server's max_tokens_limit); usage carries
+min_tokens, ignore_eos, stop_token_ids, cache_salt) work here too. An unknown field gets
+400 naming it; OpenAI fields for features this server lacks (tools, ...) get 400 saying
+so, and harmless ones (user, metadata, ...) are ignored: app/api/openai_fields.py.
+Completions take token-id prompts, `echo` (with the prompt's logprobs when `logprobs` is
+set: what lm-evaluation-harness's loglikelihood tasks send) and vLLM's `prompt_logprobs`.
+As in OpenAI's API: chat without max_tokens may generate until the context is full
+(bounded by the server's max_tokens_limit); usage carries
 prompt_tokens_details.cached_tokens; every response and chunk carries system_fingerprint.
 """
 
@@ -21,6 +23,7 @@ from fastapi.responses import StreamingResponse
 
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
+from app.api.openai_fields import refuse_unsupported
 from app.api.schemas import (
     ChatChoice,
     ChatChoiceLogprobs,
@@ -121,6 +124,7 @@ def _echoed(model: ServedModel, ids: list[int], text: str, scored: RequestOutput
 @router.post("/v1/completions", response_model=CompletionResponse, responses=STREAMABLE,
              summary="OpenAI-compatible text completion (stream=true for SSE chunks)")
 async def completions(body: CompletionRequest, request: Request, state: StateDep) -> Any:
+    refuse_unsupported(body)
     model = pick_model(state, body.model, lm=True, purpose="completions")
     if body.best_of is not None and body.best_of != body.n:
         raise BadRequest("best_of must equal n (ranking completions is not supported)",
@@ -134,7 +138,8 @@ async def completions(body: CompletionRequest, request: Request, state: StateDep
     top = body.logprobs or 0
     generate = body.max_tokens != 0
     params = sampling_params(body, settings, logprobs=body.logprobs is not None,
-                             top_logprobs=top, max_tokens=body.max_tokens or None)
+                             top_logprobs=top, max_tokens=body.max_tokens or None,
+                             model=model, prompts=prompts if generate else ())
     # Prompt logprobs (echo with logprobs, or vLLM's prompt_logprobs) come from scoring the
     # prompts first, through the batched, prefix-cached SCORE path; the completions then
     # reuse the prompts' cached blocks.
@@ -242,6 +247,7 @@ def _message_text(content: str | list[dict[str, Any]] | None) -> str:
              summary="OpenAI-compatible chat completion, using the model's chat template")
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: StateDep
                            ) -> Any:
+    refuse_unsupported(body)
     model = pick_model(state, body.model, lm=True, purpose="chat completions")
     settings = state.settings
     messages = [{"role": m.role, "content": _message_text(m.content),
@@ -253,7 +259,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
     until_full = max(1, min(model.max_model_len - len(prompt), settings.max_tokens_limit))
     params = sampling_params(body, settings, max_tokens=body.max_completion_tokens,
                              logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
-                             default_max_tokens=until_full)
+                             default_max_tokens=until_full, model=model, prompts=[prompt],
+                             max_tokens_param="max_completion_tokens"
+                             if body.max_completion_tokens else "max_tokens")
     request_id = request.state.request_id
     streams = submit_all(request, model, [prompt], params, RequestKind.GENERATE,
                          salt=body.cache_salt, constraint=constraint)
