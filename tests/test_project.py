@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,3 +33,50 @@ def test_every_setting_is_in_the_readme_table() -> None:
     for name in Settings.model_fields:
         flag, env = f"`--{name.replace('_', '-')}`", f"`LLM_{name.upper()}`"
         assert f"| {flag} | {env} |" in readme, name
+
+
+def _make_serve(*args: str, env: dict[str, str] | None = None) -> str:
+    """The command `make serve` runs (dry run, the install step taken as done)."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    run = subprocess.run([make, "-n", "-o", ".venv/bin/.installed", "serve", *args],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, **(env or {})})
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip().splitlines()[-1]
+
+
+def test_make_serve_passes_no_flag_that_would_shadow_llm_variables() -> None:
+    # PORT in the environment is not make's business: only the command line counts.
+    assert _make_serve(env={"LLM_PORT": "9000", "PORT": "1234", "HOST": "0.0.0.0"}) == (
+        ".venv/bin/python -m app serve")
+    assert _make_serve("PORT=9000", "HOST=0.0.0.0", "MODEL=lm=models/default-lm") == (
+        "LLM_HOST='0.0.0.0' LLM_PORT='9000' LLM_MODEL='lm=models/default-lm' "
+        ".venv/bin/python -m app serve")
+
+
+def test_serve_settings_default_to_loopback_and_read_llm_variables(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic_settings import CliApp
+
+    from app.config import Settings
+
+    for name in [n for n in os.environ if n.startswith("LLM_")]:
+        monkeypatch.delenv(name)
+    plain = CliApp.run(Settings, cli_args=[])
+    assert (plain.host, plain.port) == ("127.0.0.1", 8000)
+    assert plain.model == ["default-lm=models/default-lm",
+                           "fortune-classifier=models/fortune-classifier"]
+    monkeypatch.setenv("LLM_PORT", "9000")
+    monkeypatch.setenv("LLM_MODEL", "lm=models/default-lm")
+    from_env = CliApp.run(Settings, cli_args=[])
+    assert (from_env.host, from_env.port, from_env.model) == (
+        "127.0.0.1", 9000, ["lm=models/default-lm"])
+    # A flag still wins over the variable, which is why the Makefile passes none.
+    assert CliApp.run(Settings, cli_args=["--port", "9001"]).port == 9001
+
+
+def test_container_and_k8s_bind_all_interfaces() -> None:
+    assert "LLM_HOST=0.0.0.0" in (ROOT / "Dockerfile").read_text()
+    assert 'LLM_HOST: "0.0.0.0"' in (ROOT / "k8s" / "base" / "configmap.yaml").read_text()
