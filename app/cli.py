@@ -251,9 +251,16 @@ def run_serve(argv: list[str]) -> int:
     except SettingsError as exc:
         _err(f"error: {exc} (see python -m app serve --help)")
         return 2
-    from app.serve import serve
+    from app.listen import CannotListen, bind
 
-    return serve(settings)
+    try:
+        sock = bind(settings.host, settings.port)
+    except CannotListen as exc:
+        _err(f"error: {exc}")
+        return 2
+    from app.serve import serve  # imports torch: only once the port is known to be free
+
+    return serve(settings, sock)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
