@@ -120,7 +120,7 @@ install-peers: $(BIN)/.installed-dev
 		$(BIN)/pip install --quiet -r requirements-peers.txt
 
 # Ours against transformers (eager, compiled) and llama.cpp (if installed) in one run, on
-# this machine (30-40 minutes on 2 cores); JSON in docs/, tables in docs/PERFORMANCE.md.
+# this machine (about 80 minutes on 2 cores); JSON in docs/, tables in docs/PERFORMANCE.md.
 bench-peers: $(BIN)/.installed-dev
 	$(BIN)/python -m bench.peers
 

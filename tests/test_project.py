@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import ast
 import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +82,37 @@ def test_serve_settings_default_to_loopback_and_read_llm_variables(
 def test_container_and_k8s_bind_all_interfaces() -> None:
     assert "LLM_HOST=0.0.0.0" in (ROOT / "Dockerfile").read_text()
     assert 'LLM_HOST: "0.0.0.0"' in (ROOT / "k8s" / "base" / "configmap.yaml").read_text()
+
+
+def _third_party_imports(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return {n for n in names if n not in sys.stdlib_module_names and n not in ("app", "bench")}
+
+
+def _requirement_names(path: Path) -> set[str]:
+    names = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            names.add(re.split(r"[=<>\[;~! ]", line)[0].lower().replace("_", "-"))
+    return names
+
+
+def test_documented_load_generator_needs_only_the_runtime_install() -> None:
+    """`python -m bench.load` is documented to run after `make serve`, which installs
+    requirements.txt only: every package it imports must be there."""
+    from importlib.metadata import packages_distributions
+
+    runtime = _requirement_names(ROOT / "requirements.txt")
+    dists = packages_distributions()
+    needed = _third_party_imports(ROOT / "bench" / "load.py")
+    assert "httpx" in needed
+    for module in needed:
+        names = {d.lower().replace("_", "-") for d in dists.get(module, [module])}
+        assert names & runtime, f"bench/load.py imports {module}, not in requirements.txt"
