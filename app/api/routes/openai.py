@@ -21,9 +21,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from app.api import examples
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
 from app.api.openai_fields import refuse_unsupported
+from app.api.responses import INFERENCE, documented
 from app.api.schemas import (
     ChatChoice,
     ChatChoiceLogprobs,
@@ -60,13 +62,11 @@ from app.engine.request import RequestKind
 from app.sampling_params import TokenLogprob
 
 router = APIRouter(tags=["openai"])
-STREAMABLE: dict[int | str, dict[str, Any]] = {200: {
-    "content": {"text/event-stream": {}},
-    "description": "JSON, or SSE chunks ending with `data: [DONE]` when `stream` is true"}}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-@router.get("/v1/models", response_model=OpenAIModelList, summary="List served models")
+@router.get("/v1/models", response_model=OpenAIModelList, summary="List served models",
+            responses=documented(examples.MODELS))
 async def models(state: StateDep) -> OpenAIModelList:
     return OpenAIModelList(data=[
         OpenAIModel(id=m.name, created=m.created, max_model_len=m.max_model_len)
@@ -121,7 +121,9 @@ def _echoed(model: ServedModel, ids: list[int], text: str, scored: RequestOutput
     return EchoedPrompt(text, tokens, values, tops, prompt_lps)
 
 
-@router.post("/v1/completions", response_model=CompletionResponse, responses=STREAMABLE,
+@router.post("/v1/completions", response_model=CompletionResponse,
+             responses=documented(examples.COMPLETION, *INFERENCE,
+                                  stream=examples.COMPLETION_STREAM),
              summary="OpenAI-compatible text completion (stream=true for SSE chunks)")
 async def completions(body: CompletionRequest, request: Request, state: StateDep) -> Any:
     refuse_unsupported(body)
@@ -243,7 +245,7 @@ def _message_text(content: str | list[dict[str, Any]] | None) -> str:
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse,
-             responses=STREAMABLE,
+             responses=documented(examples.CHAT, *INFERENCE, stream=examples.CHAT_STREAM),
              summary="OpenAI-compatible chat completion, using the model's chat template")
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: StateDep
                            ) -> Any:
