@@ -6,8 +6,8 @@ BIN    := $(VENV)/bin
 # pull an unpinned multi-GB CUDA build. Keep in step with requirements.txt (a test checks).
 TORCH  := torch==2.13.0
 
-HOST  ?= 0.0.0.0
-PORT  ?= 8000
+# `LLM_NAME='value' ` when make's variable NAME was given on the command line, else nothing.
+from_command_line = $(if $(filter command line,$(origin $(1))),LLM_$(1)='$($(1))' )
 
 .PHONY: install install-dev serve test lint typecheck unit tools lint-deploy soak fuzz bench clean \
 	test-slow install-peers bench-peers bench-quant
@@ -27,10 +27,14 @@ $(BIN)/.installed-dev: $(BIN)/.installed requirements-dev.txt
 install: $(BIN)/.installed
 install-dev: $(BIN)/.installed-dev
 
-# The shipped language model and classifier on http://localhost:$(PORT).
+# The shipped language model and classifier on http://127.0.0.1:8000: the settings' own
+# defaults, which every LLM_* variable overrides (LLM_PORT=9000 make serve). No flag is
+# passed here, since a flag would shadow the variable. HOST, PORT and MODEL given on make's
+# command line (make serve PORT=9000 HOST=0.0.0.0) become LLM_HOST, LLM_PORT, LLM_MODEL; the
+# same names in the environment are ignored (PORT is often set there for something else).
 serve: $(BIN)/.installed
-	$(BIN)/python -m app serve --host $(HOST) --port $(PORT) \
-		--model default-lm=models/default-lm --model fortune-classifier=models/fortune-classifier
+	$(call from_command_line,HOST)$(call from_command_line,PORT)$(call \
+		from_command_line,MODEL)$(BIN)/python -m app serve
 
 lint: $(BIN)/.installed-dev
 	$(BIN)/ruff check app tests bench
@@ -122,7 +126,7 @@ install-peers: $(BIN)/.installed-dev
 		$(BIN)/pip install --quiet -r requirements-peers.txt
 
 # Ours against transformers (eager, compiled) and llama.cpp (if installed) in one run, on
-# this machine (30-40 minutes on 2 cores); JSON in docs/, tables in docs/PERFORMANCE.md.
+# this machine (about 80 minutes on 2 cores); JSON in docs/, tables in docs/PERFORMANCE.md.
 bench-peers: $(BIN)/.installed-dev
 	$(BIN)/python -m bench.peers
 

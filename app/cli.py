@@ -1,6 +1,8 @@
-"""Command line: `python -m app serve|generate|train|eval|quantize|data ...`.
+"""Command line: `python -m app serve|train|eval|quantize|data ...`.
 
-Training code is imported only by the commands that need it, so the server never loads it.
+`python -m app serve --help` lists the server's flags; each is also an LLM_* environment
+variable (--max-num-seqs 8 is LLM_MAX_NUM_SEQS=8). Training code is imported only by the
+commands that need it, so the server never loads it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from pydantic import ValidationError
+
     from app.train.loop import TrainConfig
 
 log = logging.getLogger("app.cli")
@@ -64,10 +68,15 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m app", description=__doc__)
-    parser.add_argument("--log-level", default="INFO")
+    parser = argparse.ArgumentParser(
+        prog="python -m app", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--log-level", default="INFO",
+                        help="DEBUG | INFO | WARNING | ERROR (train, eval, quantize, data; "
+                             "serve takes its own --log-level)")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("serve", help="run the HTTP server (see `python -m app serve --help`)")
+    sub.add_parser("serve", help="run the HTTP server (flags, each also an LLM_* "
+                                 "variable: `python -m app serve --help`)")
 
     train = sub.add_parser("train", help="train a language model or a classifier")
     tsub = train.add_subparsers(dest="what", required=True)
@@ -209,19 +218,49 @@ def run_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _settings_errors(exc: ValidationError) -> str:
+    """One line per invalid setting, named as both its flag and its variable."""
+    lines = []
+    for e in exc.errors():
+        name = ".".join(str(p) for p in e.get("loc", ()))
+        where = (f"--{name.replace('_', '-')} / LLM_{name.upper()}: " if name else "")
+        got = f" (got {e['input']!r})" if name and "input" in e else ""
+        lines.append(f"  {where}{e.get('msg')}{got}")
+    return "\n".join(lines)
+
+
 def run_serve(argv: list[str]) -> int:
     from pydantic import ValidationError
     from pydantic_settings import CliApp, SettingsError
 
     from app.config import Settings
-    from app.serve import serve
+
+    if "-h" in argv or "--help" in argv:
+        from app.serve_help import serve_help
+
+        _out(serve_help().rstrip("\n"))
+        return 0
+    try:
+        # No exit on a parse error: pydantic-settings would print its usage block, with
+        # Python types in it; we say what is wrong and where the help is.
+        settings = CliApp.run(Settings, cli_args=argv, cli_exit_on_error=False)
+    except ValidationError as exc:
+        _err(f"error: invalid settings:\n{_settings_errors(exc)}\n"
+             "(see python -m app serve --help)")
+        return 2
+    except SettingsError as exc:
+        _err(f"error: {exc} (see python -m app serve --help)")
+        return 2
+    from app.listen import CannotListen, bind
 
     try:
-        settings = CliApp.run(Settings, cli_args=argv)
-    except (ValidationError, SettingsError) as exc:
-        _err(f"error: invalid settings: {exc}")
+        sock = bind(settings.host, settings.port)
+    except CannotListen as exc:
+        _err(f"error: {exc}")
         return 2
-    return serve(settings)
+    from app.serve import serve  # imports torch: only once the port is known to be free
+
+    return serve(settings, sock)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -119,8 +119,9 @@ class Settings(BaseSettings):
     # --- observability
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="debug | info | warning | error")
-    log_format: Literal["json", "text"] = Field(
-        "json", description="json: one JSON object per line; text: for humans")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="json: one JSON object per line; text: for humans; auto: text "
+                            "when stderr is a terminal, else json")
     log_prompts: bool = Field(False, description="include prompt text in request logs")
     metrics_compat: Literal["none", "vllm"] = Field(
         "none", description="also expose metrics under vLLM's names")

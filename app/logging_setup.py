@@ -1,19 +1,31 @@
-"""Logging: JSON lines (default) or plain text, with the request id of the current request.
-Configured once by the serve command; no module configures logging at import."""
+"""Logging: JSON lines or plain text, with the request id of the current request.
+`auto` (the default) is text when stderr is a terminal (a person reads it) and JSON
+otherwise (a container, a file, a log shipper). Configured once by the serve command; no
+module configures logging at import."""
 
 from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TextIO
 
 # The current HTTP request's id (set by the request middleware), added to every record.
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and is data.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
+# uvicorn passes its message again with ANSI colour codes, for its own coloured formatter;
+# in ours it is noise (raw escape codes in JSON and in files), never data.
+_DROPPED = {"color_message"}
+
+
+def _extras(record: logging.LogRecord) -> dict[str, Any]:
+    """What was passed with `extra=`: the record's data beyond the standard fields."""
+    return {k: v for k, v in vars(record).items()
+            if k not in _STANDARD and k not in _DROPPED and not k.startswith("_")}
 
 
 class JsonFormatter(logging.Formatter):
@@ -28,9 +40,7 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id is not None:
             entry["request_id"] = request_id
-        for key, value in vars(record).items():
-            if key not in _STANDARD and not key.startswith("_"):
-                entry[key] = value
+        entry.update(_extras(record))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry, default=str, ensure_ascii=False)
@@ -42,8 +52,7 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         base = super().format(record)
-        extras = {k: v for k, v in vars(record).items()
-                  if k not in _STANDARD and not k.startswith("_")}
+        extras = _extras(record)
         request_id = request_id_var.get()
         if request_id is not None:
             extras.setdefault("request_id", request_id)
@@ -52,9 +61,19 @@ class TextFormatter(logging.Formatter):
         return base
 
 
-def configure(level: str = "info", fmt: str = "json") -> None:
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+def resolve_format(fmt: str, stream: TextIO | None = None) -> str:
+    """`auto` -> text on a terminal, json otherwise; json and text as given."""
+    if fmt != "auto":
+        return fmt
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return "text" if isatty is not None and isatty() else "json"
+
+
+def configure(level: str = "info", fmt: str = "auto") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if resolve_format(fmt, sys.stderr) == "json"
+                         else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

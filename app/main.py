@@ -21,7 +21,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from prometheus_client import disable_created_metrics
 
 from app import app_version
-from app.api import errors
+from app.api import docs, errors
 from app.api.middleware import RequestContextMiddleware
 from app.api.router import build_router
 from app.api.routes import playground
@@ -131,10 +131,12 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
 
     disable_created_metrics()  # no *_created series: they only add noise to dashboards
     metrics = Metrics(compat=settings.metrics_compat, version=app_version())
+    # /docs and /redoc come from app.api.docs, with assets served here (no CDN).
     app = FastAPI(title="LLM inference service", version=app_version(),
-                  description=DESCRIPTION, lifespan=lifespan)
+                  description=DESCRIPTION, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.metrics = metrics
     errors.install(app)
+    docs.install(app)
     app.include_router(build_router(settings))
     if settings.playground:
         playground.install(app)

@@ -2,7 +2,8 @@
 
 First SIGTERM/SIGINT: readiness turns 503 at once and new requests get 503, in-flight
 requests run to completion (up to --drain-timeout), then the server exits 0. A second
-signal exits at once. A model that fails to load or an engine that dies exits 1.
+signal exits at once. A model that fails to load or an engine that dies exits 1; an
+address that cannot be bound exits 2 at once, before torch and the models load.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 from types import FrameType
 
 import torch
@@ -70,8 +72,15 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(settings: Settings) -> int:
+def serve(settings: Settings, sock: socket.socket | None = None) -> int:
+    """Run until stopped; `sock` is the listening socket bound beforehand (app.listen),
+    else uvicorn binds settings.host:settings.port itself."""
     configure(settings.log_level, settings.log_format)
+    if sock is not None:
+        # uvicorn logs its "running on" line only for sockets it binds itself.
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if ":" in host else host
+        log.info("listening on http://%s:%d (Ctrl+C to stop)", shown, port)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     holder: dict[str, DrainingServer] = {}
@@ -80,5 +89,5 @@ def serve(settings: Settings) -> int:
                             timeout_graceful_shutdown=5, access_log=False)
     server = DrainingServer(config, settings)
     holder["server"] = server
-    server.run()
+    server.run(sockets=None if sock is None else [sock])
     return server.exit_code

@@ -1,16 +1,17 @@
 """Peer benchmark: our engine against `transformers` (eager and torch.compile'd) and
 llama.cpp, in one run, on the same weights and dtype, on the machine at hand.
 
-    python -m bench.peers                 # everything (about 30-40 minutes on 2 cores)
+    python -m bench.peers                 # everything (about 80 minutes on 2 cores)
     python -m bench.peers --quick         # fewer tokens and repeats (a smoke run)
     python -m bench.peers --skip hf-compile,http
     python -m bench.peers --models llama-134m --quantized   # + int8/int4 and llama.cpp q8_0/q4_0
 
-Models: a random Llama-style 134M (12 x 768, 32k vocabulary, the config of
-../shared/peers) and a random GPT-2 124M, both written as Hugging Face checkpoints, and
-the shipped default-lm. llama.cpp (optional: `make install-peers` builds
-llama-cpp-python from source) runs the Llama weights from a GGUF written here with the
-`gguf` package; without it, its rows are skipped with the reason printed.
+Models: a random Llama-style 134M (12 layers x 768, 32k vocabulary: the shape of the
+peer baselines the project started from) and a random GPT-2 124M, both written as
+Hugging Face checkpoints, and the shipped default-lm. llama.cpp (optional: `make
+install-peers` builds llama-cpp-python from source) runs the Llama weights from a GGUF
+written here with the `gguf` package; without it, its rows are skipped with the reason
+printed.
 
 Dtype: bf16 on CPUs with native bf16 (AVX512-BF16 or AMX), fp32 otherwise, for every
 engine alike (`--dtype` overrides). Scenarios, every request ignoring EOS:

@@ -7,6 +7,7 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPBearer
 
 from app.api.errors import BadRequest, NotFound, NotReady, Unauthorized
 from app.api.state import Phase, ServedModel, ServerState
@@ -18,6 +19,14 @@ def get_state(request: Request) -> ServerState:
 
 
 StateDep = Annotated[ServerState, Depends(get_state)]
+
+
+# The OpenAPI description of the auth below, so /docs offers "Authorize" and sends the
+# key; it checks nothing itself (auto_error=False): require_api_key does.
+bearer_scheme = HTTPBearer(
+    auto_error=False, scheme_name="bearerAuth",
+    description="An API key of the server (--api-key / --api-key-file), sent as "
+                "`Authorization: Bearer <key>`")
 
 
 async def require_api_key(request: Request, state: StateDep) -> None:

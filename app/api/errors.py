@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.api.validation_messages import body_shape_message, unknown_fields_message
 from app.engine.errors import (
     EngineDead,
     EngineError,
@@ -136,8 +137,20 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = list(exc.errors())
-        if any(e.get("type") == "json_invalid" for e in errors):
-            return error_response(request, BadRequest("request body is not valid JSON"))
+        # A body that is not a JSON object, or a field the endpoint does not know, is a
+        # malformed request (400, as for invalid JSON and as OpenAI answers unknown
+        # fields); a JSON object whose known fields fail the schema stays 422.
+        invalid = [e for e in errors if e.get("type") == "json_invalid"]
+        if invalid:
+            where = invalid[0].get("ctx", {}).get("error")
+            return error_response(request, BadRequest(
+                "request body is not valid JSON" + (f" ({where})" if where else "")))
+        shape = body_shape_message(request, errors)
+        if shape is not None:
+            return error_response(request, BadRequest(shape))
+        unknown = unknown_fields_message(request, errors)
+        if unknown is not None:
+            return error_response(request, BadRequest(unknown[0], param=unknown[1]))
         message, param = _validation_param(errors)
         details = "; ".join(
             f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"

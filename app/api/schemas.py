@@ -11,6 +11,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from app.api.openai_fields import (
+    IgnoredOpenAIFields,
+    UnsupportedChatFields,
+    UnsupportedCompletionFields,
+)
+
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 TextInput = str | Annotated[list[str], Field(min_length=1)]
 TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
@@ -30,7 +36,9 @@ class Strict(BaseModel):
 
 
 class Loose(BaseModel):
-    # OpenAI-compatible bodies: clients send fields we do not use (user, metadata...).
+    # Parts of OpenAI bodies that clients fill with fields of features we do not have
+    # (a chat message's tool_calls from an earlier turn, new stream_options): ignored.
+    # Whole request bodies are Strict: an unknown top-level field gets 400 naming it.
     model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
@@ -309,7 +317,7 @@ class DetokenizeResponse(BaseModel):
     text: str
 
 
-class EmbeddingRequest(Loose):
+class EmbeddingRequest(Strict):
     """OpenAI's /v1/embeddings, plus `pooling` (ours)."""
 
     model: str | None = None
@@ -509,8 +517,6 @@ class StreamOptions(Loose):
     include_usage: bool = False
 
 
-
-
 class JsonSchemaFormat(BaseModel):
     name: str = Field("response", max_length=64)
     schema_: dict[str, Any] = Field(alias="schema")
@@ -527,7 +533,8 @@ class ResponseFormat(BaseModel):
     json_schema: JsonSchemaFormat | None = None
 
 
-class CompletionRequest(Loose, SamplingFields):
+class CompletionRequest(Strict, SamplingFields, IgnoredOpenAIFields,
+                        UnsupportedCompletionFields):
     model: str | None = None
     prompt: PromptInput = Field(description="text, a list of texts, token ids, or a list of "
                                             "token-id lists")
@@ -555,7 +562,8 @@ class ChatMessage(Loose):
     name: str | None = None
 
 
-class ChatCompletionRequest(Loose, SamplingFields):
+class ChatCompletionRequest(Strict, SamplingFields, IgnoredOpenAIFields,
+                            UnsupportedChatFields):
     model: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(None, ge=1)

@@ -96,6 +96,39 @@ async def prompt_inputs(model: ServedModel, settings: Settings, prompt: Any, par
                       for ids in id_lists]
 
 
+def check_max_tokens(wanted: int, settings: Settings, model: ServedModel | None,
+                     prompts: Sequence[list[int]], *, default: bool,
+                     param: str = "max_tokens") -> None:
+    """One 400 with the real bound on max_tokens for these prompts on this model: the
+    server's --max-tokens-limit and the room the longest prompt leaves in the context,
+    whichever is smaller (so a client never fixes one limit only to meet the other)."""
+    limit = settings.max_tokens_limit
+    what = f"{param} is {wanted}" + (" (the server's default, --default-max-tokens)"
+                                     if default else "")
+    if model is None or not prompts:
+        if wanted > limit:
+            raise BadRequest(f"{what}, but the server allows at most {limit} "
+                             f"(--max-tokens-limit)", param=param)
+        return
+    longest = max(len(p) for p in prompts)
+    context = model.max_model_len
+    room = context - longest
+    if wanted <= min(room, limit):
+        return
+    tokens = f"{longest} token{'s' if longest != 1 else ''}"
+    prompt = (f"this prompt of {tokens}" if len(prompts) == 1
+              else f"the longest prompt, of {tokens},")
+    where = f"the {context}-token context of {model.name}"
+    if room < 1:
+        raise BadRequest(f"{prompt} fills {where}: no room is left to generate; shorten "
+                         "it", param="prompt")
+    if room <= limit:
+        raise BadRequest(f"{what}, but {prompt} leaves room for at most {room} in {where} "
+                         f"(server limit: --max-tokens-limit {limit})", param=param)
+    raise BadRequest(f"{what}, but the server allows at most {limit} (--max-tokens-limit; "
+                     f"{prompt} would leave room for {room} in {where})", param=param)
+
+
 def sampling_params(
     req: SamplingFields,
     settings: Settings,
@@ -105,12 +138,18 @@ def sampling_params(
     top_logprobs: int = 0,
     logprobs_mode: str = "processed",
     default_max_tokens: int | None = None,
+    model: ServedModel | None = None,
+    prompts: Sequence[list[int]] = (),
+    max_tokens_param: str = "max_tokens",
 ) -> SamplingParams:
-    """Request fields -> engine SamplingParams, enforcing the server's limits (400)."""
-    wanted = max_tokens or req.max_tokens or default_max_tokens or settings.default_max_tokens
-    if wanted > settings.max_tokens_limit:
-        raise BadRequest(f"max_tokens must be <= {settings.max_tokens_limit}",
-                         param="max_tokens")
+    """Request fields -> engine SamplingParams, enforcing the server's limits (400). With
+    the model and the prompts it will generate from, max_tokens is checked against the
+    context as well (check_max_tokens)."""
+    given = max_tokens or req.max_tokens
+    wanted = given or default_max_tokens or settings.default_max_tokens
+    check_max_tokens(wanted, settings, model, prompts,
+                     default=given is None and default_max_tokens is None,
+                     param=max_tokens_param)
     if req.n > settings.max_n:
         raise BadRequest(f"n must be <= {settings.max_n}", param="n")
     if top_logprobs > settings.max_top_logprobs:

@@ -26,8 +26,8 @@ def server(hf_checkpoint: Any) -> Any:
 JSON = {"content-type": "application/json"}
 CASES: list[tuple[str, str, bytes | dict[str, Any], dict[str, str], int]] = [
     ("invalid JSON", "/v1/generate", b'{"prompt": "hi",', JSON, 400),
-    ("JSON not an object", "/v1/generate", b'[1, 2, 3]', JSON, 422),
-    ("wrong content type", "/v1/generate", b'prompt=hi', {"content-type": "text/plain"}, 422),
+    ("JSON not an object", "/v1/generate", b'[1, 2, 3]', JSON, 400),
+    ("wrong content type", "/v1/generate", b'prompt=hi', {"content-type": "text/plain"}, 400),
     ("invalid UTF-8", "/v1/generate", b'{"prompt": "\xff\xfe bad"}', JSON, 400),
     ("lone surrogate", "/v1/generate", b'{"prompt": "\\ud800 alone"}', JSON, 400),
     ("lone surrogate in chat", "/v1/chat/completions",
@@ -43,7 +43,7 @@ CASES: list[tuple[str, str, bytes | dict[str, Any], dict[str, str], int]] = [
     ("huge top_k", "/v1/predict", {"text": "hi", "top_k": 10**9}, {}, 400),
     ("huge top_logprobs", "/v1/generate", {"prompt": "hi", "top_logprobs": 10**6}, {}, 400),
     ("unknown model", "/v1/generate", {"prompt": "hi", "model": "../../etc/passwd"}, {}, 404),
-    ("unknown field", "/v1/predict", {"text": "hi", "evil": True}, {}, 422),
+    ("unknown field", "/v1/predict", {"text": "hi", "evil": True}, {}, 400),
     ("empty prompt", "/v1/generate", {"prompt": ""}, {}, 400),
     ("empty list", "/v1/generate", {"prompt": []}, {}, 422),
     ("too many inputs", "/v1/predict", {"text": ["a"] * 1000}, {}, 400),

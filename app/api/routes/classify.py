@@ -9,8 +9,10 @@ import math
 
 from fastapi import APIRouter, Request
 
+from app.api import examples
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
+from app.api.responses import INFERENCE, documented
 from app.api.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult, LabelScore, Usage
 from app.api.serving import (
     PREFILL_ONLY,
@@ -123,6 +125,7 @@ async def _zero_shot(model: ServedModel, settings: Settings, body: ClassifyReque
 
 
 @router.post("/v1/classify", response_model=ClassifyResponse,
+             responses=documented(examples.CLASSIFY, *INFERENCE),
              summary="Classify texts with a classifier head, or zero-shot with candidate labels")
 async def classify(body: ClassifyRequest, request: Request, state: StateDep
                    ) -> ClassifyResponse:

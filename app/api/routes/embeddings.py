@@ -15,8 +15,10 @@ import struct
 
 from fastapi import APIRouter, Request
 
+from app.api import examples
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
+from app.api.responses import INFERENCE, documented
 from app.api.schemas import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
 from app.api.serving import PREFILL_ONLY, collect, prompt_inputs, stream_usage, submit_all
 from app.engine.output import RequestOutput
@@ -45,6 +47,7 @@ def encoded(vector: list[float], encoding: str) -> list[float] | str:
 
 
 @router.post("/v1/embeddings", response_model=EmbeddingResponse,
+             responses=documented(examples.EMBEDDINGS, *INFERENCE),
              summary="OpenAI-compatible embeddings: mean (or last-token) pooled, L2-normalised")
 async def embeddings(body: EmbeddingRequest, request: Request, state: StateDep
                      ) -> EmbeddingResponse:

@@ -7,7 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from app.api import examples
 from app.api.deps import StateDep, pick_model
+from app.api.responses import INFERENCE, documented
 from app.api.schemas import GenerateRequest, GenerateResponse, GenerateResult
 from app.api.serving import (
     as_list,
@@ -28,26 +30,20 @@ from app.engine.request import RequestKind
 
 router = APIRouter(tags=["inference"])
 
-STREAM_DOC = {
-    200: {"content": {"text/event-stream": {"example": (
-        'data: {"index": 0, "prompt_index": 0, "text": " Hello", "finish_reason": null}\n\n'
-        'data: {"index": 0, "prompt_index": 0, "text": "", "finish_reason": "length"}\n\n'
-        'data: {"usage": {"prompt_tokens": 3, "completion_tokens": 8, "total_tokens": 11}}'
-        '\n\ndata: [DONE]\n\n')}},
-          "description": "JSON, or an SSE stream when `stream` is true"},
-}
 
-
-@router.post("/v1/generate", response_model=GenerateResponse, responses=STREAM_DOC,  # type: ignore[arg-type]
+@router.post("/v1/generate", response_model=GenerateResponse,
+             responses=documented(examples.GENERATE, *INFERENCE,
+                                  stream=examples.GENERATE_STREAM),
              summary="Generate text from a prompt (or several); SSE when stream=true")
 async def generate(body: GenerateRequest, request: Request, state: StateDep) -> Any:
     model = pick_model(state, body.model, lm=True, purpose="text generation")
     settings = state.settings
     texts = as_list(body.prompt)
     check_inputs(settings, texts, "prompt")
-    params = sampling_params(body, settings, logprobs=body.logprobs,
-                             top_logprobs=body.top_logprobs, logprobs_mode=body.logprobs_mode)
     prompts = [await encode(model, settings, t, "prompt") for t in texts]
+    params = sampling_params(body, settings, logprobs=body.logprobs,
+                             top_logprobs=body.top_logprobs, logprobs_mode=body.logprobs_mode,
+                             model=model, prompts=prompts)
     constraint = await request_constraint(model, settings, body)
     # vLLM's prompt_logprobs: the prompts scored first (prefix-cached for the generation).
     prompt_lps = ([prompt_logprobs_out(model, out, body.prompt_logprobs) for out in

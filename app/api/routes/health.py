@@ -7,7 +7,9 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
+from app.api import examples
 from app.api.deps import StateDep
+from app.api.responses import probe
 from app.api.schemas import HealthResponse
 from app.api.state import Phase, ServerState
 
@@ -26,12 +28,14 @@ def _answer(ok: bool, state: ServerState, reason: str | None) -> JSONResponse:
     return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
 
 
-@router.get("/livez", response_model=HealthResponse, summary="Liveness: the process answers")
+@router.get("/livez", response_model=HealthResponse, responses=probe(examples.READY, None),
+            summary="Liveness: the process answers")
 async def livez(state: StateDep) -> JSONResponse:
     return _answer(True, state, None)
 
 
 @router.get("/startupz", response_model=HealthResponse,
+            responses=probe(examples.READY, examples.NOT_READY),
             summary="Startup: 200 once every model has loaded (503 while loading or failed)")
 async def startupz(state: StateDep) -> JSONResponse:
     started = state.phase in (Phase.READY, Phase.DRAINING)
@@ -46,11 +50,13 @@ def readiness(state: ServerState) -> JSONResponse:
 
 
 @router.get("/readyz", response_model=HealthResponse,
+            responses=probe(examples.READY, examples.NOT_READY),
             summary="Readiness: 200 when requests are accepted, 503 otherwise")
 async def readyz(state: StateDep) -> JSONResponse:
     return readiness(state)
 
 
-@router.get("/health", response_model=HealthResponse, summary="Alias of /readyz")
+@router.get("/health", response_model=HealthResponse,
+            responses=probe(examples.READY, examples.NOT_READY), summary="Alias of /readyz")
 async def health(state: StateDep) -> JSONResponse:
     return readiness(state)

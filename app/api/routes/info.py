@@ -5,14 +5,16 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from app import app_version
+from app.api import examples
 from app.api.deps import StateDep
+from app.api.responses import documented
 from app.api.schemas import InfoResponse, ModelInfo
 from app.modeling.quantized_model import weight_count
 
 router = APIRouter(tags=["utility"])
 
 
-@router.get("/v1/info", response_model=InfoResponse,
+@router.get("/v1/info", response_model=InfoResponse, responses=documented(examples.INFO),
             summary="Served models, their dtype and device, and the request limits")
 async def info(state: StateDep) -> InfoResponse:
     s = state.settings

@@ -8,12 +8,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from app.api import examples
+
 router = APIRouter(tags=["health"])
 
 
 @router.get("/metrics", response_class=Response, summary="Prometheus metrics",
-            responses={200: {"content": {"text/plain": {}},
-                             "description": "Prometheus text format 0.0.4"}})
+            responses={200: {"content": {"text/plain": {"example": examples.METRICS}},
+                             "description": "Prometheus text exposition format"}})
 async def metrics(request: Request) -> Response:
     registry = request.app.state.metrics.registry
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,11 +1,13 @@
 """OpenAI-compatible endpoints: /v1/completions, /v1/chat/completions, /v1/models.
 
 Extra sampling fields that vLLM also accepts (top_k, min_p, repetition_penalty,
-min_tokens, ignore_eos, stop_token_ids, cache_salt) work here too; unknown fields are
-ignored. Completions take token-id prompts, `echo` (with the prompt's logprobs when
-`logprobs` is set: what lm-evaluation-harness's loglikelihood tasks send) and vLLM's
-`prompt_logprobs`. As in OpenAI's API: chat without max_tokens may generate until the context is
-full (bounded by the server's max_tokens_limit); usage carries
+min_tokens, ignore_eos, stop_token_ids, cache_salt) work here too. An unknown field gets
+400 naming it; OpenAI fields for features this server lacks (tools, ...) get 400 saying
+so, and harmless ones (user, metadata, ...) are ignored: app/api/openai_fields.py.
+Completions take token-id prompts, `echo` (with the prompt's logprobs when `logprobs` is
+set: what lm-evaluation-harness's loglikelihood tasks send) and vLLM's `prompt_logprobs`.
+As in OpenAI's API: chat without max_tokens may generate until the context is full
+(bounded by the server's max_tokens_limit); usage carries
 prompt_tokens_details.cached_tokens; every response and chunk carries system_fingerprint.
 """
 
@@ -19,8 +21,11 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
+from app.api import examples
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
+from app.api.openai_fields import refuse_unsupported
+from app.api.responses import INFERENCE, documented
 from app.api.schemas import (
     ChatChoice,
     ChatChoiceLogprobs,
@@ -57,13 +62,11 @@ from app.engine.request import RequestKind
 from app.sampling_params import TokenLogprob
 
 router = APIRouter(tags=["openai"])
-STREAMABLE: dict[int | str, dict[str, Any]] = {200: {
-    "content": {"text/event-stream": {}},
-    "description": "JSON, or SSE chunks ending with `data: [DONE]` when `stream` is true"}}
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-@router.get("/v1/models", response_model=OpenAIModelList, summary="List served models")
+@router.get("/v1/models", response_model=OpenAIModelList, summary="List served models",
+            responses=documented(examples.MODELS))
 async def models(state: StateDep) -> OpenAIModelList:
     return OpenAIModelList(data=[
         OpenAIModel(id=m.name, created=m.created, max_model_len=m.max_model_len)
@@ -118,9 +121,12 @@ def _echoed(model: ServedModel, ids: list[int], text: str, scored: RequestOutput
     return EchoedPrompt(text, tokens, values, tops, prompt_lps)
 
 
-@router.post("/v1/completions", response_model=CompletionResponse, responses=STREAMABLE,
+@router.post("/v1/completions", response_model=CompletionResponse,
+             responses=documented(examples.COMPLETION, *INFERENCE,
+                                  stream=examples.COMPLETION_STREAM),
              summary="OpenAI-compatible text completion (stream=true for SSE chunks)")
 async def completions(body: CompletionRequest, request: Request, state: StateDep) -> Any:
+    refuse_unsupported(body)
     model = pick_model(state, body.model, lm=True, purpose="completions")
     if body.best_of is not None and body.best_of != body.n:
         raise BadRequest("best_of must equal n (ranking completions is not supported)",
@@ -134,7 +140,8 @@ async def completions(body: CompletionRequest, request: Request, state: StateDep
     top = body.logprobs or 0
     generate = body.max_tokens != 0
     params = sampling_params(body, settings, logprobs=body.logprobs is not None,
-                             top_logprobs=top, max_tokens=body.max_tokens or None)
+                             top_logprobs=top, max_tokens=body.max_tokens or None,
+                             model=model, prompts=prompts if generate else ())
     # Prompt logprobs (echo with logprobs, or vLLM's prompt_logprobs) come from scoring the
     # prompts first, through the batched, prefix-cached SCORE path; the completions then
     # reuse the prompts' cached blocks.
@@ -238,10 +245,11 @@ def _message_text(content: str | list[dict[str, Any]] | None) -> str:
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse,
-             responses=STREAMABLE,
+             responses=documented(examples.CHAT, *INFERENCE, stream=examples.CHAT_STREAM),
              summary="OpenAI-compatible chat completion, using the model's chat template")
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: StateDep
                            ) -> Any:
+    refuse_unsupported(body)
     model = pick_model(state, body.model, lm=True, purpose="chat completions")
     settings = state.settings
     messages = [{"role": m.role, "content": _message_text(m.content),
@@ -253,7 +261,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
     until_full = max(1, min(model.max_model_len - len(prompt), settings.max_tokens_limit))
     params = sampling_params(body, settings, max_tokens=body.max_completion_tokens,
                              logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
-                             default_max_tokens=until_full)
+                             default_max_tokens=until_full, model=model, prompts=[prompt],
+                             max_tokens_param="max_completion_tokens"
+                             if body.max_completion_tokens else "max_tokens")
     request_id = request.state.request_id
     streams = submit_all(request, model, [prompt], params, RequestKind.GENERATE,
                          salt=body.cache_salt, constraint=constraint)

@@ -19,8 +19,10 @@ import math
 
 from fastapi import APIRouter, Request
 
+from app.api import examples
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
+from app.api.responses import INFERENCE, documented
 from app.api.schemas import (
     PerplexityRequest,
     PerplexityResponse,
@@ -56,6 +58,7 @@ def windows(length: int, window: int, stride: int) -> list[tuple[int, int, int]]
 
 
 @router.post("/v1/perplexity", response_model=PerplexityResponse,
+             responses=documented(examples.PERPLEXITY, *INFERENCE),
              summary="Perplexity and mean negative log-likelihood of texts (sliding window)")
 async def perplexity(body: PerplexityRequest, request: Request, state: StateDep
                      ) -> PerplexityResponse:

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from app.api import examples
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
+from app.api.responses import INFERENCE, documented
 from app.api.schemas import PredictRequest, PredictResponse, PredictResult, TokenProb
 from app.api.serving import (
     as_list,
@@ -23,6 +25,7 @@ router = APIRouter(tags=["inference"])
 
 
 @router.post("/v1/predict", response_model=PredictResponse,
+             responses=documented(examples.PREDICT, *INFERENCE),
              summary="Next-token probabilities (softmax over the vocabulary, and its argmax)")
 async def predict(body: PredictRequest, request: Request, state: StateDep) -> PredictResponse:
     model = pick_model(state, body.model, lm=True, purpose="next-token prediction")

@@ -8,8 +8,10 @@ from typing import Any
 
 from fastapi import APIRouter
 
+from app.api import examples
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
+from app.api.responses import MODEL_QUERY, TOKENIZER, documented
 from app.api.schemas import (
     DetokenizeRequest,
     DetokenizeResponse,
@@ -48,6 +50,7 @@ async def _token_ids(model: ServedModel, settings: Settings, text: str | None,
 
 
 @router.post("/v1/tokenize", response_model=TokenizeResponse,
+             responses=documented(examples.TOKENIZE, *TOKENIZER),
              summary="Token ids of a text (or of chat messages after the chat template)")
 async def tokenize(body: TokenizeRequest, state: StateDep) -> TokenizeResponse:
     model = pick_model(state, body.model, lm=None, purpose="tokenization")
@@ -59,6 +62,7 @@ async def tokenize(body: TokenizeRequest, state: StateDep) -> TokenizeResponse:
 
 
 @router.post("/v1/detokenize", response_model=DetokenizeResponse,
+             responses=documented(examples.DETOKENIZE, *TOKENIZER),
              summary="Text of a list of token ids")
 async def detokenize(body: DetokenizeRequest, state: StateDep) -> DetokenizeResponse:
     model = pick_model(state, body.model, lm=None, purpose="detokenization")
@@ -75,6 +79,7 @@ def _check_ids(model: ServedModel, tokens: list[int]) -> None:
 
 
 @router.post("/tokenize", response_model=VLLMTokenizeResponse,
+             responses=documented(examples.VLLM_TOKENIZE, *TOKENIZER),
              summary="vLLM-compatible: token ids of a prompt or of chat messages")
 async def vllm_tokenize(body: VLLMTokenizeRequest, state: StateDep) -> VLLMTokenizeResponse:
     model = pick_model(state, body.model, lm=None, purpose="tokenization")
@@ -86,6 +91,7 @@ async def vllm_tokenize(body: VLLMTokenizeRequest, state: StateDep) -> VLLMToken
 
 
 @router.post("/detokenize", response_model=VLLMDetokenizeResponse,
+             responses=documented(examples.VLLM_DETOKENIZE, *TOKENIZER),
              summary="vLLM-compatible: the text of token ids")
 async def vllm_detokenize(body: VLLMDetokenizeRequest, state: StateDep
                           ) -> VLLMDetokenizeResponse:
@@ -96,6 +102,7 @@ async def vllm_detokenize(body: VLLMDetokenizeRequest, state: StateDep
 
 
 @router.get("/tokenizer_info", response_model=TokenizerInfoResponse,
+            responses=documented(examples.TOKENIZER_INFO, *MODEL_QUERY),
             summary="vLLM-compatible: the tokenizer's special tokens and chat template")
 async def tokenizer_info(state: StateDep, model: str | None = None) -> TokenizerInfoResponse:
     served = pick_model(state, model, lm=None, purpose="tokenizer info")

@@ -1,0 +1,366 @@
+"""Response examples for the OpenAPI schema (/docs): real outputs of the shipped models
+(`make serve`), as the README shows them; streams as the exact Server-Sent Events the
+routes send. tests/api/test_openapi_docs.py validates every one against its route's
+response schema, so an example cannot drift from what the route returns.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def _sse(*events: dict[str, Any]) -> str:
+    """Events as the routes send them (app.api.serving.sse), then [DONE]."""
+    return "".join(f"data: {json.dumps(e, ensure_ascii=False)}\n\n" for e in events) + (
+        "data: [DONE]\n\n")
+
+
+PREDICT: dict[str, Any] = {"model": "default-lm",
+     "predictions": [{"token": " a",
+                      "token_id": 262,
+                      "prob": 0.0779598280787468,
+                      "logprob": -2.5515615940093994},
+                     {"token": " that",
+                      "token_id": 337,
+                      "prob": 0.07033726572990417,
+                      "logprob": -2.6544535160064697}],
+     "argmax": {"token": " a",
+                "token_id": 262,
+                "prob": 0.0779598280787468,
+                "logprob": -2.5515615940093994},
+     "results": [{"index": 0,
+                  "predictions": [{"token": " a",
+                                   "token_id": 262,
+                                   "prob": 0.0779598280787468,
+                                   "logprob": -2.5515615940093994},
+                                  {"token": " that",
+                                   "token_id": 337,
+                                   "prob": 0.07033726572990417,
+                                   "logprob": -2.6544535160064697}],
+                  "argmax": {"token": " a",
+                             "token_id": 262,
+                             "prob": 0.0779598280787468,
+                             "logprob": -2.5515615940093994},
+                  "prompt_tokens": 5,
+                  "distribution": None}],
+     "usage": {"prompt_tokens": 5,
+               "completion_tokens": 0,
+               "total_tokens": 5,
+               "cached_tokens": 0,
+               "prompt_tokens_details": {"cached_tokens": 0}}}
+
+
+GENERATE: dict[str, Any] = {"id": "98a06137753344e08bd4d042dc079595",
+     "model": "default-lm",
+     "text": " that they are not to be\na good thing.\n\t\t-- H. L. Mencken",
+     "finish_reason": "stop",
+     "results": [{"index": 0,
+                  "prompt_index": 0,
+                  "text": " that they are not to be\na good thing.\n\t\t-- H. L. Mencken",
+                  "finish_reason": "stop",
+                  "tokens": None,
+                  "logprobs": None,
+                  "prompt_logprobs": None}],
+     "usage": {"prompt_tokens": 6,
+               "completion_tokens": 20,
+               "total_tokens": 26,
+               "cached_tokens": 0,
+               "prompt_tokens_details": {"cached_tokens": 0}}}
+
+
+CLASSIFY: dict[str, Any] = {"model": "fortune-classifier",
+     "label": "computers",
+     "score": 0.9987115859985352,
+     "scores": [{"label": "computers", "score": 0.9987115859985352},
+                {"label": "food", "score": 0.0003099848690908402}],
+     "results": [{"index": 0,
+                  "label": "computers",
+                  "score": 0.9987115859985352,
+                  "scores": [{"label": "computers", "score": 0.9987115859985352},
+                             {"label": "food", "score": 0.0003099848690908402}]}],
+     "usage": {"prompt_tokens": 15,
+               "completion_tokens": 0,
+               "total_tokens": 15,
+               "cached_tokens": 0,
+               "prompt_tokens_details": {"cached_tokens": 0}}}
+
+
+COMPLETION: dict[str, Any] = {"id": "cmpl-96a95181127f4102954f155ed8237b2a",
+     "object": "text_completion",
+     "created": 1796034990,
+     "model": "default-lm",
+     "choices": [{"index": 0,
+                  "text": ", a man who has a man is a man who is",
+                  "finish_reason": "length",
+                  "logprobs": None,
+                  "prompt_logprobs": None}],
+     "usage": {"prompt_tokens": 4,
+               "completion_tokens": 12,
+               "total_tokens": 16,
+               "cached_tokens": 0,
+               "prompt_tokens_details": {"cached_tokens": 0}},
+     "system_fingerprint": "fp_69359a12701f"}
+
+
+CHAT: dict[str, Any] = {"id": "chatcmpl-80c38da0289c4048856aeabed3068922",
+     "object": "chat.completion",
+     "created": 1796034992,
+     "model": "default-lm",
+     "choices": [{"index": 0,
+                  "message": {"role": "assistant",
+                              "content": "\tIn the other side of the night\n"
+                                         "\tAnd the man was a man"},
+                  "finish_reason": "length",
+                  "logprobs": None}],
+     "usage": {"prompt_tokens": 14,
+               "completion_tokens": 16,
+               "total_tokens": 30,
+               "cached_tokens": 0,
+               "prompt_tokens_details": {"cached_tokens": 0}},
+     "system_fingerprint": "fp_69359a12701f"}
+
+
+# The first 4 of default-lm's 256 numbers.
+EMBEDDINGS: dict[str, Any] = {"object": "list",
+     "data": [{"object": "embedding",
+               "index": 0,
+               "embedding": [-0.011754706853209472, -0.054582037201065775,
+                             -0.0002169894375595603, -0.016004153198378116]}],
+     "model": "default-lm",
+     "usage": {"prompt_tokens": 4, "total_tokens": 4}}
+
+
+PERPLEXITY: dict[str, Any] = {"model": "default-lm",
+     "window": 256,
+     "stride": 128,
+     "mean_nll": 5.766419106059605,
+     "perplexity": 319.3919736678646,
+     "results": [{"index": 0,
+                  "tokens": 10,
+                  "scored_tokens": 9,
+                  "mean_nll": 5.766419106059605,
+                  "perplexity": 319.3919736678646,
+                  "logprobs": None}],
+     "usage": {"prompt_tokens": 10,
+               "completion_tokens": 0,
+               "total_tokens": 10,
+               "cached_tokens": 0,
+               "prompt_tokens_details": {"cached_tokens": 0}}}
+
+
+TOKENIZE: dict[str, Any] = {"model": "default-lm",
+     "tokens": [7092, 689],
+     "token_strings": ["Hello", "Ġworld"],
+     "count": 2,
+     "max_model_len": 256}
+
+
+DETOKENIZE: dict[str, Any] = {"model": "default-lm", "text": "Hello world"}
+
+
+VLLM_TOKENIZE: dict[str, Any] = {"count": 2, "max_model_len": 256, "tokens": [7092, 689],
+                                 "token_strs": None}
+
+
+VLLM_DETOKENIZE: dict[str, Any] = {"prompt": "Hello world"}
+
+
+TOKENIZER_INFO: dict[str, Any] = {"model": "default-lm",
+     "tokenizer_class": "PreTrainedTokenizerFast",
+     "bos_token": "<|endoftext|>",
+     "eos_token": "<|endoftext|>",
+     "pad_token": "<|pad|>",
+     "bos_token_id": 0,
+     "eos_token_id": 0,
+     "pad_token_id": 1,
+     "add_bos_token": False,
+     "chat_template": "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n"
+                      "' + message['content'] + '<|im_end|>' + '\n"
+                      "' }}{% endfor %}{% if add_generation_prompt %}{{ "
+                      "'<|im_start|>assistant\n"
+                      "' }}{% endif %}",
+     "model_max_length": 256,
+     "vocab_size": 8192}
+
+
+MODELS: dict[str, Any] = {"object": "list",
+     "data": [{"id": "default-lm",
+               "object": "model",
+               "created": 1796034989,
+               "owned_by": "local",
+               "max_model_len": 256},
+              {"id": "fortune-classifier",
+               "object": "model",
+               "created": 1796034989,
+               "owned_by": "local",
+               "max_model_len": 256}]}
+
+
+# With --compile off --prepack off; by default they say what was measured.
+INFO: dict[str, Any] = {"version": "0.1.0",
+     "phase": "ready",
+     "models": [{"name": "default-lm",
+                 "path": "models/default-lm",
+                 "task": "causal_lm",
+                 "architecture": "LlamaForCausalLM",
+                 "dtype": "float32",
+                 "device": "cpu",
+                 "max_model_len": 256,
+                 "vocab_size": 8192,
+                 "parameters": 6524160,
+                 "labels": None,
+                 "kv_cache_blocks": 512,
+                 "block_size": 16,
+                 "kv_blocks_used": 0,
+                 "running_requests": 0,
+                 "waiting_requests": 0,
+                 "compile": "off (--compile off)",
+                 "weights": "not packed (--prepack off)",
+                 "quantization": "none"},
+                {"name": "fortune-classifier",
+                 "path": "models/fortune-classifier",
+                 "task": "sequence_classification",
+                 "architecture": "LlamaForSequenceClassification",
+                 "dtype": "float32",
+                 "device": "cpu",
+                 "max_model_len": 256,
+                 "vocab_size": 8192,
+                 "parameters": 6526720,
+                 "labels": ["computers", "education", "food", "law", "love", "medicine",
+                            "politics", "science", "sports", "startrek"],
+                 "kv_cache_blocks": 512,
+                 "block_size": 16,
+                 "kv_blocks_used": 0,
+                 "running_requests": 0,
+                 "waiting_requests": 0,
+                 "compile": "off (--compile off)",
+                 "weights": "not packed (--prepack off)",
+                 "quantization": "none"}],
+     "limits": {"max_body_bytes": 1048576,
+                "max_prompt_tokens": 0,
+                "max_tokens_limit": 2048,
+                "default_max_tokens": 64,
+                "max_inputs": 32,
+                "max_n": 8,
+                "max_top_logprobs": 20,
+                "max_predict_top_k": 100,
+                "max_full_distribution": 65536,
+                "max_candidate_labels": 32,
+                "max_num_seqs": 8,
+                "max_num_batched_tokens": 64,
+                "max_waiting_requests": 128,
+                "max_waiting_tokens": 65536,
+                "drain_timeout": 30.0}}
+
+
+READY: dict[str, Any] = {"status": "ok",
+     "phase": "ready",
+     "models": {"default-lm": "running", "fortune-classifier": "running"},
+     "reason": None}
+
+
+GENERATE_STREAM = _sse(
+    {"index": 0, "prompt_index": 0, "text": " the", "finish_reason": None},
+    {"index": 0, "prompt_index": 0, "text": " way", "finish_reason": None},
+    {"index": 0, "prompt_index": 0, "text": " of", "finish_reason": None},
+    {"index": 0, "prompt_index": 0, "text": " the", "finish_reason": "length"},
+    {"id": "79266dea533e491aab26d2a74cc5575d",
+     "model": "default-lm",
+     "usage": {"prompt_tokens": 2,
+               "completion_tokens": 4,
+               "total_tokens": 6,
+               "cached_tokens": 0,
+               "prompt_tokens_details": {"cached_tokens": 0}}})
+
+
+COMPLETION_STREAM = _sse(
+    {"id": "cmpl-f87a2415e0b0453991d0d4a63f4fb923",
+     "object": "text_completion",
+     "created": 1796034991,
+     "model": "default-lm",
+     "system_fingerprint": "fp_69359a12701f",
+     "choices": [{"index": 0,
+                  "text": ",",
+                  "finish_reason": None,
+                  "logprobs": None,
+                  "prompt_logprobs": None}]},
+    {"id": "cmpl-f87a2415e0b0453991d0d4a63f4fb923",
+     "object": "text_completion",
+     "created": 1796034991,
+     "model": "default-lm",
+     "system_fingerprint": "fp_69359a12701f",
+     "choices": [{"index": 0,
+                  "text": " a",
+                  "finish_reason": None,
+                  "logprobs": None,
+                  "prompt_logprobs": None}]},
+    {"id": "cmpl-f87a2415e0b0453991d0d4a63f4fb923",
+     "object": "text_completion",
+     "created": 1796034991,
+     "model": "default-lm",
+     "system_fingerprint": "fp_69359a12701f",
+     "choices": [{"index": 0,
+                  "text": " man",
+                  "finish_reason": "length",
+                  "logprobs": None,
+                  "prompt_logprobs": None}]},
+    {"id": "cmpl-f87a2415e0b0453991d0d4a63f4fb923",
+     "object": "text_completion",
+     "created": 1796034991,
+     "model": "default-lm",
+     "system_fingerprint": "fp_69359a12701f",
+     "choices": [],
+     "usage": {"prompt_tokens": 4,
+               "completion_tokens": 3,
+               "total_tokens": 7,
+               "cached_tokens": 0,
+               "prompt_tokens_details": {"cached_tokens": 0}}})
+
+
+CHAT_STREAM = _sse(
+    {"id": "chatcmpl-e7c58cf9faa04c53bcafe78c7ee291f7",
+     "object": "chat.completion.chunk",
+     "created": 1796034993,
+     "model": "default-lm",
+     "system_fingerprint": "fp_69359a12701f",
+     "choices": [{"index": 0,
+                  "delta": {"content": "\t", "role": "assistant"},
+                  "finish_reason": None,
+                  "logprobs": None}]},
+    {"id": "chatcmpl-e7c58cf9faa04c53bcafe78c7ee291f7",
+     "object": "chat.completion.chunk",
+     "created": 1796034993,
+     "model": "default-lm",
+     "system_fingerprint": "fp_69359a12701f",
+     "choices": [{"index": 0,
+                  "delta": {"content": "In"},
+                  "finish_reason": None,
+                  "logprobs": None}]},
+    {"id": "chatcmpl-e7c58cf9faa04c53bcafe78c7ee291f7",
+     "object": "chat.completion.chunk",
+     "created": 1796034993,
+     "model": "default-lm",
+     "system_fingerprint": "fp_69359a12701f",
+     "choices": [{"index": 0,
+                  "delta": {"content": " the"},
+                  "finish_reason": "length",
+                  "logprobs": None}]},
+    {"id": "chatcmpl-e7c58cf9faa04c53bcafe78c7ee291f7",
+     "object": "chat.completion.chunk",
+     "created": 1796034993,
+     "model": "default-lm",
+     "system_fingerprint": "fp_69359a12701f",
+     "choices": [],
+     "usage": {"prompt_tokens": 14,
+               "completion_tokens": 3,
+               "total_tokens": 17,
+               "cached_tokens": 0,
+               "prompt_tokens_details": {"cached_tokens": 0}}})
+
+NOT_READY: dict[str, Any] = {"status": "unavailable", "phase": "starting",
+                             "models": {}, "reason": "phase is starting"}
+
+METRICS = ('llm_generation_tokens_total{model="default-lm"} 180.0\n'
+           'llm_requests_running{model="default-lm"} 0.0\n'
+           'llm_kv_cache_usage_ratio{model="default-lm"} 0.0\n')
