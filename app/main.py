@@ -41,7 +41,8 @@ DESCRIPTION = """
 An LLM inference service: next-token prediction, text generation (streaming),
 classification, OpenAI-compatible completions and chat, over a continuously batched,
 paged and prefix-cached KV cache. Errors always have the shape
-`{"error": {"message", "type", "param", "code"}}`.
+`{"error": {"message", "type", "param", "code"}}`. A browser playground for every
+endpoint is at [`/`](/) (unless the server runs with `--no-playground`).
 """
 
 
