@@ -16,74 +16,40 @@ def _sse(*events: dict[str, Any]) -> str:
         "data: [DONE]\n\n")
 
 
-PREDICT: dict[str, Any] = {"model": "default-lm",
-     "predictions": [{"token": " a",
-                      "token_id": 262,
-                      "prob": 0.0779598280787468,
-                      "logprob": -2.5515615940093994},
-                     {"token": " that",
-                      "token_id": 337,
-                      "prob": 0.07033726572990417,
-                      "logprob": -2.6544535160064697}],
-     "argmax": {"token": " a",
-                "token_id": 262,
-                "prob": 0.0779598280787468,
-                "logprob": -2.5515615940093994},
-     "results": [{"index": 0,
-                  "predictions": [{"token": " a",
-                                   "token_id": 262,
-                                   "prob": 0.0779598280787468,
-                                   "logprob": -2.5515615940093994},
-                                  {"token": " that",
-                                   "token_id": 337,
-                                   "prob": 0.07033726572990417,
-                                   "logprob": -2.6544535160064697}],
-                  "argmax": {"token": " a",
-                             "token_id": 262,
-                             "prob": 0.0779598280787468,
-                             "logprob": -2.5515615940093994},
-                  "prompt_tokens": 5,
-                  "distribution": None}],
-     "usage": {"prompt_tokens": 5,
-               "completion_tokens": 0,
-               "total_tokens": 5,
-               "cached_tokens": 0,
-               "prompt_tokens_details": {"cached_tokens": 0}}}
+def _usage(prompt: int, completion: int = 0) -> dict[str, Any]:
+    return {"prompt_tokens": prompt, "completion_tokens": completion,
+            "total_tokens": prompt + completion, "cached_tokens": 0,
+            "prompt_tokens_details": {"cached_tokens": 0}}
 
 
-GENERATE: dict[str, Any] = {"id": "98a06137753344e08bd4d042dc079595",
-     "model": "default-lm",
-     "text": " that they are not to be\na good thing.\n\t\t-- H. L. Mencken",
-     "finish_reason": "stop",
-     "results": [{"index": 0,
-                  "prompt_index": 0,
-                  "text": " that they are not to be\na good thing.\n\t\t-- H. L. Mencken",
-                  "finish_reason": "stop",
-                  "tokens": None,
-                  "logprobs": None,
-                  "prompt_logprobs": None}],
-     "usage": {"prompt_tokens": 6,
-               "completion_tokens": 20,
-               "total_tokens": 26,
-               "cached_tokens": 0,
-               "prompt_tokens_details": {"cached_tokens": 0}}}
+_TOP_2 = [{"token": " a", "token_id": 262, "prob": 0.0779598280787468,
+           "logprob": -2.5515615940093994},
+          {"token": " that", "token_id": 337, "prob": 0.07033726572990417,
+           "logprob": -2.6544535160064697}]
+PREDICT: dict[str, Any] = {
+    "model": "default-lm", "predictions": _TOP_2, "argmax": _TOP_2[0],
+    "results": [{"index": 0, "predictions": _TOP_2, "argmax": _TOP_2[0], "prompt_tokens": 5,
+                 "distribution": None}],
+    "usage": _usage(5)}
 
 
-CLASSIFY: dict[str, Any] = {"model": "fortune-classifier",
-     "label": "computers",
-     "score": 0.9987115859985352,
-     "scores": [{"label": "computers", "score": 0.9987115859985352},
-                {"label": "food", "score": 0.0003099848690908402}],
-     "results": [{"index": 0,
-                  "label": "computers",
-                  "score": 0.9987115859985352,
-                  "scores": [{"label": "computers", "score": 0.9987115859985352},
-                             {"label": "food", "score": 0.0003099848690908402}]}],
-     "usage": {"prompt_tokens": 15,
-               "completion_tokens": 0,
-               "total_tokens": 15,
-               "cached_tokens": 0,
-               "prompt_tokens_details": {"cached_tokens": 0}}}
+_MENCKEN = " that they are not to be\na good thing.\n\t\t-- H. L. Mencken"
+GENERATE: dict[str, Any] = {
+    "id": "98a06137753344e08bd4d042dc079595", "model": "default-lm", "text": _MENCKEN,
+    "finish_reason": "stop",
+    "results": [{"index": 0, "prompt_index": 0, "text": _MENCKEN, "finish_reason": "stop",
+                 "tokens": None, "logprobs": None, "prompt_logprobs": None}],
+    "usage": _usage(6, 20)}
+
+
+_SCORES = [{"label": "computers", "score": 0.9987115859985352},
+           {"label": "food", "score": 0.0003099848690908402}]
+CLASSIFY: dict[str, Any] = {
+    "model": "fortune-classifier", "label": "computers", "score": 0.9987115859985352,
+    "scores": _SCORES,
+    "results": [{"index": 0, "label": "computers", "score": 0.9987115859985352,
+                 "scores": _SCORES}],
+    "usage": _usage(15)}
 
 
 COMPLETION: dict[str, Any] = {"id": "cmpl-96a95181127f4102954f155ed8237b2a",
@@ -95,11 +61,7 @@ COMPLETION: dict[str, Any] = {"id": "cmpl-96a95181127f4102954f155ed8237b2a",
                   "finish_reason": "length",
                   "logprobs": None,
                   "prompt_logprobs": None}],
-     "usage": {"prompt_tokens": 4,
-               "completion_tokens": 12,
-               "total_tokens": 16,
-               "cached_tokens": 0,
-               "prompt_tokens_details": {"cached_tokens": 0}},
+     "usage": _usage(4, 12),
      "system_fingerprint": "fp_69359a12701f"}
 
 
@@ -113,11 +75,7 @@ CHAT: dict[str, Any] = {"id": "chatcmpl-80c38da0289c4048856aeabed3068922",
                                          "\tAnd the man was a man"},
                   "finish_reason": "length",
                   "logprobs": None}],
-     "usage": {"prompt_tokens": 14,
-               "completion_tokens": 16,
-               "total_tokens": 30,
-               "cached_tokens": 0,
-               "prompt_tokens_details": {"cached_tokens": 0}},
+     "usage": _usage(14, 16),
      "system_fingerprint": "fp_69359a12701f"}
 
 
@@ -142,11 +100,7 @@ PERPLEXITY: dict[str, Any] = {"model": "default-lm",
                   "mean_nll": 5.766419106059605,
                   "perplexity": 319.3919736678646,
                   "logprobs": None}],
-     "usage": {"prompt_tokens": 10,
-               "completion_tokens": 0,
-               "total_tokens": 10,
-               "cached_tokens": 0,
-               "prompt_tokens_details": {"cached_tokens": 0}}}
+     "usage": _usage(10, 0)}
 
 
 TOKENIZE: dict[str, Any] = {"model": "default-lm",
@@ -197,46 +151,25 @@ MODELS: dict[str, Any] = {"object": "list",
                "max_model_len": 256}]}
 
 
+def _served(name: str, task: str, architecture: str, parameters: int,
+            labels: list[str] | None) -> dict[str, Any]:
+    """One shipped model in /v1/info, idle."""
+    return {"name": name, "path": f"models/{name}", "task": task, "architecture": architecture,
+            "dtype": "float32", "device": "cpu", "max_model_len": 256, "vocab_size": 8192,
+            "parameters": parameters, "labels": labels, "kv_cache_blocks": 512,
+            "block_size": 16, "kv_blocks_used": 0, "running_requests": 0,
+            "waiting_requests": 0, "compile": "off (--compile off)",
+            "weights": "not packed (--prepack off)", "quantization": "none"}
+
+
 # With --compile off --prepack off; by default they say what was measured.
 INFO: dict[str, Any] = {"version": "0.1.0",
      "phase": "ready",
-     "models": [{"name": "default-lm",
-                 "path": "models/default-lm",
-                 "task": "causal_lm",
-                 "architecture": "LlamaForCausalLM",
-                 "dtype": "float32",
-                 "device": "cpu",
-                 "max_model_len": 256,
-                 "vocab_size": 8192,
-                 "parameters": 6524160,
-                 "labels": None,
-                 "kv_cache_blocks": 512,
-                 "block_size": 16,
-                 "kv_blocks_used": 0,
-                 "running_requests": 0,
-                 "waiting_requests": 0,
-                 "compile": "off (--compile off)",
-                 "weights": "not packed (--prepack off)",
-                 "quantization": "none"},
-                {"name": "fortune-classifier",
-                 "path": "models/fortune-classifier",
-                 "task": "sequence_classification",
-                 "architecture": "LlamaForSequenceClassification",
-                 "dtype": "float32",
-                 "device": "cpu",
-                 "max_model_len": 256,
-                 "vocab_size": 8192,
-                 "parameters": 6526720,
-                 "labels": ["computers", "education", "food", "law", "love", "medicine",
-                            "politics", "science", "sports", "startrek"],
-                 "kv_cache_blocks": 512,
-                 "block_size": 16,
-                 "kv_blocks_used": 0,
-                 "running_requests": 0,
-                 "waiting_requests": 0,
-                 "compile": "off (--compile off)",
-                 "weights": "not packed (--prepack off)",
-                 "quantization": "none"}],
+     "models": [_served("default-lm", "causal_lm", "LlamaForCausalLM", 6524160, None),
+                _served("fortune-classifier", "sequence_classification",
+                        "LlamaForSequenceClassification", 6526720,
+                        ["computers", "education", "food", "law", "love", "medicine",
+                         "politics", "science", "sports", "startrek"])],
      "limits": {"max_body_bytes": 1048576,
                 "max_prompt_tokens": 0,
                 "max_tokens_limit": 2048,
@@ -260,103 +193,35 @@ READY: dict[str, Any] = {"status": "ok",
      "reason": None}
 
 
+def _chunks(header: dict[str, Any], choices: list[dict[str, Any]],
+            usage: dict[str, Any]) -> str:
+    """An OpenAI stream: one chunk per choice delta, then the usage chunk."""
+    return _sse(*({**header, "choices": [c]} for c in choices),
+                {**header, "choices": [], "usage": usage})
+
+
 GENERATE_STREAM = _sse(
-    {"index": 0, "prompt_index": 0, "text": " the", "finish_reason": None},
-    {"index": 0, "prompt_index": 0, "text": " way", "finish_reason": None},
-    {"index": 0, "prompt_index": 0, "text": " of", "finish_reason": None},
-    {"index": 0, "prompt_index": 0, "text": " the", "finish_reason": "length"},
-    {"id": "79266dea533e491aab26d2a74cc5575d",
-     "model": "default-lm",
-     "usage": {"prompt_tokens": 2,
-               "completion_tokens": 4,
-               "total_tokens": 6,
-               "cached_tokens": 0,
-               "prompt_tokens_details": {"cached_tokens": 0}}})
+    *({"index": 0, "prompt_index": 0, "text": text, "finish_reason": finish}
+      for text, finish in ((" the", None), (" way", None), (" of", None), (" the", "length"))),
+    {"id": "79266dea533e491aab26d2a74cc5575d", "model": "default-lm", "usage": _usage(2, 4)})
 
 
-COMPLETION_STREAM = _sse(
-    {"id": "cmpl-f87a2415e0b0453991d0d4a63f4fb923",
-     "object": "text_completion",
-     "created": 1796034991,
-     "model": "default-lm",
-     "system_fingerprint": "fp_69359a12701f",
-     "choices": [{"index": 0,
-                  "text": ",",
-                  "finish_reason": None,
-                  "logprobs": None,
-                  "prompt_logprobs": None}]},
-    {"id": "cmpl-f87a2415e0b0453991d0d4a63f4fb923",
-     "object": "text_completion",
-     "created": 1796034991,
-     "model": "default-lm",
-     "system_fingerprint": "fp_69359a12701f",
-     "choices": [{"index": 0,
-                  "text": " a",
-                  "finish_reason": None,
-                  "logprobs": None,
-                  "prompt_logprobs": None}]},
-    {"id": "cmpl-f87a2415e0b0453991d0d4a63f4fb923",
-     "object": "text_completion",
-     "created": 1796034991,
-     "model": "default-lm",
-     "system_fingerprint": "fp_69359a12701f",
-     "choices": [{"index": 0,
-                  "text": " man",
-                  "finish_reason": "length",
-                  "logprobs": None,
-                  "prompt_logprobs": None}]},
-    {"id": "cmpl-f87a2415e0b0453991d0d4a63f4fb923",
-     "object": "text_completion",
-     "created": 1796034991,
-     "model": "default-lm",
-     "system_fingerprint": "fp_69359a12701f",
-     "choices": [],
-     "usage": {"prompt_tokens": 4,
-               "completion_tokens": 3,
-               "total_tokens": 7,
-               "cached_tokens": 0,
-               "prompt_tokens_details": {"cached_tokens": 0}}})
+COMPLETION_STREAM = _chunks(
+    {"id": "cmpl-f87a2415e0b0453991d0d4a63f4fb923", "object": "text_completion",
+     "created": 1796034991, "model": "default-lm", "system_fingerprint": "fp_69359a12701f"},
+    [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None,
+      "prompt_logprobs": None}
+     for text, finish in ((",", None), (" a", None), (" man", "length"))],
+    _usage(4, 3))
 
 
-CHAT_STREAM = _sse(
-    {"id": "chatcmpl-e7c58cf9faa04c53bcafe78c7ee291f7",
-     "object": "chat.completion.chunk",
-     "created": 1796034993,
-     "model": "default-lm",
-     "system_fingerprint": "fp_69359a12701f",
-     "choices": [{"index": 0,
-                  "delta": {"content": "\t", "role": "assistant"},
-                  "finish_reason": None,
-                  "logprobs": None}]},
-    {"id": "chatcmpl-e7c58cf9faa04c53bcafe78c7ee291f7",
-     "object": "chat.completion.chunk",
-     "created": 1796034993,
-     "model": "default-lm",
-     "system_fingerprint": "fp_69359a12701f",
-     "choices": [{"index": 0,
-                  "delta": {"content": "In"},
-                  "finish_reason": None,
-                  "logprobs": None}]},
-    {"id": "chatcmpl-e7c58cf9faa04c53bcafe78c7ee291f7",
-     "object": "chat.completion.chunk",
-     "created": 1796034993,
-     "model": "default-lm",
-     "system_fingerprint": "fp_69359a12701f",
-     "choices": [{"index": 0,
-                  "delta": {"content": " the"},
-                  "finish_reason": "length",
-                  "logprobs": None}]},
-    {"id": "chatcmpl-e7c58cf9faa04c53bcafe78c7ee291f7",
-     "object": "chat.completion.chunk",
-     "created": 1796034993,
-     "model": "default-lm",
-     "system_fingerprint": "fp_69359a12701f",
-     "choices": [],
-     "usage": {"prompt_tokens": 14,
-               "completion_tokens": 3,
-               "total_tokens": 17,
-               "cached_tokens": 0,
-               "prompt_tokens_details": {"cached_tokens": 0}}})
+CHAT_STREAM = _chunks(
+    {"id": "chatcmpl-e7c58cf9faa04c53bcafe78c7ee291f7", "object": "chat.completion.chunk",
+     "created": 1796034993, "model": "default-lm", "system_fingerprint": "fp_69359a12701f"},
+    [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+     for delta, finish in (({"content": "\t", "role": "assistant"}, None),
+                           ({"content": "In"}, None), ({"content": " the"}, "length"))],
+    _usage(14, 3))
 
 NOT_READY: dict[str, Any] = {"status": "unavailable", "phase": "starting",
                              "models": {}, "reason": "phase is starting"}
