@@ -42,9 +42,12 @@ def _make_serve(*args: str, env: dict[str, str] | None = None) -> str:
     make = shutil.which("make")
     if make is None:
         pytest.skip("make is not installed")
-    run = subprocess.run([make, "-n", "-o", ".venv/bin/.installed", "serve", *args],
-                         cwd=ROOT, capture_output=True, text=True, timeout=60,
-                         env={**os.environ, **(env or {})})
+    # Under `make test` the outer make's variables would make this one a sub-make (which
+    # prints "Entering directory" lines and inherits flags): run it as a user would.
+    outer = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    run = subprocess.run([make, "--no-print-directory", "-n", "-o", ".venv/bin/.installed",
+                          "serve", *args], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60, env={**outer, **(env or {})})
     assert run.returncode == 0, run.stderr
     return run.stdout.strip().splitlines()[-1]
 
