@@ -150,6 +150,16 @@
     }
   }
 
+  /** The request as a curl command, for the step from trying to writing a client. */
+  function showCurl(id, path, body) {
+    const quote = (s) => "'" + s.replace(/'/g, "'\\''") + "'";
+    const parts = [`curl -s${body.stream ? "N" : ""} ${quote(location.origin + path)}`,
+      "-H 'Content-Type: application/json'"];
+    if (sessionStorage.getItem(KEY_STORAGE)) parts.push('-H "Authorization: Bearer $LLM_API_KEY"');
+    parts.push(`-d ${quote(JSON.stringify(body))}`);
+    $(id).textContent = parts.join(" \\\n  ");
+  }
+
   // ------------------------------------------------------------------ tabs
 
   const tabs = Array.from(document.querySelectorAll('[role="tab"]'));
@@ -311,6 +321,7 @@
     };
     const stop = $("gen-stop").value;
     if (stop.trim()) body.stop = stop.split("|").map((s) => s.replace(/\\n/g, "\n")).filter((s) => s);
+    showCurl("gen-curl", "/v1/generate", { ...body, stream: true });
     const out = $("gen-output");
     const prompt = document.createElement("span");
     prompt.className = "prompt";
@@ -411,10 +422,12 @@
     setChatting(true);
     $("chat-status").textContent = "replying\u2026";
     try {
-      await stream("/v1/chat/completions", {
+      const body = {
         model, messages, temperature: numberField("chat-temperature"),
         max_tokens: numberField("chat-max-tokens", parseInt),
-      }, chatting.signal, (event) => {
+      };
+      showCurl("chat-curl", "/v1/chat/completions", { ...body, stream: true });
+      await stream("/v1/chat/completions", body, chatting.signal, (event) => {
         for (const choice of event.choices || []) {
           if (choice.delta && choice.delta.content) {
             text += choice.delta.content;
@@ -461,12 +474,14 @@
     showError("next-error", null);
     $("next-status").textContent = "predicting\u2026";
     try {
-      const result = await api("/v1/predict", {
+      const body = {
         model: selectedModel("next-model"),
         text: $("next-prompt").value,
         top_k: numberField("next-top-k", parseInt),
         temperature: Number($("next-temperature").value),
-      });
+      };
+      showCurl("next-curl", "/v1/predict", body);
+      const result = await api("/v1/predict", body);
       if (run !== predictRun) return; // a newer request (slider moved) owns the chart
       drawBars($("next-chart"), result.predictions.map((p) => ({
         label: p.token, value: p.prob, key: p.token_id,
@@ -509,6 +524,7 @@
       body.candidate_labels = labels;
       body.multi_label = $("cls-multi").checked;
     }
+    showCurl("cls-curl", "/v1/classify", body);
     $("cls-status").textContent = "classifying\u2026";
     try {
       const result = await api("/v1/classify", body);

@@ -4,6 +4,10 @@ answers. Screenshots of every panel are written to a temporary folder."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,19 @@ from tests.waiting import wait_until
 
 Page = Any  # playwright.sync_api.Page
 expect = playwright_sync.expect
+
+
+def run_curl(page: Page, prefix: str, env: dict[str, str] | None = None) -> str:
+    """Run a panel's "last request as a curl command" (#PREFIX-curl) in a shell; its
+    stdout."""
+    if shutil.which("curl") is None:
+        pytest.skip("curl is not installed: the shown command cannot be run")
+    page.click(f"details:has(#{prefix}-curl) summary")
+    command = page.inner_text(f"#{prefix}-curl")
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, **(env or {})})
+    assert done.returncode == 0, done.stderr
+    return done.stdout
 
 
 def metric(url: str, name: str, model: str = "default-lm") -> float:
@@ -85,6 +102,10 @@ def test_generate_streams_text_with_probabilities(page: Page, server: LiveServer
     want = httpx.post(server.url + "/v1/generate", json=body, timeout=60).json()["text"]
     shown = page.inner_text("#gen-output")
     assert shown == "The best thing about computers is" + want
+    # The shown curl command is the same request: the same text, streamed.
+    events = [json.loads(line[6:]) for line in run_curl(page, "gen").splitlines()
+              if line.startswith("data: {")]
+    assert "".join(e.get("text", "") for e in events) == want
     page.screenshot(path=str(screenshots / "generate.png"), full_page=True)
 
 
@@ -126,6 +147,7 @@ def test_next_token_chart_equals_the_api_and_bars_extend_the_prompt(
 
     want = api("Love is", 1.0)
     assert shown() == [(p["token"], p["prob"]) for p in want["predictions"]]
+    assert json.loads(run_curl(page, "next"))["predictions"] == want["predictions"]
     top = page.locator("#next-chart .bar.top")
     assert top.count() == 1 and top.get_attribute("data-label") == want["argmax"]["token"]
     page.screenshot(path=str(screenshots / "next-token.png"), full_page=True)
@@ -256,6 +278,9 @@ def test_api_key_is_asked_for_and_kept_in_session_storage(page: Page, keyed_serv
     page.click("#next-run")
     page.wait_for_selector("#next-chart .bar")
     assert page.is_hidden("#next-error")
+    # The curl command takes the key from the environment; it never shows it.
+    assert API_KEY not in page.inner_text("#next-curl")
+    assert "predictions" in json.loads(run_curl(page, "next", {"LLM_API_KEY": API_KEY}))
     storage = page.evaluate("() => [sessionStorage.length, localStorage.length, document.cookie]")
     assert storage == [1, 0, ""]
     # A wrong key is refused with the server's message.
