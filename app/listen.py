@@ -17,13 +17,19 @@ class CannotListen(Exception):
 
 
 def bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to host:port, as uvicorn would bind it (SO_REUSEADDR, so a port
-    left in TIME_WAIT by a previous run is reusable, but one in use is not)."""
+    """A TCP socket bound to host:port and listening, as uvicorn would bind it
+    (SO_REUSEADDR, so a port left in TIME_WAIT by a previous run is reusable, but one in use
+    is not)."""
+    host = host.removeprefix("[").removesuffix("]")  # "[::1]" as in a URL
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+        # Listening now, not only bound: two sockets with SO_REUSEADDR may both be bound
+        # to a port that is not yet listened on, so only listen() claims it. uvicorn's own
+        # listen() on this socket later is harmless.
+        sock.listen(2048)
     except OSError as exc:
         sock.close()
         shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"

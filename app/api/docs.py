@@ -22,7 +22,8 @@ from fastapi.staticfiles import StaticFiles
 STATIC_URL = "/static-docs"
 # Swagger UI: keep the key given to "Authorize" across reloads; no call to the online
 # validator (it would be a request to the internet from a page meant to work offline).
-SWAGGER_PARAMETERS = {"persistAuthorization": True, "validatorUrl": None,
+# The key typed into Authorize is not persisted (it would stay in localStorage for good).
+SWAGGER_PARAMETERS = {"persistAuthorization": False, "validatorUrl": None,
                       "displayRequestDuration": True}
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from app.api.openai_fields import (
     IgnoredOpenAIFields,
@@ -557,9 +557,19 @@ class CompletionRequest(Strict, SamplingFields, IgnoredOpenAIFields,
 
 
 class ChatMessage(Loose):
+    """Loose: clients send back assistant messages with fields of their own (refusal,
+    annotations, tool_calls: null). Content may be absent only from an assistant's turn, so
+    a misspelt `content` is still caught."""
+
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+
+    @model_validator(mode="after")
+    def _needs_content(self) -> ChatMessage:
+        if self.content is None and self.role != "assistant":
+            raise ValueError(f"a {self.role} message needs `content`")
+        return self
 
 
 class ChatCompletionRequest(Strict, SamplingFields, IgnoredOpenAIFields,

@@ -98,7 +98,7 @@ async def prompt_inputs(model: ServedModel, settings: Settings, prompt: Any, par
 
 def check_max_tokens(wanted: int, settings: Settings, model: ServedModel | None,
                      prompts: Sequence[list[int]], *, default: bool,
-                     param: str = "max_tokens") -> None:
+                     param: str = "max_tokens", prompt_param: str = "prompt") -> None:
     """One 400 with the real bound on max_tokens for these prompts on this model: the
     server's --max-tokens-limit and the room the longest prompt leaves in the context,
     whichever is smaller (so a client never fixes one limit only to meet the other)."""
@@ -121,7 +121,7 @@ def check_max_tokens(wanted: int, settings: Settings, model: ServedModel | None,
     where = f"the {context}-token context of {model.name}"
     if room < 1:
         raise BadRequest(f"{prompt} fills {where}: no room is left to generate; shorten "
-                         "it", param="prompt")
+                         "it", param=prompt_param)
     if room <= limit:
         raise BadRequest(f"{what}, but {prompt} leaves room for at most {room} in {where} "
                          f"(server limit: --max-tokens-limit {limit})", param=param)
@@ -141,6 +141,7 @@ def sampling_params(
     model: ServedModel | None = None,
     prompts: Sequence[list[int]] = (),
     max_tokens_param: str = "max_tokens",
+    prompt_param: str = "prompt",
 ) -> SamplingParams:
     """Request fields -> engine SamplingParams, enforcing the server's limits (400). With
     the model and the prompts it will generate from, max_tokens is checked against the
@@ -149,7 +150,7 @@ def sampling_params(
     wanted = given or default_max_tokens or settings.default_max_tokens
     check_max_tokens(wanted, settings, model, prompts,
                      default=given is None and default_max_tokens is None,
-                     param=max_tokens_param)
+                     param=max_tokens_param, prompt_param=prompt_param)
     if req.n > settings.max_n:
         raise BadRequest(f"n must be <= {settings.max_n}", param="n")
     if top_logprobs > settings.max_top_logprobs:

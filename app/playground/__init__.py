@@ -1,2 +1,3 @@
-"""The browser playground's static files (index.html, playground.css, playground.js),
-served by app.api.routes.playground."""
+"""The browser playground's static files (static/: index.html, playground.css,
+playground.js), served by app.api.routes.playground. Only static/ is served, so nothing
+else in the package is reachable over HTTP."""

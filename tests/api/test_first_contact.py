@@ -56,6 +56,26 @@ def test_unknown_fields_get_400_naming_them_on_every_route(api: Any) -> None:
     api(body, models=MODELS)
 
 
+def test_a_misspelt_message_content_is_caught(api: Any) -> None:
+    """Messages stay open to clients' extra fields, but a user turn without `content` (a
+    typo such as `contnet`) is refused rather than sent as an empty turn."""
+
+    async def body(app: FastAPI, client: httpx.AsyncClient) -> None:
+        r = await client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "contnet": "hi"}], "max_tokens": 2})
+        assert r.status_code == 422, r.text
+        assert "a user message needs `content`" in r.json()["error"]["message"]
+        assert r.json()["error"]["param"] == "messages.0"
+        # An assistant turn as the openai client returns it (no content, extra fields).
+        ok = await client.post("/v1/chat/completions", json={"max_tokens": 2, "messages": [
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": None, "refusal": None, "annotations": []},
+            {"role": "user", "content": "again"}]})
+        assert ok.status_code == 200, ok.text
+
+    api(body, models=MODELS)
+
+
 def test_unsupported_openai_features_get_400_saying_so(api: Any) -> None:
     tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
     refused = [
@@ -192,6 +212,25 @@ def test_max_tokens_over_any_bound_gets_one_message_with_the_real_bound(api: Any
         long = "word " * 200
         e = error(await client.post("/v1/completions", json={"prompt": long}), 400)
         assert "(the server's default, --default-max-tokens)" in e["message"]
+        # A prompt that fills the context is blamed on the field that holds it.
+        async def count(req: dict[str, Any]) -> int:
+            return int((await client.post("/v1/tokenize", json=req)).json()["count"])
+
+        async def filling(make: Any) -> Any:
+            """The request body whose prompt is exactly the context (256 tokens) long."""
+            for words in range(256, 0, -1):
+                if await count(make(words)) == 256:
+                    return make(words)
+            raise AssertionError("no filling prompt found")
+
+        text = await filling(lambda k: {"text": "word " * k})
+        e = error(await client.post("/v1/generate", json={"prompt": text["text"],
+                                                          "max_tokens": 1}), 400)
+        assert e["param"] == "prompt" and "no room is left to generate" in e["message"], e
+        chat = await filling(lambda k: {"messages": [{"role": "user", "content": "word " * k}]})
+        e = error(await client.post("/v1/chat/completions", json={**chat, "max_tokens": 1}),
+                  400)
+        assert e["param"] == "messages" and "no room is left to generate" in e["message"], e
         # Scoring a long prompt with echo generates nothing: no max_tokens bound applies.
         r = await client.post("/v1/completions", json={"prompt": long, "max_tokens": 0,
                                                        "echo": True, "logprobs": 1})

@@ -263,7 +263,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
                              logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
                              default_max_tokens=until_full, model=model, prompts=[prompt],
                              max_tokens_param="max_completion_tokens"
-                             if body.max_completion_tokens else "max_tokens")
+                             if body.max_completion_tokens else "max_tokens",
+                             prompt_param="messages")
     request_id = request.state.request_id
     streams = submit_all(request, model, [prompt], params, RequestKind.GENERATE,
                          salt=body.cache_salt, constraint=constraint)

@@ -1,6 +1,6 @@
 """GET /: the browser playground, and its static assets under /playground/.
 
-The page is plain HTML, CSS and JavaScript shipped in the package (app/playground): no
+The page is plain HTML, CSS and JavaScript shipped in the package (app/playground/static): no
 build step, no CDN, so it works on a machine without internet. It is public (it holds no
 secret); every API call it makes carries the key the user types, kept in sessionStorage.
 A strict Content-Security-Policy allows only this origin's scripts, styles and API.
@@ -15,7 +15,7 @@ from fastapi.responses import FileResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
-ASSETS = Path(__file__).resolve().parents[2] / "playground"
+ASSETS = Path(__file__).resolve().parents[2] / "playground" / "static"
 
 # No inline script or style anywhere in the page: JS sets sizes through the CSSOM, which
 # style-src does not govern. connect-src 'self' keeps the page's calls on this server.

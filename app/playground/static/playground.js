@@ -27,7 +27,7 @@
 
   /** The server's error body ({"error": {"message", "type", "param", "code"}}) as an Error. */
   async function errorFrom(resp) {
-    let message = `HTTP ${resp.status} ${resp.statusText}`;
+    let message = resp.statusText || "request failed";
     let param = null;
     try {
       const body = await resp.json();
@@ -53,30 +53,39 @@
   }
 
   /** POST with stream=true and call onEvent for each Server-Sent Event's JSON; an error
-   * event (sent once the stream has started) is thrown like an error response. */
+   * event (sent once the stream has started) is thrown like an error response, and so is
+   * a stream cut before its closing [DONE]. */
   async function stream(path, body, signal, onEvent) {
     const resp = await call(path, { ...body, stream: true }, signal);
     const reader = resp.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";
+    /** One event's data lines, joined as the SSE format says; true at [DONE]. */
+    const dispatch = (event) => {
+      const data = event.split("\n").filter((line) => line.startsWith("data:"))
+        .map((line) => line.slice(line.startsWith("data: ") ? 6 : 5)).join("\n");
+      if (!data) return false;
+      if (data.trim() === "[DONE]") return true;
+      const parsed = JSON.parse(data);
+      if (parsed.error) {
+        throw new ApiError(parsed.error.code, parsed.error.message, parsed.error.param);
+      }
+      onEvent(parsed);
+      return false;
+    };
     for (;;) {
       const { value, done } = await reader.read();
-      if (done) return;
-      buffer += decoder.decode(value, { stream: true });
+      // Proxies may rewrite line endings: \r\n and \r end lines too.
+      buffer += decoder.decode(value || new Uint8Array(), { stream: !done }).replace(/\r\n?/g, "\n");
       let cut;
       while ((cut = buffer.indexOf("\n\n")) >= 0) {
         const event = buffer.slice(0, cut);
         buffer = buffer.slice(cut + 2);
-        for (const line of event.split("\n")) {
-          if (!line.startsWith("data:")) continue;
-          const data = line.slice(5).trim();
-          if (data === "[DONE]") return;
-          const parsed = JSON.parse(data);
-          if (parsed.error) {
-            throw new ApiError(parsed.error.code, parsed.error.message, parsed.error.param);
-          }
-          onEvent(parsed);
-        }
+        if (dispatch(event)) return;
+      }
+      if (done) {
+        if (dispatch(buffer)) return;
+        throw new Error("the stream ended before it was complete (connection cut?)");
       }
     }
   }
@@ -189,23 +198,26 @@
   // ------------------------------------------------------------------ API key and models
 
   async function loadModels() {
-    try {
-      const [list, info] = await Promise.all([api("/v1/models"), api("/v1/info")]);
-      const tasks = new Map(info.models.map((m) => [m.name, m]));
-      served = list.data.map((m) => ({ name: m.id, ...(tasks.get(m.id) || {}) }));
-      fillSelects();
-      showError("global-error", null);
-    } catch (err) {
-      showError("global-error", err);
+    // /v1/info says which models are language models; without it (a proxy may block it)
+    // every model is offered everywhere and the server says which one cannot answer.
+    const [list, info] = await Promise.allSettled([api("/v1/models"), api("/v1/info")]);
+    if (list.status === "rejected") {
+      showError("global-error", list.reason);
+      return;
     }
+    const known = info.status === "fulfilled" ? info.value.models : [];
+    const details = new Map(known.map((m) => [m.name, m]));
+    served = list.value.data.map((m) => ({ name: m.id, ...(details.get(m.id) || {}) }));
+    fillSelects();
+    showError("global-error", null);
   }
 
   function fillSelects() {
-    const lms = served.filter((m) => m.task === "causal_lm");
+    const lms = served.filter((m) => !m.task || m.task === "causal_lm");
     for (const select of document.querySelectorAll("select.lm-models")) {
       fill(select, lms, null);
     }
-    const classifierFirst = served.find((m) => m.task !== "causal_lm");
+    const classifierFirst = served.find((m) => m.task && m.task !== "causal_lm");
     fill($("cls-model"), served, classifierFirst ? classifierFirst.name : null);
   }
 
@@ -241,7 +253,8 @@
   function tokenSpan(entry) {
     const span = document.createElement("span");
     span.className = "tok";
-    span.tabIndex = 0;
+    // One tab stop for the whole output (the first token); arrow keys move between tokens.
+    span.tabIndex = generatedTokens.length === 0 ? 0 : -1;
     span.textContent = entry.token;
     const p = Math.exp(entry.logprob);
     span.style.setProperty("--p", p.toFixed(4));
@@ -291,6 +304,18 @@
     box.append(title, table);
   }
 
+  $("gen-output").addEventListener("keydown", (e) => {
+    const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[e.key];
+    const index = e.target.dataset && e.target.dataset.index;
+    if (step === undefined || index === undefined) return;
+    const next = $("gen-output").querySelector(`.tok[data-index="${Number(index) + step}"]`);
+    if (!next) return;
+    e.preventDefault();
+    e.target.tabIndex = -1;
+    next.tabIndex = 0;
+    next.focus();
+  });
+
   for (const kind of ["mouseover", "focusin"]) {
     $("gen-output").addEventListener(kind, (e) => {
       const index = e.target.dataset && e.target.dataset.index;
@@ -320,7 +345,10 @@
       top_logprobs: withProbs ? 5 : 0,
     };
     const stop = $("gen-stop").value;
-    if (stop.trim()) body.stop = stop.split("|").map((s) => s.replace(/\\n/g, "\n")).filter((s) => s);
+    // "|" separates stop strings; spaces around each are layout, "\n" is a newline.
+    if (stop.trim()) {
+      body.stop = stop.split("|").map((s) => s.trim().replace(/\\n/g, "\n")).filter((s) => s);
+    }
     showCurl("gen-curl", "/v1/generate", { ...body, stream: true });
     const out = $("gen-output");
     const prompt = document.createElement("span");
@@ -369,7 +397,11 @@
   /** The conversation so far: {role, content}. */
   let conversation = [];
   let chatting = null;
+  /** Bumped by Clear and by each send: a reply that is no longer the current turn (the
+   * conversation was cleared meanwhile) changes nothing when it ends. */
+  let chatTurn = 0;
 
+  /** A message bubble; its content element is returned (the bubble is its parent). */
   function addMessage(role, content) {
     const li = document.createElement("li");
     li.className = role;
@@ -390,14 +422,16 @@
   }
 
   /** The prompt after the model's chat template, as the server renders it. */
-  async function showRendered(model, messages) {
+  async function showRendered(model, messages, turn) {
+    let shown;
     try {
       const { tokens } = await api("/v1/tokenize", { model, messages });
       const { text } = await api("/v1/detokenize", { model, tokens, skip_special_tokens: false });
-      $("chat-rendered").textContent = text;
+      shown = text;
     } catch (err) {
-      $("chat-rendered").textContent = `(could not render: ${err.message})`;
+      shown = `(could not render: ${err.message})`;
     }
+    if (turn === chatTurn) $("chat-rendered").textContent = shown;
   }
 
   function setChatting(on) {
@@ -409,16 +443,25 @@
     e.preventDefault();
     const content = $("chat-input").value;
     if (!content.trim()) return;
+    const turn = ++chatTurn;
     showError("chat-error", null);
     const model = selectedModel("chat-model");
     conversation.push({ role: "user", content });
-    addMessage("user", content);
+    const asked = addMessage("user", content).parentElement;
     $("chat-input").value = "";
     const messages = chatMessages();
-    showRendered(model, messages);
+    showRendered(model, messages, turn);
     const reply = addMessage("assistant", "");
     let text = "";
-    chatting = new AbortController();
+    /** Take the turn back: no reply, the message returns to the box (nothing is lost). */
+    const undo = () => {
+      conversation.pop();
+      asked.remove();
+      reply.parentElement.remove();
+      $("chat-input").value = content;
+    };
+    const controller = new AbortController();
+    chatting = controller;
     setChatting(true);
     $("chat-status").textContent = "replying\u2026";
     try {
@@ -427,7 +470,7 @@
         max_tokens: numberField("chat-max-tokens", parseInt),
       };
       showCurl("chat-curl", "/v1/chat/completions", { ...body, stream: true });
-      await stream("/v1/chat/completions", body, chatting.signal, (event) => {
+      await stream("/v1/chat/completions", body, controller.signal, (event) => {
         for (const choice of event.choices || []) {
           if (choice.delta && choice.delta.content) {
             text += choice.delta.content;
@@ -436,28 +479,34 @@
           if (choice.finish_reason) $("chat-status").textContent = `finish: ${choice.finish_reason}`;
         }
       });
-      conversation.push({ role: "assistant", content: text });
+      if (turn === chatTurn) conversation.push({ role: "assistant", content: text });
     } catch (err) {
-      if (aborted(err)) {
+      if (turn !== chatTurn) return; // cleared meanwhile: nothing of this turn is left
+      if (aborted(err) && text) {
         $("chat-status").textContent = "stopped";
-        if (text) conversation.push({ role: "assistant", content: text });
+        conversation.push({ role: "assistant", content: text });
+      } else if (aborted(err)) {
+        $("chat-status").textContent = "stopped before a reply";
+        undo();
       } else {
-        // Nothing is lost: the message goes back into the box for another try.
-        conversation.pop();
-        $("chat-messages").lastChild.remove();
-        $("chat-messages").lastChild.remove();
-        $("chat-input").value = content;
         $("chat-status").textContent = "";
+        undo();
         showError("chat-error", err);
       }
     } finally {
-      chatting = null;
-      setChatting(false);
+      if (chatting === controller) {
+        chatting = null;
+        setChatting(false);
+      }
     }
   });
 
   $("chat-stop").addEventListener("click", () => chatting && chatting.abort());
   $("chat-clear").addEventListener("click", () => {
+    chatTurn++;
+    if (chatting) chatting.abort();
+    chatting = null;
+    setChatting(false);
     conversation = [];
     $("chat-messages").replaceChildren();
     $("chat-rendered").textContent = "";
@@ -515,8 +564,11 @@
 
   // ------------------------------------------------------------------ Classify
 
+  let classifyRun = 0;
+
   $("classify-form").addEventListener("submit", async (e) => {
     e.preventDefault();
+    const run = ++classifyRun;
     showError("cls-error", null);
     const body = { model: selectedModel("cls-model"), text: $("cls-text").value };
     const labels = $("cls-labels").value.split(",").map((s) => s.trim()).filter((s) => s);
@@ -528,10 +580,12 @@
     $("cls-status").textContent = "classifying\u2026";
     try {
       const result = await api("/v1/classify", body);
+      if (run !== classifyRun) return; // a newer request owns the chart
       drawBars($("cls-chart"), result.scores.map((s) => ({ label: s.label, value: s.score, key: s.label })),
         result.label, null);
       $("cls-status").textContent = `${result.model}: ${result.label} (${pct(result.score)})`;
     } catch (err) {
+      if (run !== classifyRun) return;
       $("cls-status").textContent = "";
       $("cls-chart").replaceChildren();
       showError("cls-error", err);
@@ -569,7 +623,11 @@
     return td;
   }
 
+  let refreshing = false;
+
   async function refreshServer() {
+    if (refreshing) return; // one reading at a time, or the rates mix two intervals
+    refreshing = true;
     try {
       const info = await api("/v1/info");
       let counters = null;
@@ -599,6 +657,8 @@
       showError("srv-error", null);
     } catch (err) {
       showError("srv-error", err);
+    } finally {
+      refreshing = false;
     }
   }
 
