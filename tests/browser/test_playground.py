@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import threading
@@ -36,6 +37,14 @@ def run_curl(page: Page, prefix: str, env: dict[str, str] | None = None) -> str:
                           env={**os.environ, **(env or {})})
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def sent_body(page: Page, prefix: str) -> Any:
+    """The JSON body of a panel's last request, read from its curl command (#PREFIX-curl)
+    as a shell would parse it."""
+    page.click(f"details:has(#{prefix}-curl) summary")
+    words = shlex.split(page.inner_text(f"#{prefix}-curl").replace("\\\n", " "))
+    return json.loads(words[words.index("-d") + 1])
 
 
 def metric(url: str, name: str, model: str = "default-lm") -> float:
@@ -335,8 +344,7 @@ def test_chat_clear_during_a_reply_leaves_no_orphan_turn(page: Page, server: Liv
     page.fill("#chat-input", "second")
     page.click("#chat-send")
     page.wait_for_selector("#chat-status:has-text('finish')", timeout=60_000)
-    page.click("details:has(#chat-curl) summary")
-    sent = json.loads(page.inner_text("#chat-curl").split("-d '", 1)[1].rstrip("'"))
+    sent = sent_body(page, "chat")
     assert sent["messages"] == [{"role": "user", "content": "second"}]
     assert page.locator("#chat-messages li").count() == 2
     wait_until(lambda: metric(server.url, "llm_requests_running") == 0, timeout=30,
@@ -368,6 +376,5 @@ def test_stop_strings_are_sent_as_typed(page: Page, server: LiveServer) -> None:
     page.fill("#gen-stop", "\\n | END |  the end ")
     page.click("#gen-run")
     page.wait_for_selector("#gen-status:has-text('finish')", timeout=60_000)
-    page.click("details:has(#gen-curl) summary")
-    sent = json.loads(page.inner_text("#gen-curl").split("-d '", 1)[1].rstrip("'"))
+    sent = sent_body(page, "gen")
     assert sent["stop"] == ["\n", "END", "the end"]
