@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.machine import cpu_info
+from bench.machine import cpu_info, cpu_line
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = {"type": "object", "properties": {
@@ -171,8 +171,7 @@ def main() -> int:
     parser.add_argument("--tokenizer-50k", type=Path)
     args = parser.parse_args()
     cpu = cpu_info()
-    print(f"CPU: {cpu['model']} (family {cpu.get('family')} model {cpu.get('model_number')}),"
-          f" ISA {', '.join(cpu['isa'])}")
+    print(cpu_line(cpu))
     with tempfile.TemporaryDirectory() as tmp:
         big = args.tokenizer_50k or tokenizer_50k(Path(tmp))
         from app.tokenizer import Tokenizer

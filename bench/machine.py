@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import logging
 import platform
-import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import torch
 import torch.nn.functional as F
+
+# One timing helper for the server's start-up measurements and the benchmarks.
+from app.modeling.timing import median_seconds
 
 log = logging.getLogger("bench")
 
@@ -35,6 +36,12 @@ def cpu_info() -> dict[str, Any]:
             "family": fields.get("cpu family"), "model_number": fields.get("model"),
             "isa": [f for f in ISA_FLAGS if f in flags], "cpus": psutil.cpu_count(),
             "native_bf16": bool(flags & {"avx512_bf16", "amx_bf16"})}
+
+
+def cpu_line(cpu: dict[str, Any]) -> str:
+    """The CPU a benchmark ran on, as its output's first line names it."""
+    return (f"CPU: {cpu['model']} (family {cpu.get('family')} model {cpu.get('model_number')}),"
+            f" ISA {', '.join(cpu['isa'])}")
 
 
 def kind(cpu: dict[str, Any]) -> str:
@@ -68,17 +75,6 @@ def wait_idle(threshold: float = 12.0, timeout: float = 180.0) -> float:
     log.warning("machine still busy (%.0f%% by others) after %.0fs; measuring anyway",
                 busy, timeout)
     return busy
-
-
-def median_seconds(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def ceilings(native_bf16: bool) -> dict[str, float]:

@@ -31,7 +31,7 @@ from app.modeling.quantized_model import block_products
 from app.tokenizer import Tokenizer
 from app.train.data import pack_tokens, read_documents, read_labelled
 from app.train.evaluate import nll_and_argmax, predict_labels
-from bench.machine import cpu_info, median_seconds, wait_idle
+from bench.machine import cpu_info, cpu_line, median_seconds, wait_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,8 +143,7 @@ def main() -> int:
     parser.add_argument("--skip-accuracy", action="store_true")
     args = parser.parse_args()
     cpu = cpu_info()
-    print(f"CPU: {cpu['model']} (family {cpu.get('family')} model {cpu.get('model_number')}), "
-          f"ISA {', '.join(cpu['isa'])}; torch {torch.__version__}, "
+    print(f"{cpu_line(cpu)}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     print("\n".join(speed()))
     if not args.skip_accuracy:

@@ -26,7 +26,7 @@ from app.engine.scheduler import SchedulerConfig
 from app.sampling_params import SamplingParams
 from app.structured import ConstraintCompiler, ConstraintSpec
 from app.tokenizer import Tokenizer
-from bench.machine import cpu_info, wait_idle
+from bench.machine import cpu_info, cpu_line, wait_idle
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ('{"type": "object", "properties": {"name": {"type": "string", "maxLength": 12}, '
@@ -64,8 +64,7 @@ def main() -> int:
         return runner.run(go())
 
     cpu = cpu_info()
-    print(f"CPU: {cpu['model']} (family {cpu.get('family')} model {cpu.get('model_number')}),"
-          f" ISA {', '.join(cpu['isa'])}; torch {torch.__version__}, "
+    print(f"{cpu_line(cpu)}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; default-lm, {loaded.dtype}")
     print("| batch | unconstrained tok/s | JSON Schema tok/s | ratio |")
     print("|---|---|---|---|")

@@ -22,7 +22,7 @@ import httpx
 from app.config import Settings
 from app.main import create_app
 from app.train.data import read_labelled
-from bench.machine import cpu_info
+from bench.machine import cpu_info, cpu_line
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = "{text}\n\nThis fortune is about"
@@ -62,8 +62,7 @@ async def run(rows: list[tuple[str, str]], labels: list[str]) -> None:
 
 def main() -> int:
     cpu = cpu_info()
-    print(f"CPU: {cpu['model']} (family {cpu.get('family')} model {cpu.get('model_number')}),"
-          f" ISA {', '.join(cpu['isa'])}")
+    print(cpu_line(cpu))
     fortunes = Path("/usr/share/games/fortunes")
     if not fortunes.is_dir():
         print(f"skipped: {fortunes} missing (apt-get install fortunes)")

@@ -9,8 +9,9 @@ from collections.abc import Callable
 from typing import Any
 
 
-def median_seconds(fn: Callable[[], Any], repeats: int = 5) -> float:
-    fn()  # warm-up: first-call allocation and compilation do not count
+def median_seconds(fn: Callable[[], Any], repeats: int = 5, warmup: int = 1) -> float:
+    for _ in range(warmup):  # first-call allocation and compilation do not count
+        fn()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
