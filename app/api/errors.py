@@ -153,7 +153,9 @@ def install(app: FastAPI) -> None:
             return error_response(request, BadRequest(unknown[0], param=unknown[1]))
         message, param = _validation_param(errors)
         details = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: "
+            # Our own validators' messages, without pydantic's "Value error, " in front.
+            f"{str(e.get('msg')).removeprefix('Value error, ')}"
             for e in errors[:5])
         status = 422
         count_error(request, "invalid_request_error")
