@@ -31,12 +31,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from app.checkpoint import LoadedModel
 from app.engine.block_manager import BlockManager
 from app.engine.compute import compute_thread
+from app.engine.config import EngineConfig
 from app.engine.errors import (
     EngineDead,
     EngineError,
@@ -48,11 +48,11 @@ from app.engine.errors import (
 )
 from app.engine.output import RequestOutput, RequestSummary, RequestTimes, merge_outputs
 from app.engine.output_processor import OutputProcessor, RequestProgress
-from app.engine.request import EngineRequest, RequestKind, TokenSequence
+from app.engine.request import EngineRequest, RequestKind, new_request
 from app.engine.runner import ModelRunner, kv_cache_blocks
 from app.engine.runner_output import RunnerOutput
 from app.engine.sampling_plan import SamplingPlan, SamplingPlanner
-from app.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from app.engine.scheduler import Scheduler, SchedulerOutput
 from app.engine.stats import EngineStats, StepStats
 from app.engine.step_update import StepUpdater
 from app.engine.stream import RequestStream
@@ -63,21 +63,6 @@ from app.tokenizer import Tokenizer
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    block_size: int = 16
-    num_kv_blocks: int = 0  # 0: enough for max_num_seqs full-length sequences, memory allowing
-    kv_cache_memory_fraction: float = 0.25  # of available memory, when sizing automatically
-    max_model_len: int = 0  # 0: the model's own limit
-    enable_prefix_caching: bool = True
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    max_top_logprobs: int = 20
-    max_consecutive_failures: int = 3
-    compile: str = "off"  # auto | on | off: see app.modeling.compile
-    prepack: str = "off"  # auto | off: see app.modeling.packed
-    shutdown_timeout: float = 30.0  # how long shutdown() waits for a step in flight
 
 
 class Engine:
@@ -235,20 +220,13 @@ class Engine:
         for prompt_ids in prompts:
             check_request(self.limits, prompt_ids, params, kind)
         now = time.monotonic()
-        requests: list[EngineRequest] = []
-        for i, prompt_ids in enumerate(prompts):
-            request_id = uuid.uuid4().hex
-            tokens = (classified_tokens(prompt_ids, self.model_config.pad_token_id)
-                      if kind is RequestKind.CLASSIFY else list(prompt_ids))
-            seq = TokenSequence(
-                request_id=request_id, kind=kind, token_ids=tokens,
-                num_prompt_tokens=len(tokens), params=params, priority=priority, arrival=now,
-                cache_salt=cache_salt,
-                pending_forks=params.n - 1 if kind is RequestKind.GENERATE else 0,
-                # EMBED pools every position: none may come from the prefix cache.
-                score_from=1 if kind is RequestKind.EMBED else
-                None if score_from is None else score_from[i])
-            requests.append(EngineRequest(request_id, kind, params, list(prompt_ids), [seq]))
+        requests = [new_request(
+            uuid.uuid4().hex, kind, params, list(prompt_ids),
+            classified_tokens(prompt_ids, self.model_config.pad_token_id)
+            if kind is RequestKind.CLASSIFY else list(prompt_ids),
+            priority=priority, arrival=now, cache_salt=cache_salt,
+            score_from=None if score_from is None else score_from[i])
+            for i, prompt_ids in enumerate(prompts)]
         try:
             self.scheduler.add([r.sequences[0] for r in requests])
         except QueueFull:

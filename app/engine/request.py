@@ -127,3 +127,17 @@ class EngineRequest:
 
     def sequence(self, seq_id: int) -> TokenSequence | None:
         return next((s for s in self.sequences if s.seq_id == seq_id), None)
+
+
+def new_request(request_id: str, kind: RequestKind, params: SamplingParams,
+                prompt_ids: list[int], tokens: list[int], *, priority: int, arrival: float,
+                cache_salt: str | None, score_from: int | None) -> EngineRequest:
+    """A request and its first sequence. `tokens` are what the model reads (a CLASSIFY
+    prompt is padded its own way), `prompt_ids` what the caller sent."""
+    seq = TokenSequence(
+        request_id=request_id, kind=kind, token_ids=tokens, num_prompt_tokens=len(tokens),
+        params=params, priority=priority, arrival=arrival, cache_salt=cache_salt,
+        pending_forks=params.n - 1 if kind is RequestKind.GENERATE else 0,
+        # EMBED pools every position: none may come from the prefix cache.
+        score_from=1 if kind is RequestKind.EMBED else score_from)
+    return EngineRequest(request_id, kind, params, prompt_ids, [seq])
