@@ -1,16 +1,12 @@
-"""The async engine: one loop owns the model; requests talk to it through submit()/abort(),
-and the server reads it through stats().
+"""The async engine (vLLM v1's AsyncLLM half): one loop owns the model; requests talk to
+it through submit()/abort(), and the server reads it through stats(). The parts and the
+per-request views live in EngineCore (core.py).
 
 Each iteration: schedule (scheduler.py: frozen snapshots of the step) -> run the batched
 forward and sampling in a worker thread (runner.py; torch releases the GIL, so the event
-loop keeps serving HTTP) -> postprocess on the loop (output_processor.py: tokens to text
-deltas and stop decisions, gathered per request; step_update.py applies the step's
-results: forks, finished sequences, outputs to each request's collector).
-
-The engine keeps three views of a request, each keyed by request id: what the scheduler
-sees (request.EngineRequest: prompt, parameters, token sequences), what the sampler draws
-with (sampling_plan.SamplingPlanner: generators, grammar matchers), and what the reader
-gets (output_processor.RequestProgress: text, stop strings, accumulators, collector).
+loop keeps serving HTTP) -> update on the loop (step_update.py: forks, finished
+sequences; output_processor.py: tokens to text deltas and stop decisions, outputs to
+each request's collector).
 
 Only the event loop changes scheduler, block-manager and request state, and only between
 steps: aborts and shutdown take effect at the top of the loop, never while a step is in
@@ -34,9 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from app.checkpoint import LoadedModel
-from app.engine.block_manager import BlockManager
 from app.engine.compute import compute_thread
 from app.engine.config import EngineConfig
+from app.engine.core import EngineCore
 from app.engine.errors import (
     EngineDead,
     EngineError,
@@ -47,16 +43,14 @@ from app.engine.errors import (
     StepFailed,
 )
 from app.engine.output import RequestOutput, RequestSummary, RequestTimes, merge_outputs
-from app.engine.output_processor import OutputProcessor, RequestProgress
+from app.engine.output_processor import RequestProgress
 from app.engine.request import EngineRequest, RequestKind, new_request
-from app.engine.runner import ModelRunner, kv_cache_blocks
 from app.engine.runner_output import RunnerOutput
-from app.engine.sampling_plan import SamplingPlan, SamplingPlanner
-from app.engine.scheduler import Scheduler, SchedulerOutput
+from app.engine.sampling_plan import SamplingPlan
+from app.engine.scheduler import SchedulerOutput
 from app.engine.stats import EngineStats, StepStats
-from app.engine.step_update import StepUpdater
 from app.engine.stream import RequestStream
-from app.engine.validation import RequestLimits, check_request, classified_tokens
+from app.engine.validation import check_request, classified_tokens
 from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
 
@@ -75,25 +69,11 @@ class Engine:
         self.tokenizer = tokenizer
         self.config = config
         self.model_config = loaded.config
-        self.max_model_len = min(config.max_model_len or loaded.config.max_model_len,
-                                 loaded.config.max_model_len)
-        sched = config.scheduler
-        num_blocks = config.num_kv_blocks or kv_cache_blocks(
-            loaded, config.block_size, sched.max_num_seqs * self.max_model_len,
-            config.kv_cache_memory_fraction)
-        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(sched, self.blocks)
-        self.runner = ModelRunner(loaded, num_blocks, config.block_size, config.compile,
-                                  config.prepack)
-        eos_ids = tuple(dict.fromkeys((*tokenizer.eos_ids, *loaded.eos_token_ids)))
-        self.processor = OutputProcessor(tokenizer, eos_ids, self.max_model_len)
-        self.planner = SamplingPlanner(eos_ids)
-        self.updater = StepUpdater(self.scheduler, self.blocks, self.processor)
-        self.limits = RequestLimits(
-            model_name=name, model=loaded.config, max_model_len=self.max_model_len,
-            kv_cache_tokens=num_blocks * config.block_size, block_size=config.block_size,
-            max_top_logprobs=config.max_top_logprobs, max_num_seqs=sched.max_num_seqs)
-        self._requests: dict[str, EngineRequest] = {}
+        self.core = EngineCore(loaded, tokenizer, config, name)
+        # The core's parts, named here for the server and tests that read them.
+        self.max_model_len, self.limits = self.core.max_model_len, self.core.limits
+        self.blocks, self.scheduler = self.core.blocks, self.core.scheduler
+        self.runner, self._requests = self.core.runner, self.core.requests
         self._aborts: set[str] = set()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -111,10 +91,6 @@ class Engine:
         self.step_observers: list[Callable[[StepStats], None]] = []
         self.finish_observers: list[Callable[[RequestSummary], None]] = []
         self.death_observers: list[Callable[[str], None]] = []
-
-    @property
-    def eos_ids(self) -> tuple[int, ...]:
-        return self.processor.eos_ids
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -236,9 +212,7 @@ class Engine:
         for request in requests:
             progress = RequestProgress(request.request_id, self.name, kind, params,
                                        request.prompt_ids, RequestTimes(arrival=now))
-            self._requests[request.request_id] = request
-            self.processor.add(progress)
-            self.planner.add(request.request_id, params.seed, constraint)
+            self.core.add(request, progress, constraint)
             streams.append(RequestStream(request.request_id, self.name, progress.collector,
                                          self.abort, progress.summary))
         self._idle.clear()
@@ -262,14 +236,7 @@ class Engine:
              output: RequestOutput | None = None, error: BaseException | None = None) -> None:
         """A request is over: finish its sequences, hand its reader the last output or
         the error, and tell the observers. Every way out of the engine goes through here."""
-        if self._requests.pop(request.request_id, None) is None:
-            return
-        for seq in request.sequences:
-            if not seq.is_finished:
-                self.scheduler.finish(seq, reason)
-        self.planner.remove(request.request_id)
-        summary = self.processor.finish(request.request_id, reason, request.cached_tokens,
-                                        output=output, error=error)
+        summary = self.core.end(request, reason, output=output, error=error)
         if not self._requests:
             self._idle.set()
         if summary is not None:
@@ -294,13 +261,11 @@ class Engine:
                 self._unschedulable()
                 await asyncio.sleep(0)
                 continue
-            plan = self.planner.plan(out, self._requests)
+            plan = self.core.plan(out)
             started = time.monotonic()
             try:
                 result = await loop.run_in_executor(self._executor, self._execute, out, plan)
-                self.scheduler.step_done(out)
-                update = self.updater.apply(out, plan, result, self._requests,
-                                            time.monotonic())
+                update = self.core.update(out, plan, result, time.monotonic())
                 for ended in update.ended:
                     self._end(ended.request, ended.reason, output=ended.output)
             except Exception as exc:

@@ -42,7 +42,7 @@ class RequestProgress:
     prompt_ids: list[int]
     times: RequestTimes
     collector: OutputCollector = field(default_factory=OutputCollector)
-    stop_texts: dict[int, StopText] = field(default_factory=dict)  # completion index ->
+    stop_texts: dict[int, StopText] = field(default_factory=dict)  # by completion index
     # SCORE: position -> log P(token | prefix); keyed so a recomputed step overwrites.
     score_logprobs: dict[int, float] = field(default_factory=dict)
     score_top: dict[int, list[tuple[int, float, int]]] = field(default_factory=dict)

@@ -72,7 +72,6 @@ class TokenSequence:
     # Prompt positions from which SCORE requests want the next token's log-probability.
     score_from: int | None = None
     preemptions: int = 0
-    finish_reason: str | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)

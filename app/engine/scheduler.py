@@ -178,7 +178,7 @@ class Scheduler:
         seq.status = SequenceStatus.RUNNING
         self.running.append(seq)
 
-    def finish(self, seq: TokenSequence, reason: str) -> None:
+    def finish(self, seq: TokenSequence) -> None:
         """Mark done and return its blocks (cached prefix blocks stay reusable)."""
         if seq.status is SequenceStatus.RUNNING and seq in self.running:
             self.running.remove(seq)
@@ -186,7 +186,6 @@ class Scheduler:
             self._queue.remove(seq)
         self.blocks.free(seq)
         seq.status = SequenceStatus.FINISHED
-        seq.finish_reason = reason
 
     def _preempt(self, seq: TokenSequence) -> None:
         self.running.remove(seq)

@@ -75,7 +75,7 @@ class StepUpdater:
             seq.token_ids.append(sampled.token_id)
             delta = self.processor.append(progress, seq, sampled.logprob)
             if delta.finish_reason is not None:
-                self.scheduler.finish(seq, delta.finish_reason)
+                self.scheduler.finish(seq)
             moved.setdefault(request.request_id, (request, progress, []))[2].append(delta)
             self.processor.record_token_time(progress, seq.index, now)
         for request, progress, completions in moved.values():

@@ -106,7 +106,7 @@ def test_preemption_newest_first_when_blocks_run_out() -> None:
     new = next(x for x in s.waiting if x.request_id == "new")
     assert new.num_computed == 0 and new.block_table == [] and new.preemptions >= 1
     # The preempted one comes back once the old one finishes, keeping its tokens.
-    s.finish(old, "stop")
+    s.finish(old)
     assert "new" in run_step(s)
 
 
@@ -117,7 +117,7 @@ def test_abort_frees_everything() -> None:
     run_step(s)
     assert s.blocks.num_used > 0
     for x in s.running + s.waiting:
-        s.finish(x, "abort")
+        s.finish(x)
     s.blocks.check_invariants()
     assert s.blocks.num_used == 0 and not s.has_work()
 
@@ -184,6 +184,6 @@ def test_prefix_lookups_are_counted_once_per_admission() -> None:
     for _ in range(3):
         run_step(s)
     assert s.blocks.prefix_queries == 8
-    s.finish(next(x for x in s.running if x.request_id == "a"), "stop")
+    s.finish(next(x for x in s.running if x.request_id == "a"))
     run_step(s)
     assert s.blocks.prefix_queries == 8 + 12
