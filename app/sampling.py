@@ -19,7 +19,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from app.sampling_params import IMPOSSIBLE_LOGPROB, LogprobsMode, SamplingParams, TokenLogprob
+from app.sampling_params import (
+    IMPOSSIBLE_LOGPROB,
+    LogprobsMode,
+    Sampled,
+    SamplingParams,
+    TokenLogprob,
+)
 
 
 @dataclass(frozen=True)
@@ -32,12 +38,6 @@ class SampleRow:
     output_ids: Sequence[int] = ()
     banned_ids: tuple[int, ...] = ()  # EOS / stop ids while min_tokens is not reached
     generator: torch.Generator | None = None
-
-
-@dataclass
-class Sampled:
-    token_id: int
-    logprob: TokenLogprob | None
 
 
 def apply_logit_bias(logits: Tensor, bias: Sequence[tuple[int, float]]) -> Tensor:
@@ -78,32 +78,6 @@ def apply_penalties(logits: Tensor, params: SamplingParams, prompt_ids: Sequence
     return out
 
 
-def logits_to_probs(logits: Tensor, temperature: float, top_k: int = 0, top_p: float = 1.0,
-                    min_p: float = 0.0) -> Tensor:
-    """(V,) logits -> (V,) probabilities after temperature and the three filters."""
-    logits = logits.float() / max(temperature, 1e-4)
-    if 0 < top_k < logits.shape[-1]:
-        kth = torch.topk(logits, top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        # Keep the smallest set whose mass reaches top_p (always at least one token).
-        drop = sorted_probs.cumsum(-1) - sorted_probs >= top_p
-        sorted_probs = sorted_probs.masked_fill(drop, 0.0)
-        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
-    if min_p > 0.0:
-        probs = probs.masked_fill(probs < min_p * probs.max(), 0.0)
-    return probs / probs.sum()
-
-
-def draw(probs: Tensor, generator: torch.Generator | None) -> int:
-    """One token from `probs`: the exponential race argmax(p / E), E ~ Exp(1), which is an
-    exact categorical draw that needs one random number per token and no cumsum."""
-    noise = torch.empty_like(probs).exponential_(1.0, generator=generator)
-    return int(torch.argmax(probs / noise))
-
-
 def finite_logprobs(logprobs: Tensor) -> Tensor:
     """-inf (an impossible token) -> IMPOSSIBLE_LOGPROB, so every value is valid JSON."""
     return logprobs.clamp(min=IMPOSSIBLE_LOGPROB)
@@ -118,30 +92,6 @@ def _logprob_entry(logprobs: Tensor, token_id: int, top_n: int) -> TokenLogprob:
     return TokenLogprob(token_id, float(logprobs[token_id]), top)
 
 
-def sample_row(logits: Tensor, row: SampleRow) -> Sampled:
-    """(V,) float logits of one row -> the chosen token (and its log-probabilities)."""
-    p = row.params
-    processed = apply_logit_bias(logits, p.logit_bias)
-    processed = mask_tokens(processed, row.banned_ids)
-    processed = apply_penalties(processed, p, row.prompt_ids, row.output_ids)
-    if p.greedy:
-        token = int(torch.argmax(processed))
-        probs = None
-    else:
-        probs = logits_to_probs(processed, p.temperature, p.top_k, p.top_p, p.min_p)
-        token = draw(probs, row.generator)
-    entry = None
-    if p.logprobs:
-        if p.logprobs_mode is LogprobsMode.RAW:
-            lp = torch.log_softmax(logits.float(), -1)
-        elif probs is None:  # greedy: the processed distribution at temperature 1
-            lp = torch.log_softmax(processed.float(), -1)
-        else:
-            lp = torch.log(probs)
-        entry = _logprob_entry(lp, token, p.top_logprobs)
-    return Sampled(token, entry)
-
-
 def is_plain_greedy(row: SampleRow) -> bool:
     p = row.params
     return (p.greedy and not p.needs_penalties and not p.logit_bias and not row.banned_ids
@@ -150,9 +100,10 @@ def is_plain_greedy(row: SampleRow) -> bool:
 
 def batched_probs(logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor,
                   min_p: Tensor) -> Tensor:
-    """(R, V) logits and per-row parameters (R,) -> (R, V) probabilities: row r equals
-    logits_to_probs(logits[r], temperature[r], top_k[r], top_p[r], min_p[r]), for all rows
-    in a few batched ops instead of a loop of small ones."""
+    """(R, V) logits and per-row parameters (R,) -> (R, V) probabilities: each row after
+    its own temperature, then top-k (0, or k >= V: off), top-p (the smallest set whose mass
+    reaches top_p, at least one token) and min-p (tokens below min_p times the likeliest
+    one's probability), in a few batched ops for all rows."""
     x = logits.float() / temperature.clamp(min=1e-4)[:, None]
     vocab = x.shape[-1]
     limited = (top_k > 0) & (top_k < vocab)
@@ -241,6 +192,8 @@ def sample_batch(logits: Tensor, rows: Sequence[SampleRow], index: Sequence[int]
             torch.tensor([p.top_k for p in params], device=device),
             torch.tensor([p.top_p for p in params], device=device),
             torch.tensor([p.min_p for p in params], device=device))
+        # The exponential race argmax(p / E), E ~ Exp(1), each row's E from its own
+        # generator: an exact categorical draw with one random number per token, no cumsum.
         noise = torch.stack([torch.empty(batch.shape[-1], device=device).exponential_(
             1.0, generator=rows[others[j]].generator) for j in drawn])
         for k, (j, token) in enumerate(zip(drawn, (batch / noise).argmax(-1).tolist(),

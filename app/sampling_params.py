@@ -1,6 +1,6 @@
 """SamplingParams: what a request asks of the sampler and the stop logic (a frozen value
-built by the API from request fields and obeyed by the engine), and TokenLogprob, what
-the sampler reports back. No torch and nothing from app.engine here, so every layer,
+built by the API from request fields and obeyed by the engine), and TokenLogprob and
+Sampled, what the sampler reports back. No torch and nothing from app.engine here, so every layer,
 the torch-free scheduler included, can import it.
 """
 
@@ -27,6 +27,14 @@ class TokenLogprob:
     token_id: int
     logprob: float  # never -inf: IMPOSSIBLE_LOGPROB stands for an impossible token
     top: list[tuple[int, float]]  # most likely tokens and their log-probabilities
+
+
+@dataclass
+class Sampled:
+    """One drawn token, with its log-probabilities when the request asked for them."""
+
+    token_id: int
+    logprob: TokenLogprob | None
 
 
 class InvalidParams(ValueError):

@@ -209,6 +209,13 @@ class IncrementalDetokenizer:
     Byte-level BPE tokens can end in the middle of a UTF-8 sequence; decoding such a prefix
     gives U+FFFD. We hold text back until the tail decodes cleanly, and decode only a short
     window of recent tokens so the cost per token stays constant.
+
+    Not tokenizers.decoders.DecodeStream (vLLM v1's choice; tried, tokenizers 0.23): it
+    has no flush, so bytes still pending when a stream ends inside a character are lost
+    and a completion's text stops being the join of its tokens' texts
+    (tests/api/test_completion_scoring.py::test_echo_with_logprobs_scores_token_id_prompts),
+    and after a prompt that ends inside a character its first chunk repeats the prompt's
+    text (tests/test_tokenizer.py::test_a_prompt_ending_mid_character_never_leaks_into_the_output).
     """
 
     def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int] = (),

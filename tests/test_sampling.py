@@ -1,11 +1,13 @@
-"""app.sampling checked against Hugging Face `transformers`' logits processors (and the
-OpenAI penalty formula written out by hand) on the same logits."""
+"""app.sampling's production path (sample_batch, and batched_probs inside it) checked
+against Hugging Face `transformers`' logits processors and warpers (and the OpenAI penalty
+formula written out by hand) on the same logits, row by row over mixed batches."""
 
 from __future__ import annotations
 
 import math
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
 import pytest
 import torch
@@ -20,18 +22,21 @@ from transformers import (
 )
 
 from app.sampling import (
-    Sampled,
     SampleRow,
     apply_logit_bias,
     apply_penalties,
-    draw,
+    batched_probs,
     finite_logprobs,
-    logits_to_probs,
     mask_tokens,
     sample_batch,
-    sample_row,
 )
-from app.sampling_params import IMPOSSIBLE_LOGPROB, LogprobsMode, SamplingParams, TokenLogprob
+from app.sampling_params import (
+    IMPOSSIBLE_LOGPROB,
+    LogprobsMode,
+    Sampled,
+    SamplingParams,
+    TokenLogprob,
+)
 
 ATOL = 1e-6
 RTOL = 1e-5
@@ -76,6 +81,18 @@ def openai_penalties(logits: Tensor, output_ids: Sequence[int], presence: float,
     return out
 
 
+def sample_one(logits: Tensor, row: SampleRow) -> Sampled:
+    """One row through the production sampler (a batch of one)."""
+    return sample_batch(logits[None], [row], [0])[0]
+
+
+def filter_columns(settings: Sequence[tuple[float, int, float, float]]) -> list[Tensor]:
+    """Per-row (temperature, top_k, top_p, min_p) -> the four (R,) tensors batched_probs
+    takes, built as sample_batch builds them."""
+    t, k, p, m = zip(*settings, strict=True)
+    return [torch.tensor(t), torch.tensor(k), torch.tensor(p), torch.tensor(m)]
+
+
 def assert_all_finite(entry: TokenLogprob) -> None:
     assert math.isfinite(entry.logprob), entry
     for _, value in entry.top:
@@ -104,43 +121,47 @@ FILTERS = [
 ]
 
 
-@pytest.mark.parametrize(("temperature", "top_k", "top_p", "min_p"), FILTERS)
 @pytest.mark.parametrize(("seed", "vocab"), [(0, 50), (1, 128), (2, 500), (3, 257)])
-def test_logits_to_probs_matches_transformers_warpers(seed: int, vocab: int,
-                                                      temperature: float, top_k: int,
-                                                      top_p: float, min_p: float) -> None:
-    logits = random_logits(seed, vocab)
-    ours = logits_to_probs(logits, temperature, top_k, top_p, min_p)
-    expected = torch.softmax(hf_warped(logits, temperature, top_k, top_p, min_p), dim=-1)
-
-    assert ours.shape == (vocab,) and ours.dtype == torch.float32
-    support, expected_support = ours > 0, expected > 0
-    assert torch.equal(support, expected_support), (
-        f"support differs at ids {torch.nonzero(support != expected_support).flatten().tolist()}")
-    if top_k:
-        assert int(support.sum()) <= top_k
-    if top_k or top_p < 1.0 or min_p > 0.0:
-        assert int(support.sum()) < vocab  # the filter really removed something
-    torch.testing.assert_close(ours, expected, atol=ATOL, rtol=RTOL)
-    assert float(ours.sum()) == pytest.approx(1.0, abs=1e-6)
-    assert int(torch.argmax(ours)) == int(torch.argmax(logits))
-
-
-def test_logits_to_probs_top_k_keeps_exactly_the_k_largest() -> None:
-    logits = random_logits(7, 300)
-    probs = logits_to_probs(logits, 1.0, top_k=17)
-    kept = set(torch.nonzero(probs).flatten().tolist())
-    assert kept == set(torch.topk(logits, 17).indices.tolist())
-    # Within the support the ratios are those of the untouched softmax.
-    full = torch.softmax(logits, -1)
-    ids = sorted(kept)
-    torch.testing.assert_close(probs[ids], full[ids] / full[ids].sum(), atol=ATOL, rtol=RTOL)
+def test_batched_probs_match_transformers_warpers_row_by_row(seed: int, vocab: int) -> None:
+    """One mixed batch, every row with its own filters: each row must be what
+    transformers' warpers make of that row alone."""
+    torch.manual_seed(seed)
+    logits = torch.randn(len(FILTERS), vocab) * 3
+    probs = batched_probs(logits, *filter_columns(FILTERS))
+    assert probs.shape == (len(FILTERS), vocab) and probs.dtype == torch.float32
+    for row, (temperature, top_k, top_p, min_p) in enumerate(FILTERS):
+        ours = probs[row]
+        expected = torch.softmax(hf_warped(logits[row], temperature, top_k, top_p, min_p), -1)
+        support, expected_support = ours > 0, expected > 0
+        assert torch.equal(support, expected_support), (
+            row, torch.nonzero(support != expected_support).flatten().tolist())
+        if top_k:
+            assert int(support.sum()) <= top_k
+        if top_k or top_p < 1.0 or min_p > 0.0:
+            assert int(support.sum()) < vocab  # the filter really removed something
+        torch.testing.assert_close(ours, expected, atol=ATOL, rtol=RTOL)
+        assert float(ours.sum()) == pytest.approx(1.0, abs=1e-6)
+        assert int(torch.argmax(ours)) == int(torch.argmax(logits[row]))
 
 
-def test_logits_to_probs_top_k_beyond_vocab_is_off() -> None:
-    logits = random_logits(8, 60)
-    torch.testing.assert_close(logits_to_probs(logits, 1.0, top_k=1000),
-                               torch.softmax(logits, -1), atol=ATOL, rtol=RTOL)
+def test_batched_top_k_keeps_exactly_the_k_largest_of_each_row() -> None:
+    """Rows with different k (one beyond the vocabulary, so off) share a batch: each
+    keeps its own k."""
+    torch.manual_seed(7)
+    logits = torch.randn(4, 300) * 3
+    ks = [17, 1000, 0, 3]
+    probs = batched_probs(logits, *filter_columns([(1.0, k, 1.0, 0.0) for k in ks]))
+    for row, k in enumerate(ks):
+        full = torch.softmax(logits[row], -1)
+        if not 0 < k < 300:
+            torch.testing.assert_close(probs[row], full, atol=ATOL, rtol=RTOL)
+            continue
+        kept = set(torch.nonzero(probs[row]).flatten().tolist())
+        assert kept == set(torch.topk(logits[row], k).indices.tolist())
+        # Within the support the ratios are those of the untouched softmax.
+        ids = sorted(kept)
+        torch.testing.assert_close(probs[row][ids], full[ids] / full[ids].sum(), atol=ATOL,
+                                   rtol=RTOL)
 
 
 # ----------------------------------------------------------------------------------------
@@ -247,19 +268,19 @@ def test_logit_bias_steers_greedy_sampling() -> None:
     logits = random_logits(21, 100)
     best = int(torch.argmax(logits))
     low = int(torch.argmin(logits))
-    assert sample_row(logits, SampleRow(SamplingParams(temperature=0.0))).token_id == best
+    assert sample_one(logits, SampleRow(SamplingParams(temperature=0.0))).token_id == best
 
     boosted = SampleRow(SamplingParams(temperature=0.0, logit_bias=((low, 100.0),)))
-    assert sample_row(logits, boosted).token_id == low
+    assert sample_one(logits, boosted).token_id == low
 
     second = int(torch.topk(logits, 2).indices[1])
     banned = SampleRow(SamplingParams(temperature=0.0, logit_bias=((best, -100.0),)))
-    assert sample_row(logits, banned).token_id == second
+    assert sample_one(logits, banned).token_id == second
 
     # Sampling (temperature 1) with a +100 bias is as good as certain.
     seeded = SampleRow(SamplingParams(temperature=1.0, logit_bias=((low, 100.0),)),
                        generator=torch.Generator().manual_seed(0))
-    assert sample_row(logits, seeded).token_id == low
+    assert sample_one(logits, seeded).token_id == low
 
 
 def test_mask_tokens_sets_minus_inf() -> None:
@@ -271,7 +292,7 @@ def test_mask_tokens_sets_minus_inf() -> None:
     assert torch.isfinite(logits).all()  # not in place
     best = int(torch.argmax(logits))
     row = SampleRow(SamplingParams(temperature=0.0), banned_ids=(best,))
-    assert sample_row(logits, row).token_id != best
+    assert sample_one(logits, row).token_id != best
 
 
 # ----------------------------------------------------------------------------------------
@@ -285,7 +306,7 @@ def test_raw_logprobs_are_log_softmax_of_raw_logits() -> None:
                             top_logprobs=8, logprobs_mode=LogprobsMode.RAW)
     row = SampleRow(params, prompt_ids=[1, 2, 3], output_ids=[9, 9],
                     generator=torch.Generator().manual_seed(1))
-    result = sample_row(logits, row)
+    result = sample_one(logits, row)
     assert result.logprob is not None
     entry = result.logprob
     expected = torch.log_softmax(logits, -1)
@@ -314,7 +335,7 @@ def test_processed_logprobs_are_log_of_filtered_probs(seed: int, temperature: fl
     assert params.logprobs_mode is LogprobsMode.PROCESSED
     row = SampleRow(params, prompt_ids=prompt, output_ids=output,
                     generator=torch.Generator().manual_seed(seed))
-    result = sample_row(logits, row)
+    result = sample_one(logits, row)
     assert result.logprob is not None
     entry = result.logprob
     assert_all_finite(entry)
@@ -324,13 +345,9 @@ def test_processed_logprobs_are_log_of_filtered_probs(seed: int, temperature: fl
     processed[bias[0][0]] += bias[0][1]
     processed = openai_penalties(hf_repetition(processed, 1.2, prompt + output), output,
                                  0.0, 0.4)
-    ours_probs = logits_to_probs(processed, temperature, top_k, top_p, min_p)
     hf_lp = torch.log_softmax(hf_warped(processed, temperature, top_k, top_p, min_p), -1)
-    expected = finite_logprobs(torch.log(ours_probs))
-    # log(logits_to_probs) agrees with transformers' log-softmax wherever it is finite.
+    expected = finite_logprobs(hf_lp)
     support = torch.isfinite(hf_lp)
-    assert torch.equal(support, ours_probs > 0)
-    torch.testing.assert_close(expected[support], hf_lp[support], atol=1e-5, rtol=1e-5)
 
     assert bool(support[result.token_id])  # never draws a filtered token
     assert entry.logprob == pytest.approx(float(expected[result.token_id]), abs=1e-5)
@@ -351,7 +368,7 @@ def test_processed_logprobs_are_log_of_filtered_probs(seed: int, temperature: fl
 def test_processed_logprobs_report_top_k_removals_as_the_floor() -> None:
     logits = random_logits(50, 64)
     params = SamplingParams(temperature=1.0, top_k=2, logprobs=True, top_logprobs=5)
-    result = sample_row(logits, SampleRow(params, generator=torch.Generator().manual_seed(0)))
+    result = sample_one(logits, SampleRow(params, generator=torch.Generator().manual_seed(0)))
     assert result.logprob is not None
     values = [v for _, v in result.logprob.top]
     top2 = torch.log_softmax(torch.topk(logits, 2).values, -1)
@@ -370,7 +387,7 @@ def test_greedy_processed_logprobs_are_log_softmax_of_processed_logits() -> None
                             presence_penalty=0.2, frequency_penalty=0.3, logit_bias=bias,
                             logprobs=True, top_logprobs=vocab)
     row = SampleRow(params, prompt_ids=prompt, output_ids=output, banned_ids=banned)
-    result = sample_row(logits, row)
+    result = sample_one(logits, row)
     assert result.logprob is not None
 
     processed = logits.clone()
@@ -400,7 +417,7 @@ def test_every_reported_logprob_is_finite(mode: LogprobsMode, temperature: float
                             logprobs=True, top_logprobs=20, logprobs_mode=mode)
     row = SampleRow(params, banned_ids=(int(torch.argmax(logits)),),
                     generator=torch.Generator().manual_seed(3))
-    entry = sample_row(logits, row).logprob
+    entry = sample_one(logits, row).logprob
     assert entry is not None
     assert_all_finite(entry)
     assert len(entry.top) == 20
@@ -482,52 +499,82 @@ def test_sample_batch_seeded_rows_are_reproducible() -> None:
         assert set(tokens) <= top50[i]
 
 
-def test_draw_follows_the_distribution() -> None:
-    probs = torch.tensor([0.5, 0.3, 0.2, 0.0])
-    gen = torch.Generator().manual_seed(0)
+def test_sample_batch_draws_follow_the_processed_distribution() -> None:
+    """Many draws through the production sampler land as often as transformers' warped
+    distribution says, and never on a token top-k removed."""
+    logits = torch.log(torch.tensor([0.5, 0.3, 0.2, 1e-3, 1e-3]))
+    params = SamplingParams(temperature=1.0, top_k=3)
+    generator = torch.Generator().manual_seed(0)
     n = 4000
-    counts = Counter(draw(probs, gen) for _ in range(n))
-    assert counts[3] == 0
+    results = sample_batch(logits[None], [SampleRow(params, generator=generator)] * n, [0] * n)
+    counts = Counter(r.token_id for r in results)
+    expected = torch.softmax(hf_warped(logits, 1.0, top_k=3), -1)
+    assert counts[3] == counts[4] == 0
     for token in range(3):
-        assert counts[token] / n == pytest.approx(float(probs[token]), abs=0.03)
+        assert counts[token] / n == pytest.approx(float(expected[token]), abs=0.03)
 
 
-def test_batched_probs_equal_the_per_row_computation() -> None:
-    from app.sampling import batched_probs
+VOCAB = 48
+# A mixed batch: every kind of row the engine sends, with its own parameters; rows 0 and
+# 1 of the logits are shared by several draws (the n completions of one request).
+MIXED: list[tuple[int, SamplingParams, tuple[int, ...]]] = [
+    # (logits row, parameters, banned ids)
+    (0, SamplingParams(temperature=0.7), ()),
+    (0, SamplingParams(temperature=1.3, top_k=10, repetition_penalty=1.3), (5,)),
+    (1, SamplingParams(temperature=0.9, top_p=0.8, presence_penalty=0.5,
+                       frequency_penalty=0.3), ()),
+    (2, SamplingParams(temperature=1.0, min_p=0.1, logit_bias=((3, 5.0), (7, -2.0))), ()),
+    (3, SamplingParams(temperature=0.8, top_k=20, top_p=0.9, min_p=0.05,
+                       repetition_penalty=0.8, frequency_penalty=-0.5,
+                       logit_bias=((0, 3.0),)), (1, 2)),
+    (1, SamplingParams(temperature=0.0, repetition_penalty=1.5, logit_bias=((9, 1.0),)), (4,)),
+    (2, SamplingParams(temperature=1.1, top_k=5, repetition_penalty=2.0,
+                       logprobs_mode=LogprobsMode.RAW), ()),
+]
+PROMPT, OUTPUT = (1, 2, 3, 9, 9), (4, 9, 11, 11, 11, 30)
 
-    torch.manual_seed(5)
-    logits = torch.randn(6, 300) * 3
-    settings = [(1.0, 0, 1.0, 0.0), (0.7, 20, 1.0, 0.0), (1.3, 0, 0.8, 0.0),
-                (0.5, 50, 0.9, 0.05), (2.0, 0, 1.0, 0.2), (1.0, 300, 0.95, 0.0)]
-    batch = batched_probs(logits, *(torch.tensor(c) for c in zip(*settings, strict=True)))
-    for row, (t, k, p, m) in enumerate(settings):
-        expected = logits_to_probs(logits[row], t, k, p, m)
-        assert torch.equal(batch[row] > 0, expected > 0)
-        assert torch.allclose(batch[row], expected, atol=1e-7)
+
+def hf_logprobs(logits: Tensor, params: SamplingParams, banned: tuple[int, ...]) -> Tensor:
+    """The log-distribution a row reports, built from transformers' processors and
+    warpers (and OpenAI's penalty formula) on that row alone."""
+    if params.logprobs_mode is LogprobsMode.RAW:
+        return torch.log_softmax(logits, -1)
+    x = logits.clone()
+    for token, bias in params.logit_bias:
+        x[token] += bias
+    x[list(banned)] = float("-inf")
+    if params.repetition_penalty != 1.0:
+        x = hf_repetition(x, params.repetition_penalty, PROMPT + OUTPUT)
+    x = openai_penalties(x, OUTPUT, params.presence_penalty, params.frequency_penalty)
+    if params.greedy:  # greedy reports the processed distribution at temperature 1
+        return torch.log_softmax(x, -1)
+    return torch.log_softmax(hf_warped(x, params.temperature, params.top_k, params.top_p,
+                                       params.min_p), -1)
 
 
-def test_sample_batch_equals_sample_row_for_every_kind_of_row() -> None:
-    torch.manual_seed(6)
-    logits = torch.randn(4, 200) * 2
-    specs = [SamplingParams(temperature=0.0),
-             SamplingParams(temperature=0.0, logprobs=True, top_logprobs=3,
-                            logit_bias=((7, 50.0),)),
-             SamplingParams(temperature=0.8, top_k=40, top_p=0.9, logprobs=True,
-                            top_logprobs=2),
-             SamplingParams(temperature=1.2, min_p=0.05, repetition_penalty=1.3,
-                            presence_penalty=0.5, logprobs=True,
-                            logprobs_mode=LogprobsMode.RAW)]
-
-    def rows(seed: int) -> list[SampleRow]:
-        return [SampleRow(p, prompt_ids=(1, 2, 3), output_ids=(4, 4), banned_ids=(9,),
-                          generator=torch.Generator().manual_seed(seed + i))
-                for i, p in enumerate(specs)]
-
-    batched = sample_batch(logits, rows(11), [0, 1, 2, 3])
-    alone = [sample_row(logits[i], row) for i, row in enumerate(rows(11))]
-    for got, want in zip(batched, alone, strict=True):
-        assert got.token_id == want.token_id
-        assert (got.logprob is None) == (want.logprob is None)
-        if got.logprob is not None and want.logprob is not None:
-            assert got.logprob.logprob == pytest.approx(want.logprob.logprob, abs=1e-5)
-            assert [t for t, _ in got.logprob.top] == [t for t, _ in want.logprob.top]
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_sample_batch_matches_transformers_row_by_row_in_a_mixed_batch(seed: int) -> None:
+    """Every row's reported distribution (all VOCAB tokens) is what transformers makes of
+    that row alone, whatever else shares the batch; drawn tokens lie in it, greedy rows
+    take its argmax."""
+    torch.manual_seed(seed)
+    logits = torch.randn(4, VOCAB) * 3
+    rows = [SampleRow(replace(p, logprobs=True, top_logprobs=VOCAB), PROMPT, OUTPUT, banned,
+                      torch.Generator().manual_seed(seed * 100 + i))
+            for i, (_, p, banned) in enumerate(MIXED)]
+    results = sample_batch(logits, rows, [index for index, _, _ in MIXED])
+    assert len(results) == len(MIXED)
+    for (index, params, banned), result in zip(MIXED, results, strict=True):
+        expected = hf_logprobs(logits[index], params, banned)
+        entry = result.logprob
+        assert entry is not None and entry.token_id == result.token_id
+        got = dict(entry.top)
+        assert set(got) == set(range(VOCAB))
+        ours = torch.tensor([got[t] for t in range(VOCAB)])
+        possible = torch.isfinite(expected)
+        assert torch.equal(ours > IMPOSSIBLE_LOGPROB, possible), (index, params)
+        torch.testing.assert_close(ours[possible], expected[possible], atol=1e-5, rtol=1e-5)
+        assert bool(possible[result.token_id])
+        assert entry.logprob == pytest.approx(float(expected[result.token_id]), abs=1e-5)
+        if params.greedy:
+            assert result.token_id == int(torch.argmax(expected))

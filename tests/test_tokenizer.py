@@ -110,3 +110,26 @@ def test_fallback_template_and_sandbox(tokenizer: Tokenizer) -> None:
                         chat_template="{{ raise_exception('roles must alternate') }}")
     with pytest.raises(TokenizerError, match="roles must alternate"):
         failing.apply_chat_template([{"role": "user", "content": "x"}])
+
+
+def test_a_prompt_ending_mid_character_never_leaks_into_the_output(
+    tokenizer: Tokenizer,
+) -> None:
+    """Cut the token stream of one text at every place, also inside a multi-byte
+    character: the generated side's text is a suffix of the whole text holding nothing
+    the prompt decodes to (a character begun in the prompt is the prompt's), and it
+    runs to the end."""
+    ids = tokenizer.encode("Prompt: 東京 done")
+    whole = tokenizer.decode(ids)
+    split = [i for i in range(1, len(ids)) if tokenizer.decode(ids[:i]).endswith("\ufffd")]
+    assert split  # the text does split a character between tokens here
+    for cut in range(1, len(ids)):
+        detok = IncrementalDetokenizer(tokenizer, ids[:cut])
+        out = "".join(detok.push([token]) for token in ids[cut:]) + detok.flush()
+        prompt_text = tokenizer.decode(ids[:cut])
+        if not prompt_text.endswith("\ufffd"):  # cut between characters
+            assert out == whole[len(prompt_text):], (cut, out)
+            continue
+        prompt_text = prompt_text.rstrip("\ufffd")
+        assert whole.endswith(out) and out.endswith(" done"), (cut, out)
+        assert len(out) <= len(whole) - len(prompt_text), (cut, prompt_text, out)

@@ -22,6 +22,7 @@ from app.engine.errors import (
     EngineError,
     EngineStopped,
     InvalidRequest,
+    QueueCapacityExceeded,
     QueueFull,
     RequestCancelled,
     StepFailed,
@@ -66,12 +67,16 @@ class NotReady(ApiError):
 # engine error -> (status, type)
 ENGINE_ERRORS: dict[type[EngineError], tuple[int, str]] = {
     InvalidRequest: (400, "invalid_request_error"),
+    QueueCapacityExceeded: (400, "invalid_request_error"),
     QueueFull: (429, "rate_limit_error"),
     EngineStopped: (503, "service_unavailable"),
     EngineDead: (503, "engine_dead"),
     StepFailed: (500, "inference_error"),
     RequestCancelled: (499, "request_cancelled"),
 }
+
+# Engine errors that name no request field: the field each one is about, in our API.
+ENGINE_ERROR_PARAMS: dict[type[EngineError], str] = {QueueCapacityExceeded: "prompt"}
 
 
 def error_body(status: int, type_: str, message: str, param: str | None = None
@@ -88,7 +93,7 @@ def status_of(exc: BaseException) -> tuple[int, str, str | None, dict[str, str]]
         headers = {}
         if isinstance(exc, QueueFull):
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        return status, type_, exc.param, headers
+        return status, type_, exc.param or ENGINE_ERROR_PARAMS.get(type(exc)), headers
     if isinstance(exc, TokenizerError):
         return 400, "invalid_request_error", None, {}
     return 500, "internal_error", None, {}

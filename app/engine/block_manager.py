@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
-from app.engine.request import Sequence
+from app.engine.request import TokenSequence
 
 
 @dataclass(eq=False)
@@ -115,16 +115,16 @@ class BlockManager:
             self._cached.pop(block_id, None)
         block.ref_count += 1
 
-    def blocks_needed(self, seq: Sequence, num_new_tokens: int) -> int:
+    def blocks_needed(self, seq: TokenSequence, num_new_tokens: int) -> int:
         total = seq.num_computed + num_new_tokens
         return max(0, -(-total // self.block_size) - len(seq.block_table))
 
-    def max_new_tokens_fitting(self, seq: Sequence, reserve: int = 0) -> int:
+    def max_new_tokens_fitting(self, seq: TokenSequence, reserve: int = 0) -> int:
         """How many more tokens `seq` could compute with the blocks available now."""
         room = len(seq.block_table) * self.block_size - seq.num_computed
         return room + max(0, self.num_available - reserve) * self.block_size
 
-    def ensure_slots(self, seq: Sequence, num_new_tokens: int) -> bool:
+    def ensure_slots(self, seq: TokenSequence, num_new_tokens: int) -> bool:
         """Give `seq` blocks for `num_new_tokens` more tokens; all or nothing."""
         needed = self.blocks_needed(seq, num_new_tokens)
         if needed > self.num_available:
@@ -135,7 +135,7 @@ class BlockManager:
             seq.block_table.append(block_id)
         return True
 
-    def admit(self, seq: Sequence) -> int:
+    def admit(self, seq: TokenSequence) -> int:
         """Attach the longest cached prefix of a sequence with no blocks yet; returns the
         number of tokens served from the cache. The last token is always recomputed, since
         its logits are needed."""
@@ -169,7 +169,7 @@ class BlockManager:
         self.prefix_queries += prompt_tokens
         self.prefix_hits += hit_tokens
 
-    def commit(self, seq: Sequence) -> None:
+    def commit(self, seq: TokenSequence) -> None:
         """Register the hashes of blocks that `seq` has now filled and computed."""
         if not self.enable_prefix_caching:
             return
@@ -196,7 +196,7 @@ class BlockManager:
             self._by_hash[h] = block.block_id
             parent = h
 
-    def fork(self, parent: Sequence, child: Sequence) -> None:
+    def fork(self, parent: TokenSequence, child: TokenSequence) -> None:
         """Let `child` share the parent's full, computed blocks (the prompt's); the
         partial last block is recomputed by the child, so no K/V copy is needed."""
         if child.block_table:
@@ -207,7 +207,7 @@ class BlockManager:
             child.block_table.append(block_id)
         child.num_computed = shared * self.block_size
 
-    def free(self, seq: Sequence) -> None:
+    def free(self, seq: TokenSequence) -> None:
         """Release a sequence's blocks. Hashed blocks stay reusable until evicted; the
         tail is freed first so it is evicted first (prefixes are the shared part)."""
         for block_id in reversed(seq.block_table):

@@ -1,11 +1,12 @@
-"""The async engine: one loop owns the model; requests talk to it through submit()/abort(),
-and the server reads it through stats().
+"""The async engine (vLLM v1's AsyncLLM half): one loop owns the model; requests talk to
+it through submit()/abort(), and the server reads it through stats(). The parts and the
+per-request views live in EngineCore (core.py).
 
 Each iteration: schedule (scheduler.py: frozen snapshots of the step) -> run the batched
 forward and sampling in a worker thread (runner.py; torch releases the GIL, so the event
-loop keeps serving HTTP) -> postprocess on the loop (output_processor.py: tokens to text
-deltas and stop decisions; then forks, finished sequences, outputs to each request's
-collector).
+loop keeps serving HTTP) -> update on the loop (step_update.py: forks, finished
+sequences; output_processor.py: tokens to text deltas and stop decisions, outputs to
+each request's collector).
 
 Only the event loop changes scheduler, block-manager and request state, and only between
 steps: aborts and shutdown take effect at the top of the loop, never while a step is in
@@ -26,12 +27,12 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from app.checkpoint import LoadedModel
-from app.engine.block_manager import BlockManager
 from app.engine.compute import compute_thread
+from app.engine.config import EngineConfig
+from app.engine.core import EngineCore
 from app.engine.errors import (
     EngineDead,
     EngineError,
@@ -41,41 +42,21 @@ from app.engine.errors import (
     RequestCancelled,
     StepFailed,
 )
-from app.engine.output import (
-    CompletionDelta,
-    RequestOutput,
-    RequestSummary,
-    RequestTimes,
-    merge_outputs,
-)
-from app.engine.output_processor import OutputProcessor
-from app.engine.request import RequestKind, RequestState, SequenceStatus
-from app.engine.request import Sequence as Seq
-from app.engine.runner import ModelRunner, OutputPlan, RunnerOutput, kv_cache_blocks
-from app.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
+from app.engine.output import RequestOutput, RequestSummary, RequestTimes, merge_outputs
+from app.engine.output_processor import RequestProgress
+from app.engine.request import EngineRequest, RequestKind, new_request
+from app.engine.runner_output import RunnerOutput
+from app.engine.sampling_plan import SamplingPlan
+from app.engine.scheduler import SchedulerOutput
 from app.engine.stats import EngineStats, StepStats
-from app.engine.stream import OutputCollector, RequestStream
-from app.engine.validation import RequestLimits, check_request, classified_tokens
-from app.sampling import Sampled
+from app.engine.stream import RequestStream
+from app.engine.validation import check_request, classified_tokens
 from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class EngineConfig:
-    block_size: int = 16
-    num_kv_blocks: int = 0  # 0: enough for max_num_seqs full-length sequences, memory allowing
-    kv_cache_memory_fraction: float = 0.25  # of available memory, when sizing automatically
-    max_model_len: int = 0  # 0: the model's own limit
-    enable_prefix_caching: bool = True
-    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
-    max_top_logprobs: int = 20
-    max_consecutive_failures: int = 3
-    compile: str = "off"  # auto | on | off: see app.modeling.compile
-    prepack: str = "off"  # auto | off: see app.modeling.packed
-    shutdown_timeout: float = 30.0  # how long shutdown() waits for a step in flight
+T = TypeVar("T")
 
 
 class Engine:
@@ -88,23 +69,11 @@ class Engine:
         self.tokenizer = tokenizer
         self.config = config
         self.model_config = loaded.config
-        self.max_model_len = min(config.max_model_len or loaded.config.max_model_len,
-                                 loaded.config.max_model_len)
-        sched = config.scheduler
-        num_blocks = config.num_kv_blocks or kv_cache_blocks(
-            loaded, config.block_size, sched.max_num_seqs * self.max_model_len,
-            config.kv_cache_memory_fraction)
-        self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(sched, self.blocks)
-        self.runner = ModelRunner(loaded, num_blocks, config.block_size, config.compile,
-                                  config.prepack)
-        eos_ids = tuple(dict.fromkeys((*tokenizer.eos_ids, *loaded.eos_token_ids)))
-        self.processor = OutputProcessor(tokenizer, eos_ids, self.max_model_len)
-        self.limits = RequestLimits(
-            model_name=name, model=loaded.config, max_model_len=self.max_model_len,
-            kv_cache_tokens=num_blocks * config.block_size, block_size=config.block_size,
-            max_top_logprobs=config.max_top_logprobs, max_num_seqs=sched.max_num_seqs)
-        self._requests: dict[str, RequestState] = {}
+        self.core = EngineCore(loaded, tokenizer, config, name)
+        # The core's parts, named here for the server and tests that read them.
+        self.max_model_len, self.limits = self.core.max_model_len, self.core.limits
+        self.blocks, self.scheduler = self.core.blocks, self.core.scheduler
+        self.runner, self._requests = self.core.runner, self.core.requests
         self._aborts: set[str] = set()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -122,10 +91,6 @@ class Engine:
         self.step_observers: list[Callable[[StepStats], None]] = []
         self.finish_observers: list[Callable[[RequestSummary], None]] = []
         self.death_observers: list[Callable[[str], None]] = []
-
-    @property
-    def eos_ids(self) -> tuple[int, ...]:
-        return self.processor.eos_ids
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -172,11 +137,7 @@ class Engine:
         self.dead_reason = reason
         log.critical("engine %s is dead: %s", self.name, reason, exc_info=exc)
         self._end_all(EngineDead(reason))
-        for observer in self.death_observers:
-            try:
-                observer(reason)
-            except Exception:
-                log.exception("death observer failed")
+        _notify(self.death_observers, "death", reason)
 
     async def drain(self, timeout: float) -> bool:
         """Stop taking work and wait for in-flight requests; True if all finished."""
@@ -235,33 +196,28 @@ class Engine:
         for prompt_ids in prompts:
             check_request(self.limits, prompt_ids, params, kind)
         now = time.monotonic()
-        states: list[RequestState] = []
-        for i, prompt_ids in enumerate(prompts):
-            request_id = uuid.uuid4().hex
-            tokens = (classified_tokens(prompt_ids, self.model_config.pad_token_id)
-                      if kind is RequestKind.CLASSIFY else list(prompt_ids))
-            seq = Seq(request_id=request_id, kind=kind, token_ids=tokens,
-                      num_prompt_tokens=len(tokens), params=params, priority=priority,
-                      arrival=now, cache_salt=cache_salt,
-                      pending_forks=params.n - 1 if kind is RequestKind.GENERATE else 0,
-                      # EMBED pools every position: none may come from the prefix cache.
-                      score_from=1 if kind is RequestKind.EMBED else
-                      None if score_from is None else score_from[i])
-            states.append(RequestState(
-                request_id=request_id, model=self.name, kind=kind, params=params,
-                prompt_ids=list(prompt_ids), collector=OutputCollector(),
-                times=RequestTimes(arrival=now), sequences=[seq], constraint=constraint))
+        requests = [new_request(
+            uuid.uuid4().hex, kind, params, list(prompt_ids),
+            classified_tokens(prompt_ids, self.model_config.pad_token_id)
+            if kind is RequestKind.CLASSIFY else list(prompt_ids),
+            priority=priority, arrival=now, cache_salt=cache_salt,
+            score_from=None if score_from is None else score_from[i])
+            for i, prompt_ids in enumerate(prompts)]
         try:
-            self.scheduler.add([s.sequences[0] for s in states])
+            self.scheduler.add([r.sequences[0] for r in requests])
         except QueueFull:
             self._num_rejected += 1
             raise
-        for state in states:
-            self._requests[state.request_id] = state
+        streams: list[RequestStream] = []
+        for request in requests:
+            progress = RequestProgress(request.request_id, self.name, kind, params,
+                                       request.prompt_ids, RequestTimes(arrival=now))
+            self.core.add(request, progress, constraint)
+            streams.append(RequestStream(request.request_id, self.name, progress.collector,
+                                         self.abort, progress.summary))
         self._idle.clear()
         self._wake.set()
-        return [RequestStream(s.request_id, self.name, s.collector, self.abort, s.summary)
-                for s in states]
+        return streams
 
     def abort(self, request_id: str) -> None:
         """Cancel a request; it ends (and its blocks return) before the next step. A no-op
@@ -272,39 +228,23 @@ class Engine:
 
     def _apply_aborts(self) -> None:
         while self._aborts:
-            state = self._requests.get(self._aborts.pop())
-            if state is not None:
-                self._end(state, "abort", error=RequestCancelled("request aborted"))
+            request = self._requests.get(self._aborts.pop())
+            if request is not None:
+                self._end(request, "abort", error=RequestCancelled("request aborted"))
 
-    def _end(self, state: RequestState, reason: str, *, output: RequestOutput | None = None,
-             error: BaseException | None = None) -> None:
+    def _end(self, request: EngineRequest, reason: str, *,
+             output: RequestOutput | None = None, error: BaseException | None = None) -> None:
         """A request is over: finish its sequences, hand its reader the last output or
         the error, and tell the observers. Every way out of the engine goes through here."""
-        if self._requests.pop(state.request_id, None) is None:
-            return
-        for seq in state.sequences:
-            if not seq.is_finished:
-                self.scheduler.finish(seq, reason)
-        state.finished = True
-        if error is not None or not state.finish_reasons:
-            state.finish_reasons.append(reason)
-        state.times.finished = time.monotonic()
-        if error is not None:
-            state.collector.fail(error)
-        else:
-            state.collector.put(output or self.processor.output(state, finished=True))
+        summary = self.core.end(request, reason, output=output, error=error)
         if not self._requests:
             self._idle.set()
-        summary = state.summary()
-        for observer in self.finish_observers:
-            try:
-                observer(summary)
-            except Exception:  # an observer must never break the engine
-                log.exception("finish observer failed")
+        if summary is not None:
+            _notify(self.finish_observers, "finish", summary)
 
     def _end_all(self, error: EngineError) -> None:
-        for state in list(self._requests.values()):
-            self._end(state, "error", error=error)
+        for request in list(self._requests.values()):
+            self._end(request, "error", error=error)
 
     # ------------------------------------------------------------------ the loop
 
@@ -321,19 +261,21 @@ class Engine:
                 self._unschedulable()
                 await asyncio.sleep(0)
                 continue
-            plan = self.processor.plan(out, self._requests)
+            plan = self.core.plan(out)
             started = time.monotonic()
             try:
                 result = await loop.run_in_executor(self._executor, self._execute, out, plan)
-                self.scheduler.step_done(out)
-                generated = self._postprocess(out, plan, result)
+                update = self.core.update(out, plan, result, time.monotonic())
+                for ended in update.ended:
+                    self._end(ended.request, ended.reason, output=ended.output)
             except Exception as exc:
                 self._step_failed(out, exc)
                 continue
             self._consecutive_failures = 0
-            self._observe_step(out, time.monotonic() - started, generated)
+            _notify(self.step_observers, "step",
+                    StepStats.of(out, time.monotonic() - started, update.generated))
 
-    def _execute(self, out: SchedulerOutput, plan: OutputPlan) -> RunnerOutput:
+    def _execute(self, out: SchedulerOutput, plan: SamplingPlan) -> RunnerOutput:
         if self.fault_hook is not None:
             self.fault_hook(out)
         return self.runner.execute(out, plan)
@@ -342,9 +284,9 @@ class Engine:
         # Nothing could run: with nothing running, the head of the queue cannot fit even
         # in an empty cache. Validation prevents this; fail it rather than spin forever.
         if not self.scheduler.running and self.scheduler.waiting:
-            state = self._requests.get(self.scheduler.waiting[0].request_id)
-            if state is not None:
-                self._end(state, "error",
+            request = self._requests.get(self.scheduler.waiting[0].request_id)
+            if request is not None:
+                self._end(request, "error",
                           error=InvalidRequest("request does not fit in the KV cache"))
 
     def _step_failed(self, out: SchedulerOutput, exc: Exception) -> None:
@@ -353,99 +295,12 @@ class Engine:
                   self._consecutive_failures, exc, exc_info=exc)
         error = StepFailed(f"inference step failed: {type(exc).__name__}: {exc}")
         for request_id in {item.request_id for item in out.scheduled}:
-            state = self._requests.get(request_id)
-            if state is not None:
-                self._end(state, "error", error=error)
+            request = self._requests.get(request_id)
+            if request is not None:
+                self._end(request, "error", error=error)
         if self._consecutive_failures >= self.config.max_consecutive_failures:
             self._die(f"{self._consecutive_failures} consecutive inference steps failed; "
                       f"last: {type(exc).__name__}: {exc}")
-
-    def _observe_step(self, out: SchedulerOutput, seconds: float, generated: int) -> None:
-        stats = StepStats(
-            num_seqs=len(out.scheduled),
-            num_tokens=out.num_batched_tokens,
-            num_prefill_tokens=sum(i.num_new_tokens for i in out.scheduled if i.is_prefill),
-            num_decode_seqs=sum(1 for i in out.scheduled if not i.is_prefill),
-            seconds=seconds,
-            preemptions=out.num_preempted,
-            generated_tokens=generated,
-        )
-        for observer in self.step_observers:
-            try:
-                observer(stats)
-            except Exception:
-                log.exception("step observer failed")
-
-    # ------------------------------------------------------------------ after the step
-
-    def _postprocess(self, out: SchedulerOutput, plan: OutputPlan, result: RunnerOutput
-                     ) -> int:
-        """Apply the step's results; returns the number of tokens generated."""
-        now = time.monotonic()
-        for item in out.scheduled:
-            state = self._requests.get(item.request_id)
-            seq = state.sequence(item.seq_id) if state is not None else None
-            if state is None or seq is None or seq.status is not SequenceStatus.RUNNING:
-                continue
-            if state.times.first_scheduled is None:
-                state.times.first_scheduled = now
-            if item.kind is RequestKind.SCORE:
-                state.score_logprobs.update(result.score_logprobs.get(item.seq_id, {}))
-                state.score_top.update(result.score_top.get(item.seq_id, {}))
-            elif item.kind is RequestKind.EMBED and item.seq_id in result.embeddings:
-                chunk_sum, last = result.embeddings[item.seq_id]
-                # A chunk at position 0 starts the sequence (again, after a preemption).
-                if item.start == 0 or state.embed_sum is None:
-                    state.embed_sum = chunk_sum
-                else:
-                    state.embed_sum = [a + b for a, b in zip(state.embed_sum, chunk_sum,
-                                                             strict=True)]
-                state.embed_last = last
-            if item.completes_prefill and item.kind is not RequestKind.GENERATE:
-                self._end(state, "stop", output=self.processor.prefill_output(state, seq, result))
-        # Resolve every draw to its sequence first: a parent's siblings fork from its
-        # prompt blocks before its own token can finish it (and free them).
-        targets: list[tuple[RequestState, Seq, Sampled]] = []
-        for draw, sampled in zip(plan.draws, result.sampled, strict=True):
-            state = self._requests.get(draw.request_id)
-            parent = state.sequence(draw.seq_id) if state is not None else None
-            if state is None or parent is None or parent.status is not SequenceStatus.RUNNING:
-                continue
-            seq = parent if draw.index == parent.index else self._fork(state, parent,
-                                                                       draw.index)
-            targets.append((state, seq, sampled))
-        deltas: dict[str, list[CompletionDelta]] = {}
-        for state, seq, sampled in targets:
-            delta = self.processor.append(state, seq, sampled.token_id, sampled.logprob)
-            if delta.finish_reason is not None:
-                self.scheduler.finish(seq, delta.finish_reason)
-                state.finish_reasons.append(delta.finish_reason)
-            deltas.setdefault(state.request_id, []).append(delta)
-            self.processor.record_token_time(state, seq.index, now)
-        for request_id, completions in deltas.items():
-            state = self._requests[request_id]
-            output = self.processor.output(state, completions)
-            done = len(state.sequences) == state.params.n and all(
-                s.is_finished for s in state.sequences)
-            if done:
-                output.finished = True
-                self._end(state, state.finish_reasons[-1], output=output)
-            else:
-                state.collector.put(output)
-        return len(result.sampled)
-
-    def _fork(self, state: RequestState, parent: Seq, index: int) -> Seq:
-        """A sibling completion of `parent`, sharing its prompt's computed full blocks;
-        its seat was reserved by the parent's pending_forks."""
-        child = Seq(request_id=parent.request_id, kind=parent.kind,
-                    token_ids=list(state.prompt_ids), num_prompt_tokens=len(state.prompt_ids),
-                    params=parent.params, index=index, priority=parent.priority,
-                    arrival=parent.arrival, group=parent.group, cache_salt=parent.cache_salt)
-        self.blocks.fork(parent, child)
-        parent.pending_forks -= 1
-        self.scheduler.add_running(child)
-        state.sequences.append(child)
-        return child
 
     # ------------------------------------------------------------------ convenience
 
@@ -454,6 +309,14 @@ class Engine:
         """Run a request to completion and merge its outputs (used by tests and CLI)."""
         stream = self.submit(prompt_ids, params, **kwargs)  # type: ignore[arg-type]
         return merge_outputs(await stream.collect())
+
+
+def _notify(observers: list[Callable[[T], None]], what: str, value: T) -> None:
+    for observer in observers:
+        try:
+            observer(value)
+        except Exception:  # an observer must never break the engine
+            log.exception("%s observer failed", what)
 
 
 __all__ = ["Engine", "EngineConfig", "EngineError", "EngineStats", "RequestStream",

@@ -16,6 +16,18 @@ class InvalidRequest(EngineError):
     """A request that can never succeed as written (bad value, too long for the model)."""
 
 
+class QueueCapacityExceeded(InvalidRequest):
+    """The request's prompts hold more tokens than the waiting queue ever holds: it can
+    never be admitted, whatever the load (so not QueueFull)."""
+
+    def __init__(self, tokens: int, capacity: int) -> None:
+        super().__init__(f"the request's prompts total {tokens} tokens, more than the waiting "
+                         f"queue ever holds ({capacity}, the scheduler's max_waiting_tokens); "
+                         "send fewer or shorter prompts")
+        self.tokens = tokens
+        self.capacity = capacity
+
+
 class QueueFull(EngineError):
     """Admission refused: the waiting queue is at its request or token bound. Retry later."""
 

@@ -1,83 +1,65 @@
-"""Output processing: what each step must sample (the OutputPlan, built before the step
-from the requests' state), then sampled tokens -> text deltas, stop decisions and stream
-outputs (after the step).
+"""Output processing (vLLM v1's OutputProcessor): everything output-side of a request,
+keyed by request id. Sampled tokens become text deltas and stop decisions; prefill-only
+results (scores, embeddings, distributions, class scores) are gathered into the one
+output of their request; outputs go to each request's collector. No torch here, and no
+runner: the step's results arrive as plain values (RunnerOutput).
 
 Runs on the event loop after each step, so everything here is cheap per token: the
-detokenizer decodes a short window, and stop strings are searched only in the text that
-is still held back plus the new text (at most the longest stop string's length), never
-in the whole generated text.
+detokenizer decodes a short window, and StopText scans only the held-back text.
 
 Order of stop decisions for one new token (as vLLM does):
   1. a stop token id, or EOS (unless ignore_eos): "stop", the token's text is not emitted;
   2. a stop string in the text: "stop", the text is cut before it;
   3. max_tokens reached, or the context full: "length".
 Until min_tokens tokens are generated, 1 and 2 are held off: EOS and stop token ids are
-masked out of sampling, and stop strings are not matched.
+masked out of sampling (app.engine.sampling_plan), and stop strings are not matched.
 """
 
 from __future__ import annotations
 
-import random
-from collections.abc import Mapping
+import time
+from dataclasses import dataclass, field
 
-import torch
-
-from app.engine.output import CompletionDelta, RequestOutput, Usage
-from app.engine.request import RequestKind, RequestState, Sequence
-from app.engine.runner import Draw, OutputPlan, RunnerOutput
-from app.engine.scheduler import SchedulerOutput
-from app.sampling import SampleRow
-from app.sampling_params import TokenLogprob
+from app.engine.output import CompletionDelta, RequestOutput, RequestSummary, RequestTimes, Usage
+from app.engine.request import RequestKind, TokenSequence
+from app.engine.runner_output import RunnerOutput
+from app.engine.scheduler import ScheduledSeq
+from app.engine.stop_text import StopText
+from app.engine.stream import OutputCollector
+from app.sampling_params import SamplingParams, TokenLogprob
 from app.tokenizer import IncrementalDetokenizer, Tokenizer
 
 
-class StopText:
-    """Turns a completion's detokenized text into safe deltas, finding stop strings even
-    across token boundaries. Text that might be the start of a stop string is held back
-    until the next tokens decide; the stop string itself is never emitted."""
+@dataclass
+class RequestProgress:
+    """What a request's reader has been sent so far, and what is still being gathered
+    for it, from submit() until the request ends."""
 
-    def __init__(self, detokenizer: IncrementalDetokenizer, stop: tuple[str, ...]) -> None:
-        self.detokenizer = detokenizer
-        self.stop = stop
-        self.held = ""  # decoded but not yet emitted: a possible start of a stop string
+    request_id: str
+    model: str
+    kind: RequestKind
+    params: SamplingParams
+    prompt_ids: list[int]
+    times: RequestTimes
+    collector: OutputCollector = field(default_factory=OutputCollector)
+    stop_texts: dict[int, StopText] = field(default_factory=dict)  # by completion index
+    # SCORE: position -> log P(token | prefix); keyed so a recomputed step overwrites.
+    score_logprobs: dict[int, float] = field(default_factory=dict)
+    score_top: dict[int, list[tuple[int, float, int]]] = field(default_factory=dict)
+    # EMBED: the sum of the final hidden states so far, and the latest one.
+    embed_sum: list[float] | None = None
+    embed_last: list[float] | None = None
+    cached_tokens: int = 0  # prompt tokens the prefix cache served at admission
+    generated_tokens: int = 0
+    finish_reasons: list[str] = field(default_factory=list)
+    finished: bool = False
 
-    def push(self, token_ids: list[int], match_stop: bool = True) -> tuple[str, bool]:
-        """-> (text now safe to emit, whether a stop string was found). With match_stop
-        false (min_tokens not reached) stop strings are not matched."""
-        new = self.detokenizer.push(token_ids)
-        if not new:
-            return "", False
-        earlier = len(self.held)
-        text = self.held + new
-        if match_stop and self.stop:
-            # Only occurrences that end in the new text: earlier ones were checked already.
-            found = [i for i in (text.find(s, max(0, earlier - len(s) + 1))
-                                 for s in self.stop) if i >= 0]
-            if found:
-                self.held = ""
-                return text[:min(found)], True
-        keep = self._held_back(text)
-        self.held = text[len(text) - keep:] if keep else ""
-        return text[:len(text) - keep], False
-
-    def _held_back(self, text: str) -> int:
-        """Length of the longest suffix of `text` that is a proper prefix of a stop
-        string. Only the last len(stop) - 1 characters can be one, so the cost per token
-        is bounded by the stop strings' lengths, not by the text's."""
-        longest = 0
-        for stop in self.stop:
-            i = text.find(stop[0], max(0, len(text) - len(stop) + 1))
-            while i >= 0:
-                if stop.startswith(text[i:]):
-                    longest = max(longest, len(text) - i)
-                    break  # the first match is this stop string's longest suffix
-                i = text.find(stop[0], i + 1)
-        return longest
-
-    def finish(self) -> str:
-        """End of stream without a stop string: everything left, held-back text included."""
-        rest, self.held = self.held + self.detokenizer.flush(), ""
-        return rest
+    def summary(self) -> RequestSummary:
+        return RequestSummary(
+            request_id=self.request_id, model=self.model, kind=self.kind.value,
+            prompt_ids=self.prompt_ids, completion_tokens=self.generated_tokens,
+            cached_tokens=self.cached_tokens, finish_reasons=tuple(self.finish_reasons),
+            finished=self.finished, times=self.times)
 
 
 class OutputProcessor:
@@ -86,73 +68,51 @@ class OutputProcessor:
         self.tokenizer = tokenizer
         self.eos_ids = eos_ids
         self.max_model_len = max_model_len
+        self._progress: dict[str, RequestProgress] = {}
 
-    # ------------------------------------------------------------------ before the step
+    def add(self, progress: RequestProgress) -> None:
+        self._progress[progress.request_id] = progress
 
-    def plan(self, out: SchedulerOutput, requests: Mapping[str, RequestState]) -> OutputPlan:
-        """Snapshots of what the sampler needs for every sequence whose next token is due."""
-        draws: list[Draw] = []
-        distributions: dict[int, tuple[float, int]] = {}
-        for item in out.scheduled:
-            state = requests.get(item.request_id)
-            seq = state.sequence(item.seq_id) if state is not None else None
-            if state is None or seq is None or not item.completes_prefill:
-                continue
-            p = state.params
-            if item.kind is RequestKind.PREDICT:
-                distributions[item.seq_id] = (p.temperature, p.top_logprobs)
-            if item.kind is not RequestKind.GENERATE:
-                continue
-            banned = self.held_off_ids(seq)
-            prompt_ids = tuple(state.prompt_ids) if p.repetition_penalty != 1.0 else ()
-            output_ids = tuple(seq.output_ids) if p.needs_penalties else ()
-            # A request's first sequence draws for all n completions when its prompt is
-            # done; the siblings fork from it after the step.
-            indices = range(p.n) if seq.pending_forks else (seq.index,)
-            for index in indices:
-                row = SampleRow(p, prompt_ids, output_ids, banned,
-                                None if p.greedy else self._generator(state, index))
-                matcher = None
-                if state.constraint is not None:
-                    if index not in state.matchers:
-                        state.matchers[index] = state.constraint.new_matcher()
-                    matcher = state.matchers[index]
-                draws.append(Draw(item.request_id, item.seq_id, index, row, matcher))
-        return OutputPlan(tuple(draws), distributions)
+    def get(self, request_id: str) -> RequestProgress | None:
+        return self._progress.get(request_id)
+
+    # ------------------------------------------------------------------ after each step
+
+    def started(self, progress: RequestProgress, now: float, cached_tokens: int) -> None:
+        """The request's first step has run (its prefix-cache hits are known by now)."""
+        if progress.times.first_scheduled is None:
+            progress.times.first_scheduled = now
+            progress.cached_tokens = cached_tokens
 
     @staticmethod
-    def _generator(state: RequestState, index: int) -> torch.Generator:
-        """Completion `index`'s own random stream: seeded requests give the same tokens
-        whatever else shares the batch."""
-        if index not in state.generators:
-            seed = state.params.seed
-            if seed is None:
-                seed = random.getrandbits(63)
-            state.generators[index] = torch.Generator().manual_seed(seed + index)
-        generator: torch.Generator = state.generators[index]
-        return generator
+    def gather_chunk(progress: RequestProgress, item: ScheduledSeq, result: RunnerOutput
+                     ) -> None:
+        """Keep a SCORE or EMBED request's share of one prompt chunk's results."""
+        if item.kind is RequestKind.SCORE:
+            progress.score_logprobs.update(result.score_logprobs.get(item.seq_id, {}))
+            progress.score_top.update(result.score_top.get(item.seq_id, {}))
+        elif item.kind is RequestKind.EMBED and item.seq_id in result.embeddings:
+            chunk_sum, last = result.embeddings[item.seq_id]
+            # A chunk at position 0 starts the sequence (again, after a preemption).
+            if item.start == 0 or progress.embed_sum is None:
+                progress.embed_sum = chunk_sum
+            else:
+                progress.embed_sum = [a + b for a, b in zip(progress.embed_sum, chunk_sum,
+                                                            strict=True)]
+            progress.embed_last = last
 
-    def held_off_ids(self, seq: Sequence) -> tuple[int, ...]:
-        """Token ids that may not be sampled yet: EOS and stop ids before min_tokens."""
-        p = seq.params
-        if seq.num_output_tokens >= p.min_tokens:
-            return ()
-        return (*(() if p.ignore_eos else self.eos_ids), *p.stop_token_ids)
-
-    # ------------------------------------------------------------------ after the step
-
-    def append(self, state: RequestState, seq: Sequence, token: int,
+    def append(self, progress: RequestProgress, seq: TokenSequence,
                logprob: TokenLogprob | None) -> CompletionDelta:
-        """Add a sampled token to `seq`; the delta says what to stream and, when the
-        sequence is done, why (the caller finishes it in the scheduler)."""
-        p = state.params
-        seq.token_ids.append(token)
-        state.generated_tokens += 1
-        text_state = state.texts.get(seq.index)
-        if text_state is None:
-            detok = IncrementalDetokenizer(self.tokenizer, state.prompt_ids,
+        """The delta for `seq`'s newest token (already appended to it): what to stream
+        and, when the sequence is done, why (the caller finishes it in the scheduler)."""
+        p = progress.params
+        token = seq.token_ids[-1]
+        progress.generated_tokens += 1
+        stop_text = progress.stop_texts.get(seq.index)
+        if stop_text is None:
+            detok = IncrementalDetokenizer(self.tokenizer, progress.prompt_ids,
                                            skip_special_tokens=p.skip_special_tokens)
-            text_state = state.texts[seq.index] = StopText(detok, p.stop)
+            stop_text = progress.stop_texts[seq.index] = StopText(detok, p.stop)
         reason: str | None = None
         stops_allowed = seq.num_output_tokens >= p.min_tokens
         is_stop_token = stops_allowed and (
@@ -160,21 +120,23 @@ class OutputProcessor:
         if is_stop_token:
             text, reason = "", "stop"
         else:
-            text, hit = text_state.push([token], match_stop=stops_allowed)
+            text, hit = stop_text.push([token], match_stop=stops_allowed)
             if hit:
                 reason = "stop"
         if reason is None and (seq.num_output_tokens >= p.max_tokens
                                or len(seq.token_ids) >= self.max_model_len):
             reason = "length"
         if reason == "length" or is_stop_token:
-            text += text_state.finish()
+            text += stop_text.finish()
+        if reason is not None:
+            progress.finish_reasons.append(reason)
         return CompletionDelta(index=seq.index, token_ids=[token], text=text,
                                logprobs=[logprob] if logprob is not None else None,
                                finish_reason=reason)
 
     @staticmethod
-    def record_token_time(state: RequestState, index: int, now: float) -> None:
-        t = state.times
+    def record_token_time(progress: RequestProgress, index: int, now: float) -> None:
+        t = progress.times
         if t.first_token is None:
             t.first_token = now
         elif index == 0 and t.last_token is not None:
@@ -182,27 +144,49 @@ class OutputProcessor:
         if index == 0:
             t.last_token = now
 
-    def prefill_output(self, state: RequestState, seq: Sequence, result: RunnerOutput
-                       ) -> RequestOutput:
+    def prefill_output(self, progress: RequestProgress, seq: TokenSequence,
+                       result: RunnerOutput) -> RequestOutput:
         """The one output of a prefill-only request (PREDICT, CLASSIFY, SCORE, EMBED)."""
-        output = self.output(state, finished=True)
+        output = self.output(progress, finished=True)
         if seq.kind is RequestKind.CLASSIFY:
             output.class_scores = result.class_scores[seq.seq_id]
         elif seq.kind is RequestKind.PREDICT:
             output.distribution = result.distributions[seq.seq_id]
         elif seq.kind is RequestKind.EMBED:
-            output.embedding_sum, output.embedding_last = state.embed_sum, state.embed_last
+            output.embedding_sum, output.embedding_last = progress.embed_sum, progress.embed_last
         else:
             start = seq.score_from or 1
-            output.score_logprobs = [state.score_logprobs[p] for p in range(start, len(seq))]
-            if state.score_top:
-                output.score_top = [state.score_top[p] for p in range(start, len(seq))]
+            output.score_logprobs = [progress.score_logprobs[p] for p in range(start, len(seq))]
+            if progress.score_top:
+                output.score_top = [progress.score_top[p] for p in range(start, len(seq))]
         return output
 
     @staticmethod
-    def output(state: RequestState, completions: list[CompletionDelta] | None = None,
+    def output(progress: RequestProgress, completions: list[CompletionDelta] | None = None,
                finished: bool = False) -> RequestOutput:
-        usage = Usage(len(state.prompt_ids), state.generated_tokens, state.cached_tokens)
-        return RequestOutput(request_id=state.request_id, usage=usage,
+        usage = Usage(len(progress.prompt_ids), progress.generated_tokens,
+                      progress.cached_tokens)
+        return RequestOutput(request_id=progress.request_id, usage=usage,
                              completions=completions or [], finished=finished,
-                             times=state.times)
+                             times=progress.times)
+
+    # ------------------------------------------------------------------ the end
+
+    def finish(self, request_id: str, reason: str, cached_tokens: int, *,
+               output: RequestOutput | None = None, error: BaseException | None = None
+               ) -> RequestSummary | None:
+        """Hand the reader its last output (or the error) and forget the request; None
+        when it had already ended."""
+        progress = self._progress.pop(request_id, None)
+        if progress is None:
+            return None
+        progress.finished = True
+        progress.cached_tokens = cached_tokens
+        if error is not None or not progress.finish_reasons:
+            progress.finish_reasons.append(reason)
+        progress.times.finished = time.monotonic()
+        if error is not None:
+            progress.collector.fail(error)
+        else:
+            progress.collector.put(output or self.output(progress, finished=True))
+        return progress.summary()

@@ -1,6 +1,10 @@
-"""Per-request state: what kind of work a request is (RequestKind), where each of its
-sequences stands (Sequence, shared with the scheduler and block manager, so no torch in
-their fields), and what the engine keeps about the whole request (RequestState).
+"""The scheduler's view of a request: what kind of work it is (RequestKind), where each of
+its token sequences stands (TokenSequence, shared with the scheduler and block manager,
+so no torch in its fields), and the request as the engine schedules it (EngineRequest).
+
+Nothing output-side lives here: text, stop strings, random generators, grammar matchers,
+score and embedding accumulators and the reader's collector belong to the output
+processor and the sampling planner, keyed by request id.
 """
 
 from __future__ import annotations
@@ -9,14 +13,8 @@ import enum
 import itertools
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
 
-from app.engine.output import RequestSummary, RequestTimes
 from app.sampling_params import SamplingParams
-
-if TYPE_CHECKING:
-    from app.engine.output_processor import StopText
-    from app.engine.stream import OutputCollector
 
 
 class RequestKind(enum.StrEnum):
@@ -43,7 +41,7 @@ def new_group() -> int:
 
 
 @dataclass(eq=False)
-class Sequence:
+class TokenSequence:
     """One token stream. A request with n > 1 has n sequences, forked after the prompt.
 
     Owned by the event loop: the scheduler and the engine change it between steps; the
@@ -74,7 +72,6 @@ class Sequence:
     # Prompt positions from which SCORE requests want the next token's log-probability.
     score_from: int | None = None
     preemptions: int = 0
-    finish_reason: str | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -107,42 +104,39 @@ class Sequence:
 
 
 @dataclass
-class RequestState:
-    """What the engine keeps about one request from submit() until it ends."""
+class EngineRequest:
+    """A request as the engine schedules it, from submit() until it ends: its prompt,
+    parameters and token sequences (one, then n after the prompt forks)."""
 
     request_id: str
-    model: str
     kind: RequestKind
     params: SamplingParams
     prompt_ids: list[int]
-    collector: OutputCollector
-    times: RequestTimes
-    sequences: list[Sequence] = field(default_factory=list)
-    texts: dict[int, StopText] = field(default_factory=dict)  # completion index -> text
-    generators: dict[int, Any] = field(default_factory=dict)  # index -> torch.Generator
-    # SCORE: position -> log P(token | prefix); keyed so a recomputed step overwrites.
-    score_logprobs: dict[int, float] = field(default_factory=dict)
-    score_top: dict[int, list[tuple[int, float, int]]] = field(default_factory=dict)
-    # Structured output (app.structured.Constraint) and each completion's matcher.
-    constraint: Any = None
-    matchers: dict[int, Any] = field(default_factory=dict)
-    # EMBED: the sum of the final hidden states so far, and the latest one.
-    embed_sum: list[float] | None = None
-    embed_last: list[float] | None = None
-    finished: bool = False
-    generated_tokens: int = 0
-    finish_reasons: list[str] = field(default_factory=list)
+    sequences: list[TokenSequence] = field(default_factory=list)
 
     @property
     def cached_tokens(self) -> int:
         return self.sequences[0].num_cached_hit if self.sequences else 0
 
-    def sequence(self, seq_id: int) -> Sequence | None:
+    @property
+    def is_done(self) -> bool:
+        """Every one of the request's n completions exists and has finished."""
+        return len(self.sequences) == self.params.n and all(
+            s.is_finished for s in self.sequences)
+
+    def sequence(self, seq_id: int) -> TokenSequence | None:
         return next((s for s in self.sequences if s.seq_id == seq_id), None)
 
-    def summary(self) -> RequestSummary:
-        return RequestSummary(
-            request_id=self.request_id, model=self.model, kind=self.kind.value,
-            prompt_ids=self.prompt_ids, completion_tokens=self.generated_tokens,
-            cached_tokens=self.cached_tokens, finish_reasons=tuple(self.finish_reasons),
-            finished=self.finished, times=self.times)
+
+def new_request(request_id: str, kind: RequestKind, params: SamplingParams,
+                prompt_ids: list[int], tokens: list[int], *, priority: int, arrival: float,
+                cache_salt: str | None, score_from: int | None) -> EngineRequest:
+    """A request and its first sequence. `tokens` are what the model reads (a CLASSIFY
+    prompt is padded its own way), `prompt_ids` what the caller sent."""
+    seq = TokenSequence(
+        request_id=request_id, kind=kind, token_ids=tokens, num_prompt_tokens=len(tokens),
+        params=params, priority=priority, arrival=arrival, cache_salt=cache_salt,
+        pending_forks=params.n - 1 if kind is RequestKind.GENERATE else 0,
+        # EMBED pools every position: none may come from the prefix cache.
+        score_from=1 if kind is RequestKind.EMBED else score_from)
+    return EngineRequest(request_id, kind, params, prompt_ids, [seq])

@@ -1,7 +1,7 @@
 """ModelRunner: turns a SchedulerOutput into tensors, runs one batched forward over the
 paged KV cache, samples, and returns only what postprocessing needs (token ids,
 log-probabilities, distributions, class scores). Runs in the engine's worker thread and
-reads only the step's snapshots and the OutputPlan, never live request state.
+reads only the step's snapshots and the SamplingPlan, never live request state.
 
 All sequences of a step share one flat batch (B=1, T=total new tokens): prefill chunks
 and single decode tokens side by side, each with its own positions and block table.
@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import psutil
 import torch
@@ -20,6 +18,8 @@ from torch import Tensor
 
 from app.checkpoint import LoadedModel
 from app.engine.request import RequestKind
+from app.engine.runner_output import RunnerOutput
+from app.engine.sampling_plan import SamplingPlan
 from app.engine.scheduler import ScheduledSeq, SchedulerOutput
 from app.modeling.attention import DecodeFn, PagedAttention, PagedKVCache, build_paged_batch
 from app.modeling.compile import CompileError, compile_model
@@ -31,8 +31,6 @@ from app.modeling.quantized_model import describe as describe_quantization
 from app.modeling.quantized_model import kernel_probes
 from app.modeling.transformer import EAGER
 from app.sampling import (
-    Sampled,
-    SampleRow,
     allowed_tokens,
     next_token_distribution,
     prompt_logprobs,
@@ -41,47 +39,6 @@ from app.sampling import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Draw:
-    """One token to sample for a request's completion `index` from the logits of
-    sequence `seq_id` (the n completions of a forking request draw from one row)."""
-
-    request_id: str
-    seq_id: int
-    index: int
-    row: SampleRow
-    # app.structured: the completion's matcher (the worker masks with it and feeds it the
-    # sampled token; only the worker touches it while a step runs).
-    matcher: Any = None
-
-
-@dataclass(frozen=True)
-class OutputPlan:
-    """What the worker computes from this step's logits besides the forward: the draws
-    of generating sequences and the distributions of PREDICT ones. Built on the event
-    loop from the requests' state, so the worker reads no live object."""
-
-    draws: tuple[Draw, ...] = ()
-    distributions: dict[int, tuple[float, int]] = field(default_factory=dict)  # seq_id ->
-    # (temperature, top-k)
-
-
-@dataclass
-class RunnerOutput:
-    sampled: list[Sampled] = field(default_factory=list)  # one per OutputPlan.draws
-    # PREDICT: seq_id -> [(token_id, prob, logprob)], most likely first.
-    distributions: dict[int, list[tuple[int, float, float]]] = field(default_factory=dict)
-    # CLASSIFY: seq_id -> scores of finished-prefill sequences.
-    class_scores: dict[int, list[float]] = field(default_factory=dict)
-    # SCORE: seq_id -> {position of target token: log P(token | prefix)} for this step.
-    score_logprobs: dict[int, dict[int, float]] = field(default_factory=dict)
-    # SCORE with top_logprobs: seq_id -> {position: [(token_id, logprob, rank)]}, the
-    # prompt's own token first, then the most likely others.
-    score_top: dict[int, dict[int, list[tuple[int, float, int]]]] = field(default_factory=dict)
-    # EMBED: seq_id -> (sum of this chunk's final hidden states, the chunk's last one).
-    embeddings: dict[int, tuple[list[float], list[float]]] = field(default_factory=dict)
 
 
 def kv_cache_blocks(loaded: LoadedModel, block_size: int, max_tokens: int,
@@ -192,10 +149,10 @@ class ModelRunner:
                  [seq(0, bs + 1, 1)], [seq(i, bs + 1, 1) for i in range(5)],
                  [seq(i, 2 * bs + 1, 1) for i in range(5)]]
         for scheduled in steps:
-            self.execute(SchedulerOutput(tuple(scheduled)), OutputPlan())
+            self.execute(SchedulerOutput(tuple(scheduled)), SamplingPlan())
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput, plan: OutputPlan) -> RunnerOutput:
+    def execute(self, out: SchedulerOutput, plan: SamplingPlan) -> RunnerOutput:
         """One batched forward over the step's snapshots, then sampling (in this worker
         thread, off the event loop)."""
         items = out.scheduled
@@ -241,7 +198,7 @@ class ModelRunner:
         return result
 
     @staticmethod
-    def _sample(logits: Tensor, rows: dict[int, int], plan: OutputPlan,
+    def _sample(logits: Tensor, rows: dict[int, int], plan: SamplingPlan,
                 result: RunnerOutput, eos_ids: tuple[int, ...]) -> None:
         draws = [d for d in plan.draws if d.seq_id in rows]
         if len(draws) != len(plan.draws):

@@ -10,8 +10,8 @@ Pure Python (no torch). Each `schedule()`:
 A prompt longer than the budget is prefilled over several steps (chunked prefill)
 while the other sequences keep decoding.
 
-The runner never sees a live Sequence: `schedule()` returns a SchedulerOutput of frozen
-snapshots (token ids, positions, block tables), so the worker thread computes from
+The runner never sees a live TokenSequence: `schedule()` returns a SchedulerOutput of
+frozen snapshots (token ids, positions, block tables), so the worker thread computes from
 values that nothing on the event loop can change under it.
 """
 
@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Sequence as Seq
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from app.engine.block_manager import BlockManager
-from app.engine.errors import InvalidRequest, QueueFull
-from app.engine.request import RequestKind, Sequence, SequenceStatus
+from app.engine.errors import QueueCapacityExceeded, QueueFull
+from app.engine.request import RequestKind, SequenceStatus, TokenSequence
 
 
 @dataclass(frozen=True)
@@ -87,7 +87,7 @@ class SchedulerOutput:
         return not self.scheduled
 
 
-def snapshot(seq: Sequence, num_new_tokens: int) -> ScheduledSeq:
+def snapshot(seq: TokenSequence, num_new_tokens: int) -> ScheduledSeq:
     start = seq.num_computed
     end = start + num_new_tokens
     scoring = seq.kind is RequestKind.SCORE
@@ -105,17 +105,17 @@ def snapshot(seq: Sequence, num_new_tokens: int) -> ScheduledSeq:
 class _Queue:
     """The waiting sequences in scheduling order, with running totals for admission."""
 
-    seqs: list[Sequence] = field(default_factory=list)
+    seqs: list[TokenSequence] = field(default_factory=list)
     tokens: int = 0
     groups: Counter[int] = field(default_factory=Counter)
 
-    def push(self, seq: Sequence) -> None:
+    def push(self, seq: TokenSequence) -> None:
         seq.status = SequenceStatus.WAITING
         bisect.insort(self.seqs, seq, key=lambda s: s.sort_key)
         self.tokens += len(seq)
         self.groups[seq.group] += 1
 
-    def remove(self, seq: Sequence) -> None:
+    def remove(self, seq: TokenSequence) -> None:
         self.seqs.remove(seq)
         self.tokens -= len(seq)
         self.groups[seq.group] -= 1
@@ -128,14 +128,14 @@ class Scheduler:
         self.config = config
         self.blocks = block_manager
         self._queue = _Queue()
-        self.running: list[Sequence] = []
+        self.running: list[TokenSequence] = []
         self.num_preemptions = 0
-        self._in_flight: list[Sequence] = []  # the live sequences of the last schedule()
+        self._in_flight: list[TokenSequence] = []  # the live sequences of the last schedule()
 
     # ------------------------------------------------------------------ queues
 
     @property
-    def waiting(self) -> list[Sequence]:
+    def waiting(self) -> list[TokenSequence]:
         return self._queue.seqs
 
     @property
@@ -154,17 +154,14 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
 
-    def add(self, seqs: Seq[Sequence]) -> None:
+    def add(self, seqs: Sequence[TokenSequence]) -> None:
         """Queue the sequences of one request (its prompts) as one admission, or refuse
-        them all: InvalidRequest (-> 400) when they could never be admitted, whatever the
-        load; QueueFull (-> 429) when the queue is full now."""
+        them all: QueueCapacityExceeded (an InvalidRequest) when they could never be
+        admitted, whatever the load; QueueFull when the queue is full now."""
         limits = self.config
         tokens = sum(len(s) for s in seqs)
         if tokens > limits.max_waiting_tokens:
-            raise InvalidRequest(
-                f"the request's prompts total {tokens} tokens, more than the waiting queue "
-                f"ever holds ({limits.max_waiting_tokens}, the server's max_waiting_tokens); "
-                "send fewer or shorter prompts", param="prompt")
+            raise QueueCapacityExceeded(tokens, limits.max_waiting_tokens)
         if self.num_waiting_requests >= limits.max_waiting_requests:
             raise QueueFull(f"server busy: {limits.max_waiting_requests} requests are "
                             "already waiting")
@@ -175,13 +172,13 @@ class Scheduler:
             seq.group = seqs[0].group
             self._queue.push(seq)
 
-    def add_running(self, seq: Sequence) -> None:
+    def add_running(self, seq: TokenSequence) -> None:
         """A forked sequence: it already shares its parent's blocks, and its seat was
         counted with the parent's (pending_forks)."""
         seq.status = SequenceStatus.RUNNING
         self.running.append(seq)
 
-    def finish(self, seq: Sequence, reason: str) -> None:
+    def finish(self, seq: TokenSequence) -> None:
         """Mark done and return its blocks (cached prefix blocks stay reusable)."""
         if seq.status is SequenceStatus.RUNNING and seq in self.running:
             self.running.remove(seq)
@@ -189,16 +186,15 @@ class Scheduler:
             self._queue.remove(seq)
         self.blocks.free(seq)
         seq.status = SequenceStatus.FINISHED
-        seq.finish_reason = reason
 
-    def _preempt(self, seq: Sequence) -> None:
+    def _preempt(self, seq: TokenSequence) -> None:
         self.running.remove(seq)
         self.blocks.free(seq)
         seq.preemptions += 1
         self.num_preemptions += 1
         self._queue.push(seq)
 
-    def _allocate(self, seq: Sequence, num_new_tokens: int) -> None:
+    def _allocate(self, seq: TokenSequence, num_new_tokens: int) -> None:
         if not self.blocks.ensure_slots(seq, num_new_tokens):
             raise RuntimeError(f"scheduler: no blocks for {num_new_tokens} tokens of sequence "
                                f"{seq.seq_id} after checking that they fit")
@@ -208,11 +204,11 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         budget = self.config.max_num_batched_tokens
         self.running.sort(key=lambda s: s.sort_key)
-        picked: list[tuple[Sequence, int]] = []
+        picked: list[tuple[TokenSequence, int]] = []
         picked_ids: set[int] = set()
         preempted = 0
 
-        def victim_for(seq: Sequence) -> Sequence:
+        def victim_for(seq: TokenSequence) -> TokenSequence:
             # The newest running sequence that has not been given work this step.
             for candidate in reversed(self.running):
                 if candidate.seq_id not in picked_ids:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from app.engine.scheduler import SchedulerOutput
+
 
 @dataclass(frozen=True)
 class StepStats:
@@ -18,6 +20,18 @@ class StepStats:
     seconds: float
     preemptions: int
     generated_tokens: int
+
+    @classmethod
+    def of(cls, out: SchedulerOutput, seconds: float, generated_tokens: int) -> StepStats:
+        return cls(
+            num_seqs=len(out.scheduled),
+            num_tokens=out.num_batched_tokens,
+            num_prefill_tokens=sum(i.num_new_tokens for i in out.scheduled if i.is_prefill),
+            num_decode_seqs=sum(1 for i in out.scheduled if not i.is_prefill),
+            seconds=seconds,
+            preemptions=out.num_preempted,
+            generated_tokens=generated_tokens,
+        )
 
 
 @dataclass(frozen=True)

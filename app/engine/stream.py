@@ -21,11 +21,6 @@ class OutputCollector:
         self._error: BaseException | None = None
         self._ready = asyncio.Event()
 
-    @property
-    def num_pending(self) -> int:
-        """Outputs waiting for the reader: never more than one."""
-        return int(self._pending is not None)
-
     def put(self, output: RequestOutput) -> None:
         if self._pending is None:
             self._pending = output  # the engine hands each output over: ours to merge into

@@ -120,6 +120,7 @@ def test_requests_that_can_never_fit_the_queue_get_400_not_429(api: Any) -> None
         r = await client.post("/v1/generate", json={"prompt": "word " * 30, "max_tokens": 2})
         assert r.status_code == 400, r.text
         assert "max_waiting_tokens" in r.json()["error"]["message"]
+        assert r.json()["error"]["param"] == "prompt"
         assert "retry-after" not in r.headers
         engine = app.state.server.models["lm"].engine
         assert engine.stats().rejections == 0

@@ -5,16 +5,16 @@ from __future__ import annotations
 import random
 
 from app.engine.block_manager import BlockManager
-from app.engine.request import RequestKind, Sequence
+from app.engine.request import RequestKind, TokenSequence
 from app.sampling_params import SamplingParams
 
 
-def seq(tokens: list[int], request_id: str = "r") -> Sequence:
-    return Sequence(request_id=request_id, kind=RequestKind.GENERATE, token_ids=list(tokens),
+def seq(tokens: list[int], request_id: str = "r") -> TokenSequence:
+    return TokenSequence(request_id=request_id, kind=RequestKind.GENERATE, token_ids=list(tokens),
                     num_prompt_tokens=len(tokens), params=SamplingParams())
 
 
-def compute(bm: BlockManager, s: Sequence, n: int) -> None:
+def compute(bm: BlockManager, s: TokenSequence, n: int) -> None:
     """Allocate and 'compute' n more tokens, as a scheduled step would."""
     assert bm.ensure_slots(s, n)
     s.num_computed += n
@@ -111,7 +111,7 @@ def test_fork_shares_full_prompt_blocks() -> None:
 def test_random_workload_never_breaks_invariants() -> None:
     rng = random.Random(0)
     bm = BlockManager(num_blocks=40, block_size=4)
-    live: list[Sequence] = []
+    live: list[TokenSequence] = []
     prefixes = [[rng.randrange(50) for _ in range(12)] for _ in range(3)]
     for _ in range(500):
         action = rng.random()

@@ -1,64 +1,58 @@
-"""Stop strings: found across token boundaries, held back while undecided, never scanned
-beyond the held-back text (linear in the output), and held off by min_tokens."""
+"""The split of a request between the scheduler and the output side (vLLM v1's
+EngineCore / OutputProcessor): the request the scheduler sees holds nothing output-side,
+request.py and output_processor.py do not import each other, and the output processor
+imports neither torch nor the runner."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import ast
+import dataclasses
+import inspect
+import subprocess
+import sys
+from pathlib import Path
 
-from app.engine.output_processor import StopText
+import app.engine.request as request_module
 
+ROOT = Path(__file__).resolve().parents[2]
+ENGINE = ROOT / "app" / "engine"
 
-class CharDetokenizer:
-    """One character per token id (chr), enough to drive StopText exactly."""
-
-    def push(self, token_ids: Sequence[int]) -> str:
-        return "".join(map(chr, token_ids))
-
-    def flush(self) -> str:
-        return ""
-
-
-def feed(stop: tuple[str, ...], text: str, match_from: int = 0) -> tuple[str, bool, StopText]:
-    state = StopText(CharDetokenizer(), stop)  # type: ignore[arg-type]
-    out = ""
-    for i, ch in enumerate(text):
-        delta, hit = state.push([ord(ch)], match_stop=i >= match_from)
-        out += delta
-        if hit:
-            return out, True, state
-    return out + state.finish(), False, state
+# Everything a reader's output is built from; none of it belongs to the scheduler's view.
+OUTPUT_SIDE = {"collector", "texts", "stop_texts", "generators", "matchers", "constraint",
+               "score_logprobs", "score_top", "embed_sum", "embed_last"}
 
 
-def test_stop_string_across_tokens_is_cut_and_never_emitted() -> None:
-    assert feed(("END",), "abcENDxyz")[:2] == ("abc", True)
-    assert feed(("xx", "c"), "abcxx")[:2] == ("ab", True)  # the earliest stop wins
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, under TYPE_CHECKING too."""
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return found
 
 
-def test_possible_stop_prefix_is_held_back_then_released() -> None:
-    state = StopText(CharDetokenizer(), ("STOP",))  # type: ignore[arg-type]
-    assert state.push([ord("a")]) == ("a", False)
-    assert state.push([ord("S")]) == ("", False)  # might start "STOP"
-    assert state.push([ord("T")]) == ("", False)
-    assert state.push([ord("x")]) == ("STx", False)  # it did not
-    assert state.finish() == ""
+def test_the_scheduler_view_of_a_request_holds_nothing_output_side() -> None:
+    classes = [c for _, c in inspect.getmembers(request_module, inspect.isclass)
+               if dataclasses.is_dataclass(c) and c.__module__ == request_module.__name__]
+    assert classes  # the test did look at the request's dataclasses
+    for cls in classes:
+        names = {f.name for f in dataclasses.fields(cls)}
+        assert not names & OUTPUT_SIDE, (cls.__name__, names & OUTPUT_SIDE)
 
 
-def test_held_back_text_stays_bounded_by_the_stop_length() -> None:
-    """The per-token work looks only at the held-back text plus the new text: over a long
-    generation the state never grows with the output (the old code re-scanned it all)."""
-    stop = ("a" * 200 + "b",)
-    state = StopText(CharDetokenizer(), stop)  # type: ignore[arg-type]
-    emitted = 0
-    for _ in range(20_000):
-        delta, hit = state.push([ord("a")])
-        assert not hit and len(state.held) <= 200
-        emitted += len(delta)
-    assert emitted == 20_000 - len(state.held)
-    assert vars(state).keys() == {"detokenizer", "stop", "held"}  # no whole-text buffer
+def test_request_and_output_processor_do_not_import_each_other() -> None:
+    request_imports = imported_modules(ENGINE / "request.py")
+    assert not request_imports & {"app.engine.output_processor", "app.engine.stream",
+                                  "app.engine.stop_text"}, request_imports
+    assert "app.engine.request" in imported_modules(ENGINE / "output_processor.py")
 
 
-def test_min_tokens_holds_off_stop_strings_then_matches_new_text() -> None:
-    out, hit, _ = feed((" ",), "ab cd ef", match_from=4)
-    assert (out, hit) == ("ab cd", True)  # the first space came before min_tokens
-    out, hit, _ = feed((" ",), "ab cd", match_from=100)
-    assert (out, hit) == ("ab cd", False)
+def test_the_output_processor_imports_neither_torch_nor_the_runner() -> None:
+    code = ("import sys, app.engine.output_processor; "
+            "print(sorted(m for m in ('torch', 'app.engine.runner', 'app.engine.sampling_plan',"
+            " 'app.sampling') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, timeout=120, cwd=ROOT)
+    assert done.stdout.strip() == "[]", done.stdout

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from app.engine.block_manager import BlockManager
-from app.engine.errors import InvalidRequest, QueueFull
-from app.engine.request import RequestKind, Sequence, SequenceStatus
+from app.engine.errors import InvalidRequest, QueueCapacityExceeded, QueueFull
+from app.engine.request import RequestKind, SequenceStatus, TokenSequence
 from app.engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from app.sampling_params import SamplingParams
 
@@ -19,16 +19,16 @@ def make(num_blocks: int = 64, block_size: int = 4, **cfg: int) -> Scheduler:
 
 
 def seq(n: int, request_id: str, priority: int = 0, arrival: float = 0.0,
-        forks: int = 0) -> Sequence:
+        forks: int = 0) -> TokenSequence:
     # Distinct tokens per request, so prefix caching does not change the arithmetic.
     base = 1000 * sum(map(ord, request_id))
-    return Sequence(request_id=request_id, kind=RequestKind.GENERATE,
+    return TokenSequence(request_id=request_id, kind=RequestKind.GENERATE,
                     token_ids=list(range(base, base + n)),
                     num_prompt_tokens=n, params=SamplingParams(n=forks + 1),
                     priority=priority, arrival=arrival, pending_forks=forks)
 
 
-def live(s: Scheduler, item: ScheduledSeq) -> Sequence:
+def live(s: Scheduler, item: ScheduledSeq) -> TokenSequence:
     return next(x for x in s.running + s.waiting if x.seq_id == item.seq_id)
 
 
@@ -106,7 +106,7 @@ def test_preemption_newest_first_when_blocks_run_out() -> None:
     new = next(x for x in s.waiting if x.request_id == "new")
     assert new.num_computed == 0 and new.block_table == [] and new.preemptions >= 1
     # The preempted one comes back once the old one finishes, keeping its tokens.
-    s.finish(old, "stop")
+    s.finish(old)
     assert "new" in run_step(s)
 
 
@@ -117,7 +117,7 @@ def test_abort_frees_everything() -> None:
     run_step(s)
     assert s.blocks.num_used > 0
     for x in s.running + s.waiting:
-        s.finish(x, "abort")
+        s.finish(x)
     s.blocks.check_invariants()
     assert s.blocks.num_used == 0 and not s.has_work()
 
@@ -146,7 +146,9 @@ def test_requests_that_can_never_be_queued_are_invalid_not_busy() -> None:
     s = make(max_waiting_tokens=25)
     with pytest.raises(InvalidRequest, match="max_waiting_tokens") as caught:
         s.add([seq(30, "long")])  # idle server: never 429 for what can never fit
-    assert caught.value.param == "prompt"
+    # An engine error names no API field: the API maps this one to its prompt field.
+    assert isinstance(caught.value, QueueCapacityExceeded) and caught.value.param is None
+    assert (caught.value.tokens, caught.value.capacity) == (30, 25)
     with pytest.raises(InvalidRequest, match="max_waiting_tokens"):
         s.add([seq(10, "a"), seq(10, "b"), seq(10, "c")])
     assert not s.waiting
@@ -182,6 +184,6 @@ def test_prefix_lookups_are_counted_once_per_admission() -> None:
     for _ in range(3):
         run_step(s)
     assert s.blocks.prefix_queries == 8
-    s.finish(next(x for x in s.running if x.request_id == "a"), "stop")
+    s.finish(next(x for x in s.running if x.request_id == "a"))
     run_step(s)
     assert s.blocks.prefix_queries == 8 + 12
