@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 
 def assert_offsets_cover(text: str, tokens: list[str], offsets: list[int]) -> None:
     """Offsets start at 0, never decrease and never pass the end of `text`, so the slices
@@ -9,10 +11,10 @@ def assert_offsets_cover(text: str, tokens: list[str], offsets: list[int]) -> No
     is the slice it starts (a token after a split character also owns that character)."""
     assert len(offsets) == len(tokens)
     assert offsets[0] == 0, offsets
-    assert all(a <= b for a, b in zip(offsets, offsets[1:], strict=False)), offsets
+    assert all(a <= b for a, b in itertools.pairwise(offsets)), offsets
     assert offsets[-1] <= len(text), (offsets, len(text))
     bounds = [*offsets, len(text)]
-    slices = [text[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
+    slices = [text[a:b] for a, b in itertools.pairwise(bounds)]
     assert "".join(slices) == text
     for i in range(1, len(tokens) - 1):
         whole = not tokens[i].startswith("bytes:") and "\ufffd" not in tokens[i]
