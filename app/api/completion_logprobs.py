@@ -16,61 +16,17 @@ decrease and the slices between them put `text` back together.
 
 from __future__ import annotations
 
-import functools
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from app.api.schemas import CompletionLogprobs
+from app.api.token_bytes import token_string
 from app.sampling_params import TokenLogprob
 from app.tokenizer import Tokenizer
 
-_BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # SentencePiece's byte tokens
 # A UTF-8 character is at most 4 bytes: text pending longer than that is not waiting for
 # the rest of a character (the text itself holds a U+FFFD), and is let through.
 _MAX_PENDING = 4
-
-
-@functools.cache
-def _byte_level_alphabet() -> dict[str, int]:
-    """Byte-level BPE's printable stand-in character -> the byte it stands for: printable
-    Latin-1 bytes stand for themselves, the other bytes for 256, 257, ... in byte order."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-                 *range(ord("®"), ord("ÿ") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    alphabet = {chr(b): b for b in printable}
-    alphabet.update({chr(256 + i): b for i, b in enumerate(others)})
-    return alphabet
-
-
-def token_bytes(tokenizer: Tokenizer, token_id: int) -> bytes | None:
-    """The bytes a token stands for, where its vocabulary entry says (byte-level BPE or
-    byte-fallback tokens); None where it does not."""
-    piece = tokenizer.id_to_token(token_id)
-    if piece is None:
-        return None
-    fallback = _BYTE_FALLBACK.fullmatch(piece)
-    if fallback:
-        return bytes([int(fallback.group(1), 16)])
-    alphabet = _byte_level_alphabet()
-    if piece and all(c in alphabet for c in piece):
-        return bytes(alphabet[c] for c in piece)
-    return None
-
-
-def token_string(tokenizer: Tokenizer, token_id: int) -> str:
-    """A token as OpenAI's legacy logprobs write it: its text, or "bytes:\\x.." when it is
-    not whole UTF-8."""
-    text = tokenizer.decode([token_id], skip_special_tokens=False)
-    if "\ufffd" not in text:
-        return text
-    raw = token_bytes(tokenizer, token_id)
-    if raw is None:
-        return text
-    try:
-        return raw.decode("utf-8")  # a real U+FFFD in the vocabulary
-    except UnicodeDecodeError:
-        return "bytes:" + "".join(f"\\x{b:02x}" for b in raw)
 
 
 def _common_prefix(a: str, b: str) -> int:

@@ -130,3 +130,28 @@ def test_too_many_logprobs_names_the_completions_field(api: Any) -> None:
         assert chat.status_code == 400 and chat.json()["error"]["param"] == "top_logprobs"
 
     api(body)
+
+
+def test_chat_logprobs_bytes_are_the_tokens_own(api: Any) -> None:
+    """A token holding part of a character had `bytes` of U+FFFD (239, 191, 189) twice,
+    so a client could not put the character together; they are the token's own now."""
+    pairs = {SPLIT.encode()[i:i + 2] for i in (0, 2, 4)}
+
+    async def body(app: FastAPI, client: httpx.AsyncClient) -> None:
+        ids = (await client.post("/v1/tokenize", json={"text": SPLIT,
+                                                       "add_special_tokens": False})
+               ).json()["tokens"]
+        r = await client.post("/v1/chat/completions", json={
+            "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
+            "logprobs": True, "top_logprobs": 2, "ignore_eos": True, "temperature": 0,
+            # Only the three byte-pair tokens can win, and they are all the top two.
+            "logit_bias": {str(t): 100 for t in ids}})
+        assert r.status_code == 200, r.text
+        content = r.json()["choices"][0]["logprobs"]["content"]
+        assert len(content) == 3
+        for entry in content:
+            assert bytes(entry["bytes"]) in pairs, entry
+            assert len(entry["top_logprobs"]) == 2
+            assert all(bytes(alt["bytes"]) in pairs for alt in entry["top_logprobs"]), entry
+
+    api(body)

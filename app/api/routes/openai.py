@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from app.api import examples
-from app.api.completion_logprobs import ChoiceLogprobs, EchoedPrompt, token_string
+from app.api.completion_logprobs import ChoiceLogprobs, EchoedPrompt
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
 from app.api.openai_fields import refuse_unsupported
@@ -54,6 +54,7 @@ from app.api.serving import (
 )
 from app.api.state import ServedModel
 from app.api.structured_fields import request_constraint
+from app.api.token_bytes import token_string, token_utf8
 from app.engine.output import RequestOutput
 from app.engine.request import RequestKind
 from app.sampling_params import TokenLogprob
@@ -188,11 +189,14 @@ def _chat_logprobs(model: ServedModel, entries: list[TokenLogprob] | None
         return None
     content = []
     for e in entries:
-        text = token_text(model, e.token_id)
+        # `bytes` are the token's own, also for a token that holds part of a character
+        # (its text alone is U+FFFD): what lets a client put such characters together.
+        tok = model.tokenizer
         content.append(ChatLogprobEntry(
-            token=text, logprob=e.logprob, bytes=list(text.encode()),
+            token=token_text(model, e.token_id), logprob=e.logprob,
+            bytes=token_utf8(tok, e.token_id),
             top_logprobs=[{"token": token_text(model, t), "logprob": lp,
-                           "bytes": list(token_text(model, t).encode())} for t, lp in e.top]))
+                           "bytes": token_utf8(tok, t)} for t, lp in e.top]))
     return ChatChoiceLogprobs(content=content)
 
 
