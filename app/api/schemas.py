@@ -331,7 +331,7 @@ class EmbeddingRequest(Strict):
         "mean", description="mean of the final hidden states over the input's tokens, or "
                             "the last token's")
     user: str | None = None
-    cache_salt: str | None = None
+    cache_salt: CacheSalt | None = Field(None, description=CACHE_SALT_DOC)
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"model": "default-lm", "input": ["The cat sat.", "A dog ran."]}]})
@@ -364,13 +364,13 @@ class PerplexityRequest(Strict):
                                           "token-id lists")
     window: int | None = Field(None, ge=2, description="tokens of context per window "
                                                        "(default: the model's context)")
-    stride: int | None = Field(None, ge=1, description="new tokens scored per window "
-                                                       "(default: half the window); "
-                                                       "window - 1 gives non-overlapping "
-                                                       "windows, as `python -m app eval lm` "
-                                                       "uses")
+    stride: int | None = Field(None, ge=1, description="tokens from one window's start to "
+                                                       "the next's (default: half the "
+                                                       "window); window - 1 gives windows "
+                                                       "that share one token, as `python -m "
+                                                       "app eval lm` uses")
     logprobs: bool = Field(False, description="also return each scored token's logprob")
-    cache_salt: str | None = None
+    cache_salt: CacheSalt | None = Field(None, description=CACHE_SALT_DOC)
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"text": "The best thing about computers is that they do what you say."}]})

@@ -133,8 +133,8 @@ def test_constraints_with_stop_strings_streaming_and_processed_logprobs(api: Any
         # processed logprobs: every listed alternative is allowed by the constraint, so
         # the first token's top alternatives are all digits 1 or 2 (years 19xx / 20xx).
         first = whole.json()["results"][0]["logprobs"][0]
-        assert all(t["token"][:1] in "12" for t in first["top_logprobs"]
-                   if t["logprob"] > -1e30)
+        listed = [t["token"] for t in first["top_logprobs"] if t["logprob"] > -1e30]
+        assert listed and all(t[:1] in ("1", "2") for t in listed), listed
         raw = await client.post("/v1/generate", json={
             "prompt": "Born on", "max_tokens": 20, "seed": 3, "guided_regex": date,
             "logprobs": True, "top_logprobs": 3, "logprobs_mode": "raw"})
