@@ -13,13 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from app.sampling_params import IMPOSSIBLE_LOGPROB, LogprobsMode, SamplingParams, TokenLogprob
+
+if TYPE_CHECKING:
+    from app.structured import Matcher
 
 
 @dataclass(frozen=True)
@@ -175,7 +178,7 @@ def batched_probs(logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Ten
     return probs / probs.sum(dim=-1, keepdim=True)
 
 
-def allowed_tokens(matcher: Any, vocab: int, eos_ids: Sequence[int]) -> Tensor:
+def allowed_tokens(matcher: Matcher, vocab: int, eos_ids: Sequence[int]) -> Tensor:
     """(V,) bool: the tokens a structured-output matcher (llguidance) allows next. A
     matcher in an error state, or one that allows nothing, allows EOS only, so the
     completion ends instead of sampling from nothing."""

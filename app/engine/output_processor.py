@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -29,6 +30,9 @@ from app.engine.scheduler import SchedulerOutput
 from app.sampling import SampleRow
 from app.sampling_params import TokenLogprob
 from app.tokenizer import IncrementalDetokenizer, Tokenizer
+
+if TYPE_CHECKING:
+    from app.structured import Matcher
 
 
 class StopText:
@@ -112,7 +116,7 @@ class OutputProcessor:
             for index in indices:
                 row = SampleRow(p, prompt_ids, output_ids, banned,
                                 None if p.greedy else self._generator(state, index))
-                matcher = None
+                matcher: Matcher | None = None
                 if state.constraint is not None:
                     if index not in state.matchers:
                         state.matchers[index] = state.constraint.new_matcher()

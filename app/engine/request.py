@@ -17,6 +17,7 @@ from app.sampling_params import SamplingParams
 if TYPE_CHECKING:
     from app.engine.output_processor import StopText
     from app.engine.stream import OutputCollector
+    from app.structured import Constraint, Matcher
 
 
 class RequestKind(enum.StrEnum):
@@ -124,8 +125,8 @@ class RequestState:
     score_logprobs: dict[int, float] = field(default_factory=dict)
     score_top: dict[int, list[tuple[int, float, int]]] = field(default_factory=dict)
     # Structured output (app.structured.Constraint) and each completion's matcher.
-    constraint: Any = None
-    matchers: dict[int, Any] = field(default_factory=dict)
+    constraint: Constraint | None = None
+    matchers: dict[int, Matcher] = field(default_factory=dict)
     # EMBED: the sum of the final hidden states so far, and the latest one.
     embed_sum: list[float] | None = None
     embed_last: list[float] | None = None
