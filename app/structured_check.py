@@ -20,8 +20,10 @@ or `{"error": message}`.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import TypedDict
 
 from llguidance import LLMatcher, LLTokenizer
@@ -66,9 +68,13 @@ def compile_grammar(tokenizer: LLTokenizer, kind: str, value: str, strict: bool)
 def check_in_child(request: CheckRequest, limit_s: float) -> str:
     """`request` compiled in a child process within `limit_s` seconds: its grammar;
     CheckTimeout (the child is killed) or CheckFailed otherwise."""
+    # The child imports this very `app` package, wherever the server found it.
+    package_root = str(Path(__file__).resolve().parents[1])
+    path = os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))
     child = subprocess.Popen([sys.executable, "-m", "app.structured_check"],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+                             stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": path})
     try:
         out, err = child.communicate(json.dumps(request), timeout=limit_s)
     except subprocess.TimeoutExpired:
