@@ -89,9 +89,10 @@ def compiler() -> ConstraintCompiler:
 
 
 def accepts(compiler: ConstraintCompiler, spec: ConstraintSpec, text: str) -> bool:
-    """Whether the constraint's matcher takes `text` (a prefix of an output)."""
+    """Whether the constraint's matcher takes `text` (a prefix of an output), in the
+    default-lm's tokens."""
     matcher = compiler.compile(spec).new_matcher()
-    ids = compiler._source.encode(text, add_special_tokens=False)
+    ids = Tokenizer.from_dir(DEFAULT_LM).encode(text, add_special_tokens=False)
     return all(matcher.consume_token(i) for i in ids)
 
 
