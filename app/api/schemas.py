@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from app.api.openai_fields import (
     IgnoredOpenAIFields,
@@ -127,8 +127,8 @@ class PredictResponse(BaseModel):
 class StructuredOutputs(Strict):
     """vLLM's structured_outputs: exactly one constraint."""
 
-    json_: dict[str, Any] | str | None = Field(
-        None, alias="json", description="a JSON Schema (object or JSON text)")
+    json_: dict[str, Any] | StrictBool | str | None = Field(
+        None, alias="json", description="a JSON Schema (object, boolean or JSON text)")
     regex: str | None = Field(None, max_length=4096, description="the whole output matches")
     choice: Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]],
                       Field(min_length=1, max_length=256)] | None = Field(
@@ -169,7 +169,7 @@ class SamplingFields(BaseModel):
     structured_outputs: StructuredOutputs | None = Field(
         None, description="vLLM: constrain the output to a JSON Schema (json), a regex, one "
                           "of a list (choice) or a grammar; see README")
-    guided_json: dict[str, Any] | str | None = Field(
+    guided_json: dict[str, Any] | StrictBool | str | None = Field(
         None, description="vLLM's older alias of structured_outputs.json")
     guided_regex: str | None = Field(None, max_length=4096,
                                      description="alias of structured_outputs.regex")

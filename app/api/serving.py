@@ -10,7 +10,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
@@ -24,6 +24,9 @@ from app.engine.output import Usage as EngineUsage
 from app.engine.request import RequestKind
 from app.engine.stream import RequestStream
 from app.sampling_params import LogprobsMode, SamplingParams, TokenLogprob
+
+if TYPE_CHECKING:
+    from app.structured import Constraint
 
 log = logging.getLogger("app.api")
 
@@ -130,7 +133,8 @@ def cache_salt(request: Request, salt: str | None) -> str | None:
 def submit_all(request: Request, model: ServedModel, prompts: Sequence[list[int]],
                params: SamplingParams, kind: RequestKind, *, priority: int = 0,
                score_from: Sequence[int | None] | None = None,
-               salt: str | None = None, constraint: Any = None) -> list[RequestStream]:
+               salt: str | None = None, constraint: Constraint | None = None
+               ) -> list[RequestStream]:
     """Submit every input as one admission, or none (e.g. 429). The streams are recorded
     on the request for its log line."""
     streams = model.engine.submit_batch(prompts, params, kind, priority=priority,
