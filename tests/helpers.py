@@ -1,10 +1,13 @@
-"""Tiny random Hugging Face checkpoints built with `transformers` (test-only dependency)."""
+"""Tiny random Hugging Face checkpoints built with `transformers` (test-only dependency),
+and the one rule for a tool a test needs but the machine lacks (`require_tool`)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from app.tokenizer import Tokenizer
@@ -76,3 +79,43 @@ def build_hf_checkpoint(
     model.save_pretrained(directory)
     tokenizer.save(directory)
     return model
+
+
+def in_ci() -> bool:
+    """CI sets CI=true (GitHub Actions, GitLab and others do); the Makefile's `tools`
+    target reads the same variable."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def require_tool(name: str, available: bool, how_to_get: str) -> None:
+    """The one rule for a test that needs a tool (a program, a package, data) this machine
+    may lack: when it is missing, skip with the reason locally (pytest's -ra summary, on by
+    default in pyproject.toml, prints it), and fail naming the tool under CI=true, where a
+    skipped check would leave the run green without having checked anything."""
+    if available:
+        return
+    reason = f"{name} is missing: {how_to_get}"
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: a missing tool fails the run)", pytrace=False)
+    # allow_module_level: also usable at import time of a test module.
+    pytest.skip(reason, allow_module_level=True)
+
+
+def require_cpp_compiler() -> None:
+    """torch.compile's inductor needs a working C++ compiler (and a writable cache)."""
+    from app.modeling.compile import compiler_problem
+
+    problem = compiler_problem()
+    require_tool("a C++ compiler for torch.compile", problem is None,
+                 f"install g++ (Debian's build-essential); the probe said: {problem}")
+
+
+def require_cpp_kernels() -> None:
+    """app/kernels/quant_linear.cpp builds with a C++ compiler, ninja and a writable
+    LLM_KERNEL_CACHE."""
+    from app.kernels.build import quant_extension
+
+    module, why = quant_extension()
+    require_tool("a C++ compiler for the quantized kernels", module is not None,
+                 f"install g++ (Debian's build-essential) and make LLM_KERNEL_CACHE "
+                 f"writable; the build said: {why}")

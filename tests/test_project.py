@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import require_tool
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -39,9 +41,8 @@ def test_every_setting_is_in_the_readme_table() -> None:
 
 def _make_serve(*args: str, env: dict[str, str] | None = None) -> str:
     """The command `make serve` runs (dry run, the install step taken as done)."""
-    make = shutil.which("make")
-    if make is None:
-        pytest.skip("make is not installed")
+    make = shutil.which("make") or ""
+    require_tool("make", bool(make), "install Debian's make package")
     # Under `make test` the outer make's variables would make this one a sub-make (which
     # prints "Entering directory" lines and inherits flags): run it as a user would.
     outer = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}

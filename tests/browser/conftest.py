@@ -8,6 +8,7 @@ the session prints at the end.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 from collections.abc import Iterator
@@ -15,10 +16,13 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import require_tool
 from tests.live import ROOT, LiveServer
 
-playwright_sync = pytest.importorskip("playwright.sync_api",
-                                      reason="playwright is not installed (make install-dev)")
+# At import time: test_playground.py uses the module's names at its top level.
+require_tool("Playwright for Python", importlib.util.find_spec("playwright") is not None,
+             "`make install-dev` installs it")
+from playwright import sync_api as playwright_sync  # noqa: E402
 
 MODELS = ("--model", f"default-lm={ROOT / 'models' / 'default-lm'}",
           "--model", f"fortune-classifier={ROOT / 'models' / 'fortune-classifier'}")
@@ -41,9 +45,10 @@ def chromium_path() -> str | None:
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     path = chromium_path()
-    if path is None:
-        pytest.skip("no Chromium on this machine: `make tools` installs Debian's chromium "
-                    "package (needs root and apt), or set LLM_TEST_CHROMIUM")
+    require_tool("chromium", path is not None,
+                 "`make tools` installs Debian's chromium package (needs root and apt), or "
+                 "set LLM_TEST_CHROMIUM to a Chromium binary")
+    assert path is not None  # narrowed for mypy: require_tool returned
     with playwright_sync.sync_playwright() as p:
         # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
         launched = p.chromium.launch(executable_path=path, args=["--no-sandbox"])

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.browser.conftest import API_KEY, playwright_sync
+from tests.helpers import require_tool
 from tests.live import LiveServer
 from tests.waiting import wait_until
 
@@ -29,8 +30,8 @@ expect = playwright_sync.expect
 def run_curl(page: Page, prefix: str, env: dict[str, str] | None = None) -> str:
     """Run a panel's "last request as a curl command" (#PREFIX-curl) in a shell; its
     stdout."""
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed: the shown command cannot be run")
+    require_tool("curl", shutil.which("curl") is not None,
+                 "install Debian's curl package: the page's curl commands are run as shown")
     page.click(f"details:has(#{prefix}-curl) summary")
     command = page.inner_text(f"#{prefix}-curl")
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60,
