@@ -92,6 +92,8 @@ def require_tool(name: str, available: bool, how_to_get: str) -> None:
     may lack: when it is missing, skip with the reason locally (pytest's -ra summary, on by
     default in pyproject.toml, prints it), and fail naming the tool under CI=true, where a
     skipped check would leave the run green without having checked anything."""
+    # Hidden from tracebacks, so the -ra summary names the calling test's line, not this.
+    __tracebackhide__ = True
     if available:
         return
     reason = f"{name} is missing: {how_to_get}"
@@ -103,6 +105,7 @@ def require_tool(name: str, available: bool, how_to_get: str) -> None:
 
 def require_cpp_compiler() -> None:
     """torch.compile's inductor needs a working C++ compiler (and a writable cache)."""
+    __tracebackhide__ = True
     from app.modeling.compile import compiler_problem
 
     problem = compiler_problem()
@@ -113,6 +116,7 @@ def require_cpp_compiler() -> None:
 def require_cpp_kernels() -> None:
     """app/kernels/quant_linear.cpp builds with a C++ compiler, ninja and a writable
     LLM_KERNEL_CACHE."""
+    __tracebackhide__ = True
     from app.kernels.build import quant_extension
 
     module, why = quant_extension()

@@ -56,6 +56,9 @@ def test_the_run_summary_names_each_skip_and_ci_fails_the_run(tmp_path: Path) ->
     assert "SKIPPED" in local.stdout
     assert "first-tool is missing: how to get the first" in local.stdout
     assert "second-tool is missing: how to get the second" in local.stdout
+    # Each skip is reported at the test that needs the tool, not inside the helper.
+    assert "test_needs_tools.py:4: first-tool" in local.stdout, local.stdout
+    assert "helpers.py" not in local.stdout
     in_ci = run(CI="true")
     assert in_ci.returncode == 1, in_ci.stdout + in_ci.stderr
     assert "FAILED" in in_ci.stdout and "first-tool is missing" in in_ci.stdout
