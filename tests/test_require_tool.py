@@ -31,7 +31,7 @@ def test_a_missing_tool_fails_naming_it_under_ci(monkeypatch: pytest.MonkeyPatch
     """Guards: a CI run that stays green while the browser, promtool or fortunes tests
     were all skipped for want of their tool."""
     monkeypatch.setenv("CI", value)
-    with pytest.raises(pytest.fail.Exception, match="frobnicator is missing.*CI=true"):
+    with pytest.raises(pytest.fail.Exception, match=r"frobnicator is missing.*CI=true"):
         require_tool("frobnicator", False, "apt-get install frobnicator")
 
 
