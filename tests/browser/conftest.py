@@ -8,21 +8,22 @@ the session prints at the end.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from tests.helpers import require_tool
 from tests.live import ROOT, LiveServer
 
-# At import time: test_playground.py uses the module's names at its top level.
-require_tool("Playwright for Python", importlib.util.find_spec("playwright") is not None,
-             "`make install-dev` installs it")
-from playwright import sync_api as playwright_sync  # noqa: E402
+playwright_sync: ModuleType | None
+try:
+    from playwright import sync_api as playwright_sync
+except ImportError:  # the browser fixture reports it, once per test, by the one rule
+    playwright_sync = None
 
 MODELS = ("--model", f"default-lm={ROOT / 'models' / 'default-lm'}",
           "--model", f"fortune-classifier={ROOT / 'models' / 'fortune-classifier'}")
@@ -44,6 +45,9 @@ def chromium_path() -> str | None:
 # running event loop, and every later test that calls asyncio.run() would fail.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    require_tool("Playwright for Python", playwright_sync is not None,
+                 "`make install-dev` installs it")
+    assert playwright_sync is not None  # narrowed for mypy: require_tool returned
     path = chromium_path()
     require_tool("chromium", path is not None,
                  "`make tools` installs Debian's chromium package (needs root and apt), or "

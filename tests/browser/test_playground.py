@@ -24,7 +24,13 @@ from tests.live import LiveServer
 from tests.waiting import wait_until
 
 Page = Any  # playwright.sync_api.Page
-expect = playwright_sync.expect
+
+
+def expect(locator: Any) -> Any:
+    """Playwright's expect (looked up when used: the module imports without Playwright,
+    and the browser fixture then says it is missing)."""
+    assert playwright_sync is not None
+    return playwright_sync.expect(locator)
 
 
 def run_curl(page: Page, prefix: str, env: dict[str, str] | None = None) -> str:
