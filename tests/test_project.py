@@ -55,29 +55,27 @@ def test_make_installs_the_torch_that_requirements_pin() -> None:
     assert str(pinned.specifier).startswith("=="), "torch is pinned exactly"
 
 
-def test_ci_runs_the_readme_test_command(tmp_path: Path) -> None:
+def test_ci_runs_the_readme_test_command_strictly(tmp_path: Path) -> None:
     """Guards: CI running something other than what the README tells a developer to run
-    (`make test`), or the README naming make targets that do not exist."""
+    (`make test`), or running it without CI=true, where missing tools only skip their
+    tests and the run stays green. (tests/test_docs.py checks that every make target the
+    docs name exists.)"""
     fake = tmp_path / "bin"
     fake.mkdir()
     called = tmp_path / "make-args"
-    (fake / "make").write_text(f'#!/bin/sh\necho "$*" > {called}\n')
+    (fake / "make").write_text(f'#!/bin/sh\necho "CI=$CI $*" > {called}\n')
     (fake / "make").chmod(0o755)
-    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["PATH"] = f"{fake}{os.pathsep}{os.environ.get('PATH', '')}"
     run = subprocess.run([str(ROOT / ".ci" / "run")], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    assert called.read_text().split() == ["test"]
-    readme = (ROOT / "README.md").read_text()
-    quick_start = re.search(r"```(?:sh|bash|shell)?\n(.*?)```", readme, re.S)
+    assert called.read_text().split() == ["CI=true", "test"]
+    quick_start = re.search(r"```(?:sh|bash|shell)?\n(.*?)```",
+                            (ROOT / "README.md").read_text(), re.S)
     assert quick_start is not None
     assert "make test" in [line.split("#")[0].strip()
                            for line in quick_start.group(1).splitlines()]
-    targets = set(re.findall(r"`make ([a-z][a-z-]*)", readme))
-    assert {"serve", "test", "models"} <= targets
-    for target in sorted(targets):
-        dry = _make("-n", target)
-        assert dry.returncode == 0, f"README names `make {target}`: {dry.stderr}"
 
 
 def test_every_setting_is_in_the_readme_table() -> None:
