@@ -3,13 +3,14 @@ locally, a failure naming the tool under CI=true."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import require_tool
+from tests.helpers import require_cpp_compiler, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,3 +64,14 @@ def test_the_run_summary_names_each_skip_and_ci_fails_the_run(tmp_path: Path) ->
     assert in_ci.returncode == 1, in_ci.stdout + in_ci.stderr
     assert "FAILED" in in_ci.stdout and "first-tool is missing" in in_ci.stdout
     assert "second-tool is missing" in in_ci.stdout
+
+
+def test_a_missing_cpp_compiler_follows_the_same_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guards: one module skipping for want of a C++ compiler while another failed."""
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match=re.escape("a C++ compiler is missing")):
+        require_cpp_compiler()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match=re.escape("a C++ compiler is missing")):
+        require_cpp_compiler()

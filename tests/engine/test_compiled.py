@@ -20,6 +20,10 @@ from tests.helpers import require_cpp_compiler
 @pytest.fixture(autouse=True)
 def _needs_a_cpp_compiler() -> None:
     require_cpp_compiler()
+    # With a compiler here, inductor must work: a probe that fails is this test's failure.
+    from app.modeling.compile import compiler_problem
+
+    assert compiler_problem() is None, compiler_problem()
 
 
 def transformers_greedy(ref: Any, prompt: list[int], n: int) -> list[int]:
