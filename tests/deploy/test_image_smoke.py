@@ -46,7 +46,7 @@ def test_dockerfile_installs_from_the_shared_requirements() -> None:
 
 
 def test_image_install_steps_and_cmd_serve(tmp_path: Path) -> None:
-    require_tool("the shipped models (models/default-lm)",
+    require_tool("the shipped model models/default-lm",
                  (ROOT / "models" / "default-lm" / "model.safetensors").exists(),
                  "they are in the repository; `make models` re-creates them")
     env, cmd = dockerfile_runtime()

@@ -21,7 +21,7 @@ MODELS = Path(__file__).resolve().parents[2] / "models"
 
 @pytest.fixture(autouse=True)
 def _needs_the_shipped_models() -> None:
-    require_tool("the shipped models (models/default-lm)",
+    require_tool("the shipped model models/default-lm",
                  (MODELS / "default-lm" / "model.safetensors").exists(),
                  "they are in the repository; `make models` re-creates them")
 
