@@ -20,6 +20,7 @@ from app.modeling.quantize import (
     quantize_int8,
     unpack_int4,
 )
+from tests.helpers import require_cpp_compiler
 
 
 def weights(n: int = 48, k: int = 128, seed: int = 0) -> torch.Tensor:
@@ -83,6 +84,7 @@ def restore_choice() -> Iterator[None]:
 
 
 def test_the_cpp_kernels_build_on_this_cpu() -> None:
+    require_cpp_compiler()
     module, why = quant_extension()
     print(f"C++ kernels: {why} (ISA {cpu_isa()[0]})")
     assert module is not None, why

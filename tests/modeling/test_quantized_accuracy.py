@@ -20,6 +20,7 @@ from app.checkpoint import load_model
 from app.tokenizer import Tokenizer
 from app.train.data import pack_tokens, read_documents, read_labelled
 from app.train.evaluate import nll_and_argmax, predict_labels
+from tests.helpers import require_tool
 
 FORTUNES = Path("/usr/share/games/fortunes")
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,9 +28,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not FORTUNES.is_dir():
-        pytest.skip(f"{FORTUNES} is missing: install Debian's fortunes package "
-                    "(make test does) to measure quantized accuracy on held-out data")
+    require_tool(f"the fortunes data ({FORTUNES})", FORTUNES.is_dir(),
+                 "`make tools` installs Debian's fortunes package (needs root and apt): the "
+                 "held-out data of the quantized-accuracy tests")
     from app.train.fortunes import prepare
 
     out = tmp_path_factory.mktemp("fortunes")
