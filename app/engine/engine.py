@@ -29,7 +29,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.checkpoint import LoadedModel
 from app.engine.block_manager import BlockManager
 from app.engine.compute import compute_thread
 from app.engine.errors import (
@@ -56,6 +55,7 @@ from app.engine.scheduler import Scheduler, SchedulerConfig, SchedulerOutput
 from app.engine.stats import EngineStats, StepStats
 from app.engine.stream import OutputCollector, RequestStream
 from app.engine.validation import RequestLimits, check_request, classified_tokens
+from app.modeling.loaded import LoadedModel
 from app.sampling import Sampled
 from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer

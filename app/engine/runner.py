@@ -18,7 +18,6 @@ import psutil
 import torch
 from torch import Tensor
 
-from app.checkpoint import LoadedModel
 from app.engine.request import RequestKind
 from app.engine.scheduler import ScheduledSeq, SchedulerOutput
 from app.modeling.attention import DecodeFn, PagedAttention, PagedKVCache, build_paged_batch
@@ -26,6 +25,7 @@ from app.modeling.compile import CompileError, compile_model
 from app.modeling.config import Task
 from app.modeling.heads import label_scores
 from app.modeling.kernel_choice import choose_kernels
+from app.modeling.loaded import LoadedModel
 from app.modeling.packed import choose_packing, pack_model, unpack_model
 from app.modeling.quantized_model import describe as describe_quantization
 from app.modeling.quantized_model import quantized_layers
