@@ -102,7 +102,8 @@ class QuantizedLinear(nn.Module):
                  bias: Tensor | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.method, self.group_size = method, group_size
+        self.method = method
+        self.group_size = group_size if method == "int4" else 0  # int8 has no groups
         if method == "int8":
             self.register_buffer("qweight", torch.empty(out_features, in_features,
                                                         dtype=torch.int8))

@@ -5,6 +5,7 @@ back to the same model without re-quantizing."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,7 @@ from app.checkpoint import CheckpointError, load_model, save_quantized
 from app.config import Settings, model_specs
 from app.engine.engine import Engine
 from app.engine.request import RequestKind
+from app.kernels.build import quant_extension
 from app.modeling import kernel_choice, quant_kernels
 from app.modeling.quantized_linear import QuantizedEmbedding, QuantizedLinear
 from app.modeling.quantized_model import quantized_layers
@@ -32,6 +34,25 @@ from tests.helpers import CAUSAL_LMS, CLASSIFIERS, build_hf_checkpoint
 # (2 layers of 64, initializer_range 0.1, groups of 32) quantize worse than trained ones;
 # the accuracy that matters is measured on the shipped models (test_quantized_accuracy).
 TOLERANCE = {"int8": 0.03, "int4": 0.3}
+
+
+def _need_cpp_kernels(compiled: bool = False) -> None:
+    """Skip (or, under CI=true, fail) a test that needs C++ kernels built here: ours
+    (app/kernels), or with `compiled` torch.compile's; the reason says why not."""
+    if compiled:
+        from app.modeling.compile import compiler_problem
+
+        problem = compiler_problem()
+        reason = f"torch.compile cannot build kernels here: {problem}"
+    else:
+        module, why = quant_extension()
+        problem = None if module is not None else why
+        reason = f"the C++ kernels are unavailable here: {why}"
+    if problem is None:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
 
 
 def ids(vocab: int) -> torch.Tensor:
@@ -50,6 +71,9 @@ def test_every_architecture_serves_quantized(hf_checkpoint: Any, tokenizer: Toke
     assert model.quantization == method
     products = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     assert len(products) == 4 * quant.config.num_layers + 1  # blocks' four + LM head
+    # int8 has no groups: an int8 product beside int4 ones must not carry their group size
+    # (it would be a shape of its own in the kernel choice and its report).
+    assert all(m.group_size == (32 if m.method == "int4" else 0) for m in products)
     assert model.lm_head is not None and isinstance(model.lm_head.quantized, QuantizedLinear)
     assert model.lm_head.quantized.method == "int8"
     if quant.config.tie_word_embeddings:
@@ -182,10 +206,7 @@ def test_compiled_quantized_engine_equals_its_full_forward(hf_checkpoint: Any,
                                                            method: str) -> None:
     """Compiled, one-row products call the C++ op directly (when it won at startup), and
     batched ones the measured kernel: greedy tokens still equal a full forward pass."""
-    from app.modeling.compile import compiler_problem
-
-    if compiler_problem():
-        pytest.skip(f"torch.compile cannot build kernels here: {compiler_problem()}")
+    _need_cpp_kernels(compiled=True)
     directory, _ = hf_checkpoint("llama_gqa_llama3")
     quant = load_model(directory, dtype="float32", device="cpu", quantization=method,
                        group_size=32)

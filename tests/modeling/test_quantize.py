@@ -39,13 +39,20 @@ KERNELS = ("dequant", "aten", "cpp")
 TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2}
 
 
-def _need_cpp_kernels() -> None:
-    """Skip (or, under CI=true, fail) a test that needs the C++ kernels when they cannot
-    be built here, saying why."""
-    module, why = quant_extension()
-    if module is not None:
+def _need_cpp_kernels(compiled: bool = False) -> None:
+    """Skip (or, under CI=true, fail) a test that needs C++ kernels built here: ours
+    (app/kernels), or with `compiled` torch.compile's; the reason says why not."""
+    if compiled:
+        from app.modeling.compile import compiler_problem
+
+        problem = compiler_problem()
+        reason = f"torch.compile cannot build kernels here: {problem}"
+    else:
+        module, why = quant_extension()
+        problem = None if module is not None else why
+        reason = f"the C++ kernels are unavailable here: {why}"
+    if problem is None:
         return
-    reason = f"the C++ kernels are unavailable here: {why}"
     if os.environ.get("CI") == "true":
         pytest.fail(reason)
     pytest.skip(reason)
@@ -263,10 +270,7 @@ def test_two_models_in_one_process_choose_independently(
 
 
 def test_quantized_products_compile_as_custom_ops() -> None:
-    from app.modeling.compile import compiler_problem
-
-    if compiler_problem():
-        pytest.skip(f"torch.compile cannot build kernels here: {compiler_problem()}")
+    _need_cpp_kernels(compiled=True)
     layer = QuantizedLinear.from_weight(weights(n=40), None, "int4", 32)
     kernel_choice.choose_kernels([layer], torch.float32)
     compiled = torch.compile(lambda x: torch.relu(layer(x)) * 2, dynamic=False)
