@@ -157,7 +157,9 @@ class QuantizedLinear(nn.Module):
                 raise ValueError(f"kernel {name} does not support {shape}")
         self.kernels = plan
         if self.method == "int4" and "aten" in (plan.one, plan.few):
-            self.aten_weight, self.aten_scale_zeros = aten_int4_pack(self.int4_weight(), dtype)
+            if self.aten_scale_zeros is None or self.aten_scale_zeros.dtype != dtype:
+                self.aten_weight, self.aten_scale_zeros = aten_int4_pack(self.int4_weight(),
+                                                                         dtype)
         else:
             self.aten_weight = self.aten_scale_zeros = None
 
