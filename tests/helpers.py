@@ -120,3 +120,22 @@ def require_cpp_compiler() -> None:
     require_tool("a C++ compiler", cpp_compiler() is not None,
                  "install Debian's g++ (or set CXX): torch.compile and the C++ kernels "
                  "build with it")
+
+
+
+def require_cpp_kernels(compiled: bool = False) -> None:
+    """For a test that needs C++ kernels built here: the compiler rule above, then, with a
+    compiler present, kernels that do not build fail the test. With `compiled`:
+    torch.compile's kernels (inductor); else ours (app/kernels/quant_linear.cpp)."""
+    __tracebackhide__ = True
+    require_cpp_compiler()
+    if compiled:
+        from app.modeling.compile import compiler_problem
+
+        problem = compiler_problem()
+        assert problem is None, f"torch.compile cannot build kernels here: {problem}"
+    else:
+        from app.kernels.build import quant_extension
+
+        module, why = quant_extension()
+        assert module is not None, f"the C++ kernels do not build here: {why}"

@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app import app_version
-from app.checkpoint import LoadedModel
 from app.config import Settings
 from app.engine.engine import Engine
 from app.modeling.config import Task
+from app.modeling.loaded import LoadedModel
 from app.tokenizer import Tokenizer
 
 if TYPE_CHECKING:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from app.checkpoint import LoadedModel
 from app.engine.block_manager import BlockManager
 from app.engine.config import EngineConfig
 from app.engine.output import RequestOutput, RequestSummary
@@ -27,6 +26,7 @@ from app.engine.sampling_plan import SamplingPlan, SamplingPlanner
 from app.engine.scheduler import Scheduler, SchedulerOutput
 from app.engine.step_update import StepUpdate, StepUpdater
 from app.engine.validation import RequestLimits
+from app.modeling.loaded import LoadedModel
 from app.tokenizer import Tokenizer
 
 if TYPE_CHECKING:

@@ -29,7 +29,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, TypeVar
 
-from app.checkpoint import LoadedModel
 from app.engine.compute import compute_thread
 from app.engine.config import EngineConfig
 from app.engine.core import EngineCore
@@ -51,6 +50,7 @@ from app.engine.scheduler import SchedulerOutput
 from app.engine.stats import EngineStats, StepStats
 from app.engine.stream import RequestStream
 from app.engine.validation import check_request, classified_tokens
+from app.modeling.loaded import LoadedModel
 from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
 
