@@ -21,13 +21,16 @@ from tests.helpers import require_tool
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _make(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    """`make ARGS` in the repository, as a user would run it."""
+def _make(*args: str, env: dict[str, str] | None = None, unset: tuple[str, ...] = ()
+          ) -> subprocess.CompletedProcess[str]:
+    """`make ARGS` in the repository, as a user would run it, with `env` set over this
+    process's environment and the variables in `unset` removed from it."""
     make = shutil.which("make") or ""
     require_tool("make", bool(make), "install Debian's make package")
     # Under `make test` the outer make's variables would make this one a sub-make (which
     # prints "Entering directory" lines and inherits flags): run it as a user would.
-    outer = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MAKELEVEL", "MFLAGS")}
+    dropped = ("MAKEFLAGS", "MAKELEVEL", "MFLAGS", *unset)
+    outer = {k: v for k, v in os.environ.items() if k not in dropped}
     return subprocess.run([make, "--no-print-directory", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=120, env={**outer, **(env or {})})
 
@@ -100,12 +103,11 @@ def _make_tools_where_nothing_can_be_installed(tmp_path: Path, ci: str | None
     for program in ("id", "tr"):
         if not (bin_dir / program).exists():
             (bin_dir / program).symlink_to(shutil.which(program) or f"/usr/bin/{program}")
-    env = {k: v for k, v in os.environ.items() if k != "CI"}
-    env["PATH"] = str(bin_dir)
-    if ci is not None:
-        env["CI"] = ci
+    env = {"PATH": str(bin_dir)} if ci is None else {"PATH": str(bin_dir), "CI": ci}
+    # Under CI=true (as .ci/run sets it) the "local" run must not inherit it.
     return _make("tools", "PYTHON=false", f"TOOLS_VENV={tmp_path / 'tools-venv'}",
-                 f"FORTUNES_DIR={tmp_path / 'no-fortunes'}", env=env)
+                 f"FORTUNES_DIR={tmp_path / 'no-fortunes'}", env=env,
+                 unset=("CI",) if ci is None else ())
 
 
 def test_make_tools_fails_under_ci_naming_each_tool_it_could_not_install(
