@@ -156,6 +156,7 @@ class CompileChecker:
         self._turn = threading.Lock()  # held by the one check talking to the child
         self._child: _Child | None = None
         self._tokenizer_file: Path | None = None
+        self._remove_tokenizer_file: Callable[[], object] = lambda: None
         self._closed = False
 
     @property
@@ -199,7 +200,7 @@ class CompileChecker:
                 self._child.stop(STOP_GRACE_S)
                 self._child = None
             if self._tokenizer_file is not None:
-                self._tokenizer_file.unlink(missing_ok=True)
+                self._remove_tokenizer_file()
                 self._tokenizer_file = None
         finally:
             self._turn.release()
@@ -249,6 +250,9 @@ class CompileChecker:
             hello = None
         if hello is None or not hello.get("ready"):
             self._child = None
+            if self._closed:  # close() ended it while it loaded
+                child.stop(0.0)
+                raise EngineStopped("the server is shutting down")
             report = child.exit_report() if not child.alive() else (
                 f"the constraint compiler did not start within {STARTUP_LIMIT_S:g} s")
             child.stop(0.0)
@@ -264,6 +268,9 @@ class CompileChecker:
                                              delete=False) as file:
                 json.dump(self._tokenizer(), file)
             self._tokenizer_file = Path(file.name)
+            # Removed by close(), or when the checker is collected without it.
+            self._remove_tokenizer_file = weakref.finalize(
+                self, self._tokenizer_file.unlink, missing_ok=True)
         self._child = _Child(self, self._tokenizer_file)
         return self._child
 
