@@ -18,8 +18,9 @@ source -> grammar rules, booleans and `strict` included, in app/structured_gramm
   choice       the output is exactly one of the strings
   grammar      a Lark grammar (llguidance's dialect), or GBNF (llama.cpp's; converted)
 
-Compiling is bounded in time by running it first in a child process that is killed at
-the limit (app/structured_check.py says why llguidance's own limits cannot do that).
+Compiling is bounded in time by running it first in a long-lived child process, one per
+compiler, that is killed (and replaced) at the limit (app/structured_checker.py; why
+llguidance's own limits cannot do that: app/structured_check.py). `close()` stops it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ from typing import Protocol
 
 from llguidance import LLMatcher, LLTokenizer
 
-from app.structured_check import CheckFailed, CheckRequest, CheckTimeout, check_in_child
+from app.structured_check import CheckFailed, CheckTimeout, TokenizerSpec
+from app.structured_checker import MAX_PENDING, CompileChecker
 from app.tokenizer import Tokenizer
 
 KINDS = ("json_schema", "json_object", "regex", "choice", "grammar")
@@ -104,12 +106,15 @@ class ConstraintCompiler:
     """Compiles constraints against one tokenizer (vocabulary), each within `limit_s`
     seconds, and keeps the last CACHE_SIZE results (an lru_cache per compiler, so per
     vocabulary, keyed by the canonical spec). Thread-safe: compiling runs in worker
-    threads, off the event loop."""
+    threads, off the event loop. At most `max_pending` new constraints are checked or
+    wait for their check at once (more: QueueFull). `close()` when done."""
 
-    def __init__(self, tokenizer: Tokenizer, vocab_size: int, limit_s: float = 10.0) -> None:
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, limit_s: float = 10.0,
+                 max_pending: int = MAX_PENDING) -> None:
         self._source = tokenizer
         self._vocab_size = vocab_size
         self.limit_s = limit_s
+        self._checker = CompileChecker(self._tokenizer_spec, max_pending)
         self._compile_canonical = functools.lru_cache(maxsize=CACHE_SIZE)(self._compile)
 
     @functools.cached_property
@@ -134,12 +139,13 @@ class ConstraintCompiler:
             raise ConstraintTooSlow(spec.kind, self.limit_s, spec.param) from None
         return Constraint(spec, grammar, template)
 
+    def _tokenizer_spec(self) -> TokenizerSpec:
+        return {"tokenizer_json": self._tokenizer_json, "n_vocab": self._vocab_size,
+                "eos_token": self._eos}
+
     def _compile(self, spec: ConstraintSpec) -> tuple[str, LLMatcher]:
-        request: CheckRequest = {
-            "tokenizer_json": self._tokenizer_json, "n_vocab": self._vocab_size,
-            "eos_token": self._eos, "kind": spec.kind, "value": spec.value,
-            "strict": spec.strict}
-        grammar = check_in_child(request, self.limit_s)
+        grammar = self._checker.check(
+            {"kind": spec.kind, "value": spec.value, "strict": spec.strict}, self.limit_s)
         # It compiled in the child within the limit: the same work here is as bounded.
         template = LLMatcher(self._tokenizer, grammar, log_level=0)
         if template.is_error():
@@ -149,3 +155,13 @@ class ConstraintCompiler:
 
     def cached(self) -> int:
         return self._compile_canonical.cache_info().currsize
+
+    @property
+    def checker_pid(self) -> int | None:
+        """The compile check's child process (None until the first new constraint)."""
+        return self._checker.pid
+
+    def close(self) -> None:
+        """Stop the compile check's child process; later new constraints are refused
+        (EngineStopped), cached ones are still handed out."""
+        self._checker.close()

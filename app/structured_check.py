@@ -1,4 +1,6 @@
-"""Compile a constraint in a child process that is killed at the time limit.
+"""The constraint compile check's child process (`python -m app.structured_check FILE`),
+long-lived, killed when a check runs past its time limit (the server's side, which starts,
+times and restarts it, is app/structured_checker.py).
 
 llguidance's work is Rust code that a thread cannot interrupt: a compile abandoned by
 `asyncio.wait_for` kept its thread (and a core) busy until it finished, which for a
@@ -8,20 +10,20 @@ lexer states) count work, not time; that schema stays under all of them, so they
 enforce `--structured-output-timeout`.
 
 So the whole compile (source -> grammar, validation against the tokenizer, building the
-lexer and parser) runs first in `python -m app.structured_check`, which is killed when
-the time is up. Only a grammar that compiled there within the limit is compiled again in
-the server (the same deterministic work, so it is bounded by the same limit); that second
-compile is what the engine's matchers come from (a matcher cannot cross processes).
+lexer and parser) runs first in this child process, which is killed when the time is
+up. Only a grammar that compiled there within the limit is compiled again in the server
+(the same deterministic work, so it is bounded by the same limit); that second compile is
+what the engine's matchers come from (a matcher cannot cross processes).
 
-Protocol: one JSON object on stdin (`CheckRequest`), one on stdout: `{"grammar": text}`
-or `{"error": message}`.
+Protocol: FILE holds a `TokenizerSpec`; once llguidance's tokenizer is built from it (once
+per child) the child writes `{"ready": true}`. Then, one JSON line each way per check: a
+`CheckRequest` on stdin, `{"grammar": text}` or `{"error": message}` on stdout; the child
+ends when its stdin closes.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import TypedDict
@@ -31,17 +33,22 @@ from llguidance import LLMatcher, LLTokenizer
 from app.structured_grammar import GrammarError, grammar_for
 
 
-class CheckRequest(TypedDict):
+class TokenizerSpec(TypedDict):
+    """What the child builds llguidance's tokenizer from (given to it as a file)."""
+
     tokenizer_json: str  # the `tokenizers` library's tokenizer.json text
     n_vocab: int
     eos_token: int | None
+
+
+class CheckRequest(TypedDict):
     kind: str
     value: str
     strict: bool
 
 
 class CheckTimeout(Exception):
-    """The compile did not finish within the limit (its process was killed)."""
+    """The check did not finish within the limit (the child was killed if it had begun)."""
 
 
 class CheckFailed(Exception):
@@ -65,44 +72,24 @@ def compile_grammar(tokenizer: LLTokenizer, kind: str, value: str, strict: bool)
     return grammar
 
 
-def check_in_child(request: CheckRequest, limit_s: float) -> str:
-    """`request` compiled in a child process within `limit_s` seconds: its grammar;
-    CheckTimeout (the child is killed) or CheckFailed otherwise."""
-    # The child imports this very `app` package, wherever the server found it.
-    package_root = str(Path(__file__).resolve().parents[1])
-    path = os.pathsep.join(filter(None, (package_root, os.environ.get("PYTHONPATH"))))
-    child = subprocess.Popen([sys.executable, "-m", "app.structured_check"],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True,
-                             env={**os.environ, "PYTHONPATH": path})
-    try:
-        out, err = child.communicate(json.dumps(request), timeout=limit_s)
-    except subprocess.TimeoutExpired:
-        raise CheckTimeout from None
-    finally:
-        # On time-out and on any other exit: the compile never outlives the request.
-        child.kill()
-        child.wait()
-    try:
-        answer = json.loads(out)
-    except json.JSONDecodeError:
-        raise CheckFailed(f"the constraint compiler exited with {child.returncode}: "
-                          f"{err.strip()[-300:]}") from None
-    if "error" in answer:
-        raise CheckFailed(str(answer["error"]))
-    return str(answer["grammar"])
+def _answer(message: dict[str, str | bool]) -> None:
+    sys.stdout.write(json.dumps(message) + "\n")
+    sys.stdout.flush()
 
 
 def main() -> None:
-    request: CheckRequest = json.loads(sys.stdin.read())
-    tokenizer = LLTokenizer(request["tokenizer_json"], n_vocab=request["n_vocab"],
-                            eos_token=request["eos_token"])
-    try:
-        answer = {"grammar": compile_grammar(tokenizer, request["kind"], request["value"],
-                                             request["strict"])}
-    except CheckFailed as exc:
-        answer = {"error": str(exc)}
-    sys.stdout.write(json.dumps(answer))
+    spec: TokenizerSpec = json.loads(Path(sys.argv[1]).read_text())
+    tokenizer = LLTokenizer(spec["tokenizer_json"], n_vocab=spec["n_vocab"],
+                            eos_token=spec["eos_token"])
+    _answer({"ready": True})
+    while line := sys.stdin.readline():  # until the server closes our stdin
+        request: CheckRequest = json.loads(line)
+        try:
+            answer: dict[str, str | bool] = {"grammar": compile_grammar(
+                tokenizer, request["kind"], request["value"], request["strict"])}
+        except CheckFailed as exc:
+            answer = {"error": str(exc)}
+        _answer(answer)
 
 
 if __name__ == "__main__":

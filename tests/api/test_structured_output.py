@@ -3,8 +3,10 @@ choice constraints always hold; bad constraints get 400 before anything is queue
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import os
 import re
 import sys
 import threading
@@ -240,8 +242,9 @@ def test_boolean_json_schemas(api: Any) -> None:
     api(body, models=MODELS)
 
 
-def compiles_running() -> list[str]:
-    """Threads inside app.structured* code, and processes running app.structured_check."""
+def compiles_running(checker_pid: int | None) -> list[str]:
+    """Threads inside app.structured* code, and this process's children running
+    app.structured_check other than the compiler's current (idle) one."""
     frames = sys._current_frames()
     busy = []
     for thread in threading.enumerate():
@@ -251,11 +254,25 @@ def compiles_running() -> list[str]:
                 busy.append(f"thread {thread.name}")
                 break
             frame = frame.f_back
-    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
-        with contextlib.suppress(OSError):
-            if b"app.structured_check" in cmdline.read_bytes():
-                busy.append(f"process {cmdline.parent.name}")
+    busy += [f"process {pid}" for pid in checker_children() if pid != checker_pid]
     return busy
+
+
+def checker_children() -> list[int]:
+    """This process's child processes running app.structured_check."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[2])
+            if ppid == os.getpid() and b"app.structured_check" in (
+                    proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+    return found
+
+
+def checker_pid(app: FastAPI) -> int | None:
+    compiler = app.state.server.models["default-lm"].compiler
+    return None if compiler is None else compiler.checker_pid
 
 
 def test_a_pathological_schema_is_stopped_at_the_time_limit(api: Any) -> None:
@@ -266,12 +283,45 @@ def test_a_pathological_schema_is_stopped_at_the_time_limit(api: Any) -> None:
               "properties": {f"p{i}": {"type": "integer"} for i in range(10000)}}
 
     async def body(app: FastAPI, client: httpx.AsyncClient) -> None:
+        # The first new constraint starts the compile check's child process.
+        warm = await client.post("/v1/generate", json={"prompt": "x", "max_tokens": 2,
+                                                       "guided_regex": "[ab]+"})
+        assert warm.status_code == 200, warm.text
+        killed = checker_pid(app)
         start = time.monotonic()
         r = await client.post("/v1/generate", json={"prompt": "x", "guided_json": schema})
         elapsed = time.monotonic() - start
         assert r.status_code == 400, r.text
         assert "to compile (--structured-output-timeout)" in r.json()["error"]["message"]
         assert elapsed < 1.0 + 2.0, elapsed  # the limit, and slack for a loaded machine
-        assert compiles_running() == []  # nothing compiles on after the 400
+        # Nothing compiles on after the 400: its child is gone, a fresh one waits.
+        fresh = checker_pid(app)
+        assert fresh not in (None, killed) and killed not in checker_children()
+        assert compiles_running(fresh) == []
+        # ... and compiles the next new constraint.
+        after = await client.post("/v1/generate", json={
+            "prompt": "x", "max_tokens": 2, "guided_json": {"type": "integer"}})
+        assert after.status_code == 200, after.text
+        assert checker_pid(app) == fresh
 
     api(body, models=MODELS, structured_output_timeout=1.0)
+
+
+def test_concurrent_new_constraints_share_one_child_stopped_with_the_server(
+        api: Any) -> None:
+    async def body(app: FastAPI, client: httpx.AsyncClient) -> int | None:
+        first = await client.post("/v1/generate", json={"prompt": "x", "max_tokens": 2,
+                                                        "guided_regex": "[ab]+"})
+        assert first.status_code == 200, first.text
+        pid = checker_pid(app)
+        rs = await asyncio.gather(*(client.post("/v1/generate", json={
+            "prompt": "x", "max_tokens": 3, "structured_outputs": {"json": {
+                "type": "object", "properties": {f"k{i}": {"type": "integer"}}}}})
+            for i in range(8)))
+        assert [r.status_code for r in rs] == [200] * 8, [r.text for r in rs]
+        assert pid is not None and checker_pid(app) == pid  # one child, reused
+        return pid
+
+    pid = api(body, models=MODELS)
+    assert checker_children() == []  # the app stopped: so did its child (and was reaped)
+    assert not Path(f"/proc/{pid}").exists()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -84,8 +85,10 @@ DEFAULT_LM = Path(__file__).resolve().parents[2] / "models" / "default-lm"
 
 
 @pytest.fixture(scope="module")
-def compiler() -> ConstraintCompiler:
-    return ConstraintCompiler(Tokenizer.from_dir(DEFAULT_LM), 8192)
+def compiler() -> Iterator[ConstraintCompiler]:
+    compiler = ConstraintCompiler(Tokenizer.from_dir(DEFAULT_LM), 8192)
+    yield compiler
+    compiler.close()  # its compile check's child process
 
 
 def accepts(compiler: ConstraintCompiler, spec: ConstraintSpec, text: str) -> bool:
@@ -157,7 +160,10 @@ def test_a_compile_over_the_limit_is_killed() -> None:
     slow = ConstraintCompiler(Tokenizer.from_dir(DEFAULT_LM), 8192, limit_s=0.5)
     schema = {"type": "object",
               "properties": {f"p{i}": {"type": "integer"} for i in range(8000)}}
-    with pytest.raises(ConstraintTooSlow, match=r"longer than 0\.5 s") as refused:
-        slow.compile(ConstraintSpec("json_schema", json.dumps(schema), "guided_json"))
-    assert refused.value.param == "guided_json"
-    assert slow.cached() == 0
+    try:
+        with pytest.raises(ConstraintTooSlow, match=r"longer than 0\.5 s") as refused:
+            slow.compile(ConstraintSpec("json_schema", json.dumps(schema), "guided_json"))
+        assert refused.value.param == "guided_json"
+        assert slow.cached() == 0
+    finally:
+        slow.close()
