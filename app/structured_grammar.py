@@ -43,23 +43,33 @@ class GrammarError(ValueError):
     """The source cannot become a grammar; the message says why."""
 
 
+# Keywords that compose one value from several subschemas: their subschemas describe the
+# same object as their parent, so closing either would refuse what the other lists. An
+# object schema using one of them is left open, and they are not recursed into.
+_COMPOSING = ("allOf", "if", "then", "else", "not", "dependentSchemas", "$ref")
+
+
 def _is_object_schema(schema: dict[str, Any]) -> bool:
+    """An object schema that lists its properties (a `required`-only subschema is a
+    constraint on its parent's object, not an object of its own)."""
     kind = schema.get("type")
-    if kind == "object" or (isinstance(kind, list) and "object" in kind):
-        return True
-    return any(k in schema for k in ("properties", "required", "patternProperties"))
+    is_object = kind == "object" or (isinstance(kind, list) and "object" in kind)
+    return (is_object or "properties" in schema) and not any(k in schema for k in _COMPOSING)
 
 
 def close_objects(schema: Any) -> Any:
     """A copy of `schema` where every object schema without `additionalProperties` or
-    `unevaluatedProperties` gets `additionalProperties: false` (strict mode)."""
+    `unevaluatedProperties` gets `additionalProperties: false` (strict mode); objects
+    composed with allOf / if-then-else / not / dependentSchemas / $ref stay as given."""
     if isinstance(schema, list):  # `items` as a list (draft 4 tuples)
         return [close_objects(s) for s in schema]
     if not isinstance(schema, dict):  # a boolean subschema, or a keyword's plain value
         return schema
     closed: dict[str, Any] = {}
     for key, value in schema.items():
-        if key in _ONE or key in _LIST:
+        if key in _COMPOSING:
+            closed[key] = value
+        elif key in _ONE or key in _LIST:
             closed[key] = close_objects(value)
         elif key in _MAP and isinstance(value, dict):
             closed[key] = {name: close_objects(sub) for name, sub in value.items()}

@@ -132,6 +132,21 @@ def test_strict_keeps_what_the_schema_says() -> None:
         "type": "object"}  # the input is not changed
 
 
+def test_strict_leaves_composed_objects_as_given(compiler: ConstraintCompiler) -> None:
+    """Guards: strict closing `required`-only anyOf branches (the schema was refused) and
+    allOf parts (each refused the other's properties: only {} was left)."""
+    one_of_two = {"type": "object", "properties": {"a": {"type": "integer"},
+                                                   "b": {"type": "integer"}},
+                  "anyOf": [{"required": ["a"]}, {"required": ["b"]}]}
+    spec = ConstraintSpec("json_schema", json.dumps(one_of_two), "x", strict=True)
+    assert accepts(compiler, spec, '{"a":1}') and accepts(compiler, spec, '{"b":2}')
+    assert not accepts(compiler, spec, '{"a":1,"c"')  # the parent object is still closed
+    parts = {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}},
+                       {"type": "object", "properties": {"b": {"type": "integer"}}}]}
+    spec = ConstraintSpec("json_schema", json.dumps(parts), "x", strict=True)
+    assert accepts(compiler, spec, '{"a":1,"b":2}')
+
+
 def test_boolean_json_schemas_compile(compiler: ConstraintCompiler) -> None:
     anything = ConstraintSpec("json_schema", "true", "guided_json")
     assert all(accepts(compiler, anything, t) for t in ('"hi"', "[1,{}]", "{}", "3.5"))
