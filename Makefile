@@ -46,7 +46,8 @@ typecheck: $(BIN)/.installed-dev
 # (Debian's prometheus package; needs root and apt) and checkov (its own venv, because its
 # dependency pins clash with ours); and Debian's fortunes package, the held-out data of
 # the shipped models' accuracy tests; and Debian's chromium, the browser that Playwright
-# drives in tests/browser (Playwright's own browser download cannot be reached here).
+# drives in tests/browser (Playwright's own browser download cannot be reached here); g++ for
+# torch.compile and the quantized C++ kernels; curl, which the browser tests run.
 # A tool that cannot be installed: locally its tests skip with the reason (listed here and
 # in pytest's summary); under CI=true this target fails naming it, as those tests would.
 # TOOLS_VENV and FORTUNES_DIR are variables so that a test can point them at nothing.
@@ -68,6 +69,10 @@ tools:
 	test -d $(FORTUNES_DIR) || missing="$$missing fortunes"; \
 	command -v chromium >/dev/null || apt_get_install chromium || true; \
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v g++ >/dev/null || apt_get_install g++ || true; \
+	command -v g++ >/dev/null || missing="$$missing g++"; \
+	command -v curl >/dev/null || apt_get_install curl || true; \
+	command -v curl >/dev/null || missing="$$missing curl"; \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(printf %s "$${CI:-}" | tr A-Z a-z)" = true ]; then \
 			echo "error: make tools could not install:$$missing (CI=true: a missing tool" \

@@ -122,7 +122,6 @@ def require_cpp_compiler() -> None:
                  "build with it")
 
 
-
 def require_cpp_kernels(compiled: bool = False) -> None:
     """For a test that needs C++ kernels built here: the compiler rule above, then, with a
     compiler present, kernels that do not build fail the test. With `compiled`:

@@ -116,11 +116,11 @@ def test_make_tools_fails_under_ci_naming_each_tool_it_could_not_install(
     browser, promtool, checkov and fortunes tests were skipped and `.ci/run` stayed green."""
     in_ci = _make_tools_where_nothing_can_be_installed(tmp_path, ci="true")
     assert in_ci.returncode != 0, in_ci.stdout
-    assert "could not install: promtool checkov fortunes chromium" in in_ci.stderr
+    assert "could not install: promtool checkov fortunes chromium g++ curl" in in_ci.stderr
     # Locally the same machine is fine: the tests say what they skip.
     local = _make_tools_where_nothing_can_be_installed(tmp_path, ci=None)
     assert local.returncode == 0, local.stderr
-    assert "unavailable: promtool checkov fortunes chromium" in local.stdout
+    assert "unavailable: promtool checkov fortunes chromium g++ curl" in local.stdout
 
 
 def _make_serve(*args: str, env: dict[str, str] | None = None) -> str:

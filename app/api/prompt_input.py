@@ -56,8 +56,10 @@ def token_limit(model: ServedModel, settings: Settings, rules: PromptRules) -> i
     return min(settings.max_prompt_tokens or model.max_model_len, model.max_model_len)
 
 
-def _limit_name(model: ServedModel, settings: Settings, limit: int) -> str:
-    if settings.max_prompt_tokens and settings.max_prompt_tokens <= model.max_model_len:
+def _limit_name(model: ServedModel, settings: Settings, limit: int, rules: PromptRules
+                ) -> str:
+    if settings.max_prompt_tokens and (not rules.fits_context
+                                       or settings.max_prompt_tokens <= model.max_model_len):
         return f"the server's --max-prompt-tokens of {limit}"
     return f"the {limit}-token context of {model.name}"
 
@@ -83,7 +85,7 @@ def check_ids(model: ServedModel, settings: Settings, ids: Sequence[int],
     limit = token_limit(model, settings, rules)
     if limit is not None and len(ids) > limit:
         raise BadRequest(f"{rules.param} is too long: {len(ids)} tokens, more than "
-                         f"{_limit_name(model, settings, limit)}", param=rules.param)
+                         f"{_limit_name(model, settings, limit, rules)}", param=rules.param)
     if len(ids) < rules.min_tokens:
         raise BadRequest(
             f"{rules.param} is empty" if not ids else

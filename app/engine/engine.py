@@ -49,7 +49,7 @@ from app.engine.sampling_plan import SamplingPlan
 from app.engine.scheduler import SchedulerOutput
 from app.engine.stats import EngineStats, StepStats
 from app.engine.stream import RequestStream
-from app.engine.validation import check_request, classified_tokens
+from app.engine.validation import InvalidPrompt, check_request, classified_tokens
 from app.modeling.loaded import LoadedModel
 from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
@@ -195,7 +195,7 @@ class Engine:
         if not self.is_accepting:
             raise EngineStopped("the server is shutting down and takes no new requests")
         if not prompts:
-            raise InvalidRequest("no prompts given", param="prompt")
+            raise InvalidPrompt("no prompts given")
         for prompt_ids in prompts:
             check_request(self.limits, prompt_ids, params, kind)
         now = time.monotonic()

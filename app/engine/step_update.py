@@ -9,15 +9,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from app.engine.block_manager import BlockManager
 from app.engine.output import CompletionDelta, RequestOutput
 from app.engine.output_processor import OutputProcessor, RequestProgress
 from app.engine.request import EngineRequest, RequestKind, SequenceStatus, TokenSequence
 from app.engine.runner_output import RunnerOutput
-from app.engine.sampling_plan import SamplingPlan
 from app.engine.scheduler import Scheduler, SchedulerOutput
 from app.sampling_params import Sampled
+
+if TYPE_CHECKING:
+    from app.engine.sampling_plan import SamplingPlan
 
 
 @dataclass(frozen=True)

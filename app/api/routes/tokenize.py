@@ -12,7 +12,7 @@ from app.api import examples
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
 from app.api.prompt_input import check_vocabulary
-from app.api.prompt_input import tokenize as encode_text
+from app.api.prompt_input import tokenize as tokenize_text
 from app.api.responses import MODEL_QUERY, TOKENIZER, documented
 from app.api.schemas import (
     DetokenizeRequest,
@@ -47,7 +47,7 @@ async def _token_ids(model: ServedModel, settings: Settings, text: str | None,
     add_special = (messages is None) if add_special_tokens is None else add_special_tokens
     if len(text or "") > settings.max_body_bytes:
         raise BadRequest(f"{param} is too long", param=param)
-    return await encode_text(model, text or "", add_special)
+    return await tokenize_text(model, text or "", add_special)
 
 
 @router.post("/v1/tokenize", response_model=TokenizeResponse,
