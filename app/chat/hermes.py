@@ -8,6 +8,7 @@ import json
 from collections.abc import Callable
 from typing import ClassVar
 
+from app.chat.call_syntax import CallSyntax
 from app.chat.parsing import (
     Step,
     ToolCallParser,
@@ -22,6 +23,7 @@ OPEN, CLOSE = "<tool_call>", "</tool_call>"
 class HermesToolParser(ToolCallParser):
     name = "hermes"
     template_markers: ClassVar[tuple[str, ...]] = (OPEN,)
+    syntax = CallSyntax(open=(OPEN, "\n"), close=("\n", CLOSE), between="\n", trigger=OPEN)
 
     def __init__(self, new_id: Callable[[], str] | None = None) -> None:
         super().__init__(new_id)

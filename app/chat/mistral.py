@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from app.chat.ids import mistral_tool_call_id
+from app.chat.call_syntax import CallSyntax
+from app.chat.ids import as_mistral_id, mistral_tool_call_id
 from app.chat.json_calls import JsonCallParser
 from app.chat.parsing import CallText, call_from_object
 
@@ -14,7 +15,9 @@ class MistralToolParser(JsonCallParser):
     name = "mistral"
     template_markers: ClassVar[tuple[str, ...]] = ("[TOOL_CALLS]",)
     needs_special_tokens = True
+    syntax = CallSyntax(open=("[TOOL_CALLS]",), as_list=True, trigger="[TOOL_CALLS]")
     new_id = staticmethod(mistral_tool_call_id)
+    history_id = staticmethod(as_mistral_id)
     marker = "[TOOL_CALLS]"
     openers = "[{"
 

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from app.chat.call_syntax import CallSyntax
 from app.chat.ids import openai_tool_call_id
 from app.chat.types import ChatDelta, ToolCallDelta
 
@@ -131,11 +132,14 @@ class ToolCallParser(ABC):
     """Splits a model's answer into content and tool calls, incrementally (see module doc)."""
 
     name: ClassVar[str]
+    syntax: ClassVar[CallSyntax]
     # Text in a chat template that shows the template was written for this family.
     template_markers: ClassVar[tuple[str, ...]] = ()
     # The marker is a special token: decode with special tokens kept, or it is lost.
     needs_special_tokens: ClassVar[bool] = False
     new_id: ClassVar[Callable[[], str]] = staticmethod(openai_tool_call_id)
+    # Maps a client's call ids for the family's template (Mistral's take 9 characters only).
+    history_id: ClassVar[Callable[[str], str] | None] = None
 
     def __init__(self, new_id: Callable[[], str] | None = None) -> None:
         self._pending = ""
