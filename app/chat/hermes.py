@@ -1,6 +1,9 @@
-"""Hermes / Qwen2.5 / Qwen3 tool calls: `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`,
-any number of them, text before them allowed. A call left open when the answer ends (max
-tokens, or a model that omits the closing tag) still counts if its JSON is complete."""
+"""Hermes / Qwen2.5 / Qwen3 tool calls, any number of them, text before them allowed. A
+call left open when the answer ends (max tokens, or a model that omits the closing tag)
+still counts if its JSON is complete:
+
+    <tool_call>\n{"name": "f", "arguments": {...}}\n</tool_call>
+"""
 
 from __future__ import annotations
 

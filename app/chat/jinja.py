@@ -13,9 +13,10 @@ from functools import lru_cache
 from typing import Any
 
 from jinja2 import Template, TemplateError, nodes
+from jinja2.exceptions import SecurityError
 from jinja2.ext import Extension, loopcontrols
 from jinja2.parser import Parser
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 
 
@@ -37,7 +38,7 @@ def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
 class _TemplateNamespace(Namespace):
     """`namespace()` without underscore attributes (no reaching into Python internals)."""
 
-    def __init__(*args: Any, **kwargs: Any) -> None:  # noqa: N805 (Jinja's signature trick)
+    def __init__(*args: Any, **kwargs: Any) -> None:  # Jinja's signature trick: `self` may be a key
         self, rest = args[0], args[1:]
         attrs = dict(*rest, **kwargs)
         for name in attrs:
@@ -67,7 +68,7 @@ class _TemplateDict:
 class _GenerationBlock(Extension):
     """`{% generation %}...{% endgeneration %}` marks assistant text for training masks."""
 
-    tags = {"generation"}
+    tags = {"generation"}  # noqa: RUF012 (Jinja's Extension declares it so)
 
     def parse(self, parser: Parser) -> nodes.Node:
         lineno = next(parser.stream).lineno

@@ -44,8 +44,7 @@ class JsonCallParser(ToolCallParser):
             rest = text.lstrip()
             if not final and (not rest or (self.marker.startswith(rest) and rest != self.marker)):
                 return None
-            self._state = ("unit" if rest.startswith(self.marker) or rest[:1] in self.openers
-                           and rest else "text")
+            self._state = "unit" if self._starts_unit(rest) else "text"
         if self._state == "after_call":
             return self._after_call(text, final)
         if self._state == "unit":
@@ -57,6 +56,9 @@ class JsonCallParser(ToolCallParser):
             return Step(start, content=text[:start])
         return self._unit(text, final) if found else None
 
+    def _starts_unit(self, text: str) -> bool:
+        return text.startswith(self.marker) or (bool(text) and text[0] in self.openers)
+
     def _after_call(self, text: str, final: bool) -> Step | None:
         space = leading_space(text)
         rest = text[space:]
@@ -67,7 +69,7 @@ class JsonCallParser(ToolCallParser):
             if not final and (not after or (self.marker.startswith(after)
                                             and after != self.marker)):
                 return None
-            if after.startswith(self.marker) or after[:1] in self.openers and after:
+            if self._starts_unit(after):
                 self._state = "unit"
                 return Step(len(text) - len(after))
         self._state = "text"

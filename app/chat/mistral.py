@@ -16,8 +16,14 @@ class MistralToolParser(JsonCallParser):
     template_markers: ClassVar[tuple[str, ...]] = ("[TOOL_CALLS]",)
     needs_special_tokens = True
     syntax = CallSyntax(open=("[TOOL_CALLS]",), as_list=True, trigger="[TOOL_CALLS]")
-    new_id = staticmethod(mistral_tool_call_id)
-    history_id = staticmethod(as_mistral_id)
+
+    @staticmethod
+    def new_id() -> str:
+        return mistral_tool_call_id()
+
+    @staticmethod
+    def history_id(call_id: str) -> str:
+        return as_mistral_id(call_id)
     marker = "[TOOL_CALLS]"
     openers = "[{"
 

@@ -137,9 +137,16 @@ class ToolCallParser(ABC):
     template_markers: ClassVar[tuple[str, ...]] = ()
     # The marker is a special token: decode with special tokens kept, or it is lost.
     needs_special_tokens: ClassVar[bool] = False
-    new_id: ClassVar[Callable[[], str]] = staticmethod(openai_tool_call_id)
-    # Maps a client's call ids for the family's template (Mistral's take 9 characters only).
-    history_id: ClassVar[Callable[[str], str] | None] = None
+
+    @staticmethod
+    def new_id() -> str:
+        """The id of a call this family's model made."""
+        return openai_tool_call_id()
+
+    @staticmethod
+    def history_id(call_id: str) -> str:
+        """A client's call id as the family's template takes it (Mistral's: 9 characters)."""
+        return call_id
 
     def __init__(self, new_id: Callable[[], str] | None = None) -> None:
         self._pending = ""
