@@ -1,17 +1,12 @@
-"""Valid-by-construction tool calls: a Lark grammar (llguidance's dialect, compiled by
-app/structured.py as a `grammar` constraint) that only admits the family's call syntax
-with each tool's parameter schema as the arguments.
+"""Valid-by-construction tool calls: grammar rules (app/chat/grammar.py puts them behind
+reasoning and hands them to the structured-output module) that only admit the family's
+call syntax with each tool's parameter schema as the arguments.
 
   tool_choice "required"        one call or more (one if parallel_tool_calls is false)
   tool_choice {"function": f}   the same, with f only
   tool_choice "auto"            free text, but once the family's trigger marker appears
                                 the call after it is constrained (families with a marker)
-  tool_choice "none"            no grammar (the route does not offer tools)
-
-Markers that are one added token of the vocabulary (`<tool_call>`, `[TOOL_CALLS]`) are
-matched as that token (`<[id]>`): llguidance treats added tokens as special, so their text
-alone would never match. With a reasoning parser the grammar first lets the model think
-(free text up to `</think>`) and constrains the answer after it.
+  tool_choice "none"            no rules (the route does not offer tools)
 """
 
 from __future__ import annotations
@@ -21,14 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.chat.call_syntax import CallSyntax
-
-# JSON on one line with ", " and ": " (as the families write calls, and as app/structured.py
-# does): no free whitespace for a small model to loop on.
-_JSON_OPTIONS = {"x-guidance": {"whitespace_flexible": False, "item_separator": ", ",
-                                "key_separator": ": "}}
-_ANY_TEXT = "/(.|\\n)*/"
-
-TokenIds = Mapping[str, int]  # added token text -> id
+from app.chat.grammar import ANY_TEXT, TokenIds, json_value, piece, pieces
 
 
 class ToolChoiceError(ValueError):
@@ -68,12 +56,6 @@ def chosen_tools(tools: Sequence[Mapping[str, Any]], tool_choice: Any
     return "required", named
 
 
-def _json(schema: Mapping[str, Any]) -> str:
-    # `::=` would make app/structured.py read the grammar as GBNF; `\u003d` is the same JSON
-    return json.dumps({**schema, **_JSON_OPTIONS}, ensure_ascii=False).replace(
-        "::=", "::\\u003d")
-
-
 def call_schema(tool: Mapping[str, Any], argument_key: str) -> dict[str, Any]:
     """One call of `tool` as a JSON object: its name, then arguments of its schema."""
     function = function_of(tool)
@@ -83,12 +65,8 @@ def call_schema(tool: Mapping[str, Any], argument_key: str) -> dict[str, Any]:
             "required": ["name", argument_key], "additionalProperties": False}
 
 
-def _piece(text: str, token_ids: TokenIds) -> str:
-    return f"<[{token_ids[text]}]>" if text in token_ids else json.dumps(text)
-
-
-def _pieces(texts: Sequence[str], token_ids: TokenIds) -> str:
-    return " ".join(_piece(text, token_ids) for text in texts)
+def _sequence(*parts: str) -> str:
+    return " ".join(part for part in parts if part)
 
 
 def _calls_rules(syntax: CallSyntax, tools: Sequence[Mapping[str, Any]], parallel: bool,
@@ -100,13 +78,13 @@ def _calls_rules(syntax: CallSyntax, tools: Sequence[Mapping[str, Any]], paralle
         array: dict[str, Any] = {"type": "array", "items": {"anyOf": schemas}, "minItems": 1}
         if not parallel:
             array["maxItems"] = 1
-        return [f"calls: {_pieces(opening, token_ids)} %json {_json(array)}"]
-    rules = [f"fn_{i}: %json {_json(schema)}" for i, schema in enumerate(schemas)]
+        return ["calls: " + _sequence(pieces(opening, token_ids), json_value(array))]
+    rules = [f"fn_{i}: {json_value(schema)}" for i, schema in enumerate(schemas)]
     rules.append("fn: " + " | ".join(f"fn_{i}" for i in range(len(schemas))))
-    close = _pieces(syntax.close, token_ids)
-    rules.append(f"call: {_pieces(syntax.open, token_ids)} fn {close}".replace("  ", " "))
+    close = pieces(syntax.close, token_ids)
+    rules.append("call: " + _sequence(pieces(syntax.open, token_ids), "fn", close))
     if not with_open:
-        rules.append(f"first: {_pieces(opening, token_ids)} fn {close}".replace("  ", " "))
+        rules.append("first: " + _sequence(pieces(opening, token_ids), "fn", close))
         first = "first"
     else:
         first = "call"
@@ -115,49 +93,24 @@ def _calls_rules(syntax: CallSyntax, tools: Sequence[Mapping[str, Any]], paralle
     return rules
 
 
-def tool_call_grammar(syntax: CallSyntax, tools: Sequence[Mapping[str, Any]], tool_choice: Any,
-                      parallel: bool = True, token_ids: TokenIds | None = None,
-                      reasoning: tuple[str, str, bool] | None = None) -> str | None:
-    """The grammar for a request's tools, or None when decoding stays free ("none", or
-    "auto" for a family without a trigger marker). `reasoning`: (open tag, close tag,
-    whether the prompt already opened it)."""
+def tool_call_rules(syntax: CallSyntax, tools: Sequence[Mapping[str, Any]], tool_choice: Any,
+                    parallel: bool = True, token_ids: TokenIds | None = None
+                    ) -> list[str] | None:
+    """The `answer` rules for a request's tools, or None when decoding stays free ("none",
+    or "auto" for a family without a trigger marker)."""
     ids = token_ids or {}
     mode, allowed = chosen_tools(tools, tool_choice)
     if mode == "none" or (mode == "auto" and syntax.trigger is None):
         return None
     if mode == "required":
-        rules = ["answer: calls", *_calls_rules(syntax, allowed, parallel, ids)]
+        return ["answer: calls", *_calls_rules(syntax, allowed, parallel, ids)]
+    assert syntax.trigger is not None and syntax.open[:1] == (syntax.trigger,)
+    rules = [f"TEXT: {ANY_TEXT}",
+             "answer: segment* TEXT" if parallel else "answer: segment? TEXT",
+             *_calls_rules(syntax, allowed, parallel, ids, with_open=False)]
+    if syntax.trigger in ids:  # TEXT cannot hold a special token: it ends there
+        rules.append(f"segment: TEXT {piece(syntax.trigger, ids)} calls")
     else:
-        assert syntax.trigger is not None and syntax.open[:1] == (syntax.trigger,)
-        rules = [f"TEXT: {_ANY_TEXT}",
-                 "answer: segment* TEXT" if parallel else "answer: segment? TEXT",
-                 *_calls_rules(syntax, allowed, parallel, ids, with_open=False)]
-        if syntax.trigger in ids:  # TEXT cannot hold a special token: it ends there
-            rules.append(f"segment: TEXT {_piece(syntax.trigger, ids)} calls")
-        else:
-            rules += [f"trigger[lazy]: TEXT {json.dumps(syntax.trigger)}",
-                      "segment: trigger calls"]
-    return "%llguidance {}\n" + "\n".join([*_start(reasoning, ids), *rules]) + "\n"
-
-
-def _start(reasoning: tuple[str, str, bool] | None, ids: TokenIds) -> list[str]:
-    if reasoning is None:
-        return ["start: answer"]
-    open_tag, close_tag, opened = reasoning
-    rules = [f"THOUGHT: {_ANY_TEXT}", "BLANK: /[ \\t\\r\\n]*/"]
-    if close_tag in ids:
-        rules.append(f"thought: THOUGHT {_piece(close_tag, ids)}")
-    else:
-        rules.append(f"thought[lazy]: THOUGHT {json.dumps(close_tag)}")
-    if opened:
-        rules.append("start: thought BLANK answer")
-    else:
-        rules.append(f"start: ({_piece(open_tag, ids)} thought BLANK)? answer")
+        rules += [f"trigger[lazy]: TEXT {json.dumps(syntax.trigger)}",
+                  "segment: trigger calls"]
     return rules
-
-
-def added_token_ids(tokens: Mapping[int, Any]) -> dict[str, int]:
-    """Added-token text -> id, from tokenizers' get_added_tokens_decoder()."""
-    return {str(getattr(token, "content", token)): int(i) for i, token in tokens.items()}
-
-

@@ -9,13 +9,9 @@ from typing import Any
 
 import pytest
 
+from app.chat.grammar import BudgetUnsupported, ReasoningSpec, added_token_ids, chat_grammar
 from app.chat.registry import TOOL_PARSERS
-from app.chat.tool_constraints import (
-    ToolChoiceError,
-    added_token_ids,
-    chosen_tools,
-    tool_call_grammar,
-)
+from app.chat.tool_constraints import ToolChoiceError, chosen_tools, tool_call_rules
 from app.structured import ConstraintCompiler, ConstraintSpec
 from app.tokenizer import Tokenizer
 from tests.chat.families import save_family_tokenizer
@@ -50,9 +46,10 @@ class Checker:
         self.ids = added_token_ids(tokenizer.backend.get_added_tokens_decoder())
 
     def grammar(self, parser: str, tool_choice: Any, parallel: bool = True,
-                reasoning: tuple[str, str, bool] | None = None) -> str | None:
-        return tool_call_grammar(TOOL_PARSERS[parser].syntax, TOOLS, tool_choice, parallel,
-                                 self.ids, reasoning)
+                reasoning: ReasoningSpec | None = None) -> str | None:
+        rules = tool_call_rules(TOOL_PARSERS[parser].syntax, TOOLS, tool_choice, parallel,
+                                self.ids)
+        return chat_grammar(rules, reasoning, self.ids)
 
     def accepts(self, grammar: str | None, text: str) -> bool:
         assert grammar is not None
@@ -114,7 +111,7 @@ def test_markers_that_are_plain_text(tokenizer: Tokenizer) -> None:
     auto = check.grammar("hermes", "auto")
     assert check.accepts(auto, "text <tool_c then " + CALLS["hermes"][0] + " and more")
     assert not check.accepts(auto, "text " + CALLS["hermes"][1])
-    thinking = check.grammar("hermes", "required", reasoning=("<think>", "</think>", True))
+    thinking = check.grammar("hermes", "required", reasoning=ReasoningSpec(opened=True))
     assert check.accepts(thinking, "hmm </thin> ok\n</think>\n\n" + ONE_CALL["hermes"])
     assert not check.accepts(thinking, "hmm\n</think>\n\nNo call.")
 
@@ -122,7 +119,7 @@ def test_markers_that_are_plain_text(tokenizer: Tokenizer) -> None:
 @pytest.mark.parametrize("opened", [False, True])
 def test_constraint_applies_after_reasoning(opened: bool, checker: Any) -> None:
     check = checker("qwen3")
-    grammar = check.grammar("hermes", "required", reasoning=("<think>", "</think>", opened))
+    grammar = check.grammar("hermes", "required", reasoning=ReasoningSpec(opened=opened))
     thought = "Weather needs a call.\n</think>\n\n"
     assert check.accepts(grammar, ("" if opened else "<think>\n") + thought + CALLS["hermes"][0])
     assert not check.accepts(grammar, ("" if opened else "<think>\n") + thought + "It is sunny.")
@@ -148,5 +145,28 @@ def test_a_description_holding_gbnf_syntax_stays_lark() -> None:
     tools = [{"type": "function", "function": {
         "name": "f", "description": "rule ::= x",
         "parameters": {"type": "object", "properties": {"a": {"description": "b ::= c"}}}}}]
-    grammar = tool_call_grammar(TOOL_PARSERS["hermes"].syntax, tools, "required")
-    assert grammar is not None and "::=" not in grammar
+    rules = tool_call_rules(TOOL_PARSERS["hermes"].syntax, tools, "required")
+    assert rules is not None and "::=" not in "".join(rules)
+
+
+def test_thinking_budget_forces_the_end_of_reasoning(checker: Any) -> None:
+    """After `budget` reasoning tokens the close tag is the only token allowed; the answer
+    after it is free (no other constraint)."""
+    check = checker("qwen3")
+    for opened in (True, False):
+        grammar = chat_grammar(None, ReasoningSpec(opened=opened, budget=4), check.ids)
+        assert grammar is not None
+        matcher = check.compiler.compile(
+            ConstraintSpec("grammar", grammar, "reasoning")).new_matcher()
+        if not opened:
+            assert matcher.consume_tokens(check.tokenizer.encode("<think>"))
+        thought = check.tokenizer.encode(" one two three four five six")
+        assert matcher.try_consume_tokens(thought) == 4  # the fifth is refused
+        assert matcher.compute_ff_tokens() == [check.ids["</think>"]]
+    assert chat_grammar(None, ReasoningSpec(), check.ids) is None  # no budget, no answer rule
+    assert chat_grammar(None, None, check.ids) is None
+
+
+def test_thinking_budget_needs_the_close_tag_to_be_a_token(tokenizer: Tokenizer) -> None:
+    with pytest.raises(BudgetUnsupported, match="one token"):
+        chat_grammar(None, ReasoningSpec(budget=4), Checker(tokenizer).ids)
