@@ -55,6 +55,7 @@ class HermesToolParser(ToolCallParser):
         except ValueError:
             call = None
         if call is None:
+            self.malformed += 1
             return Step(end, content=text[:end])
         self._after_call = True
         return Step(end, calls=(call,))

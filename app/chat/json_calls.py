@@ -77,7 +77,8 @@ class JsonCallParser(ToolCallParser):
 
     def _unit(self, text: str, final: bool) -> Step | None:
         at = leading_space(text)
-        if text.startswith(self.marker, at):
+        marked = text.startswith(self.marker, at)
+        if marked:
             at += len(self.marker)
         at += leading_space(text[at:])
         if at == len(text) or text[at] not in self.openers:
@@ -98,6 +99,8 @@ class JsonCallParser(ToolCallParser):
         except ValueError:
             calls = None
         if not calls:
+            if marked:
+                self.malformed += 1
             self._state = "text"
             return Step(end, content=text[:end])
         self._state = "after_call"

@@ -31,6 +31,11 @@ class ChatOutputParser:
         found = self.tools.feed(delta.content)
         return ChatDelta(found.content, delta.reasoning, found.tool_calls)
 
+    @property
+    def malformed_calls(self) -> int:
+        """Calls the model began (its marker) that were not valid: left in the content."""
+        return self.tools.malformed if self.tools else 0
+
     def parse(self, text: str) -> ParsedMessage:
         """A whole answer at once (a fresh parser per answer)."""
         return ParsedMessage.from_deltas([self.feed(text), self.finish()])

@@ -151,6 +151,9 @@ class ToolCallParser(ABC):
     def __init__(self, new_id: Callable[[], str] | None = None) -> None:
         self._pending = ""
         self._calls = 0
+        # Units that began with the family's call marker but were not valid calls (they
+        # came back as content): the parse failures a metric counts.
+        self.malformed = 0
         self._make_id = new_id or type(self).new_id
 
     def feed(self, text: str) -> ChatDelta:

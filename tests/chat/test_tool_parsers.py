@@ -122,3 +122,20 @@ def test_default_ids() -> None:
         '[TOOL_CALLS][{"name": "now", "arguments": {}}]').tool_calls[0].id
     assert len(mistral_id) == 9 and mistral_id.isalnum()
     assert as_mistral_id(mistral_id) == mistral_id
+
+
+@pytest.mark.parametrize(("family", "text", "malformed"), [
+    ("hermes", '<tool_call>{"name": "a", "arguments": {}}</tool_call><tool_call>{oops'
+               '</tool_call>', 1),
+    ("hermes", "Use the <tool_call> tag, like <tool_call>this</tool_call>.", 1),
+    ("hermes", "No call at all.", 0),
+    ("llama3_json", '<|python_tag|>{"name": 1}', 1),
+    ("llama3_json", '{"name": "Ada", "born": 1815} is JSON.', 0),  # no marker: just prose
+    ("mistral", '[TOOL_CALLS] [{"name": "now", "arguments": {]', 1),
+    ("mistral", "[1] Smith.", 0),
+])
+def test_malformed_calls_are_counted(family: str, text: str, malformed: int) -> None:
+    """Parse failures (for the metric): units that began with the call marker only."""
+    parser = maker(family)
+    parser.parse(text)
+    assert parser.malformed_calls == malformed
