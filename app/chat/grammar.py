@@ -63,8 +63,21 @@ def json_value(schema: Mapping[str, Any]) -> str:
     return "%json " + text.replace("::=", "::\\u003d")
 
 
-def free_answer() -> list[str]:
-    return [f"answer: {ANY_TEXT}"]
+def free_text(name: str, token_ids: TokenIds, exclude: frozenset[str] = frozenset()
+              ) -> list[str]:
+    """Rule `name`: any text, and any added token but those in `exclude`. A text lexeme
+    never holds an added token (llguidance treats them all as special), so a free answer
+    that is only text would forbid, say, Qwen3's `<think>`. Pass token_ids without the
+    end-of-sequence tokens: those end the answer rather than belong to it."""
+    others = sorted(i for text, i in token_ids.items() if text not in exclude)
+    if not others:
+        return [f"{name}: {ANY_TEXT}"]
+    return [f"{name}: ({name}_text | {name}_token)*", f"{name}_text: /(.|\\n)+/",
+            f"{name}_token: <[{','.join(map(str, others))}]>"]
+
+
+def free_answer(token_ids: TokenIds) -> list[str]:
+    return free_text("answer", token_ids)
 
 
 def json_answer(schema: Mapping[str, Any]) -> list[str]:
@@ -77,7 +90,7 @@ def chat_grammar(answer: list[str] | None, reasoning: ReasoningSpec | None,
     if answer is None:
         if reasoning is None or reasoning.budget is None:
             return None
-        answer = free_answer()
+        answer = free_answer(token_ids)
     return "%llguidance {}\n" + "\n".join([*_start(reasoning, token_ids), *answer]) + "\n"
 
 
@@ -87,9 +100,14 @@ def _start(reasoning: ReasoningSpec | None, ids: TokenIds) -> list[str]:
     limit = f"[max_tokens={reasoning.budget}]" if reasoning.budget is not None else ""
     rules = ["BLANK: /[ \\t\\r\\n]*/", f"THOUGHT: {ANY_TEXT}"]
     if reasoning.close_tag in ids:
-        # THOUGHT cannot hold a special token: it ends at the close tag by itself, and
-        # after `budget` tokens the tag is all that may follow
-        rules += [f"thought{limit}: THOUGHT", f"think_end: {piece(reasoning.close_tag, ids)}"]
+        # free text ends at the close tag by itself (it cannot hold that token); after
+        # `budget` tokens the tag is all that may follow. llguidance counts max_tokens on a
+        # terminal only, so budgeted reasoning is text: other added tokens are refused in it
+        if limit:
+            rules.append(f"thought{limit}: THOUGHT")
+        else:
+            rules += free_text("thought", ids, frozenset({reasoning.close_tag}))
+        rules.append(f"think_end: {piece(reasoning.close_tag, ids)}")
     elif limit:
         # llguidance counts max_tokens on a lexeme; a text tag would have to end a lazy one
         raise BudgetUnsupported(

@@ -63,7 +63,9 @@ def plan_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
                          history_id=parser.history_id if parser else None)
     reasoning = resolve_reasoning_parser(reasoning_parser, template)
     opened = reasoning is not None and starts_in_reasoning(prompt)
-    ids = added_token_ids(tokenizer.backend.get_added_tokens_decoder())
+    # the added tokens a grammar may name or let through; end-of-sequence ones end answers
+    ids = {text: i for text, i in added_token_ids(
+        tokenizer.backend.get_added_tokens_decoder()).items() if i not in tokenizer.eos_ids}
     rules = (tool_call_rules(parser.syntax, options.tools, options.tool_choice,
                              options.parallel_tool_calls, ids) if parser else None)
     spec = (ReasoningSpec(reasoning.open_tag, reasoning.close_tag, opened,

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.chat.call_syntax import CallSyntax
-from app.chat.grammar import ANY_TEXT, TokenIds, json_value, piece, pieces
+from app.chat.grammar import ANY_TEXT, TokenIds, free_text, json_value, piece, pieces
 
 
 class ToolChoiceError(ValueError):
@@ -105,12 +105,13 @@ def tool_call_rules(syntax: CallSyntax, tools: Sequence[Mapping[str, Any]], tool
     if mode == "required":
         return ["answer: calls", *_calls_rules(syntax, allowed, parallel, ids)]
     assert syntax.trigger is not None and syntax.open[:1] == (syntax.trigger,)
-    rules = [f"TEXT: {ANY_TEXT}",
-             "answer: segment* TEXT" if parallel else "answer: segment? TEXT",
+    rules = ["answer: segment* free" if parallel else "answer: segment? free",
              *_calls_rules(syntax, allowed, parallel, ids, with_open=False)]
-    if syntax.trigger in ids:  # TEXT cannot hold a special token: it ends there
-        rules.append(f"segment: TEXT {piece(syntax.trigger, ids)} calls")
+    if syntax.trigger in ids:  # free text cannot hold the trigger token: it ends there
+        rules += [*free_text("free", ids, frozenset({syntax.trigger})),
+                  f"segment: free {piece(syntax.trigger, ids)} calls"]
     else:
-        rules += [f"trigger[lazy]: TEXT {json.dumps(syntax.trigger)}",
+        rules += [f"TEXT: {ANY_TEXT}", *free_text("free", ids),
+                  f"trigger[lazy]: TEXT {json.dumps(syntax.trigger)}",
                   "segment: trigger calls"]
     return rules

@@ -170,3 +170,17 @@ def test_thinking_budget_forces_the_end_of_reasoning(checker: Any) -> None:
 def test_thinking_budget_needs_the_close_tag_to_be_a_token(tokenizer: Tokenizer) -> None:
     with pytest.raises(BudgetUnsupported, match="one token"):
         chat_grammar(None, ReasoningSpec(budget=4), Checker(tokenizer).ids)
+
+
+def test_free_text_lets_other_added_tokens_through(checker: Any) -> None:
+    """llguidance treats every added token as special, out of any text lexeme: free parts
+    of a grammar must still let the model write them (Qwen3's <think> before an auto
+    answer, a <tool_call> mentioned while reasoning), but not the token that ends the part
+    or the trigger."""
+    check = checker("qwen3")
+    auto = check.grammar("hermes", "auto")
+    assert check.accepts(auto, "<think>\nok\n</think>\n\nPlain answer.")
+    thinking = check.grammar("hermes", "required", reasoning=ReasoningSpec(opened=True))
+    assert check.accepts(thinking, "Maybe <tool_call> now?\n</think>\n\n" + ONE_CALL["hermes"])
+    budgeted = chat_grammar(None, ReasoningSpec(opened=True, budget=50), check.ids)
+    assert check.accepts(budgeted, "Short.\n</think>\n\nAnswer with <tool_call> text.")
