@@ -66,3 +66,14 @@ def save_family_tokenizer(name: str, base: Tokenizer, directory: Path) -> Tokeni
     config["clean_up_tokenization_spaces"] = False
     config_file.write_text(json.dumps(config, indent=2))
     return Tokenizer.from_dir(directory)
+
+
+def build_family_checkpoint(name: str, base: Tokenizer, directory: Path, seed: int = 0) -> Path:
+    """A tiny random checkpoint of the family's architecture with its tokenizer and
+    template (transformers builds the weights; test-only)."""
+    from tests.helpers import build_hf_checkpoint
+
+    tokenizer = save_family_tokenizer(name, base, directory)
+    build_hf_checkpoint(FAMILIES[name].arch, directory, tokenizer, seed=seed)
+    save_family_tokenizer(name, base, directory)  # build_hf_checkpoint saved it without extras
+    return directory
