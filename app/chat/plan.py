@@ -8,13 +8,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.chat.grammar import ReasoningSpec, added_token_ids, chat_grammar
+from app.chat.grammar import ReasoningSpec, added_token_ids, chat_grammar, json_answer
 from app.chat.output import ChatOutputParser
 from app.chat.parsing import ToolCallParser
 from app.chat.reasoning import ThinkReasoningParser, starts_in_reasoning
 from app.chat.registry import AUTO, resolve_reasoning_parser, resolve_tool_parser
 from app.chat.templates import render_chat
-from app.chat.tool_constraints import chosen_tools, tool_call_rules
+from app.chat.tool_constraints import ToolChoiceError, chosen_tools, tool_call_rules
 from app.tokenizer import Tokenizer
 
 
@@ -27,6 +27,9 @@ class ChatOptions:
     parallel_tool_calls: bool = True
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)
     reasoning_budget: int | None = None  # most reasoning tokens
+    # A JSON Schema the answer after the reasoning must follow (response_format, when a
+    # reasoning parser is on: the structured output applies after </think>).
+    answer_schema: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,12 @@ def plan_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
         tokenizer.backend.get_added_tokens_decoder()).items() if i not in tokenizer.eos_ids}
     rules = (tool_call_rules(parser.syntax, options.tools, options.tool_choice,
                              options.parallel_tool_calls, ids) if parser else None)
+    if options.answer_schema is not None:
+        if mode == "required":
+            raise ToolChoiceError("a required or named tool_choice and response_format both "
+                                  "decide the answer's form: send one of them",
+                                  param="response_format")
+        rules = json_answer(options.answer_schema)
     spec = (ReasoningSpec(reasoning.open_tag, reasoning.close_tag, opened,
                           options.reasoning_budget) if reasoning else None)
     return ChatPlan(

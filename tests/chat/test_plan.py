@@ -89,3 +89,14 @@ def test_bad_requests_raise_domain_errors(family: Any, tokenizer: Tokenizer) -> 
     plain = Tokenizer(backend=tokenizer.backend, chat_template="{{ '<think>' }}")
     with pytest.raises(BudgetUnsupported):
         plan_chat(plain, USER, ChatOptions(reasoning_budget=5), reasoning_parser="auto")
+
+
+def test_response_format_applies_after_the_reasoning(family: Any) -> None:
+    tok = family("deepseek_r1")
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+    plan = plan_chat(tok, USER, ChatOptions(answer_schema=schema), reasoning_parser="auto")
+    assert plan.grammar is not None and "think_end BLANK answer" in plan.grammar
+    assert '"n"' in plan.grammar
+    with pytest.raises(ToolChoiceError, match="response_format"):
+        plan_chat(tok, USER, ChatOptions(tools=TOOLS, tool_choice="required",
+                                         answer_schema=schema), reasoning_parser="auto")

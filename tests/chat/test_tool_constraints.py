@@ -9,7 +9,13 @@ from typing import Any
 
 import pytest
 
-from app.chat.grammar import BudgetUnsupported, ReasoningSpec, added_token_ids, chat_grammar
+from app.chat.grammar import (
+    BudgetUnsupported,
+    ReasoningSpec,
+    added_token_ids,
+    chat_grammar,
+    json_answer,
+)
 from app.chat.registry import TOOL_PARSERS
 from app.chat.tool_constraints import ToolChoiceError, chosen_tools, tool_call_rules
 from app.structured import ConstraintCompiler, ConstraintSpec
@@ -184,3 +190,12 @@ def test_free_text_lets_other_added_tokens_through(checker: Any) -> None:
     assert check.accepts(thinking, "Maybe <tool_call> now?\n</think>\n\n" + ONE_CALL["hermes"])
     budgeted = chat_grammar(None, ReasoningSpec(opened=True, budget=50), check.ids)
     assert check.accepts(budgeted, "Short.\n</think>\n\nAnswer with <tool_call> text.")
+
+
+def test_json_answer_after_reasoning(checker: Any) -> None:
+    check = checker("qwen3")
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"],
+              "additionalProperties": False}
+    grammar = chat_grammar(json_answer(schema), ReasoningSpec(opened=True), check.ids)
+    assert check.accepts(grammar, 'Count.\n</think>\n\n{"n": 3}')
+    assert not check.accepts(grammar, "Count.\n</think>\n\nthree")
