@@ -21,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from app.chat.errors import BudgetUnsupported
+
 ANY_TEXT = "/(.|\\n)*/"
 # JSON on one line with ", " and ": " (as the families write calls, and as app/structured.py
 # does): no free whitespace for a small model to loop on.
@@ -28,10 +30,6 @@ JSON_OPTIONS = {"x-guidance": {"whitespace_flexible": False, "item_separator": "
                                "key_separator": ": "}}
 
 TokenIds = Mapping[str, int]  # added token text -> id
-
-
-class BudgetUnsupported(ValueError):
-    """A thinking budget this model's vocabulary cannot enforce (a 400)."""
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.chat.errors import AnswerFormatConflict
 from app.chat.grammar import ReasoningSpec, added_token_ids, chat_grammar, json_answer
 from app.chat.output import ChatOutputParser
 from app.chat.parsing import ToolCallParser
 from app.chat.reasoning import ThinkReasoningParser, starts_in_reasoning
 from app.chat.registry import AUTO, resolve_reasoning_parser, resolve_tool_parser
 from app.chat.templates import render_chat
-from app.chat.tool_constraints import ToolChoiceError, chosen_tools, tool_call_rules
+from app.chat.tool_constraints import chosen_tools, tool_call_rules
 from app.tokenizer import Tokenizer
 
 
@@ -27,8 +28,8 @@ class ChatOptions:
     parallel_tool_calls: bool = True
     template_kwargs: Mapping[str, Any] = field(default_factory=dict)
     reasoning_budget: int | None = None  # most reasoning tokens
-    # A JSON Schema the answer after the reasoning must follow (response_format, when a
-    # reasoning parser is on: the structured output applies after </think>).
+    # A JSON Schema the answer must follow (response_format). With a reasoning parser it
+    # joins this plan's grammar, after </think>; without, the caller applies it itself.
     answer_schema: Mapping[str, Any] | None = None
 
 
@@ -41,6 +42,7 @@ class ChatPlan:
     reasoning_parser: type[ThinkReasoningParser] | None
     prompt_opened_reasoning: bool
     tool_choice: str  # none | auto | required (a named function is "required")
+    answer_in_grammar: bool = False  # options.answer_schema is part of `grammar`
 
     def new_parser(self) -> ChatOutputParser | None:
         """A parser for one answer (one per completion), or None: the text is the answer."""
@@ -55,8 +57,8 @@ class ChatPlan:
 def plan_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
               options: ChatOptions, tool_parser: str = AUTO,
               reasoning_parser: str | None = None) -> ChatPlan:
-    """Raises ToolChoiceError, BudgetUnsupported (bad requests) and TokenizerError (a
-    template that fails on these messages)."""
+    """Raises ChatRequestError subclasses (app/chat/errors.py) for requests it cannot
+    serve, and TokenizerError for a template that fails on these messages."""
     mode, _ = chosen_tools(options.tools, options.tool_choice)
     template = tokenizer.chat_template
     parser = resolve_tool_parser(tool_parser, template) if mode != "none" else None
@@ -73,14 +75,16 @@ def plan_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
                              options.parallel_tool_calls, ids) if parser else None)
     if options.answer_schema is not None:
         if mode == "required":
-            raise ToolChoiceError("a required or named tool_choice and response_format both "
-                                  "decide the answer's form: send one of them",
-                                  param="response_format")
-        rules = json_answer(options.answer_schema)
+            raise AnswerFormatConflict("a required or named tool_choice and response_format "
+                                       "both decide the answer's form: send one of them")
+        # behind reasoning the schema goes into this grammar; without, the caller applies
+        # it as usual (and calls, if any, are parsed but not constrained)
+        rules = json_answer(options.answer_schema) if reasoning else None
     spec = (ReasoningSpec(reasoning.open_tag, reasoning.close_tag, opened,
                           options.reasoning_budget) if reasoning else None)
     return ChatPlan(
         prompt=prompt, grammar=chat_grammar(rules, spec, ids),
         skip_special_tokens=not (parser and parser.needs_special_tokens),
         tool_parser=parser, reasoning_parser=reasoning, prompt_opened_reasoning=opened,
-        tool_choice=mode)
+        tool_choice=mode, answer_in_grammar=options.answer_schema is not None
+        and reasoning is not None)

@@ -23,13 +23,11 @@ from typing import Any
 
 from app.tokenizer import Tokenizer
 
+# Short on purpose: small models have small contexts (the shipped default-lm: 256 tokens).
 FALLBACK_TOOLS_INTRO = (
-    "# Tools\n\n"
-    "You can call functions to help answer. Each function is described by a JSON schema "
-    "within <tools></tools>:\n<tools>\n{tools}\n</tools>\n\n"
-    "To call one, answer with a JSON object giving its name and arguments within "
-    "<tool_call></tool_call> tags, one call per tag:\n"
-    "<tool_call>\n{{\"name\": <function-name>, \"arguments\": <arguments-object>}}\n</tool_call>"
+    "# Tools\nTo call a function, answer "
+    "<tool_call>\n{{\"name\": <name>, \"arguments\": <arguments object>}}\n</tool_call>. "
+    "Functions:\n{tools}"
 )
 
 
@@ -70,7 +68,9 @@ def template_messages(messages: Sequence[dict[str, Any]],
 
 
 def fallback_tools_message(tools: Sequence[dict[str, Any]]) -> str:
-    listed = "\n".join(json.dumps(tool, ensure_ascii=False) for tool in tools)
+    """Each function's description as compact JSON, one a line, after the call syntax."""
+    listed = "\n".join(json.dumps(tool.get("function", tool), ensure_ascii=False,
+                                   separators=(",", ":")) for tool in tools)
     return FALLBACK_TOOLS_INTRO.format(tools=listed)
 
 

@@ -16,15 +16,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.chat.call_syntax import CallSyntax
+from app.chat.errors import ToolChoiceError
 from app.chat.grammar import ANY_TEXT, TokenIds, free_text, json_value, piece, pieces
-
-
-class ToolChoiceError(ValueError):
-    """tool_choice names no offered tool, or asks for something unknown (a 400)."""
-
-    def __init__(self, message: str, param: str = "tool_choice") -> None:
-        super().__init__(message)
-        self.message, self.param = message, param
 
 
 def function_of(tool: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -59,7 +52,12 @@ def chosen_tools(tools: Sequence[Mapping[str, Any]], tool_choice: Any
 def call_schema(tool: Mapping[str, Any], argument_key: str) -> dict[str, Any]:
     """One call of `tool` as a JSON object: its name, then arguments of its schema."""
     function = function_of(tool)
-    parameters = function.get("parameters") or {"type": "object", "properties": {}}
+    parameters = dict(function.get("parameters") or {"type": "object", "properties": {}})
+    # Arguments hold the declared properties only, unless the schema says otherwise: a
+    # subset of what it allows, and what every caller means (OpenAI's strict mode demands
+    # it be written out); a model left free to invent keys can ramble until max_tokens.
+    if parameters.get("type") == "object":
+        parameters.setdefault("additionalProperties", False)
     return {"type": "object",
             "properties": {"name": {"const": function["name"]}, argument_key: parameters},
             "required": ["name", argument_key], "additionalProperties": False}

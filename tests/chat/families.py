@@ -14,6 +14,7 @@ from tokenizers import Tokenizer as HFTokenizer
 from app.tokenizer import Tokenizer
 
 TEMPLATES = Path(__file__).parent.parent / "data" / "chat_templates"
+LONG_CONTEXT = 2048
 
 
 @dataclass(frozen=True)
@@ -70,10 +71,12 @@ def save_family_tokenizer(name: str, base: Tokenizer, directory: Path) -> Tokeni
 
 def build_family_checkpoint(name: str, base: Tokenizer, directory: Path, seed: int = 0) -> Path:
     """A tiny random checkpoint of the family's architecture with its tokenizer and
-    template (transformers builds the weights; test-only)."""
+    template (transformers builds the weights; test-only). Its context is long enough for
+    a prompt with tools in the test suite's small vocabulary."""
     from tests.helpers import build_hf_checkpoint
 
     tokenizer = save_family_tokenizer(name, base, directory)
-    build_hf_checkpoint(FAMILIES[name].arch, directory, tokenizer, seed=seed)
+    build_hf_checkpoint(FAMILIES[name].arch, directory, tokenizer, seed=seed,
+                        max_position_embeddings=LONG_CONTEXT)
     save_family_tokenizer(name, base, directory)  # build_hf_checkpoint saved it without extras
     return directory

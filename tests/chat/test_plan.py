@@ -7,12 +7,11 @@ from typing import Any
 
 import pytest
 
-from app.chat.grammar import BudgetUnsupported
+from app.chat.errors import AnswerFormatConflict, BudgetUnsupported, ToolChoiceError
 from app.chat.hermes import HermesToolParser
 from app.chat.mistral import MistralToolParser
 from app.chat.plan import ChatOptions, plan_chat
 from app.chat.reasoning import ThinkReasoningParser
-from app.chat.tool_constraints import ToolChoiceError
 from app.tokenizer import Tokenizer
 from app.train.bpe import CHAT_TEMPLATE
 from tests.chat.families import save_family_tokenizer
@@ -97,6 +96,6 @@ def test_response_format_applies_after_the_reasoning(family: Any) -> None:
     plan = plan_chat(tok, USER, ChatOptions(answer_schema=schema), reasoning_parser="auto")
     assert plan.grammar is not None and "think_end BLANK answer" in plan.grammar
     assert '"n"' in plan.grammar
-    with pytest.raises(ToolChoiceError, match="response_format"):
+    with pytest.raises(AnswerFormatConflict, match="response_format"):
         plan_chat(tok, USER, ChatOptions(tools=TOOLS, tool_choice="required",
                                          answer_schema=schema), reasoning_parser="auto")

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
+from app.chat.errors import BudgetUnsupported, ToolChoiceError
 from app.chat.grammar import (
-    BudgetUnsupported,
     ReasoningSpec,
     added_token_ids,
     chat_grammar,
     json_answer,
 )
 from app.chat.registry import TOOL_PARSERS
-from app.chat.tool_constraints import ToolChoiceError, chosen_tools, tool_call_rules
+from app.chat.tool_constraints import chosen_tools, tool_call_rules
 from app.structured import ConstraintCompiler, ConstraintSpec
 from app.tokenizer import Tokenizer
 from tests.chat.families import save_family_tokenizer
@@ -199,3 +199,19 @@ def test_json_answer_after_reasoning(checker: Any) -> None:
     grammar = chat_grammar(json_answer(schema), ReasoningSpec(opened=True), check.ids)
     assert check.accepts(grammar, 'Count.\n</think>\n\n{"n": 3}')
     assert not check.accepts(grammar, "Count.\n</think>\n\nthree")
+
+
+def test_arguments_hold_only_declared_properties_unless_allowed(checker: Any) -> None:
+    check = checker("qwen3")
+    open_tools = [{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"a": {"type": "integer"}}}}}]
+    rules = tool_call_rules(TOOL_PARSERS["hermes"].syntax, open_tools, "required", True,
+                            check.ids)
+    grammar = chat_grammar(rules, None, check.ids)
+    call = '<tool_call>\n{{"name": "f", "arguments": {}}}\n</tool_call>'
+    assert check.accepts(grammar, call.format('{"a": 1}'))
+    assert not check.accepts(grammar, call.format('{"a": 1, "b": 2}'))
+    open_tools[0]["function"]["parameters"]["additionalProperties"] = True
+    rules = tool_call_rules(TOOL_PARSERS["hermes"].syntax, open_tools, "required", True,
+                            check.ids)
+    assert check.accepts(chat_grammar(rules, None, check.ids), call.format('{"a": 1, "b": 2}'))
