@@ -84,6 +84,8 @@ class JsonCallParser(ToolCallParser):
         if at == len(text) or text[at] not in self.openers:
             if at == len(text) and not final:
                 return None
+            if marked:  # the marker, then no JSON (Llama's built-in tools write code)
+                self.malformed += 1
             self._state = "text"
             return Step(at, content=text[:at]) if at else self._step(text, final)
         if self._json is None or self._json.start != at:

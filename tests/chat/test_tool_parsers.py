@@ -130,6 +130,7 @@ def test_default_ids() -> None:
     ("hermes", "Use the <tool_call> tag, like <tool_call>this</tool_call>.", 1),
     ("hermes", "No call at all.", 0),
     ("llama3_json", '<|python_tag|>{"name": 1}', 1),
+    ("llama3_json", "<|python_tag|>print(1)", 1),
     ("llama3_json", '{"name": "Ada", "born": 1815} is JSON.', 0),  # no marker: just prose
     ("mistral", '[TOOL_CALLS] [{"name": "now", "arguments": {]', 1),
     ("mistral", "[1] Smith.", 0),
