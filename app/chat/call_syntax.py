@@ -15,6 +15,8 @@ class CallSyntax:
     between: str = ""  # between parallel calls
     argument_key: str = "arguments"  # {"name": ..., <argument_key>: {...}}
     as_list: bool = False  # all calls in one JSON array after `open` (Mistral)
+    # A space may follow `open` (Mistral v0.3 writes `[TOOL_CALLS] [`, later ones `[TOOL_CALLS][`)
+    space_after_open: bool = False
     # The marker that starts calls in the middle of free text (tool_choice "auto"); None
     # when calls cannot be told from text until they are complete (bare JSON).
     trigger: str | None = None

@@ -15,7 +15,8 @@ class MistralToolParser(JsonCallParser):
     name = "mistral"
     template_markers: ClassVar[tuple[str, ...]] = ("[TOOL_CALLS]",)
     needs_special_tokens = True
-    syntax = CallSyntax(open=("[TOOL_CALLS]",), as_list=True, trigger="[TOOL_CALLS]")
+    syntax = CallSyntax(open=("[TOOL_CALLS]",), as_list=True, trigger="[TOOL_CALLS]",
+                        space_after_open=True)
 
     @staticmethod
     def new_id() -> str:

@@ -76,7 +76,8 @@ def _calls_rules(syntax: CallSyntax, tools: Sequence[Mapping[str, Any]], paralle
         array: dict[str, Any] = {"type": "array", "items": {"anyOf": schemas}, "minItems": 1}
         if not parallel:
             array["maxItems"] = 1
-        return ["calls: " + _sequence(pieces(opening, token_ids), json_value(array))]
+        space = '" "?' if syntax.space_after_open else ""
+        return ["calls: " + _sequence(pieces(opening, token_ids), space, json_value(array))]
     rules = [f"fn_{i}: {json_value(schema)}" for i, schema in enumerate(schemas)]
     rules.append("fn: " + " | ".join(f"fn_{i}" for i in range(len(schemas))))
     close = pieces(syntax.close, token_ids)

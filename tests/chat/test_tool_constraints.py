@@ -86,6 +86,8 @@ def test_required_named_and_single_calls(parser: str, checker: Any) -> None:
     assert check.accepts(required, ONE_CALL[parser])
     assert not check.accepts(required, wrong)
     assert not check.accepts(required, "Sure, here is the weather.")
+    if parser == "mistral":  # v0.3 writes a space after the marker
+        assert check.accepts(required, ONE_CALL[parser].replace("]", "] ", 1))
     single = check.grammar(parser, "required", parallel=False)
     assert check.accepts(single, ONE_CALL[parser]) and not check.accepts(single, two)
     named = check.grammar(parser, {"type": "function", "function": {"name": "now"}})
