@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from app.chat.ids import as_mistral_id
 from app.chat.output import ChatOutputParser
-from app.chat.registry import TOOL_PARSERS
+from app.chat.registry import REASONING_PARSERS, TOOL_PARSERS
 from app.chat.types import ParsedMessage, ToolCall
 from tests.chat.streaming import byte_splits, counting_ids, parse_pieces
 
@@ -140,3 +140,36 @@ def test_malformed_calls_are_counted(family: str, text: str, malformed: int) -> 
     parser = maker(family)
     parser.parse(text)
     assert parser.malformed_calls == malformed
+
+
+# Pieces that answers are made of, markers and JSON fragments included, so that generated
+# texts hit every state of every parser (partial markers, calls cut short, stray closers).
+FRAGMENTS = ["<tool_call>", "</tool_call>", "<|python_tag|>", "[TOOL_CALLS]", "<think>",
+             "</think>", '{"name": "f", "arguments": {"a": 1}}',
+             '{"name": "g", "parameters": {}}', '[{"name": "h", "arguments": {}}]', "{", "}",
+             "[", "]", '"', "\\", ";", " ", "\n", "<tool", "_call>", "text", "é🦊", "<", ">"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(family=st.sampled_from(sorted(TOOL_PARSERS)),
+       parts=st.lists(st.sampled_from(FRAGMENTS), max_size=14),
+       cuts=st.lists(st.integers(0, 400), max_size=6),
+       reasoning=st.sampled_from(["none", "qwen3", "qwen3 opened", "deepseek_r1"]))
+def test_generated_answers_parse_the_same_in_any_pieces(
+        family: str, parts: list[str], cuts: list[int], reasoning: str) -> None:
+    """Made-up answers from the fragments above, cut anywhere: the same message as the
+    whole; and without reasoning, an answer with no call is the text unchanged."""
+    name, _, opened = reasoning.partition(" ")
+
+    def make() -> ChatOutputParser:
+        return ChatOutputParser(TOOL_PARSERS[family](counting_ids()),
+                                REASONING_PARSERS[name](bool(opened))
+                                if name != "none" else None)
+
+    text = "".join(parts)
+    points = sorted({min(c, len(text)) for c in cuts})
+    pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]
+    whole = make().parse(text)
+    assert parse_pieces(make, pieces) == whole
+    if not whole.tool_calls and name == "none":
+        assert whole.content == text
