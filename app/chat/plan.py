@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.chat.errors import AnswerFormatConflict
+from app.chat.errors import AnswerFormatConflict, BudgetUnsupported
 from app.chat.grammar import ReasoningSpec, added_token_ids, chat_grammar, json_answer
 from app.chat.output import ChatOutputParser
 from app.chat.parsing import ToolCallParser
@@ -67,6 +67,9 @@ def plan_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
                          template_kwargs=dict(options.template_kwargs),
                          history_id=parser.history_id if parser else None)
     reasoning = resolve_reasoning_parser(reasoning_parser, template)
+    if options.reasoning_budget is not None and reasoning is None:
+        raise BudgetUnsupported("a thinking budget needs a reasoning parser "
+                                "(--reasoning-parser) for a model whose template reasons")
     opened = reasoning is not None and starts_in_reasoning(prompt)
     # the added tokens a grammar may name or let through; end-of-sequence ones end answers
     ids = {text: i for text, i in added_token_ids(

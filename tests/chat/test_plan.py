@@ -86,8 +86,11 @@ def test_bad_requests_raise_domain_errors(family: Any, tokenizer: Tokenizer) -> 
         plan_chat(family("qwen2_5"), USER, ChatOptions(tools=TOOLS, tool_choice={
             "type": "function", "function": {"name": "missing"}}))
     plain = Tokenizer(backend=tokenizer.backend, chat_template="{{ '<think>' }}")
-    with pytest.raises(BudgetUnsupported):
+    with pytest.raises(BudgetUnsupported, match="one token"):
         plan_chat(plain, USER, ChatOptions(reasoning_budget=5), reasoning_parser="auto")
+    with pytest.raises(BudgetUnsupported, match="needs a reasoning parser"):
+        plan_chat(family("qwen2_5"), USER, ChatOptions(reasoning_budget=5),
+                  reasoning_parser="auto")  # no <think> in Qwen2.5's template
 
 
 def test_response_format_applies_after_the_reasoning(family: Any) -> None:
