@@ -128,6 +128,8 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
             state.phase = Phase.STOPPED
             for model in state.models.values():
                 await model.engine.shutdown()
+                if model.compiler is not None:  # its compile check's child process
+                    await asyncio.to_thread(model.compiler.close)
             compute.shutdown(wait=False, cancel_futures=True)
 
     disable_created_metrics()  # no *_created series: they only add noise to dashboards

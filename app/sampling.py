@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from app.sampling_params import (
     SamplingParams,
     TokenLogprob,
 )
+
+if TYPE_CHECKING:
+    from app.structured import Matcher
 
 
 @dataclass(frozen=True)
@@ -126,7 +129,7 @@ def batched_probs(logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Ten
     return probs / probs.sum(dim=-1, keepdim=True)
 
 
-def allowed_tokens(matcher: Any, vocab: int, eos_ids: Sequence[int]) -> Tensor:
+def allowed_tokens(matcher: Matcher, vocab: int, eos_ids: Sequence[int]) -> Tensor:
     """(V,) bool: the tokens a structured-output matcher (llguidance) allows next. A
     matcher in an error state, or one that allows nothing, allows EOS only, so the
     completion ends instead of sampling from nothing."""

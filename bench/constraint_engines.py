@@ -52,6 +52,7 @@ FEATURES: dict[str, dict[str, Any]] = {
     "allOf": {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}},
                         {"required": ["a"]}]},
     "patternProperties": {"type": "object", "patternProperties": {"^x": {"type": "integer"}}},
+    "boolean subschemas": {"type": "object", "properties": {"a": True, "b": False}},
 }
 
 
@@ -65,8 +66,9 @@ class LLGuidance:
         self.tok = LLTokenizer(tokenizer_json, n_vocab=vocab, eos_token=eos)
 
     def compile(self, schema: dict[str, Any]) -> Any:
-        grammar = self.LLMatcher.grammar_from_json_schema(
-            json.dumps(schema), defaults={"whitespace_flexible": False})
+        from app.structured_grammar import json_schema_grammar  # the server's own path
+
+        grammar = json_schema_grammar(json.dumps(schema), strict=False)
         is_error, messages = self.LLMatcher.validate_grammar_with_warnings(grammar, self.tok)
         if is_error:
             raise ValueError(messages[0] if messages else "rejected")

@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from app.checkpoint import CheckpointError, load_model
-from app.modeling import quantized_linear as ql
+from app.modeling.quant_kernels import candidates
+from app.modeling.quantized_linear import KernelPlan, QuantizedLinear
 from app.modeling.quantized_model import block_products
 from app.tokenizer import Tokenizer
 from app.train.data import pack_tokens, read_documents, read_labelled
@@ -109,11 +110,14 @@ def accuracy(data: Path) -> list[str]:
 def speed() -> list[str]:
     torch.manual_seed(0)
     weights = [torch.randn(3072, 768) * 0.02 for _ in range(12)]
-    layers = {"int8": [ql.QuantizedLinear.from_weight(w, None, "int8") for w in weights],
-              "int4": [ql.QuantizedLinear.from_weight(w, None, "int4", 64) for w in weights]}
+    layers = {"int8": [QuantizedLinear.from_weight(w, None, "int8") for w in weights],
+              "int4": [QuantizedLinear.from_weight(w, None, "int4", 64) for w in weights]}
+    # The kernels offered for these shapes with bf16 activations (every one is also
+    # offered for fp32); a kernel refused for a shape prints "n/a".
+    names = {m: candidates(qs[0].shape(torch.bfloat16)) for m, qs in layers.items()}
     lines = ["| rows | activations | plain product ms | " + " | ".join(
-        f"{m} {k} ms (GB/s)" for m in layers for k in ql.available_kernels(m)) + " |",
-        "|---|---|---|" + "---|" * sum(len(ql.available_kernels(m)) for m in layers)]
+        f"{m} {k} ms (GB/s)" for m in layers for k in names[m]) + " |",
+        "|---|---|---|" + "---|" * sum(len(n) for n in names.values())]
     with torch.inference_mode():
         for dtype in (torch.bfloat16, torch.float32):
             plain = [w.to(dtype) for w in weights]
@@ -123,14 +127,14 @@ def speed() -> list[str]:
                 base = median_seconds(lambda: [F.linear(x, w) for w in plain], 9) / 12  # noqa: B023
                 cells = []
                 for method, qs in layers.items():
-                    kernels: dict[str, Callable[..., torch.Tensor]] = dict(
-                        ql.INT8_KERNELS if method == "int8" else ql.INT4_KERNELS)
                     nbytes = sum(t.nbytes for t in qs[0].buffers())
-                    for name in ql.available_kernels(method):
-                        k = kernels[name]
-                        args = ([(m.qweight, m.scale) for m in qs] if method == "int8" else
-                                [(m.qweight, m.scale, m.mins, 64) for m in qs])
-                        t = median_seconds(lambda: [k(x, *a) for a in args], 9) / 12  # noqa: B023
+                    for name in names[method]:
+                        if name not in candidates(qs[0].shape(dtype)):
+                            cells.append("n/a")
+                            continue
+                        for m in qs:
+                            m.use_kernels(KernelPlan(name, name), dtype)
+                        t = median_seconds(lambda: [m(x) for m in qs], 9) / 12  # noqa: B023
                         cells.append(f"{t * 1e3:.3f} ({nbytes / t / 1e9:.1f})")
                 lines.append(f"| {rows} | {str(dtype).removeprefix('torch.')} | "
                              f"{base * 1e3:.3f} | " + " | ".join(cells) + " |")

@@ -24,7 +24,7 @@ from app.engine.compute import compute_thread
 from app.engine.engine import Engine, EngineConfig
 from app.engine.scheduler import SchedulerConfig
 from app.sampling_params import SamplingParams
-from app.structured import ConstraintCompiler, ConstraintSpec
+from app.structured import Constraint, ConstraintCompiler, ConstraintSpec
 from app.tokenizer import Tokenizer
 from bench.machine import cpu_info, cpu_line, wait_idle
 
@@ -75,8 +75,8 @@ def main() -> int:
             bound.append(tok_s(batch, True))
         f, b = statistics.median(free), statistics.median(bound)
         print(f"| {batch} | {f:.0f} | {b:.0f} | {b / f:.2f}x |")
-    matcher = constraint.new_matcher()
-    times = []
+    matcher = constraint.template.deep_copy()  # llguidance's own type: is_stopped()
+    times: list[float] = []
     rng = torch.Generator().manual_seed(0)
     while not matcher.is_stopped() and len(times) < 200:
         start = time.perf_counter()
@@ -95,7 +95,7 @@ def main() -> int:
 
 
 async def _generate(engine: Engine, prompt: list[int], params: SamplingParams,
-                    constraint: Any) -> Any:
+                    constraint: Constraint | None) -> Any:
     from app.engine.output import merge_outputs
 
     stream = engine.submit(prompt, params, constraint=constraint)

@@ -1,10 +1,14 @@
-"""Tiny random Hugging Face checkpoints built with `transformers` (test-only dependency)."""
+"""Tiny random Hugging Face checkpoints built with `transformers` (test-only dependency),
+and the one rule for a tool a test needs but the machine lacks (`require_tool`)."""
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from app.tokenizer import Tokenizer
@@ -76,3 +80,62 @@ def build_hf_checkpoint(
     model.save_pretrained(directory)
     tokenizer.save(directory)
     return model
+
+
+def in_ci() -> bool:
+    """CI sets CI=true (GitHub Actions, GitLab and others do); the Makefile's `tools`
+    target reads the same variable."""
+    return os.environ.get("CI", "").strip().lower() == "true"
+
+
+def require_tool(name: str, available: bool, how_to_get: str) -> None:
+    """The one rule for a test that needs a tool (a program, a package, data) this machine
+    may lack: when it is missing, skip with the reason locally (pytest's -ra summary, on by
+    default in pyproject.toml, prints it), and fail naming the tool under CI=true, where a
+    skipped check would leave the run green without having checked anything."""
+    # Hidden from tracebacks, so the -ra summary names the calling test's line, not this.
+    __tracebackhide__ = True
+    if available:
+        return
+    reason = f"{name} is missing: {how_to_get}"
+    if in_ci():
+        pytest.fail(f"{reason} (CI=true: a missing tool fails the run)", pytrace=False)
+    # allow_module_level: also usable at import time of a test module.
+    pytest.skip(reason, allow_module_level=True)
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch's builders would run (inductor and cpp_extension read CXX,
+    else look for g++), or None."""
+    named = os.environ.get("CXX")
+    candidates = [named] if named else ["g++", "c++", "clang++"]
+    return next((path for c in candidates if (path := shutil.which(c))), None)
+
+
+def require_cpp_compiler() -> None:
+    """The one rule for a missing C++ compiler (torch.compile's inductor and the quantized
+    kernels in app/kernels/quant_linear.cpp both need one). Only its absence is a missing
+    tool: with a compiler present, a build that fails is the test's failure."""
+    __tracebackhide__ = True
+    require_tool("a C++ compiler", cpp_compiler() is not None,
+                 "install Debian's g++ (or set CXX): torch.compile and the C++ kernels "
+                 "build with it")
+
+
+
+def require_cpp_kernels(compiled: bool = False) -> None:
+    """For a test that needs C++ kernels built here: the compiler rule above, then, with a
+    compiler present, kernels that do not build fail the test. With `compiled`:
+    torch.compile's kernels (inductor); else ours (app/kernels/quant_linear.cpp)."""
+    __tracebackhide__ = True
+    require_cpp_compiler()
+    if compiled:
+        from app.modeling.compile import compiler_problem
+
+        problem = compiler_problem()
+        assert problem is None, f"torch.compile cannot build kernels here: {problem}"
+    else:
+        from app.kernels.build import quant_extension
+
+        module, why = quant_extension()
+        assert module is not None, f"the C++ kernels do not build here: {why}"

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import require_tool
+
 ROOT = Path(__file__).resolve().parents[1]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
@@ -18,8 +20,10 @@ def tracked(*patterns: str) -> list[Path]:
     try:
         out = subprocess.run(["git", "ls-files", "--", *patterns], cwd=ROOT, text=True,
                              capture_output=True, check=True, timeout=30).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip("not a git checkout")
+    except (OSError, subprocess.CalledProcessError) as exc:
+        require_tool("git (and a git checkout)", False,
+                     f"run from a clone with git installed ({exc})")
+        raise  # not reached: require_tool skipped or failed
     return [ROOT / line for line in out.splitlines() if line]
 
 

@@ -27,6 +27,13 @@ from app.engine.errors import (
     RequestCancelled,
     StepFailed,
 )
+from app.engine.validation import (
+    ContextOverflow,
+    InvalidPrompt,
+    InvalidSampling,
+    TooManySequences,
+    WrongModelTask,
+)
 from app.tokenizer import TokenizerError
 
 log = logging.getLogger("app.api")
@@ -56,10 +63,6 @@ class NotFound(ApiError):
     status, type = 404, "not_found_error"
 
 
-class PayloadTooLarge(ApiError):
-    status, type = 413, "request_too_large"
-
-
 class NotReady(ApiError):
     status, type = 503, "service_unavailable"
 
@@ -67,7 +70,6 @@ class NotReady(ApiError):
 # engine error -> (status, type)
 ENGINE_ERRORS: dict[type[EngineError], tuple[int, str]] = {
     InvalidRequest: (400, "invalid_request_error"),
-    QueueCapacityExceeded: (400, "invalid_request_error"),
     QueueFull: (429, "rate_limit_error"),
     EngineStopped: (503, "service_unavailable"),
     EngineDead: (503, "engine_dead"),
@@ -75,8 +77,23 @@ ENGINE_ERRORS: dict[type[EngineError], tuple[int, str]] = {
     RequestCancelled: (499, "request_cancelled"),
 }
 
-# Engine errors that name no request field: the field each one is about, in our API.
-ENGINE_ERROR_PARAMS: dict[type[EngineError], str] = {QueueCapacityExceeded: "prompt"}
+# engine error -> the request field it is about. The engine names no fields (it does not
+# know the API's); these are the names every endpoint gives them.
+ENGINE_ERROR_FIELDS: dict[type[EngineError], str] = {
+    WrongModelTask: "model",
+    InvalidPrompt: "prompt",
+    TooManySequences: "n",
+    QueueCapacityExceeded: "prompt",
+}
+
+
+def engine_error_field(exc: EngineError) -> str | None:
+    if isinstance(exc, InvalidSampling):
+        return exc.setting  # sampling settings keep the names of the requests' fields
+    if isinstance(exc, ContextOverflow):
+        return "prompt" if exc.prompt_alone else "max_tokens"
+    field = next((f for cls, f in ENGINE_ERROR_FIELDS.items() if isinstance(exc, cls)), None)
+    return field or exc.param
 
 
 def error_body(status: int, type_: str, message: str, param: str | None = None
@@ -89,11 +106,13 @@ def status_of(exc: BaseException) -> tuple[int, str, str | None, dict[str, str]]
     if isinstance(exc, ApiError):
         return exc.status, exc.type, exc.param, exc.headers
     if isinstance(exc, EngineError):
-        status, type_ = ENGINE_ERRORS.get(type(exc), (500, "engine_error"))
+        # By class or base class: the engine's errors have subclasses (engine.validation).
+        status, type_ = next((v for cls, v in ENGINE_ERRORS.items() if isinstance(exc, cls)),
+                             (500, "engine_error"))
         headers = {}
         if isinstance(exc, QueueFull):
             headers["Retry-After"] = str(max(1, round(exc.retry_after)))
-        return status, type_, exc.param or ENGINE_ERROR_PARAMS.get(type(exc)), headers
+        return status, type_, engine_error_field(exc), headers
     if isinstance(exc, TokenizerError):
         return 400, "invalid_request_error", None, {}
     return 500, "internal_error", None, {}

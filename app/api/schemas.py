@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, model_validator
 
 from app.api.openai_fields import (
     IgnoredOpenAIFields,
@@ -127,8 +127,8 @@ class PredictResponse(BaseModel):
 class StructuredOutputs(Strict):
     """vLLM's structured_outputs: exactly one constraint."""
 
-    json_: dict[str, Any] | str | None = Field(
-        None, alias="json", description="a JSON Schema (object or JSON text)")
+    json_: dict[str, Any] | StrictBool | str | None = Field(
+        None, alias="json", description="a JSON Schema (object, boolean or JSON text)")
     regex: str | None = Field(None, max_length=4096, description="the whole output matches")
     choice: Annotated[list[Annotated[str, Field(min_length=1, max_length=1024)]],
                       Field(min_length=1, max_length=256)] | None = Field(
@@ -169,7 +169,7 @@ class SamplingFields(BaseModel):
     structured_outputs: StructuredOutputs | None = Field(
         None, description="vLLM: constrain the output to a JSON Schema (json), a regex, one "
                           "of a list (choice) or a grammar; see README")
-    guided_json: dict[str, Any] | str | None = Field(
+    guided_json: dict[str, Any] | StrictBool | str | None = Field(
         None, description="vLLM's older alias of structured_outputs.json")
     guided_regex: str | None = Field(None, max_length=4096,
                                      description="alias of structured_outputs.regex")
@@ -331,7 +331,7 @@ class EmbeddingRequest(Strict):
         "mean", description="mean of the final hidden states over the input's tokens, or "
                             "the last token's")
     user: str | None = None
-    cache_salt: str | None = None
+    cache_salt: CacheSalt | None = Field(None, description=CACHE_SALT_DOC)
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"model": "default-lm", "input": ["The cat sat.", "A dog ran."]}]})
@@ -364,13 +364,13 @@ class PerplexityRequest(Strict):
                                           "token-id lists")
     window: int | None = Field(None, ge=2, description="tokens of context per window "
                                                        "(default: the model's context)")
-    stride: int | None = Field(None, ge=1, description="new tokens scored per window "
-                                                       "(default: half the window); "
-                                                       "window - 1 gives non-overlapping "
-                                                       "windows, as `python -m app eval lm` "
-                                                       "uses")
+    stride: int | None = Field(None, ge=1, description="tokens from one window's start to "
+                                                       "the next's (default: half the "
+                                                       "window); window - 1 gives windows "
+                                                       "that share one token, as `python -m "
+                                                       "app eval lm` uses")
     logprobs: bool = Field(False, description="also return each scored token's logprob")
-    cache_salt: str | None = None
+    cache_salt: CacheSalt | None = Field(None, description=CACHE_SALT_DOC)
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"text": "The best thing about computers is that they do what you say."}]})

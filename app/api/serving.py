@@ -10,7 +10,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import Request
 
@@ -25,75 +25,17 @@ from app.engine.request import RequestKind
 from app.engine.stream import RequestStream
 from app.sampling_params import LogprobsMode, SamplingParams, TokenLogprob
 
+if TYPE_CHECKING:
+    from app.structured import Constraint
+
 log = logging.getLogger("app.api")
 
 # A logit_bias key is a token id written in plain ASCII base 10 ("²" and "--5" are not).
 _TOKEN_ID_KEY = re.compile(r"[0-9]{1,9}")
-# Texts longer than this are tokenized in a worker thread, so the event loop (streams,
-# health probes) never waits on a long tokenization.
-TOKENIZE_INLINE_CHARS = 4096
 
 
 # Prefill-only requests (classify, score, embed) sample nothing; one token is their budget.
 PREFILL_ONLY = SamplingParams(max_tokens=1)
-
-
-def as_list(value: str | list[str]) -> list[str]:
-    return [value] if isinstance(value, str) else list(value)
-
-
-def check_inputs(settings: Settings, texts: Sequence[object], param: str) -> None:
-    if len(texts) > settings.max_inputs:
-        raise BadRequest(f"{param}: at most {settings.max_inputs} inputs per request "
-                         f"(got {len(texts)})", param=param)
-
-
-async def tokenize(model: ServedModel, text: str, add_special_tokens: bool = True
-                   ) -> list[int]:
-    """Token ids of `text`; long texts are tokenized off the event loop."""
-    if len(text) <= TOKENIZE_INLINE_CHARS:
-        return model.tokenizer.encode(text, add_special_tokens=add_special_tokens)
-    return await asyncio.to_thread(model.tokenizer.encode, text, add_special_tokens)
-
-
-async def encode(model: ServedModel, settings: Settings, text: str, param: str,
-                 add_special_tokens: bool = True) -> list[int]:
-    """Tokenize one input, refusing it early when it is longer than any limit allows."""
-    limit = min(settings.max_prompt_tokens or model.max_model_len, model.max_model_len)
-    # Cheap guard before tokenizing megabytes: a token is at least one character.
-    if len(text) > 64 * limit + 1024:
-        raise BadRequest(f"{param} is too long: {len(text)} characters for a limit of "
-                         f"{limit} tokens", param=param)
-    ids = await tokenize(model, text, add_special_tokens)
-    if len(ids) > limit:
-        raise BadRequest(f"{param} is {len(ids)} tokens; the limit is {limit}", param=param)
-    if not ids:
-        raise BadRequest(f"{param} is empty", param=param)
-    return ids
-
-
-async def prompt_inputs(model: ServedModel, settings: Settings, prompt: Any, param: str
-                        ) -> tuple[list[list[int]], list[str]]:
-    """Token ids and texts of a request's input(s): text, texts, token ids, or lists of
-    token ids (what lm-evaluation-harness and OpenAI's clients send)."""
-    if isinstance(prompt, str) or isinstance(prompt[0], str):
-        texts = as_list(prompt)
-        check_inputs(settings, texts, param)
-        return [await encode(model, settings, t, param) for t in texts], texts
-    id_lists: list[list[int]] = [prompt] if isinstance(prompt[0], int) else prompt
-    check_inputs(settings, id_lists, param)
-    vocab = model.loaded.config.vocab_size
-    limit = min(settings.max_prompt_tokens or model.max_model_len, model.max_model_len)
-    for ids in id_lists:
-        bad = [t for t in ids if t >= vocab]
-        if bad:
-            raise BadRequest(f"{param} token ids must be < {vocab} (the vocabulary); got "
-                             f"{bad[:5]}", param=param)
-        if len(ids) > limit:
-            raise BadRequest(f"{param} is {len(ids)} tokens; the limit is {limit}",
-                             param=param)
-    return id_lists, [model.tokenizer.decode(ids, skip_special_tokens=False)
-                      for ids in id_lists]
 
 
 def check_max_tokens(wanted: int, settings: Settings, model: ServedModel | None,
@@ -142,10 +84,12 @@ def sampling_params(
     prompts: Sequence[list[int]] = (),
     max_tokens_param: str = "max_tokens",
     prompt_param: str = "prompt",
+    top_logprobs_param: str = "top_logprobs",
 ) -> SamplingParams:
     """Request fields -> engine SamplingParams, enforcing the server's limits (400). With
     the model and the prompts it will generate from, max_tokens is checked against the
-    context as well (check_max_tokens)."""
+    context as well (check_max_tokens). The *_param names are the route's own fields
+    (completions call top_logprobs `logprobs`), so a 400 names what the client sent."""
     given = max_tokens or req.max_tokens
     wanted = given or default_max_tokens or settings.default_max_tokens
     check_max_tokens(wanted, settings, model, prompts,
@@ -154,8 +98,8 @@ def sampling_params(
     if req.n > settings.max_n:
         raise BadRequest(f"n must be <= {settings.max_n}", param="n")
     if top_logprobs > settings.max_top_logprobs:
-        raise BadRequest(f"top_logprobs must be <= {settings.max_top_logprobs}",
-                         param="top_logprobs")
+        raise BadRequest(f"{top_logprobs_param} must be <= {settings.max_top_logprobs}",
+                         param=top_logprobs_param)
     bias: list[tuple[int, float]] = []
     for key, value in (req.logit_bias or {}).items():
         if not _TOKEN_ID_KEY.fullmatch(key):
@@ -189,7 +133,8 @@ def cache_salt(request: Request, salt: str | None) -> str | None:
 def submit_all(request: Request, model: ServedModel, prompts: Sequence[list[int]],
                params: SamplingParams, kind: RequestKind, *, priority: int = 0,
                score_from: Sequence[int | None] | None = None,
-               salt: str | None = None, constraint: Any = None) -> list[RequestStream]:
+               salt: str | None = None, constraint: Constraint | None = None
+               ) -> list[RequestStream]:
     """Submit every input as one admission, or none (e.g. 429). The streams are recorded
     on the request for its log line."""
     streams = model.engine.submit_batch(prompts, params, kind, priority=priority,

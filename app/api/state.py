@@ -8,14 +8,17 @@ import time
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from app import app_version
-from app.checkpoint import LoadedModel
 from app.config import Settings
 from app.engine.engine import Engine
 from app.modeling.config import Task
+from app.modeling.loaded import LoadedModel
 from app.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from app.structured import ConstraintCompiler
 
 
 class Phase(enum.StrEnum):
@@ -35,7 +38,7 @@ class ServedModel:
     engine: Engine
     created: int = field(default_factory=lambda: int(time.time()))
     # Structured output: constraints compiled against this model's tokenizer (lazily).
-    compiler: Any = None
+    compiler: ConstraintCompiler | None = None
 
     @property
     def is_lm(self) -> bool:

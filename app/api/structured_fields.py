@@ -3,9 +3,11 @@
 Accepted (at most one per request, else 400): OpenAI's `response_format` (completions and
 chat: `json_object`, `json_schema`), vLLM's `structured_outputs` (`json`, `regex`,
 `choice`, `grammar`, `json_object`) and its older `guided_json` / `guided_regex` /
-`guided_choice` / `guided_grammar`. Compiling (app.structured) runs in a thread with a
-time limit (`--structured-output-timeout`); a constraint that is invalid, unsupported or
-too slow to compile is refused with 400 before anything is queued.
+`guided_choice` / `guided_grammar`. `response_format.json_schema.strict: true` closes the
+schema's objects (app/structured_grammar.py). Compiling (app.structured) runs off the event
+loop with a time limit (`--structured-output-timeout`) that stops the compile itself; a
+constraint that is invalid, unsupported or too slow to compile is refused with 400 before
+anything is queued.
 """
 
 from __future__ import annotations
@@ -18,18 +20,27 @@ from app.api.errors import BadRequest
 from app.api.schemas import ResponseFormat, SamplingFields
 from app.api.state import ServedModel
 from app.config import Settings
-from app.structured import Constraint, ConstraintCompiler, ConstraintSpec, InvalidConstraint
+from app.structured import (
+    Constraint,
+    ConstraintCompiler,
+    ConstraintSpec,
+    ConstraintTooSlow,
+    InvalidConstraint,
+)
 
 
-def _schema_text(value: dict[str, Any] | str, param: str) -> str:
-    if isinstance(value, dict):
+def _schema_text(value: dict[str, Any] | bool | str, param: str) -> str:
+    """The schema as JSON text: an object, or a boolean schema (`true`: any value;
+    `false`: refused when compiled, as nothing matches it)."""
+    if not isinstance(value, str):
         return json.dumps(value)
     try:
         parsed = json.loads(value)
     except json.JSONDecodeError as exc:
         raise BadRequest(f"{param} is not valid JSON: {exc}", param=param) from None
     if not isinstance(parsed, dict | bool):
-        raise BadRequest(f"{param} must be a JSON Schema object", param=param)
+        raise BadRequest(f"{param} must be a JSON Schema (an object or a boolean)",
+                         param=param)
     return json.dumps(parsed)
 
 
@@ -44,7 +55,8 @@ def constraint_spec(body: SamplingFields, response_format: ResponseFormat | None
                 raise BadRequest("response_format json_schema needs json_schema.schema",
                                  param="response_format")
             specs.append(ConstraintSpec("json_schema", _schema_text(
-                response_format.json_schema.schema_, "response_format"), "response_format"))
+                response_format.json_schema.schema_, "response_format"), "response_format",
+                strict=bool(response_format.json_schema.strict)))
     so = body.structured_outputs
     if so is not None:
         given = [k for k, v in (("json", so.json_), ("regex", so.regex), ("choice", so.choice),
@@ -91,16 +103,15 @@ async def request_constraint(model: ServedModel, settings: Settings, body: Sampl
 
 async def compile_constraint(model: ServedModel, settings: Settings, spec: ConstraintSpec
                              ) -> Constraint:
-    """`spec` compiled for `model` in a thread, under the time limit; 400 when it fails."""
+    """`spec` compiled for `model` in a thread, under the time limit; 400 when it fails.
+    The thread returns by the limit: the compile it waits for is stopped there."""
     if model.compiler is None:
-        model.compiler = ConstraintCompiler(model.tokenizer, model.loaded.config.vocab_size)
+        model.compiler = ConstraintCompiler(model.tokenizer, model.loaded.config.vocab_size,
+                                            limit_s=settings.structured_output_timeout)
     compiler: ConstraintCompiler = model.compiler
     try:
-        return await asyncio.wait_for(asyncio.to_thread(compiler.compile, spec),
-                                      timeout=settings.structured_output_timeout)
+        return await asyncio.to_thread(compiler.compile, spec)
     except InvalidConstraint as exc:
         raise BadRequest(exc.message, param=exc.param) from None
-    except TimeoutError:
-        raise BadRequest(f"the {spec.kind.replace('_', ' ')} took longer than "
-                         f"{settings.structured_output_timeout:g} s to compile "
-                         "(--structured-output-timeout)", param=spec.param) from None
+    except ConstraintTooSlow as exc:
+        raise BadRequest(f"{exc} (--structured-output-timeout)", param=exc.param) from None

@@ -13,9 +13,8 @@ policy and the observers.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from app.checkpoint import LoadedModel
 from app.engine.block_manager import BlockManager
 from app.engine.config import EngineConfig
 from app.engine.output import RequestOutput, RequestSummary
@@ -27,7 +26,11 @@ from app.engine.sampling_plan import SamplingPlan, SamplingPlanner
 from app.engine.scheduler import Scheduler, SchedulerOutput
 from app.engine.step_update import StepUpdate, StepUpdater
 from app.engine.validation import RequestLimits
+from app.modeling.loaded import LoadedModel
 from app.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from app.structured import Constraint
 
 
 class EngineCore:
@@ -54,7 +57,7 @@ class EngineCore:
         self.requests: dict[str, EngineRequest] = {}
 
     def add(self, request: EngineRequest, progress: RequestProgress,
-            constraint: Any = None) -> None:
+            constraint: Constraint | None = None) -> None:
         """A request the scheduler has queued: its sampler's and reader's views join."""
         self.requests[request.request_id] = request
         self.processor.add(progress)

@@ -27,9 +27,8 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-from app.checkpoint import LoadedModel
 from app.engine.compute import compute_thread
 from app.engine.config import EngineConfig
 from app.engine.core import EngineCore
@@ -51,8 +50,12 @@ from app.engine.scheduler import SchedulerOutput
 from app.engine.stats import EngineStats, StepStats
 from app.engine.stream import RequestStream
 from app.engine.validation import check_request, classified_tokens
+from app.modeling.loaded import LoadedModel
 from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
+
+if TYPE_CHECKING:
+    from app.structured import Constraint
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +173,7 @@ class Engine:
     def submit(self, prompt_ids: list[int], params: SamplingParams,
                kind: RequestKind = RequestKind.GENERATE, *, priority: int = 0,
                score_from: int | None = None, cache_salt: str | None = None,
-               constraint: Any = None) -> RequestStream:
+               constraint: Constraint | None = None) -> RequestStream:
         """Validate and queue one request; see submit_batch."""
         return self.submit_batch([prompt_ids], params, kind, priority=priority,
                                  score_from=[score_from], cache_salt=cache_salt,
@@ -180,7 +183,7 @@ class Engine:
                      kind: RequestKind = RequestKind.GENERATE, *, priority: int = 0,
                      score_from: Sequence[int | None] | None = None,
                      cache_salt: str | None = None,
-                     constraint: Any = None) -> list[RequestStream]:
+                     constraint: Constraint | None = None) -> list[RequestStream]:
         """Queue several prompts as one admission (the waiting queue counts them once),
         each its own request with its own stream; all or none. Raises InvalidRequest,
         QueueFull, EngineDead or EngineStopped at once, never after queueing. Request ids

@@ -16,7 +16,6 @@ import psutil
 import torch
 from torch import Tensor
 
-from app.checkpoint import LoadedModel
 from app.engine.request import RequestKind
 from app.engine.runner_output import RunnerOutput
 from app.engine.sampling_plan import SamplingPlan
@@ -25,10 +24,11 @@ from app.modeling.attention import DecodeFn, PagedAttention, PagedKVCache, build
 from app.modeling.compile import CompileError, compile_model
 from app.modeling.config import Task
 from app.modeling.heads import label_scores
+from app.modeling.kernel_choice import choose_kernels
+from app.modeling.loaded import LoadedModel
 from app.modeling.packed import choose_packing, pack_model, unpack_model
-from app.modeling.quantized_linear import choose_kernels
 from app.modeling.quantized_model import describe as describe_quantization
-from app.modeling.quantized_model import kernel_probes
+from app.modeling.quantized_model import quantized_layers
 from app.modeling.transformer import EAGER
 from app.sampling import (
     allowed_tokens,
@@ -92,10 +92,9 @@ class ModelRunner:
                                    self.device)
         log.info("KV cache: %d blocks of %d tokens, %.1f MiB", self.num_blocks,
                  self.block_size, self._cache.nbytes / 2**20)
-        probes = kernel_probes(self.model)
-        if probes:
-            measured = ("; ".join(f"{layers[0].method} {choose_kernels(layers, self.loaded.dtype)}"
-                                  for layers in probes)
+        layers = quantized_layers(self.model)
+        if layers:
+            measured = (choose_kernels(layers, self.loaded.dtype)
                         if self.device.type == "cpu" else "dequantize + BLAS off the CPU")
             self.quantization = f"{describe_quantization(self.model)}; kernels: {measured}"
             self.pack_reason = "not packed (weights quantized)"

@@ -10,13 +10,16 @@ from __future__ import annotations
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from app.engine.request import EngineRequest, RequestKind, TokenSequence
 from app.engine.scheduler import SchedulerOutput
 from app.sampling import SampleRow
+
+if TYPE_CHECKING:
+    from app.structured import Constraint, Matcher
 
 
 @dataclass(frozen=True)
@@ -30,7 +33,7 @@ class Draw:
     row: SampleRow
     # app.structured: the completion's matcher (the worker masks with it and feeds it the
     # sampled token; only the worker touches it while a step runs).
-    matcher: Any = None
+    matcher: Matcher | None = None
 
 
 @dataclass(frozen=True)
@@ -49,9 +52,9 @@ class _Samplers:
     """One request's sampling objects, made at its first draw of each completion."""
 
     seed: int | None
-    constraint: Any  # app.structured.Constraint, or None
+    constraint: Constraint | None
     generators: dict[int, torch.Generator] = field(default_factory=dict)  # by index
-    matchers: dict[int, Any] = field(default_factory=dict)  # by index
+    matchers: dict[int, Matcher] = field(default_factory=dict)  # by index
 
 
 class SamplingPlanner:
@@ -59,7 +62,7 @@ class SamplingPlanner:
         self.eos_ids = eos_ids
         self._samplers: dict[str, _Samplers] = {}
 
-    def add(self, request_id: str, seed: int | None, constraint: Any = None) -> None:
+    def add(self, request_id: str, seed: int | None, constraint: Constraint | None = None) -> None:
         self._samplers[request_id] = _Samplers(seed, constraint)
 
     def remove(self, request_id: str) -> None:
@@ -104,7 +107,7 @@ class SamplingPlanner:
         return samplers.generators[index]
 
     @staticmethod
-    def _matcher(samplers: _Samplers, index: int) -> Any:
+    def _matcher(samplers: _Samplers, index: int) -> Matcher | None:
         if samplers.constraint is None:
             return None
         if index not in samplers.matchers:

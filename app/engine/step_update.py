@@ -40,18 +40,28 @@ class StepUpdater:
         self.blocks = blocks
         self.processor = processor
 
+    def _live(self, requests: Mapping[str, EngineRequest], request_id: str, seq_id: int
+              ) -> tuple[EngineRequest, RequestProgress, TokenSequence] | None:
+        """The request, its progress and its running sequence `seq_id`; None when the
+        request ended or the sequence stopped while the step ran."""
+        request = requests.get(request_id)
+        progress = self.processor.get(request_id)
+        seq = request.sequence(seq_id) if request is not None else None
+        if (request is None or progress is None or seq is None
+                or seq.status is not SequenceStatus.RUNNING):
+            return None
+        return request, progress, seq
+
     def apply(self, out: SchedulerOutput, plan: SamplingPlan, result: RunnerOutput,
               requests: Mapping[str, EngineRequest], now: float) -> StepUpdate:
         """Apply the step's results to `requests` (live ones only: a request may have
         ended while the step ran)."""
         update = StepUpdate(generated=len(result.sampled))
         for item in out.scheduled:
-            request = requests.get(item.request_id)
-            progress = self.processor.get(item.request_id)
-            seq = request.sequence(item.seq_id) if request is not None else None
-            if (request is None or progress is None or seq is None
-                    or seq.status is not SequenceStatus.RUNNING):
+            live = self._live(requests, item.request_id, item.seq_id)
+            if live is None:
                 continue
+            request, progress, seq = live
             self.processor.started(progress, now, request.cached_tokens)
             self.processor.gather_chunk(progress, item, result)
             if item.completes_prefill and item.kind is not RequestKind.GENERATE:
@@ -61,12 +71,10 @@ class StepUpdater:
         # prompt blocks before its own token can finish it (and free them).
         targets: list[tuple[EngineRequest, RequestProgress, TokenSequence, Sampled]] = []
         for draw, sampled in zip(plan.draws, result.sampled, strict=True):
-            request = requests.get(draw.request_id)
-            progress = self.processor.get(draw.request_id)
-            parent = request.sequence(draw.seq_id) if request is not None else None
-            if (request is None or progress is None or parent is None
-                    or parent.status is not SequenceStatus.RUNNING):
+            live = self._live(requests, draw.request_id, draw.seq_id)
+            if live is None:
                 continue
+            request, progress, parent = live
             seq = parent if draw.index == parent.index else self._fork(request, parent,
                                                                        draw.index)
             targets.append((request, progress, seq, sampled))

@@ -25,6 +25,7 @@
 #endif
 
 #include <algorithm>
+#include <initializer_list>
 #include <cstdint>
 #include <vector>
 
@@ -316,16 +317,31 @@ inline bool bf16_dot_serves(const torch::Tensor& x, int64_t k) {
 #endif
 }
 
+// Every input on the CPU (these loops read host memory), and x a float tensor with
+// a feature dimension: checked before any pointer is taken.
+void check_activations(const torch::Tensor& x, std::initializer_list<torch::Tensor> weights) {
+  TORCH_CHECK(x.device().is_cpu(), "x must be on the CPU, not ", x.device());
+  for (const torch::Tensor& t : weights)
+    TORCH_CHECK(t.device().is_cpu(), "the quantized weight tensors must be on the CPU, not ",
+                t.device());
+  TORCH_CHECK(x.dim() >= 1, "x must have a feature dimension");
+  TORCH_CHECK(x.scalar_type() == torch::kFloat || x.scalar_type() == torch::kBFloat16 ||
+                  x.scalar_type() == torch::kHalf,
+              "x must be float32, bfloat16 or float16, not ", x.scalar_type());
+}
+
 }  // namespace
 
 // x (..., K) float/bf16/fp16; q (N, K) int8; scale (N) float32 -> (..., N) in x's dtype.
 torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& q,
                           const torch::Tensor& scale) {
+  check_activations(x, {q, scale});
   TORCH_CHECK(q.scalar_type() == torch::kChar && q.dim() == 2 && q.is_contiguous(),
               "q must be a contiguous (N, K) int8 tensor");
-  TORCH_CHECK(scale.scalar_type() == torch::kFloat && scale.is_contiguous(),
-              "scale must be contiguous float32");
   const int64_t n = q.size(0), k = q.size(1);
+  TORCH_CHECK(scale.scalar_type() == torch::kFloat && scale.is_contiguous() &&
+                  scale.dim() == 1 && scale.size(0) == n,
+              "scale must be a contiguous float32 tensor of ", n, " values (one per row of q)");
   TORCH_CHECK(x.size(-1) == k, "x has ", x.size(-1), " features, the weight ", k);
   const int8_t* qp = q.data_ptr<int8_t>();
   const float* sp = scale.data_ptr<float>();
@@ -378,15 +394,21 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& q,
 torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& q,
                           const torch::Tensor& scale, const torch::Tensor& mins,
                           int64_t group) {
+  check_activations(x, {q, scale, mins});
   TORCH_CHECK(q.scalar_type() == torch::kByte && q.dim() == 2 && q.is_contiguous(),
               "q must be a contiguous (N, K/2) uint8 tensor");
   TORCH_CHECK(scale.scalar_type() == torch::kHalf && mins.scalar_type() == torch::kHalf &&
                   scale.is_contiguous() && mins.is_contiguous(),
               "scale and mins must be contiguous float16");
-  TORCH_CHECK(group >= 32 && group <= 256 && group % 32 == 0, "group size must be a multiple of 32, at most 256");
+  TORCH_CHECK(group >= 32 && group <= 256 && group % 32 == 0,
+              "group size must be a multiple of 32, at most 256, not ", group);
   const int64_t n = q.size(0), k = q.size(1) * 2, groups = k / group;
-  TORCH_CHECK(k % group == 0 && scale.size(1) == groups && mins.size(1) == groups,
-              "scales do not match ", groups, " groups of ", group);
+  TORCH_CHECK(k % group == 0, "the group size ", group, " does not divide ", k,
+              " input features");
+  TORCH_CHECK(scale.dim() == 2 && mins.dim() == 2 && scale.size(0) == n &&
+                  mins.size(0) == n && scale.size(1) == groups && mins.size(1) == groups,
+              "scale and mins must be (", n, ", ", groups, "): ", groups, " groups of ", group,
+              " for each of the ", n, " rows of q");
   TORCH_CHECK(x.size(-1) == k, "x has ", x.size(-1), " features, the weight ", k);
 #if defined(LLM_BF16_DOT)
   if (bf16_dot_serves(x, k)) {

@@ -12,24 +12,24 @@ from app.modeling.config import ProblemType
 
 
 class LMHead(nn.Module):
-    """hidden (..., H) -> logits (..., vocab). A tied head reuses the input embedding; a
-    quantized one (app.modeling.quantized_model) has its own int8 product."""
+    """hidden (..., H) -> logits (..., vocab). A tied head reuses the input embedding.
+    Quantized and prepacked heads replace this module (app.modeling.quantized_model,
+    app.modeling.packed)."""
 
     def __init__(self, hidden_size: int, vocab_size: int, tied: bool) -> None:
         super().__init__()
         self.tied = tied
         self.weight = None if tied else nn.Parameter(torch.empty(vocab_size, hidden_size))
-        self.quantized: nn.Module | None = None
 
     def forward(self, hidden: Tensor, embed: nn.Module, gemv: bool = False) -> Tensor:
-        if self.quantized is not None:
-            return self.quantized(hidden, gemv)
-        weight = cast(Tensor, embed.weight if self.weight is None else self.weight)
+        weight = self.float_weight(embed)
         if gemv:  # see app.modeling.transformer.dense
             return (hidden.float()[..., None, :] * weight.float()).sum(-1).to(hidden.dtype)
-        if (key := getattr(self, "packed_key", None)) is not None:  # app.modeling.packed
-            return torch.ops.llm.packed_linear(hidden, key, weight.shape[0])
         return F.linear(hidden, weight)
+
+    def float_weight(self, embed: nn.Module) -> Tensor:
+        """(vocab, H): the head's own weight, or the input embedding's when tied."""
+        return cast(Tensor, embed.weight if self.weight is None else self.weight)
 
 
 class ClassificationHead(nn.Module):

@@ -72,10 +72,15 @@ def quantize_int4(weight: Tensor, group_size: int) -> Int4Weight:
     w = weight.detach().float().view(n, k // group_size, group_size)  # (N, groups, G)
     lo, hi = w.amin(dim=-1), w.amax(dim=-1)  # (N, groups)
     # Stored in float16, then used as stored: quantize against the rounded values so the
-    # rounding of scale and min does not add to the error of every weight.
-    scale = ((hi - lo) / 15.0).clamp(min=1e-8).to(torch.float16)
+    # rounding of scale and min does not add to the error of every weight. A group whose
+    # spread is below float16's smallest step (about 6e-8 * 15) gets scale 0: its codes
+    # are 0 (every weight within that spread of min) instead of a division by zero.
+    scale = ((hi - lo) / 15.0).to(torch.float16)
     mins = lo.to(torch.float16)
-    q = torch.round((w - mins.float()[..., None]) / scale.float()[..., None]).clamp(0, 15)
+    step = scale.float()[..., None]
+    step = torch.where(step > 0, step, torch.ones_like(step))
+    q = torch.round((w - mins.float()[..., None]) / step).clamp(0, 15)
+    q = torch.where(scale[..., None] > 0, q, torch.zeros_like(q))
     q = q.to(torch.uint8)
     half = group_size // 2
     packed = q[..., :half] | (q[..., half:] << 4)  # (N, groups, G/2)

@@ -1,36 +1,40 @@
-"""Linear layers with quantized weights, and the kernels that multiply by them.
+"""Linear layers with quantized weights: drop-in replacements for `nn.Linear`.
 
 `QuantizedLinear` replaces `nn.Linear` (and the LM head's product) when a model is served
-with `--quantization int8|int4` (formats in `app.modeling.quantize`). Its product is a
-custom op (`llm::int8_linear`, `llm::int4_linear`), opaque to torch.compile like the
-prepacked product, so compiled graphs call it as one node.
+with `--quantization int8|int4` (formats in `app.modeling.quantize`); its `forward(x)` is
+`nn.Linear`'s, so the model's code does not know it is quantized. The product is a custom
+op (`llm::int8_linear`, `llm::int4_linear`), opaque to torch.compile like the prepacked
+product, so compiled graphs call it as one node.
 
-Which kernel runs is chosen per machine by measurement (`choose_kernels`, at startup on
-the model's own weights), separately for one row (batch-1 decode, bound by the bytes of
-weights streamed) and for a few rows (2-64: a decode batch). Candidates:
-  cpp      app/kernels/quant_linear.cpp, built for this CPU's vector ISA (when it builds)
-  aten     torch's own int8 weight-only kernel (`aten._weight_int8pack_mm`; int8 only)
-  dequant  widen the weights to the activation dtype, then a BLAS product (pure PyTorch;
-           correct everywhere, CUDA included)
-Above 64 rows (prompt chunks) the work is compute-bound and `dequant` always runs: the
-widening is paid once for all rows and the product is the fastest GEMM torch has.
+Which kernel runs (`app.modeling.quant_kernels`) is this layer's own choice
+(`kernels`, a `KernelPlan`), made at startup for its shape and the model's dtype
+(`app.modeling.kernel_choice`), separately for one row (batch-1 decode, bound by the
+bytes of weights streamed) and for a few rows (2-64: a decode batch). Above 64 rows
+(prompt chunks) the work is compute-bound and `dequant` always runs: the widening is paid
+once for all rows and the product is the fastest GEMM torch has. Until a choice is made
+every layer runs `dequant`, which is correct for every shape.
 
-A compiled one-row graph (batch-1 decode) whose one-row choice is `cpp` calls the C++ op
-(`llm_quant::*`, registered by the extension) directly: a Python custom op costs tens of
-microseconds a call, which at ~50 products a step is a tenth of the step.
+A one-row product whose choice is `cpp` calls the C++ op (`llm_quant::*`, registered by
+the extension) directly: a Python custom op costs tens of microseconds a call, which at
+~50 products a batch-1 decode step is a tenth of the step.
 """
 
 from __future__ import annotations
 
-import functools
-import logging
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from app.kernels.build import quant_extension
+from app.modeling.quant_kernels import (
+    INT4_KERNELS,
+    INT8_KERNELS,
+    Int4Operands,
+    Shape,
+    aten_int4_pack,
+    row_class,
+    supported,
+)
 from app.modeling.quantize import (
     Int4Weight,
     Int8Weight,
@@ -39,92 +43,55 @@ from app.modeling.quantize import (
     quantize_int4,
     quantize_int8,
 )
-from app.modeling.timing import median_seconds
-
-log = logging.getLogger(__name__)
-
-FEW_ROWS = 64  # above this, always dequant + BLAS
-Int8Kernel = Callable[[Tensor, Tensor, Tensor], Tensor]
-Int4Kernel = Callable[[Tensor, Tensor, Tensor, Tensor, int], Tensor]
 
 
-def _int8_dequant(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
-    return F.linear(x, q.to(x.dtype) * scale.to(x.dtype)[:, None])
+@dataclass(frozen=True)
+class KernelPlan:
+    """The kernel a layer runs for one row and for a few rows."""
+
+    one: str = "dequant"
+    few: str = "dequant"
 
 
-def _int8_aten(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
-    flat = x.reshape(-1, x.shape[-1]).contiguous()
-    out = torch.ops.aten._weight_int8pack_mm(flat, q, scale.to(x.dtype))
-    return out.view(*x.shape[:-1], q.shape[0])
+DEQUANT = KernelPlan()
 
 
-def _int8_cpp(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
-    module, _ = quant_extension()
-    assert module is not None
-    return module.int8_linear(x, q, scale)
-
-
-@functools.cache
-def cpp_ops() -> bool:
-    """Whether the C++ kernels are loaded as torch ops (llm_quant::*), with their shapes
-    registered for tracing."""
-    module, _ = quant_extension()
-    if module is None:
-        return False
-
-    torch.library.register_fake("llm_quant::int8_linear", _int8_linear_shape)
-    torch.library.register_fake("llm_quant::int4_linear", _int4_linear_shape)
-
-    return True
-
-
-def _int4_dequant(x: Tensor, q: Tensor, scale: Tensor, mins: Tensor, group: int) -> Tensor:
-    return F.linear(x, dequantize_int4(Int4Weight(q, scale, mins, group), x.dtype))
-
-
-def _int4_cpp(x: Tensor, q: Tensor, scale: Tensor, mins: Tensor, group: int) -> Tensor:
-    module, _ = quant_extension()
-    assert module is not None
-    return module.int4_linear(x, q, scale, mins, group)
-
-
-INT8_KERNELS: dict[str, Int8Kernel] = {"cpp": _int8_cpp, "aten": _int8_aten,
-                                       "dequant": _int8_dequant}
-INT4_KERNELS: dict[str, Int4Kernel] = {"cpp": _int4_cpp, "dequant": _int4_dequant}
-
-# The chosen kernel per (format, row class); process-wide, like the CPU it describes.
-CHOSEN: dict[tuple[str, str], str] = {("int8", "one"): "dequant", ("int8", "few"): "dequant",
-                                      ("int4", "one"): "dequant", ("int4", "few"): "dequant"}
-
-
-def _row_class(x: Tensor) -> str | None:
-    rows = x.numel() // max(x.shape[-1], 1)
-    return "one" if rows == 1 else "few" if rows <= FEW_ROWS else None
+def _kernel_for(x: Tensor, shape: Shape, one: str, few: str) -> str:
+    """The planned kernel for x's row count, or dequant where the plan does not apply (off
+    the CPU, many rows, a dtype the kernel was not chosen for and does not support)."""
+    cls = row_class(x)
+    name = one if cls == "one" else few if cls == "few" else "dequant"
+    if x.device.type != "cpu" or not supported(name, shape):
+        return "dequant"
+    return name
 
 
 @torch.library.custom_op("llm::int8_linear", mutates_args=())
-def int8_linear(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
+def int8_linear(x: Tensor, q: Tensor, scale: Tensor, one: str, few: str) -> Tensor:
     """x (..., K) @ (q (N, K) * scale (N))^T -> (..., N) in x's dtype."""
-    rows = _row_class(x)
-    name = CHOSEN[("int8", rows)] if rows and x.device.type == "cpu" else "dequant"
-    return INT8_KERNELS[name](x, q, scale)
+    shape = Shape("int8", q.shape[1], q.shape[0], 0, x.dtype)
+    return INT8_KERNELS[_kernel_for(x, shape, one, few)](x, q, scale)
 
 
 @int8_linear.register_fake
-def _int8_linear_shape(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
+def _int8_linear_shape(x: Tensor, q: Tensor, scale: Tensor, one: str, few: str) -> Tensor:
     return x.new_empty((*x.shape[:-1], q.shape[0]))
 
 
 @torch.library.custom_op("llm::int4_linear", mutates_args=())
-def int4_linear(x: Tensor, q: Tensor, scale: Tensor, mins: Tensor, group: int) -> Tensor:
+def int4_linear(x: Tensor, q: Tensor, scale: Tensor, mins: Tensor, group: int, one: str,
+                few: str, aten_weight: Tensor | None, aten_scale_zeros: Tensor | None
+                ) -> Tensor:
     """x (..., K) @ dequantized int4 weight^T -> (..., N) in x's dtype."""
-    rows = _row_class(x)
-    name = CHOSEN[("int4", rows)] if rows and x.device.type == "cpu" else "dequant"
-    return INT4_KERNELS[name](x, q, scale, mins, group)
+    shape = Shape("int4", q.shape[1] * 2, q.shape[0], group, x.dtype)
+    operands = Int4Operands(q, scale, mins, group, aten_weight, aten_scale_zeros)
+    return INT4_KERNELS[_kernel_for(x, shape, one, few)](x, operands)
 
 
 @int4_linear.register_fake
-def _int4_linear_shape(x: Tensor, q: Tensor, scale: Tensor, mins: Tensor, group: int) -> Tensor:
+def _int4_linear_shape(x: Tensor, q: Tensor, scale: Tensor, mins: Tensor, group: int,
+                       one: str, few: str, aten_weight: Tensor | None,
+                       aten_scale_zeros: Tensor | None) -> Tensor:
     return x.new_empty((*x.shape[:-1], q.shape[0]))
 
 
@@ -135,7 +102,8 @@ class QuantizedLinear(nn.Module):
                  bias: Tensor | None = None) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.method, self.group_size = method, group_size
+        self.method = method
+        self.group_size = group_size if method == "int4" else 0  # int8 has no groups
         if method == "int8":
             self.register_buffer("qweight", torch.empty(out_features, in_features,
                                                         dtype=torch.int8))
@@ -149,6 +117,11 @@ class QuantizedLinear(nn.Module):
         else:
             raise ValueError(f"unknown quantization method {method!r}")
         self.bias = nn.Parameter(bias, requires_grad=False) if bias is not None else None
+        self.kernels = DEQUANT
+        # torch's int4 kernel's own layout of this weight: made only when this layer
+        # chooses that kernel (`use_kernels`); not saved.
+        self.aten_weight: Tensor | None = None
+        self.aten_scale_zeros: Tensor | None = None
 
     @classmethod
     def from_weight(cls, weight: Tensor, bias: Tensor | None, method: str,
@@ -167,32 +140,56 @@ class QuantizedLinear(nn.Module):
             w4 = quantize_int4(weight, self.group_size)
             self.qweight = w4.q.to(weight.device)
             self.scale, self.mins = w4.scale.to(weight.device), w4.mins.to(weight.device)
+        self.use_kernels(DEQUANT, torch.float32)
+
+    def shape(self, dtype: torch.dtype) -> Shape:
+        return Shape(self.method, self.in_features, self.out_features, self.group_size, dtype)
+
+    def int4_weight(self) -> Int4Weight:
+        return Int4Weight(self.qweight, self.scale, self.mins, self.group_size)
+
+    def use_kernels(self, plan: KernelPlan, dtype: torch.dtype) -> None:
+        """Run `plan` from now on, for activations of `dtype`; a kernel that does not
+        support this layer's shape is refused (ValueError)."""
+        shape = self.shape(dtype)
+        for name in (plan.one, plan.few):
+            if not supported(name, shape):
+                raise ValueError(f"kernel {name} does not support {shape}")
+        self.kernels = plan
+        if self.method == "int4" and "aten" in (plan.one, plan.few):
+            if self.aten_scale_zeros is None or self.aten_scale_zeros.dtype != dtype:
+                self.aten_weight, self.aten_scale_zeros = aten_int4_pack(self.int4_weight(),
+                                                                         dtype)
+        else:
+            self.aten_weight = self.aten_scale_zeros = None
 
     def dequantized(self, dtype: torch.dtype = torch.float32) -> Tensor:
         if self.method == "int8":
             return dequantize_int8(Int8Weight(self.qweight, self.scale), dtype)
-        return dequantize_int4(Int4Weight(self.qweight, self.scale, self.mins,
-                                          self.group_size), dtype)
+        return dequantize_int4(self.int4_weight(), dtype)
 
-    def forward(self, x: Tensor, one_row: bool = False) -> Tensor:
-        """`one_row`: the caller knows x has one row (a compiled batch-1 graph; see
-        `Transformer.dense`); if the C++ kernel won for one row, it is called directly as
-        a torch op, so the compiled step reaches it without a Python call."""
-        # CHOSEN names "cpp" only once the C++ ops are loaded (`choose_kernels`); nothing
-        # here may call into the loader, which a compiled graph cannot trace.
-        direct = one_row and x.device.type == "cpu" and CHOSEN[(self.method, "one")] == "cpp"
+    def forward(self, x: Tensor) -> Tensor:
+        plan = self.kernels
+        # One row and the C++ kernel chosen for it: the C++ op itself, no Python between.
+        # (In a compiled graph the row count here is static: a symbolic row dimension is
+        # never 1, so this does not add a guard.)
+        direct = plan.one == "cpp" and x.device.type == "cpu" and x.numel() == x.shape[-1]
         if self.method == "int8":
-            op = torch.ops.llm_quant.int8_linear if direct else torch.ops.llm.int8_linear
-            y = op(x, self.qweight, self.scale)
+            y = (torch.ops.llm_quant.int8_linear(x, self.qweight, self.scale) if direct else
+                 torch.ops.llm.int8_linear(x, self.qweight, self.scale, plan.one, plan.few))
+        elif direct:
+            y = torch.ops.llm_quant.int4_linear(x, self.qweight, self.scale, self.mins,
+                                                self.group_size)
         else:
-            op = torch.ops.llm_quant.int4_linear if direct else torch.ops.llm.int4_linear
-            y = op(x, self.qweight, self.scale, self.mins, self.group_size)
+            y = torch.ops.llm.int4_linear(x, self.qweight, self.scale, self.mins,
+                                          self.group_size, plan.one, plan.few,
+                                          self.aten_weight, self.aten_scale_zeros)
         return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
         group = f", group_size={self.group_size}" if self.method == "int4" else ""
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
-                f"method={self.method}{group}")
+                f"method={self.method}{group}, kernels={self.kernels}")
 
 
 class QuantizedEmbedding(nn.Module):
@@ -214,44 +211,3 @@ class QuantizedEmbedding(nn.Module):
     def forward(self, ids: Tensor) -> Tensor:
         return (self.table.qweight[ids].to(self.dtype)
                 * self.table.scale[ids].to(self.dtype)[..., None])
-
-
-# ---------------------------------------------------------------------------- choosing
-
-
-def available_kernels(method: str) -> list[str]:
-    names = ["dequant"]
-    if method == "int8":
-        names.append("aten")
-    if cpp_ops():
-        names.append("cpp")
-    return names
-
-
-def choose_kernels(layers: list[QuantizedLinear], dtype: torch.dtype) -> str:
-    """Time every available kernel on `layers` (a model's MLP products, every layer, so the
-    weights stream from memory as in a decode step) with 1 and 16 rows; keep the fastest
-    for each row class. Returns what was measured, for the startup log and /v1/info."""
-    method = layers[0].method
-    kernels: dict[str, Callable[..., Tensor]] = dict(
-        INT8_KERNELS if method == "int8" else INT4_KERNELS)
-    report = []
-    for cls, rows in (("one", 1), ("few", 16)):
-        x = torch.randn(rows, layers[0].in_features, dtype=dtype)
-        timings: dict[str, float] = {}
-        for name in available_kernels(method):
-            kernel = kernels[name]
-            args = ([(m.qweight, m.scale) for m in layers] if method == "int8" else
-                    [(m.qweight, m.scale, m.mins, m.group_size) for m in layers])
-            try:
-                with torch.inference_mode():
-                    timings[name] = median_seconds(
-                        lambda: [kernel(x, *a) for a in args])  # noqa: B023
-            except RuntimeError as exc:  # a dtype or shape a stock kernel refuses
-                log.info("%s kernel %s unusable: %s", method, name, str(exc)[:120])
-        best = min(timings, key=timings.__getitem__)
-        CHOSEN[(method, cls)] = best
-        base = timings["dequant"]
-        report.append(f"{rows} row{'s' * (rows > 1)}: {best} ("
-                      + ", ".join(f"{n} {base / t:.2f}x" for n, t in timings.items()) + ")")
-    return "; ".join(report)

@@ -24,8 +24,9 @@ not a Hugging Face layout (transformers cannot load it).
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
+from app.modeling.heads import LMHead
 from app.modeling.quantize import int4_group_problem
 from app.modeling.quantized_linear import QuantizedEmbedding, QuantizedLinear
 from app.modeling.transformer import Transformer
@@ -33,6 +34,19 @@ from app.modeling.transformer import Transformer
 FORMAT = "llm-inference"
 FORMAT_VERSION = 1
 DEFAULT_INT4_GROUP_SIZE = 64
+
+
+class QuantizedLMHead(LMHead):
+    """The LM head with an int8 product (its own, or the table it shares with a
+    quantized input embedding), in place of `LMHead`."""
+
+    def __init__(self, table: QuantizedLinear, tied: bool) -> None:
+        super().__init__(table.in_features, table.out_features, tied=True)  # no float weight
+        self.tied = tied
+        self.quantized = table
+
+    def forward(self, hidden: Tensor, embed: nn.Module, gemv: bool = False) -> Tensor:
+        return self.quantized(hidden)
 
 
 def block_products(model: Transformer) -> list[tuple[nn.Module, str]]:
@@ -57,14 +71,14 @@ def _quantize_head(model: Transformer, dtype: torch.dtype) -> None:
     if head is None:
         return
     if head.weight is not None:  # untied: the head alone
-        head.quantized = QuantizedLinear.from_weight(head.weight, None, "int8")
-        head.weight = None
+        model.lm_head = QuantizedLMHead(QuantizedLinear.from_weight(head.weight, None, "int8"),
+                                        tied=False)
         return
     table = QuantizedLinear.from_weight(model.embed.weight, None, "int8")
     embed = QuantizedEmbedding(table)
     embed.dtype = dtype
     model.embed = embed  # type: ignore[assignment]
-    head.quantized = table
+    model.lm_head = QuantizedLMHead(table, tied=True)
 
 
 def quantize_model(model: Transformer, method: str, group_size: int = DEFAULT_INT4_GROUP_SIZE,
@@ -101,26 +115,13 @@ def skeleton(model: Transformer, method: str, group_size: int, dtype: torch.dtyp
             embed = QuantizedEmbedding(table)
             embed.dtype = dtype
             model.embed = embed  # type: ignore[assignment]
-        head.weight = None
-        head.quantized = table
+        model.lm_head = QuantizedLMHead(table, tied=head.tied)
     model.quantization = method
     model.quantization_group_size = group_size if method == "int4" else 0
 
 
 def quantized_layers(model: Transformer) -> list[QuantizedLinear]:
     return [m for m in model.modules() if isinstance(m, QuantizedLinear)]
-
-
-def kernel_probes(model: Transformer) -> list[list[QuantizedLinear]]:
-    """What the kernel choice of each format present is timed on: every block's MLP up
-    product (as in a decode step, the weights stream from memory), and for an int8 LM head
-    beside int4 blocks, the head itself."""
-    ups: list[nn.Module] = [b.mlp.up for b in model.blocks()]
-    probes = [[m for m in ups if isinstance(m, QuantizedLinear)]]
-    head = model.lm_head.quantized if model.lm_head is not None else None
-    if isinstance(head, QuantizedLinear) and probes[0] and probes[0][0].method != head.method:
-        probes.append([head])
-    return [p for p in probes if p]
 
 
 def weight_count(model: Transformer) -> int:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,6 @@ from torch import Tensor, nn
 from app.modeling.attention import AttentionBackend, DenseCausalAttention
 from app.modeling.config import ConfigError, ModelConfig, Task
 from app.modeling.heads import ClassificationHead, LMHead
-from app.modeling.quantized_linear import QuantizedLinear
 from app.modeling.rope import apply_rope, inverse_frequencies, rope_cos_sin
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -69,21 +69,18 @@ def make_norm(cfg: ModelConfig) -> nn.Module:
     return RMSNorm(cfg.hidden_size, cfg.norm_eps)
 
 
-def dense(x: Tensor, layer: nn.Linear | QuantizedLinear, gemv: bool = False) -> Tensor:
-    """x (..., in) -> (..., out). With `gemv` (set only when compiled, for a few rows, on
-    a CPU where it was measured faster) the product is written as multiply-and-reduce:
-    inductor turns it into one vectorised pass over the weights, which streams them at
-    close to memory bandwidth, where a BLAS matrix-vector call reaches about half. The
-    caller decides from the row count, so the compiled graph never branches on a shape."""
-    if isinstance(layer, QuantizedLinear):  # app.modeling.quantized_model
-        return layer(x, gemv)
-    if gemv:
+def dense(x: Tensor, layer: nn.Module, gemv: bool = False) -> Tensor:
+    """x (..., in) -> (..., out) through `layer`: an `nn.Linear`, or a module that
+    replaced one (quantized, prepacked) with the same `forward(x)`. With `gemv` (set only
+    when compiled, for a few rows, on a CPU where it was measured faster) a product with
+    float weights is written as multiply-and-reduce: inductor turns it into one vectorised
+    pass over the weights, which streams them at close to memory bandwidth, where a BLAS
+    matrix-vector call reaches about half. The caller decides from the row count, so the
+    compiled graph never branches on a shape."""
+    if gemv and isinstance(layer, nn.Linear):
         y = (x.float()[..., None, :] * layer.weight.float()).sum(-1).to(x.dtype)
-    elif (key := getattr(layer, "packed_key", None)) is not None:  # app.modeling.packed
-        y = torch.ops.llm.packed_linear(x, key, layer.out_features)
-    else:
-        return layer(x)
-    return y if layer.bias is None else y + layer.bias
+        return y if layer.bias is None else y + layer.bias
+    return cast(Tensor, layer(x))
 
 
 class Attention(nn.Module):

@@ -13,6 +13,8 @@ import pytest
 import torch
 from fastapi import FastAPI
 
+from tests.api.offsets import assert_offsets_cover
+
 PROMPT = [5, 17, 42, 99, 7, 64]
 
 
@@ -43,12 +45,10 @@ def test_echo_with_logprobs_scores_token_id_prompts(api: Any, hf_checkpoint: Any
             best = float(expected[pos - 1].max())
             assert abs(max(top.values()) - best) < 1e-4  # lm-eval's greedy check
             assert len(top) <= 2  # the prompt's own token and the most likely one
-        # text = the prompt echoed + the completion; offsets run across both.
+        # text = the prompt echoed + the completion; offsets run across both (the
+        # prompt has byte tokens: tests/api/test_completion_logprobs.py checks those).
         assert choices[0]["text"].startswith(lp["tokens"][0])
-        assert "".join(lp["tokens"]) == choices[0]["text"]
-        offsets = lp["text_offset"]
-        assert offsets[0] == 0 and all(
-            offsets[i + 1] == offsets[i] + len(lp["tokens"][i]) for i in range(len(offsets) - 1))
+        assert_offsets_cover(choices[0]["text"], lp["tokens"], lp["text_offset"])
         assert len(choices[1]["logprobs"]["tokens"]) == 4
         assert r.json()["usage"]["completion_tokens"] == 2
 

@@ -8,13 +8,13 @@ import subprocess
 from typing import Any
 
 import httpx
-import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import app_version
 from app.sampling_params import SamplingParams
 from tests.app_helpers import running_app, settings_for
+from tests.helpers import require_tool
 from tests.waiting import until
 
 
@@ -119,9 +119,9 @@ def test_rejections_aborts_and_vllm_names(checkpoints: dict[str, Any]) -> None:
 
 
 def test_promtool_accepts_the_exposition(api: Any) -> None:
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        pytest.skip("promtool not installed (Debian package 'prometheus'; `make tools`)")
+    promtool = shutil.which("promtool") or ""
+    require_tool("promtool", bool(promtool),
+                 "`make tools` installs Debian's prometheus package (needs root and apt)")
 
     async def body(app: FastAPI, client: httpx.AsyncClient) -> str:
         await client.post("/v1/generate", json={"prompt": "hi", "max_tokens": 3})

@@ -16,7 +16,8 @@ def test_quantization_per_model_in_info_and_metrics(api: Any) -> None:
         info = (await client.get("/v1/info")).json()
         by_name = {m["name"]: m for m in info["models"]}
         assert by_name["lm"]["quantization"].startswith("int8; LM head int8")
-        assert "kernels: int8 1 row:" in by_name["lm"]["quantization"]
+        # Each product shape's kernel choice (here q|k|v first), from app.modeling.kernel_choice.
+        assert "kernels: int8 64->128: 1 row " in by_name["lm"]["quantization"]
         assert by_name["lm"]["weights"] == "not packed (weights quantized)"
         assert by_name["cls"]["quantization"] == "none"
         out = await client.post("/v1/generate", json={"prompt": "hello", "max_tokens": 4,

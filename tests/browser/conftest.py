@@ -12,13 +12,18 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
+from tests.helpers import require_tool
 from tests.live import ROOT, LiveServer
 
-playwright_sync = pytest.importorskip("playwright.sync_api",
-                                      reason="playwright is not installed (make install-dev)")
+playwright_sync: ModuleType | None
+try:
+    from playwright import sync_api as playwright_sync
+except ImportError:  # the browser fixture reports it, once per test, by the one rule
+    playwright_sync = None
 
 MODELS = ("--model", f"default-lm={ROOT / 'models' / 'default-lm'}",
           "--model", f"fortune-classifier={ROOT / 'models' / 'fortune-classifier'}")
@@ -40,10 +45,14 @@ def chromium_path() -> str | None:
 # running event loop, and every later test that calls asyncio.run() would fail.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
+    require_tool("Playwright for Python", playwright_sync is not None,
+                 "`make install-dev` installs it")
+    assert playwright_sync is not None  # narrowed for mypy: require_tool returned
     path = chromium_path()
-    if path is None:
-        pytest.skip("no Chromium on this machine: `make tools` installs Debian's chromium "
-                    "package (needs root and apt), or set LLM_TEST_CHROMIUM")
+    require_tool("chromium", path is not None,
+                 "`make tools` installs Debian's chromium package (needs root and apt), or "
+                 "set LLM_TEST_CHROMIUM to a Chromium binary")
+    assert path is not None  # narrowed for mypy: require_tool returned
     with playwright_sync.sync_playwright() as p:
         # --no-sandbox: CI runs as root, where Chromium's sandbox refuses to start.
         launched = p.chromium.launch(executable_path=path, args=["--no-sandbox"])

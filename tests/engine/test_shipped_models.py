@@ -14,10 +14,16 @@ from app.engine.request import RequestKind
 from app.engine.scheduler import SchedulerConfig
 from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
+from tests.helpers import require_tool
 
 MODELS = Path(__file__).resolve().parents[2] / "models"
-pytestmark = pytest.mark.skipif(not (MODELS / "default-lm" / "model.safetensors").exists(),
-                                reason="shipped models missing (make models)")
+
+
+@pytest.fixture(autouse=True)
+def _needs_the_shipped_models() -> None:
+    require_tool("the shipped model models/default-lm",
+                 (MODELS / "default-lm" / "model.safetensors").exists(),
+                 "they are in the repository; `make models` re-creates them")
 
 
 def engine_for(name: str) -> Engine:

@@ -171,3 +171,16 @@ def test_auto_dtype_rule(hf_checkpoint) -> None:
     big = resolve_dtype("auto", cpu, CPU_BF16_MIN_PARAMETERS)
     assert big == (torch.bfloat16 if cpu_has_bf16() else torch.float32)
     assert resolve_dtype("float32", cpu, 10**12) == torch.float32
+
+
+def test_the_engine_imports_no_checkpoint_module() -> None:
+    """The engine runs a loaded model (app.modeling.loaded); reading and writing
+    checkpoints is the server's and the CLI's business, not the engine's."""
+    import subprocess
+    import sys
+
+    code = ("import sys, app.engine.engine, app.engine.runner; "
+            "print(sorted(m for m in sys.modules if m.startswith('app.checkpoint')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[]", done.stdout

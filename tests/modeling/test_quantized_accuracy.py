@@ -2,8 +2,10 @@
 data (the same figures as the model cards):
 
 - default-lm on its validation split: perplexity within 1 % of fp32 (int8) and 5 %
-  (int4); greedy next-token agreement with fp32 at least 98 % (int8).
-- fortune-classifier on its test split: accuracy within 1 point of fp32 (int8).
+  (int4); greedy next-token agreement with fp32 at least 98 % (int8) and 90 % (int4; the
+  model card measured 92.0 %).
+- fortune-classifier on its test split: accuracy within 1 point of fp32 (int8) and 2
+  points (int4; the model card measured -0.6).
 
 The data is rebuilt from Debian's `fortunes` package exactly as the models were trained
 (`python -m app data fortunes`); `make test` installs the package.
@@ -20,6 +22,7 @@ from app.checkpoint import load_model
 from app.tokenizer import Tokenizer
 from app.train.data import pack_tokens, read_documents, read_labelled
 from app.train.evaluate import nll_and_argmax, predict_labels
+from tests.helpers import require_tool
 
 FORTUNES = Path("/usr/share/games/fortunes")
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,9 +30,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not FORTUNES.is_dir():
-        pytest.skip(f"{FORTUNES} is missing: install Debian's fortunes package "
-                    "(make test does) to measure quantized accuracy on held-out data")
+    require_tool(f"the fortunes data ({FORTUNES})", FORTUNES.is_dir(),
+                 "`make tools` installs Debian's fortunes package (needs root and apt): the "
+                 "held-out data of the quantized-accuracy tests")
     from app.train.fortunes import prepare
 
     out = tmp_path_factory.mktemp("fortunes")
@@ -56,7 +59,8 @@ def test_default_lm_perplexity_and_greedy_agreement(splits: Path) -> None:
               f"{math.exp(base_nll):.2f} ({ratio:.4f}x), greedy agreement {agreement:.2%} "
               f"over {argmax.numel()} tokens")
         assert ratio <= limit, f"{method} perplexity {ratio:.4f}x of fp32 (limit {limit})"
-    assert figures["int8"][2] >= 0.98
+    assert figures["int8"][2] >= 0.98, f"int8 greedy agreement {figures['int8'][2]:.2%}"
+    assert figures["int4"][2] >= 0.90, f"int4 greedy agreement {figures['int4'][2]:.2%}"
 
 
 def test_fortune_classifier_accuracy(splits: Path) -> None:
@@ -75,3 +79,4 @@ def test_fortune_classifier_accuracy(splits: Path) -> None:
     print(f"fortune-classifier test accuracy over {len(rows)} rows: "
           + ", ".join(f"{m} {a:.2%}" for m, a in accuracy.items()))
     assert abs(accuracy["int8"] - accuracy["none"]) <= 0.01
+    assert accuracy["int4"] >= accuracy["none"] - 0.02

@@ -123,11 +123,14 @@ def test_bfloat16_stays_close(arch: str, hf_checkpoint) -> None:
     assert next(ours.model.parameters()).dtype == torch.bfloat16
     ids = random_ids(ours.config.vocab_size, 2, 24)
     with torch.no_grad():
-        expected = ref(ids).logits[:, -1]
-        got = ours.model.causal_lm_logits(ids)[:, -1].float()
+        expected = ref(ids).logits
+        got = ours.model.causal_lm_logits(ids).float()
     scale = expected.abs().max().item()
     assert (got - expected).abs().max().item() <= 0.05 * scale + 0.05
-    assert (got.argmax(-1) == expected.argmax(-1)).float().mean() >= 0.5
+    # Greedy choices over all 48 positions (not 2 rows' last, where 1 of 2 passed): bf16
+    # may flip a near tie, never more than a few.
+    agreement = (got.argmax(-1) == expected.argmax(-1)).float().mean().item()
+    assert agreement >= 0.9, f"bf16 greedy agreement {agreement:.2%} over 48 positions"
 
 
 @pytest.mark.parametrize("arch", [*CAUSAL_LMS, *CLASSIFIERS])

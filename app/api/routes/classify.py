@@ -12,17 +12,10 @@ from fastapi import APIRouter, Request
 from app.api import examples
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
+from app.api.prompt_input import PromptRules, check_count, encode_text, parse_prompts
 from app.api.responses import INFERENCE, documented
 from app.api.schemas import ClassifyRequest, ClassifyResponse, ClassifyResult, LabelScore, Usage
-from app.api.serving import (
-    PREFILL_ONLY,
-    as_list,
-    check_inputs,
-    collect,
-    encode,
-    stream_usage,
-    submit_all,
-)
+from app.api.serving import PREFILL_ONLY, collect, stream_usage, submit_all
 from app.api.state import ServedModel
 from app.api.structured_fields import compile_constraint
 from app.config import Settings
@@ -41,7 +34,7 @@ def _ranked(labels: list[str], scores: list[float], top_k: int | None) -> list[L
 
 async def _head(model: ServedModel, settings: Settings, texts: list[str], request: Request,
                 top_k: int | None, salt: str | None) -> tuple[list[list[LabelScore]], Usage]:
-    prompts = [await encode(model, settings, t, "text") for t in texts]
+    prompts = (await parse_prompts(model, settings, texts, PromptRules("text"))).ids
     streams = submit_all(request, model, prompts, PREFILL_ONLY, RequestKind.CLASSIFY,
                          salt=salt)
     outputs = await collect(request, streams)
@@ -64,8 +57,8 @@ async def _generated(model: ServedModel, settings: Settings, body: ClassifyReque
     # (" ", "f", "ood"); every token is at least one byte, plus one for EOS.
     longest = max(len(c.encode()) for c in choices)
     params = SamplingParams(max_tokens=longest + 1, temperature=0.0, logprobs=True)
-    prompts = [await encode(model, settings, body.prompt_template.replace("{text}", t),
-                            "text") for t in texts]
+    prompts = [await encode_text(model, settings, body.prompt_template.replace("{text}", t),
+                                 PromptRules("text")) for t in texts]
     streams = submit_all(request, model, prompts, params, RequestKind.GENERATE,
                          salt=body.cache_salt, constraint=constraint)
     outputs = await collect(request, streams)
@@ -94,8 +87,9 @@ async def _zero_shot(model: ServedModel, settings: Settings, body: ClassifyReque
     prompts: list[list[int]] = []
     starts: list[int | None] = []
     for text in texts:
-        context = await encode(model, settings, body.prompt_template.replace("{text}", text),
-                               "text")
+        context = await encode_text(model, settings,
+                                    body.prompt_template.replace("{text}", text),
+                                    PromptRules("text"))
         for ids in label_ids:
             prompts.append(context + ids)
             starts.append(len(context))
@@ -135,8 +129,8 @@ async def classify(body: ClassifyRequest, request: Request, state: StateDep
     else:
         model = pick_model(state, body.model, lm=False if body.model is None else None,
                            purpose="classification")
-    texts = as_list(body.text)
-    check_inputs(state.settings, texts, "text")
+    texts = [body.text] if isinstance(body.text, str) else list(body.text)
+    check_count(state.settings, texts, "text")
     if model.is_lm:
         if not zero_shot:
             raise BadRequest(f"model {model.name!r} is a language model: give candidate_labels "

@@ -18,9 +18,10 @@ from fastapi import APIRouter, Request
 from app.api import examples
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
+from app.api.prompt_input import PromptRules, parse_prompts
 from app.api.responses import INFERENCE, documented
 from app.api.schemas import Embedding, EmbeddingRequest, EmbeddingResponse, EmbeddingUsage
-from app.api.serving import PREFILL_ONLY, collect, prompt_inputs, stream_usage, submit_all
+from app.api.serving import PREFILL_ONLY, collect, stream_usage, submit_all
 from app.engine.output import RequestOutput
 from app.engine.request import RequestKind
 
@@ -57,7 +58,8 @@ async def embeddings(body: EmbeddingRequest, request: Request, state: StateDep
         raise BadRequest(f"dimensions {body.dimensions} is not supported: model "
                          f"{model.name!r} embeds in {hidden} dimensions (no truncation)",
                          param="dimensions")
-    prompts, _ = await prompt_inputs(model, state.settings, body.input, "input")
+    prompts = (await parse_prompts(model, state.settings, body.input,
+                                   PromptRules("input"))).ids
     streams = submit_all(request, model, prompts, PREFILL_ONLY, RequestKind.EMBED,
                          salt=body.cache_salt)
     outputs = await collect(request, streams)

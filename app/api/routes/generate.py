@@ -9,13 +9,11 @@ from fastapi.responses import StreamingResponse
 
 from app.api import examples
 from app.api.deps import StateDep, pick_model
+from app.api.prompt_input import PromptRules, parse_prompts
 from app.api.responses import INFERENCE, documented
 from app.api.schemas import GenerateRequest, GenerateResponse, GenerateResult
 from app.api.serving import (
-    as_list,
-    check_inputs,
     collect,
-    encode,
     logprobs_out,
     prompt_logprobs_out,
     sampling_params,
@@ -38,9 +36,7 @@ router = APIRouter(tags=["inference"])
 async def generate(body: GenerateRequest, request: Request, state: StateDep) -> Any:
     model = pick_model(state, body.model, lm=True, purpose="text generation")
     settings = state.settings
-    texts = as_list(body.prompt)
-    check_inputs(settings, texts, "prompt")
-    prompts = [await encode(model, settings, t, "prompt") for t in texts]
+    prompts = (await parse_prompts(model, settings, body.prompt, PromptRules("prompt"))).ids
     params = sampling_params(body, settings, logprobs=body.logprobs,
                              top_logprobs=body.top_logprobs, logprobs_mode=body.logprobs_mode,
                              model=model, prompts=prompts)

@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from app.api import examples
+from app.api.completion_logprobs import ChoiceLogprobs, EchoedPrompt
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
 from app.api.openai_fields import refuse_unsupported
+from app.api.prompt_input import PromptRules, encode_text, parse_prompts
 from app.api.responses import INFERENCE, documented
 from app.api.schemas import (
     ChatChoice,
@@ -34,18 +35,14 @@ from app.api.schemas import (
     ChatLogprobEntry,
     ChatResponseMessage,
     CompletionChoice,
-    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     OpenAIModel,
     OpenAIModelList,
-    PromptLogprob,
     Usage,
 )
 from app.api.serving import (
     collect,
-    encode,
-    prompt_inputs,
     prompt_logprobs_out,
     sampling_params,
     score_prompts,
@@ -57,6 +54,7 @@ from app.api.serving import (
 )
 from app.api.state import ServedModel
 from app.api.structured_fields import request_constraint
+from app.api.token_bytes import token_string, token_utf8
 from app.engine.output import RequestOutput
 from app.engine.request import RequestKind
 from app.sampling_params import TokenLogprob
@@ -73,52 +71,17 @@ async def models(state: StateDep) -> OpenAIModelList:
         for m in state.models.values()])
 
 
-def _completion_logprobs(model: ServedModel, entries: list[TokenLogprob] | None,
-                         echo: EchoedPrompt | None = None) -> CompletionLogprobs | None:
-    """OpenAI's legacy logprobs; with echo, the prompt's tokens first (the first one's
-    logprob null) and text_offset running across prompt and completion."""
-    if entries is None and echo is None:
-        return None
-    tokens: list[str] = list(echo.tokens) if echo else []
-    values: list[float | None] = list(echo.logprobs) if echo else []
-    tops: list[dict[str, float] | None] = list(echo.tops) if echo else []
-    for e in entries or []:
-        tokens.append(token_text(model, e.token_id))
-        values.append(e.logprob)
-        tops.append({token_text(model, t): lp for t, lp in e.top})
-    offsets, pos = [], 0
-    for t in tokens:
-        offsets.append(pos)
-        pos += len(t)
-    return CompletionLogprobs(tokens=tokens, token_logprobs=values, top_logprobs=tops,
-                              text_offset=offsets)
-
-
-@dataclass(frozen=True)
-class EchoedPrompt:
-    """A prompt as echo shows it: its text and, when scored, its tokens' logprobs."""
-
-    text: str
-    tokens: list[str]
-    logprobs: list[float | None]
-    tops: list[dict[str, float] | None]
-    prompt_logprobs: list[dict[str, PromptLogprob] | None] | None
-
-
 def _echoed(model: ServedModel, ids: list[int], text: str, scored: RequestOutput | None,
-            top: int, want_prompt_logprobs: int | None) -> EchoedPrompt:
-    tokens = [token_text(model, t) for t in ids]
+            top: int) -> EchoedPrompt:
     if scored is None or scored.score_logprobs is None:
-        return EchoedPrompt(text, tokens, [], [], None)
+        return EchoedPrompt(ids, text, [], [])
     values: list[float | None] = [None, *scored.score_logprobs]
     ranked = scored.score_top or [[(t, lp, 0)] for t, lp in
                                   zip(ids[1:], scored.score_logprobs, strict=True)]
     tops: list[dict[str, float] | None] = [None]
     for entries in ranked:  # the prompt's own token first, then the `top` most likely
-        tops.append({token_text(model, t): lp for t, lp, _ in entries[:top + 1]})
-    prompt_lps = (None if want_prompt_logprobs is None
-                  else prompt_logprobs_out(model, scored, want_prompt_logprobs))
-    return EchoedPrompt(text, tokens, values, tops, prompt_lps)
+        tops.append({token_string(model.tokenizer, t): lp for t, lp, _ in entries[:top + 1]})
+    return EchoedPrompt(ids, text, values, tops)
 
 
 @router.post("/v1/completions", response_model=CompletionResponse,
@@ -135,83 +98,85 @@ async def completions(body: CompletionRequest, request: Request, state: StateDep
         raise BadRequest("max_tokens 0 needs echo: true (score the prompt only)",
                          param="max_tokens")
     settings = state.settings
-    prompts, texts = await prompt_inputs(model, settings, body.prompt, "prompt")
+    parsed = await parse_prompts(model, settings, body.prompt, PromptRules("prompt"))
+    prompts, texts = parsed.ids, parsed.texts
     constraint = await request_constraint(model, settings, body, body.response_format)
     top = body.logprobs or 0
     generate = body.max_tokens != 0
     params = sampling_params(body, settings, logprobs=body.logprobs is not None,
-                             top_logprobs=top, max_tokens=body.max_tokens or None,
+                             top_logprobs=top, top_logprobs_param="logprobs",
+                             max_tokens=body.max_tokens or None,
                              model=model, prompts=prompts if generate else ())
     # Prompt logprobs (echo with logprobs, or vLLM's prompt_logprobs) come from scoring the
     # prompts first, through the batched, prefix-cached SCORE path; the completions then
     # reuse the prompts' cached blocks.
-    score_top = max(top if body.echo and body.logprobs is not None else 0,
-                    body.prompt_logprobs or 0)
+    echo_logprobs = body.echo and body.logprobs is not None
+    score_top = max(top if echo_logprobs else 0, body.prompt_logprobs or 0)
     scored: list[RequestOutput | None] = [None] * len(prompts)
-    if (body.echo and body.logprobs is not None) or body.prompt_logprobs is not None:
+    if echo_logprobs or body.prompt_logprobs is not None:
         scored = list(await score_prompts(request, model, settings, prompts, score_top,
                                           body.cache_salt))
-    echoes = [_echoed(model, ids, text, out, top, body.prompt_logprobs)
+    echoes = [_echoed(model, ids, text, out, top)
               for ids, text, out in zip(prompts, texts, scored, strict=True)]
+    prompt_lps = [None if out is None or body.prompt_logprobs is None
+                  else prompt_logprobs_out(model, out, body.prompt_logprobs) for out in scored]
     request_id = request.state.request_id
     created, cid = int(time.time()), f"cmpl-{request_id}"
     head = {"id": cid, "object": "text_completion", "created": created, "model": model.name,
             "system_fingerprint": model.fingerprint}
-    echo_logprobs = body.echo and body.logprobs is not None
+    # Per choice (prompt index * n + completion index): its logprobs, across chunks.
+    logprobs: dict[int, ChoiceLogprobs] = {}
 
     def choice(prompt_index: int, index: int, text: str, finish: str | None,
-               entries: list[TokenLogprob] | None, first: bool) -> CompletionChoice:
-        echo = echoes[prompt_index]
+               entries: list[TokenLogprob] | None) -> CompletionChoice:
+        """A whole choice, or one chunk of it; the first carries the echoed prompt."""
+        key = prompt_index * params.n + index
+        first = key not in logprobs
+        if first:
+            logprobs[key] = ChoiceLogprobs(model.tokenizer, prompts[prompt_index])
+        echo = echoes[prompt_index] if body.echo and first else None
+        shown = (echo.text + text) if echo else text
         return CompletionChoice(
-            index=prompt_index * params.n + index,
-            text=(echo.text + text) if body.echo and first else text,
-            finish_reason=finish,
-            logprobs=_completion_logprobs(
-                model, entries if body.logprobs is not None else None,
-                echo if echo_logprobs and first else None),
-            prompt_logprobs=echo.prompt_logprobs if first else None)
+            index=key, text=shown, finish_reason=finish,
+            logprobs=None if body.logprobs is None else logprobs[key].chunk(
+                shown, echo if echo_logprobs else None, entries or []),
+            prompt_logprobs=prompt_lps[prompt_index] if first else None)
 
-    if not generate:  # echo with max_tokens 0: the prompts, scored, nothing generated
-        streams_used = request.state.streams
-        choices = [choice(i, j, "", "length", None, True)
+    def usage_event(usage: Usage) -> list[dict[str, Any]]:
+        if body.stream_options and body.stream_options.include_usage:
+            return [{**head, "choices": [], "usage": usage.model_dump()}]
+        return []
+
+    if not generate:  # echo with max_tokens 0: the prompts (scored if asked), nothing more
+        choices = [choice(i, j, "", "length", None)
                    for i in range(len(prompts)) for j in range(params.n)]
+        usage = Usage.of(sum(len(p) for p in prompts), 0,
+                         sum(out.usage.cached_tokens for out in scored if out is not None))
         if body.stream:
             async def events() -> AsyncIterator[str]:
                 for c in choices:
                     yield sse({**head, "choices": [c.model_dump()]})
+                for event in usage_event(usage):
+                    yield sse(event)
                 yield sse("[DONE]")
             return StreamingResponse(events(), media_type="text/event-stream",
                                      headers=SSE_HEADERS)
-        usage = stream_usage(streams_used)
         return CompletionResponse(id=cid, created=created, model=model.name, choices=choices,
-                                  usage=Usage.of(usage.prompt_tokens, 0, usage.cached_tokens),
-                                  system_fingerprint=model.fingerprint)
+                                  usage=usage, system_fingerprint=model.fingerprint)
     streams = submit_all(request, model, prompts, params, RequestKind.GENERATE,
                          salt=body.cache_salt, constraint=constraint)
 
     if body.stream:
-        started: set[int] = set()
-
         def on_output(i: int, out: RequestOutput) -> list[dict[str, Any]]:
-            events = []
-            for d in out.completions:
-                key = i * params.n + d.index
-                first = key not in started
-                started.add(key)
-                events.append({**head, "choices": [
-                    choice(i, d.index, d.text, d.finish_reason, d.logprobs, first).model_dump(
-                        exclude_none=False)]})
-            return events
+            return [{**head, "choices": [
+                choice(i, d.index, d.text, d.finish_reason, d.logprobs).model_dump(
+                    exclude_none=False)]} for d in out.completions]
 
-        def final() -> list[dict[str, Any]]:
-            if body.stream_options and body.stream_options.include_usage:
-                return [{**head, "choices": [], "usage": stream_usage(streams).model_dump()}]
-            return []
-
-        return StreamingResponse(sse_stream(streams, on_output, final),
-                                 media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamingResponse(
+            sse_stream(streams, on_output, lambda: usage_event(stream_usage(streams))),
+            media_type="text/event-stream", headers=SSE_HEADERS)
     outputs = await collect(request, streams)
-    choices = [choice(i, c.index, c.text, c.finish_reason, c.logprobs, True)
+    choices = [choice(i, c.index, c.text, c.finish_reason, c.logprobs)
                for i, out in enumerate(outputs) for c in out.completions]
     return CompletionResponse(id=cid, created=created, model=model.name, choices=choices,
                               usage=stream_usage(streams),
@@ -224,11 +189,14 @@ def _chat_logprobs(model: ServedModel, entries: list[TokenLogprob] | None
         return None
     content = []
     for e in entries:
-        text = token_text(model, e.token_id)
+        # `bytes` are the token's own, also for a token that holds part of a character
+        # (its text alone is U+FFFD): what lets a client put such characters together.
+        tok = model.tokenizer
         content.append(ChatLogprobEntry(
-            token=text, logprob=e.logprob, bytes=list(text.encode()),
+            token=token_text(model, e.token_id), logprob=e.logprob,
+            bytes=token_utf8(tok, e.token_id),
             top_logprobs=[{"token": token_text(model, t), "logprob": lp,
-                           "bytes": list(token_text(model, t).encode())} for t, lp in e.top]))
+                           "bytes": token_utf8(tok, t)} for t, lp in e.top]))
     return ChatChoiceLogprobs(content=content)
 
 
@@ -255,7 +223,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
     messages = [{"role": m.role, "content": _message_text(m.content),
                  **({"name": m.name} if m.name else {})} for m in body.messages]
     text = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    prompt = await encode(model, settings, text, "messages", add_special_tokens=False)
+    prompt = await encode_text(model, settings, text,
+                               PromptRules("messages", add_special_tokens=False))
     constraint = await request_constraint(model, settings, body, body.response_format)
     # OpenAI semantics: without max_tokens, a reply may run to the end of the context.
     until_full = max(1, min(model.max_model_len - len(prompt), settings.max_tokens_limit))

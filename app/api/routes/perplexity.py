@@ -1,13 +1,20 @@
 """POST /v1/perplexity (ours; no anchor has it): how well a language model predicts a text.
 
-Texts longer than a window are scored the way the `transformers` perplexity guide does,
-with a sliding window: the targets are cut into chunks of `stride` tokens, and each
-chunk is scored by one forward pass over the `window` tokens that end with it (the
-tokens before the chunk are context only). Every token but the first is scored exactly
-once. Defaults: `window` = the model's context, `stride` = half of it (each scored token
-sees at least half a window of context). `stride = window - 1` gives non-overlapping
-windows that share one token, which is how `python -m app eval lm --context window-1`
-cuts its blocks: the two then agree (tests/api/test_perplexity.py).
+Texts longer than a window are scored the way the `transformers` perplexity guide
+("Perplexity of fixed-length models") does, with a sliding window: window k starts at
+token k * `stride` and holds up to `window` tokens; it scores only the tokens that no
+earlier window scored (its last `end - previous end` tokens), the tokens before them
+being context. So the first window scores all its tokens but the first, and every token
+but the text's first is scored exactly once; the perplexity is exp of the mean negative
+log-likelihood over the scored tokens. Defaults: `window` = the model's context,
+`stride` = half of it. `stride = window - 1` gives windows that share one token, which is
+how `python -m app eval lm --context window-1` cuts its blocks: the two then agree
+(tests/api/test_perplexity.py).
+
+The windowing this endpoint used before (chunks of `stride` targets counted from the
+second token, each with the `window` tokens ending at it) is not kept as an option: it
+differs from the guide only in where the chunk boundaries fall, and one documented
+algorithm is easier to compare against other tools than two.
 
 Every window of every text is one SCORE request of a single admission: batched through
 the engine like zero-shot labels, the logprobs the model's own (raw).
@@ -22,6 +29,7 @@ from fastapi import APIRouter, Request
 from app.api import examples
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
+from app.api.prompt_input import PromptRules, parse_prompts
 from app.api.responses import INFERENCE, documented
 from app.api.schemas import (
     PerplexityRequest,
@@ -29,32 +37,27 @@ from app.api.schemas import (
     PerplexityResult,
     ScoredToken,
 )
-from app.api.serving import (
-    PREFILL_ONLY,
-    as_list,
-    check_inputs,
-    collect,
-    stream_usage,
-    submit_all,
-    token_text,
-    tokenize,
-)
+from app.api.serving import PREFILL_ONLY, collect, stream_usage, submit_all, token_text
 from app.engine.request import RequestKind
 
 router = APIRouter(tags=["evaluation"])
 
 
 def windows(length: int, window: int, stride: int) -> list[tuple[int, int, int]]:
-    """(start, end, first scored position) of each window over `length` tokens: targets
-    [1 + k*stride, ...) in chunks of `stride`, each with the `window` tokens ending there."""
+    """(start, end, first scored position) of each window over `length` tokens, as the
+    transformers guide walks them: starts step by `stride`, each window scores the tokens
+    after the previous window's end (never its own first token, which nothing predicts)."""
     spans = []
-    first = 1
-    while first < length:
-        end = min(first + stride, length)
-        start = max(0, end - window)
-        spans.append((start, end, first))
-        first = end
-    return spans
+    start, previous_end = 0, 0
+    while True:
+        end = min(start + window, length)
+        first = max(previous_end, start + 1)
+        if first < end:
+            spans.append((start, end, first))
+        if end >= length:
+            return spans
+        previous_end = end
+        start += stride
 
 
 @router.post("/v1/perplexity", response_model=PerplexityResponse,
@@ -72,21 +75,10 @@ async def perplexity(body: PerplexityRequest, request: Request, state: StateDep
     if stride >= window:
         raise BadRequest(f"stride must be < window ({window}): each window needs a token of "
                          "context", param="stride")
-    raw = body.text
-    if isinstance(raw, str) or isinstance(raw[0], str):
-        texts = as_list(raw)
-        check_inputs(settings, texts, "text")
-        token_lists = [await tokenize(model, t) for t in texts]
-    else:
-        token_lists = [raw] if isinstance(raw[0], int) else raw
-        check_inputs(settings, token_lists, "text")
-        vocab = model.loaded.config.vocab_size
-        if any(t >= vocab for ids in token_lists for t in ids):
-            raise BadRequest(f"token ids must be < {vocab} (the vocabulary)", param="text")
-    for i, ids in enumerate(token_lists):
-        if len(ids) < 2:
-            raise BadRequest(f"text {i} has {len(ids)} token(s): at least 2 are needed to "
-                             "predict one", param="text")
+    # Texts longer than the context are what windows are for: only --max-prompt-tokens
+    # bounds them (and the queue, below); two tokens at least, to predict one.
+    rules = PromptRules("text", fits_context=False, min_tokens=2)
+    token_lists = (await parse_prompts(model, settings, body.text, rules)).ids
     prompts: list[list[int]] = []
     starts: list[int] = []
     owner: list[int] = []

@@ -7,17 +7,10 @@ from fastapi import APIRouter, Request
 from app.api import examples
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
+from app.api.prompt_input import PromptRules, parse_prompts
 from app.api.responses import INFERENCE, documented
 from app.api.schemas import PredictRequest, PredictResponse, PredictResult, TokenProb
-from app.api.serving import (
-    as_list,
-    check_inputs,
-    collect,
-    encode,
-    stream_usage,
-    submit_all,
-    token_text,
-)
+from app.api.serving import collect, stream_usage, submit_all, token_text
 from app.engine.request import RequestKind
 from app.sampling_params import SamplingParams
 
@@ -30,8 +23,6 @@ router = APIRouter(tags=["inference"])
 async def predict(body: PredictRequest, request: Request, state: StateDep) -> PredictResponse:
     model = pick_model(state, body.model, lm=True, purpose="next-token prediction")
     settings = state.settings
-    texts = as_list(body.text)
-    check_inputs(settings, texts, "text")
     if body.top_k > settings.max_predict_top_k:
         raise BadRequest(f"top_k must be <= {settings.max_predict_top_k}", param="top_k")
     vocab = model.loaded.config.vocab_size
@@ -39,8 +30,8 @@ async def predict(body: PredictRequest, request: Request, state: StateDep) -> Pr
         raise BadRequest(f"full_distribution is limited to vocabularies of "
                          f"{settings.max_full_distribution} tokens (this one has {vocab})",
                          param="full_distribution")
-    prompts = [await encode(model, settings, t, "text", body.add_special_tokens)
-               for t in texts]
+    rules = PromptRules("text", add_special_tokens=body.add_special_tokens)
+    prompts = (await parse_prompts(model, settings, body.text, rules)).ids
     k = vocab if body.full_distribution else min(body.top_k, vocab)
     params = SamplingParams(max_tokens=1, temperature=body.temperature, top_logprobs=k)
     streams = submit_all(request, model, prompts, params, RequestKind.PREDICT,

@@ -11,6 +11,8 @@ from fastapi import APIRouter
 from app.api import examples
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
+from app.api.prompt_input import check_vocabulary
+from app.api.prompt_input import tokenize as encode_text
 from app.api.responses import MODEL_QUERY, TOKENIZER, documented
 from app.api.schemas import (
     DetokenizeRequest,
@@ -23,7 +25,6 @@ from app.api.schemas import (
     VLLMTokenizeRequest,
     VLLMTokenizeResponse,
 )
-from app.api.serving import tokenize as encode_text
 from app.api.state import ServedModel
 from app.config import Settings
 from app.tokenizer import FALLBACK_CHAT_TEMPLATE
@@ -66,16 +67,9 @@ async def tokenize(body: TokenizeRequest, state: StateDep) -> TokenizeResponse:
              summary="Text of a list of token ids")
 async def detokenize(body: DetokenizeRequest, state: StateDep) -> DetokenizeResponse:
     model = pick_model(state, body.model, lm=None, purpose="detokenization")
-    _check_ids(model, body.tokens)
+    check_vocabulary(model, body.tokens, "tokens")
     return DetokenizeResponse(model=model.name, text=model.tokenizer.decode(
         body.tokens, skip_special_tokens=body.skip_special_tokens))
-
-
-def _check_ids(model: ServedModel, tokens: list[int]) -> None:
-    vocab = model.loaded.config.vocab_size
-    bad = [t for t in tokens if t >= vocab]
-    if bad:
-        raise BadRequest(f"token ids must be < {vocab}; got {bad[:5]}", param="tokens")
 
 
 @router.post("/tokenize", response_model=VLLMTokenizeResponse,
@@ -96,7 +90,7 @@ async def vllm_tokenize(body: VLLMTokenizeRequest, state: StateDep) -> VLLMToken
 async def vllm_detokenize(body: VLLMDetokenizeRequest, state: StateDep
                           ) -> VLLMDetokenizeResponse:
     model = pick_model(state, body.model, lm=None, purpose="detokenization")
-    _check_ids(model, body.tokens)
+    check_vocabulary(model, body.tokens, "tokens")
     return VLLMDetokenizeResponse(prompt=model.tokenizer.decode(body.tokens,
                                                                 skip_special_tokens=False))
 

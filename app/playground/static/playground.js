@@ -73,20 +73,28 @@
       onEvent(parsed);
       return false;
     };
-    for (;;) {
-      const { value, done } = await reader.read();
-      // Proxies may rewrite line endings: \r\n and \r end lines too.
-      buffer += decoder.decode(value || new Uint8Array(), { stream: !done }).replace(/\r\n?/g, "\n");
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const event = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        if (dispatch(event)) return;
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        // Proxies may rewrite line endings: \r\n and \r end lines too.
+        buffer += decoder.decode(value || new Uint8Array(), { stream: !done }).replace(/\r\n?/g, "\n");
+        let cut;
+        while ((cut = buffer.indexOf("\n\n")) >= 0) {
+          const event = buffer.slice(0, cut);
+          buffer = buffer.slice(cut + 2);
+          if (dispatch(event)) return;
+        }
+        if (done) {
+          if (dispatch(buffer)) return;
+          throw new Error("the stream ended before it was complete (connection cut?)");
+        }
       }
-      if (done) {
-        if (dispatch(buffer)) return;
-        throw new Error("the stream ended before it was complete (connection cut?)");
-      }
+    } catch (err) {
+      // Whatever threw (a handler, a malformed event, an error event), nobody reads on:
+      // cancelling the body closes the connection, so the server aborts the request
+      // instead of generating to max_tokens. The original error is what the caller sees.
+      reader.cancel(err).catch(() => {});
+      throw err;
     }
   }
 
