@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from app.api.protocols.openai_chat import (
+    AnswerParsers,
     chat_options,
     delta_payload,
     finish_reason,
     message_payload,
 )
-from app.api.tool_fields import NamedToolChoice, ToolDefinition
+from app.api.schemas import ChatCompletionRequest
+from app.chat.hermes import HermesToolParser
+from app.chat.plan import ChatPlan
 from app.chat.types import ChatDelta, ParsedMessage, ToolCall, ToolCallDelta
 
 
@@ -37,12 +40,41 @@ def test_message_shapes_and_finish_reason() -> None:
 
 
 def test_request_fields_become_chat_options() -> None:
-    tool = ToolDefinition.model_validate(
-        {"type": "function", "function": {"name": "now", "parameters": {"type": "object"}}})
-    named = NamedToolChoice.model_validate({"type": "function", "function": {"name": "now"}})
-    options = chat_options([tool], named, False, {"enable_thinking": False}, 64)
+    body = ChatCompletionRequest.model_validate({
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"name": "now",
+                                                    "parameters": {"type": "object"}}}],
+        "tool_choice": {"type": "function", "function": {"name": "now"}},
+        "parallel_tool_calls": False, "chat_template_kwargs": {"enable_thinking": False},
+        "thinking_budget": 64})
+    options = chat_options(body, {"type": "object"})
     assert options.tools == [{"type": "function", "function": {
         "name": "now", "parameters": {"type": "object"}}}]
     assert options.tool_choice == {"type": "function", "function": {"name": "now"}}
     assert not options.parallel_tool_calls and options.reasoning_budget == 64
-    assert chat_options(None, None, None, None, None).parallel_tool_calls
+    assert options.template_kwargs == {"enable_thinking": False}
+    assert options.answer_schema == {"type": "object"}
+    plain = ChatCompletionRequest.model_validate({"messages": [{"role": "user",
+                                                                "content": "hi"}]})
+    assert chat_options(plain).parallel_tool_calls and chat_options(plain).tools == []
+
+
+def test_answer_parsers_stream_and_whole_and_count_failures() -> None:
+    plan = ChatPlan(prompt="", grammar=None, skip_special_tokens=True,
+                    tool_parser=HermesToolParser, reasoning_parser=None,
+                    prompt_opened_reasoning=False, tool_choice="auto")
+    failures: list[int] = []
+    answers = AnswerParsers(plan, on_malformed=failures.append)
+    text = 'Hi <tool_call>{"name": "now", "arguments": {}}</tool_call><tool_call>{bad</tool_call>'
+    message, finish = answers.whole(text, "stop")
+    # whitespace around a valid call is its layout; the malformed one is content
+    assert finish == "tool_calls" and message["content"] == "Hi<tool_call>{bad</tool_call>"
+    assert failures == [1]
+    first, reason = answers.stream_delta(0, text[:20], None)
+    assert reason is None and first == {"content": "Hi"}
+    rest, reason = answers.stream_delta(0, text[20:], "stop")
+    assert reason == "tool_calls" and rest["tool_calls"][0]["function"]["name"] == "now"
+    assert failures == [1, 1]
+    plain = AnswerParsers(ChatPlan("", None, True, None, None, False, "none"), failures.append)
+    assert plain.stream_delta(0, "x", None) == ({"content": "x"}, None)
+    assert plain.whole("x", "stop") == ({"content": "x"}, "stop")
