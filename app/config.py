@@ -106,6 +106,16 @@ class Settings(BaseSettings):
         10.0, gt=0, le=600, description="seconds a structured-output constraint (JSON "
                                         "Schema, regex, grammar) may take to compile "
                                         "before the request is refused with 400")
+    tool_call_parser: Literal["auto", "hermes", "llama3_json", "mistral"] = Field(
+        "auto", description="how tool calls are read from answers: hermes (Qwen2.5/Qwen3/"
+                            "Hermes), llama3_json (Llama 3.1+), mistral; auto: the family "
+                            "the chat template was written for (hermes when it knows no "
+                            "tools)")
+    reasoning_parser: Literal["none", "auto", "qwen3", "deepseek_r1"] = Field(
+        "none", description="split think-tag reasoning from the answer (reasoning_content): "
+                            "qwen3 (reasoning when the model or the prompt opens the tag), "
+                            "deepseek_r1 (the answer starts in reasoning); auto: qwen3 "
+                            "when the chat template uses think tags")
     cache_salt_api_key: bool = Field(
         False, description="isolate the prefix cache per API key: callers with different "
                            "keys never share cached prompt blocks (see docs/RELIABILITY.md)")

@@ -103,6 +103,12 @@ class Metrics:
         self.requests_finished = counter(
             "llm_requests_finished_total", "Engine requests finished, by finish reason",
             ("finish_reason",), vllm="vllm:request_success")
+        self.tool_call_requests = counter(
+            "llm_tool_call_requests_total", "Chat requests that offered tools, by tool_choice "
+            "(none, auto, required; a named function counts as required)", ("tool_choice",))
+        self.tool_call_parse_failures = counter(
+            "llm_tool_call_parse_failures_total", "Tool calls a model began (its family's "
+            "marker) that did not parse: returned as content instead")
         self.aborts = counter("llm_request_aborts_total",
                               "Requests aborted (client went away or cancelled)")
         self.errors = Counter("llm_errors_total", "Error responses, by error type",

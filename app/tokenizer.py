@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Template, TemplateError
-from jinja2.sandbox import ImmutableSandboxedEnvironment
+from jinja2 import TemplateError
 from tokenizers import Tokenizer as HFTokenizer
+
+from app.chat.jinja import compile_template, template_variables
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -50,9 +50,6 @@ class Tokenizer:
     # Extra end-of-sequence ids (generation_config.json / config.json may list several).
     extra_eos_ids: tuple[int, ...] = ()
     config: dict[str, Any] = field(default_factory=dict)
-    # The chat template, compiled at its first use and kept (compiling costs milliseconds).
-    _compiled_template: Template | None = field(default=None, init=False, repr=False,
-                                                compare=False)
 
     # ------------------------------------------------------------------ construction
 
@@ -166,41 +163,55 @@ class Tokenizer:
         self,
         messages: Sequence[dict[str, Any]],
         add_generation_prompt: bool = True,
+        tools: Sequence[dict[str, Any]] | None = None,
+        documents: Sequence[dict[str, Any]] | None = None,
+        **template_kwargs: Any,
     ) -> str:
-        """Render messages to the prompt text, the way `transformers` renders templates."""
+        """Render messages to the prompt text as `transformers`' apply_chat_template does:
+        keys whose value is None are dropped from each message, a message's reasoning is
+        also given under `reasoning_content` and `thinking`, and the template sees
+        `messages`, `tools` (JSON-schema dicts), `documents`, `add_generation_prompt`, the
+        tokenizer's named special tokens and then `template_kwargs` (chat_template_kwargs
+        such as enable_thinking; they win over special tokens of the same name)."""
+        template = self.chat_template or FALLBACK_CHAT_TEMPLATE
+        context = {**self.special_tokens_map(), **template_kwargs}
         try:
-            if self._compiled_template is None:
-                template = self.chat_template or FALLBACK_CHAT_TEMPLATE
-                self._compiled_template = _chat_environment().from_string(template)
-            return self._compiled_template.render(
-                messages=list(messages),
+            return compile_template(template).render(
+                messages=[_template_message(m) for m in messages],
+                tools=list(tools) if tools is not None else None,
+                documents=list(documents) if documents is not None else None,
                 add_generation_prompt=add_generation_prompt,
-                bos_token=self.bos_token or "",
-                eos_token=self.eos_token or "",
-                pad_token=self.pad_token or "",
+                **context,
             )
         except TemplateError as exc:
             raise TokenizerError(f"chat template failed: {exc}") from exc
 
+    def special_tokens_map(self) -> dict[str, str]:
+        """The named special tokens that are set, as transformers hands them to templates."""
+        named = {name: _token_text(self.config.get(name)) for name in SPECIAL_TOKEN_NAMES}
+        named.update(bos_token=self.bos_token, eos_token=self.eos_token,
+                     pad_token=self.pad_token)
+        return {name: value for name, value in named.items() if value is not None}
 
-def _raise_exception(message: str) -> None:
-    raise TemplateError(message)
+    def template_knows(self, variable: str) -> bool:
+        """Whether the chat template reads `variable` (e.g. `tools`)."""
+        return variable in template_variables(self.chat_template or FALLBACK_CHAT_TEMPLATE)
 
 
-def _strftime_now(fmt: str) -> str:
-    return datetime.now().strftime(fmt)
+# transformers' SPECIAL_TOKENS_ATTRIBUTES: the special tokens a template may name
+SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token",
+                       "cls_token", "mask_token")
+# transformers passes a message's reasoning under each of these names
+_REASONING_KEYS = ("reasoning_content", "thinking", "reasoning")
 
 
-def _chat_environment() -> ImmutableSandboxedEnvironment:
-    # The sandbox stops a template from reaching Python internals; templates come with
-    # checkpoints, which are data, not trusted code.
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    env.filters["tojson"] = lambda value, indent=None: json.dumps(
-        value, ensure_ascii=False, indent=indent
-    )
-    env.globals["raise_exception"] = _raise_exception
-    env.globals["strftime_now"] = _strftime_now
-    return env
+def _template_message(message: dict[str, Any]) -> dict[str, Any]:
+    # OpenAI clients send `content: null`, `tool_calls: null`; templates handle a missing key
+    out = {key: value for key, value in message.items() if value is not None}
+    reasoning = next((out[key] for key in _REASONING_KEYS if key in out), None)
+    if reasoning is not None:
+        out = {"thinking": reasoning, **out, "reasoning_content": reasoning}
+    return out
 
 
 class IncrementalDetokenizer:

@@ -17,6 +17,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.api.validation_messages import body_shape_message, unknown_fields_message
+from app.chat.errors import (
+    AnswerFormatConflict,
+    BudgetUnsupported,
+    ChatRequestError,
+    ToolChoiceError,
+)
 from app.engine.errors import (
     EngineDead,
     EngineError,
@@ -87,6 +93,14 @@ ENGINE_ERROR_FIELDS: dict[type[EngineError], str] = {
 }
 
 
+# The chat path's refusals (400), and the request field each is about.
+CHAT_ERROR_FIELDS: dict[type[ChatRequestError], str] = {
+    ToolChoiceError: "tool_choice",
+    AnswerFormatConflict: "response_format",
+    BudgetUnsupported: "thinking_budget",
+}
+
+
 def engine_error_field(exc: EngineError) -> str | None:
     if isinstance(exc, InvalidSampling):
         return exc.setting  # sampling settings keep the names of the requests' fields
@@ -115,6 +129,9 @@ def status_of(exc: BaseException) -> tuple[int, str, str | None, dict[str, str]]
         return status, type_, engine_error_field(exc), headers
     if isinstance(exc, TokenizerError):
         return 400, "invalid_request_error", None, {}
+    if isinstance(exc, ChatRequestError):
+        field = next((f for cls, f in CHAT_ERROR_FIELDS.items() if isinstance(exc, cls)), None)
+        return 400, "invalid_request_error", field, {}
     return 500, "internal_error", None, {}
 
 
@@ -156,6 +173,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(TokenizerError)
     async def _tokenizer(request: Request, exc: TokenizerError) -> JSONResponse:
+        return error_response(request, exc)
+
+    @app.exception_handler(ChatRequestError)
+    async def _chat(request: Request, exc: ChatRequestError) -> JSONResponse:
         return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)

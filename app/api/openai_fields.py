@@ -1,15 +1,16 @@
 """OpenAI request fields that this server accepts without acting on them, and those it
-refuses because it cannot do what they ask.
+refuses because it cannot do what they ask. Tool calling itself (`tools`, `tool_choice`,
+`parallel_tool_calls`) is app/api/tool_fields.py.
 
 Every body forbids fields it does not declare (400 naming the field, as OpenAI's API
 answers): a typo such as `temprature` must not sample at the default temperature. Fields
 of OpenAI's API that change nothing a local model computes (who the caller is, storage
 and billing hints) are declared here and ignored; README.md lists them. Fields that ask
-for something this server does not do (tool and function calling, audio, predicted
-outputs, web search, reasoning controls, completion suffixes) are declared too, so that a
+for something this server does not do (the legacy `functions` calling, audio, predicted
+outputs, web search, reasoning effort, completion suffixes) are declared too, so that a
 request using them gets 400 saying they are not supported instead of a reply that quietly
-did something else. Their "off" values (an empty `tools` list, `tool_choice: "none"`,
-`modalities: ["text"]`, ...) are accepted, since some clients always send them.
+did something else. Their "off" values (an empty `functions` list, `function_call:
+"none"`, `modalities: ["text"]`, ...) are accepted, since some clients always send them.
 """
 
 from __future__ import annotations
@@ -21,21 +22,20 @@ from pydantic import BaseModel, Field
 from app.api.errors import BadRequest
 
 # Accepted and ignored; also listed in README.md (a test keeps the two in step).
-IGNORED_FIELDS = ("user", "metadata", "store", "service_tier", "parallel_tool_calls",
-                  "prompt_cache_key", "safety_identifier")
+IGNORED_FIELDS = ("user", "metadata", "store", "service_tier", "prompt_cache_key",
+                  "safety_identifier")
 
-_NO_TOOLS = "this server does no tool or function calling"
+_NO_TOOLS = "the legacy function calling: send `tools` and `tool_choice` instead"
 # field -> (values that ask for nothing, why the others are refused)
 _UNSUPPORTED: dict[str, tuple[tuple[Any, ...], str]] = {
-    "tools": ((None, []), _NO_TOOLS),
-    "tool_choice": ((None, "none"), _NO_TOOLS + "; only \"none\" is accepted"),
     "functions": ((None, []), _NO_TOOLS),
     "function_call": ((None, "none"), _NO_TOOLS + "; only \"none\" is accepted"),
     "modalities": ((None, ["text"]), "text is the only output"),
     "audio": ((None,), "text is the only output"),
     "prediction": ((None,), "predicted outputs are not implemented"),
     "web_search_options": ((None,), "there is no web search"),
-    "reasoning_effort": ((None,), "the served models do no separate reasoning"),
+    "reasoning_effort": ((None,), "reasoning is bounded by thinking_budget (tokens), not "
+                                  "an effort level"),
     "verbosity": ((None,), "the served models take no verbosity control"),
     "suffix": ((None, ""), "insertion (text after the completion) is not implemented"),
 }
@@ -48,7 +48,6 @@ class IgnoredOpenAIFields(BaseModel):
     metadata: dict[str, Any] | None = Field(None, description="ignored")
     store: bool | None = Field(None, description="ignored: nothing is stored")
     service_tier: str | None = Field(None, description="ignored")
-    parallel_tool_calls: bool | None = Field(None, description="ignored (no tools)")
     prompt_cache_key: str | None = Field(
         None, description="ignored: the prefix cache works without it (see cache_salt)")
     safety_identifier: str | None = Field(None, description="ignored")
@@ -60,9 +59,6 @@ _REFUSED = "refused with 400 unless it asks for nothing (see README)"
 class UnsupportedChatFields(BaseModel):
     """OpenAI chat fields for features this server does not have."""
 
-    tools: list[Any] | None = Field(None, description=f"not supported: {_REFUSED}")
-    tool_choice: str | dict[str, Any] | None = Field(
-        None, description=f"not supported: only \"none\" is accepted; {_REFUSED}")
     functions: list[Any] | None = Field(None, description=f"not supported: {_REFUSED}")
     function_call: str | dict[str, Any] | None = Field(
         None, description=f"not supported: only \"none\" is accepted; {_REFUSED}")

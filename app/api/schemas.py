@@ -16,6 +16,7 @@ from app.api.openai_fields import (
     UnsupportedChatFields,
     UnsupportedCompletionFields,
 )
+from app.api.tool_fields import ToolCall, ToolRequestFields
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 TextInput = str | Annotated[list[str], Field(min_length=1)]
@@ -558,21 +559,27 @@ class CompletionRequest(Strict, SamplingFields, IgnoredOpenAIFields,
 
 class ChatMessage(Loose):
     """Loose: clients send back assistant messages with fields of their own (refusal,
-    annotations, tool_calls: null). Content may be absent only from an assistant's turn, so
-    a misspelt `content` is still caught."""
+    annotations). Content may be absent only from an assistant's turn, so a misspelt
+    `content` is still caught; a tool result names the call it answers."""
 
     role: Literal["system", "user", "assistant", "tool", "developer"]
     content: str | list[dict[str, Any]] | None = None
     name: str | None = None
+    tool_calls: list[ToolCall] | None = Field(None, description="an assistant's calls")
+    tool_call_id: str | None = Field(None, description="the call a tool result answers")
+    reasoning_content: str | None = Field(
+        None, description="an assistant's earlier reasoning (templates may show it)")
 
     @model_validator(mode="after")
     def _needs_content(self) -> ChatMessage:
         if self.content is None and self.role != "assistant":
             raise ValueError(f"a {self.role} message needs `content`")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs `tool_call_id`")
         return self
 
 
-class ChatCompletionRequest(Strict, SamplingFields, IgnoredOpenAIFields,
+class ChatCompletionRequest(Strict, SamplingFields, ToolRequestFields, IgnoredOpenAIFields,
                             UnsupportedChatFields):
     model: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
@@ -585,7 +592,13 @@ class ChatCompletionRequest(Strict, SamplingFields, IgnoredOpenAIFields,
 
     model_config = ConfigDict(json_schema_extra={"examples": [
         {"model": "default-lm", "messages": [{"role": "user", "content": "Tell me a joke"}],
-         "max_tokens": 32}]})
+         "max_tokens": 32},
+        {"model": "default-lm", "messages": [{"role": "user", "content": "Weather in Paris?"}],
+         "tools": [{"type": "function", "function": {
+             "name": "get_weather", "description": "Current weather in a city",
+             "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                            "required": ["city"]}}}],
+         "tool_choice": "required", "max_tokens": 80}]})
 
 
 class CompletionLogprobs(BaseModel):
@@ -630,7 +643,12 @@ class ChatChoiceLogprobs(BaseModel):
 
 class ChatResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None = Field(description="null beside tool calls when there is no text")
+    # Absent unless present, as OpenAI answers (and vLLM's reasoning_content)
+    tool_calls: list[ToolCall] | None = Field(None, exclude_if=lambda v: v is None)
+    reasoning_content: str | None = Field(
+        None, exclude_if=lambda v: v is None,
+        description="the reasoning before the answer, with a reasoning parser")
 
 
 class ChatChoice(BaseModel):

@@ -77,11 +77,8 @@ def test_a_misspelt_message_content_is_caught(api: Any) -> None:
 
 
 def test_unsupported_openai_features_get_400_saying_so(api: Any) -> None:
-    tool = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    # (tools and tool_choice are supported since issue 23: tests/api/test_chat_tools.py)
     refused = [
-        ({"tools": [tool], "tool_choice": "required"}, "tools", "not supported"),
-        ({"tools": [tool]}, "tools", "tool or function calling"),
-        ({"tool_choice": "auto"}, "tool_choice", "only \"none\""),
         ({"functions": [{"name": "f"}]}, "functions", "not supported"),
         ({"function_call": "auto"}, "function_call", "not supported"),
         ({"modalities": ["text", "audio"]}, "modalities", "text is the only output"),
@@ -112,8 +109,7 @@ def test_unsupported_openai_features_get_400_saying_so(api: Any) -> None:
 
 def test_harmless_openai_fields_are_accepted_and_listed_in_the_readme(api: Any) -> None:
     values = {"user": "u-1", "metadata": {"team": "a"}, "store": False,
-              "service_tier": "auto", "parallel_tool_calls": False,
-              "prompt_cache_key": "k", "safety_identifier": "s"}
+              "service_tier": "auto", "prompt_cache_key": "k", "safety_identifier": "s"}
     assert set(values) == set(IGNORED_FIELDS)
     readme = (ROOT / "README.md").read_text()
     for name in IGNORED_FIELDS:

@@ -2,8 +2,10 @@
 
 Extra sampling fields that vLLM also accepts (top_k, min_p, repetition_penalty,
 min_tokens, ignore_eos, stop_token_ids, cache_salt) work here too. An unknown field gets
-400 naming it; OpenAI fields for features this server lacks (tools, ...) get 400 saying
-so, and harmless ones (user, metadata, ...) are ignored: app/api/openai_fields.py.
+400 naming it; OpenAI fields for features this server lacks (functions, audio, ...) get
+400 saying so, and harmless ones (user, metadata, ...) are ignored: app/api/openai_fields.py.
+Chat takes tools, tool choices and reasoning through the chat path (app/chat), translated
+by app/api/protocols/openai_chat.py.
 Completions take token-id prompts, `echo` (with the prompt's logprobs when `logprobs` is
 set: what lm-evaluation-harness's loglikelihood tasks send) and vLLM's `prompt_logprobs`.
 As in OpenAI's API: chat without max_tokens may generate until the context is full
@@ -13,6 +15,7 @@ prompt_tokens_details.cached_tokens; every response and chunk carries system_fin
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -26,6 +29,13 @@ from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
 from app.api.openai_fields import refuse_unsupported
 from app.api.prompt_input import PromptRules, encode_text, parse_prompts
+from app.api.protocols.openai_chat import (
+    AnswerParsers,
+    answer_schema,
+    chat_constraint,
+    chat_options,
+    internal_message,
+)
 from app.api.responses import INFERENCE, documented
 from app.api.schemas import (
     ChatChoice,
@@ -53,8 +63,9 @@ from app.api.serving import (
     token_text,
 )
 from app.api.state import ServedModel
-from app.api.structured_fields import request_constraint
+from app.api.structured_fields import constraint_spec, request_constraint
 from app.api.token_bytes import token_string, token_utf8
+from app.chat.plan import plan_chat
 from app.engine.output import RequestOutput
 from app.engine.request import RequestKind
 from app.sampling_params import TokenLogprob
@@ -200,18 +211,6 @@ def _chat_logprobs(model: ServedModel, entries: list[TokenLogprob] | None
     return ChatChoiceLogprobs(content=content)
 
 
-def _message_text(content: str | list[dict[str, Any]] | None) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    parts = []
-    for part in content:
-        if part.get("type") != "text":
-            raise BadRequest(f"message content of type {part.get('type')!r} is not supported "
-                             "(text only)", param="messages")
-        parts.append(str(part.get("text", "")))
-    return "".join(parts)
-
-
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse,
              responses=documented(examples.CHAT, *INFERENCE, stream=examples.CHAT_STREAM),
              summary="OpenAI-compatible chat completion, using the model's chat template")
@@ -220,12 +219,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
     refuse_unsupported(body)
     model = pick_model(state, body.model, lm=True, purpose="chat completions")
     settings = state.settings
-    messages = [{"role": m.role, "content": _message_text(m.content),
-                 **({"name": m.name} if m.name else {})} for m in body.messages]
-    text = model.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-    prompt = await encode_text(model, settings, text,
+    structured = constraint_spec(body, body.response_format)
+    plan = plan_chat(model.tokenizer, [internal_message(m) for m in body.messages],
+                     chat_options(body, answer_schema(structured)),
+                     tool_parser=settings.tool_call_parser,
+                     reasoning_parser=None if settings.reasoning_parser == "none"
+                     else settings.reasoning_parser)
+    prompt = await encode_text(model, settings, plan.prompt,
                                PromptRules("messages", add_special_tokens=False))
-    constraint = await request_constraint(model, settings, body, body.response_format)
+    constraint = await chat_constraint(model, settings, plan, structured)
     # OpenAI semantics: without max_tokens, a reply may run to the end of the context.
     until_full = max(1, min(model.max_model_len - len(prompt), settings.max_tokens_limit))
     params = sampling_params(body, settings, max_tokens=body.max_completion_tokens,
@@ -234,10 +236,21 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
                              max_tokens_param="max_completion_tokens"
                              if body.max_completion_tokens else "max_tokens",
                              prompt_param="messages")
+    if not plan.skip_special_tokens:  # the family's call marker is a special token
+        params = dataclasses.replace(params, skip_special_tokens=False)
+    metrics = getattr(request.app.state, "metrics", None)
+    if body.tools and metrics is not None:
+        metrics.tool_call_requests.inc(model.name, tool_choice=plan.tool_choice)
     request_id = request.state.request_id
     streams = submit_all(request, model, [prompt], params, RequestKind.GENERATE,
                          salt=body.cache_salt, constraint=constraint)
     created, cid = int(time.time()), f"chatcmpl-{request_id}"
+
+    def count_malformed(calls: int) -> None:
+        if metrics is not None:
+            metrics.tool_call_parse_failures.inc(model.name, calls)
+
+    answers = AnswerParsers(plan, on_malformed=count_malformed)
 
     if body.stream:
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -250,13 +263,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         def on_output(_: int, out: RequestOutput) -> list[dict[str, Any]]:
             events = []
             for d in out.completions:
-                delta: dict[str, Any] = {"content": d.text}
+                delta, finish = answers.stream_delta(d.index, d.text, d.finish_reason)
+                logprobs = _chat_logprobs(model, d.logprobs)
                 if d.index not in started:
                     started.add(d.index)
-                    delta["role"] = "assistant"
-                logprobs = _chat_logprobs(model, d.logprobs)
+                    delta = {"role": "assistant", **delta}
+                elif not delta and finish is None and logprobs is None:
+                    continue  # the parsers hold this text back for now
                 events.append(chunk([{"index": d.index, "delta": delta,
-                                      "finish_reason": d.finish_reason,
+                                      "finish_reason": finish,
                                       "logprobs": logprobs.model_dump() if logprobs else None}]))
             return events
 
@@ -268,10 +283,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         return StreamingResponse(sse_stream(streams, on_output, final),
                                  media_type="text/event-stream", headers=SSE_HEADERS)
     outputs = await collect(request, streams)
-    choices = [ChatChoice(index=c.index, message=ChatResponseMessage(content=c.text),
-                          finish_reason=c.finish_reason,
-                          logprobs=_chat_logprobs(model, c.logprobs))
-               for c in outputs[0].completions]
+    choices = []
+    for c in outputs[0].completions:
+        message, finish = answers.whole(c.text, c.finish_reason)
+        choices.append(ChatChoice(index=c.index, message=ChatResponseMessage(**message),
+                                  finish_reason=finish,
+                                  logprobs=_chat_logprobs(model, c.logprobs)))
     return ChatCompletionResponse(id=cid, created=created, model=model.name, choices=choices,
                                   usage=stream_usage(streams),
                                   system_fingerprint=model.fingerprint)

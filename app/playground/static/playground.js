@@ -478,16 +478,34 @@
         max_tokens: numberField("chat-max-tokens", parseInt),
       };
       showCurl("chat-curl", "/v1/chat/completions", { ...body, stream: true });
+      // With a reasoning parser the reply's reasoning comes apart (reasoning_content), and
+      // tool calls as delta.tool_calls: shown before and after the answer's text.
+      let reasoning = "";
+      const calls = [];
+      const show = () => {
+        const called = calls.map((c) => `\n\u2192 ${c.function.name}(${c.function.arguments})`);
+        reply.textContent = (reasoning ? `(thinking) ${reasoning.trim()}\n\n` : "") + text
+          + called.join("");
+      };
       await stream("/v1/chat/completions", body, controller.signal, (event) => {
         for (const choice of event.choices || []) {
-          if (choice.delta && choice.delta.content) {
-            text += choice.delta.content;
-            reply.textContent = text;
+          const delta = choice.delta || {};
+          if (delta.reasoning_content) reasoning += delta.reasoning_content;
+          if (delta.content) text += delta.content;
+          for (const piece of delta.tool_calls || []) {
+            if (piece.id) calls[piece.index] = { id: piece.id, type: "function",
+                                                 function: { ...piece.function } };
+            else calls[piece.index].function.arguments += piece.function.arguments;
           }
+          if (delta.reasoning_content || delta.content || delta.tool_calls) show();
           if (choice.finish_reason) $("chat-status").textContent = `finish: ${choice.finish_reason}`;
         }
       });
-      if (turn === chatTurn) conversation.push({ role: "assistant", content: text });
+      if (turn === chatTurn) {
+        conversation.push(calls.length ? { role: "assistant", content: text || null,
+                                           tool_calls: calls }
+                                       : { role: "assistant", content: text });
+      }
     } catch (err) {
       if (turn !== chatTurn) return; // cleared meanwhile: nothing of this turn is left
       if (aborted(err) && text) {
