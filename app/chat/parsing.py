@@ -128,7 +128,25 @@ class JsonEnd:
         return None
 
 
-class ToolCallParser(ABC):
+class IncrementalParser(ABC):
+    """Text fed piece by piece; what is undecided waits in `_pending` until later text or
+    the end decides it, so any split of the text parses as the whole does."""
+
+    _pending: str
+
+    def feed(self, text: str) -> ChatDelta:
+        self._pending += text
+        return self._drain(final=False)
+
+    def finish(self) -> ChatDelta:
+        return self._drain(final=True)
+
+    @abstractmethod
+    def _drain(self, final: bool) -> ChatDelta:
+        """What `_pending` decides now (all of it when `final`)."""
+
+
+class ToolCallParser(IncrementalParser):
     """Splits a model's answer into content and tool calls, incrementally (see module doc)."""
 
     name: ClassVar[str]
@@ -155,13 +173,6 @@ class ToolCallParser(ABC):
         # came back as content): the parse failures a metric counts.
         self.malformed = 0
         self._make_id = new_id or type(self).new_id
-
-    def feed(self, text: str) -> ChatDelta:
-        self._pending += text
-        return self._drain(final=False)
-
-    def finish(self) -> ChatDelta:
-        return self._drain(final=True)
 
     def _drain(self, final: bool) -> ChatDelta:
         content: list[str] = []

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from app.chat.parsing import leading_space, marker_tail
+from app.chat.parsing import IncrementalParser, leading_space, marker_tail
 from app.chat.types import ChatDelta
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -24,7 +24,7 @@ def starts_in_reasoning(prompt: str) -> bool:
     return prompt.rstrip().endswith(THINK_OPEN)
 
 
-class ThinkReasoningParser:
+class ThinkReasoningParser(IncrementalParser):
     """Splits `<think>reasoning</think>answer`; the answer then goes on to a tool parser."""
 
     name: ClassVar[str] = "qwen3"
@@ -43,13 +43,6 @@ class ThinkReasoningParser:
     def in_reasoning(self) -> bool:
         """True until the reasoning has ended (for a thinking budget)."""
         return self._state in ("opening", "reasoning")
-
-    def feed(self, text: str) -> ChatDelta:
-        self._pending += text
-        return self._drain(final=False)
-
-    def finish(self) -> ChatDelta:
-        return self._drain(final=True)
 
     def _drain(self, final: bool) -> ChatDelta:
         reasoning: list[str] = []
