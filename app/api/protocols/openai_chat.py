@@ -1,22 +1,17 @@
-"""OpenAI chat completions <-> the internal chat path (app/chat): messages and tool fields
-in, parsed messages and stream deltas out."""
+"""OpenAI chat completions <-> the chat pipeline (app/api/chat_pipeline.py): messages and
+tool fields in, OpenAI's message and stream-delta shapes out."""
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Mapping
 from typing import Any
 
+from app.api.chat_pipeline import ChatAnswers, ChatInput
 from app.api.errors import BadRequest
 from app.api.schemas import ChatCompletionRequest, ChatMessage
-from app.api.state import ServedModel
-from app.api.structured_fields import compile_constraint
+from app.api.structured_fields import constraint_spec
 from app.api.tool_fields import NamedToolChoice
-from app.chat.output import ChatOutputParser
-from app.chat.plan import ChatOptions, ChatPlan
+from app.chat.plan import ChatOptions
 from app.chat.types import ChatDelta, ParsedMessage, ToolCallDelta
-from app.config import Settings
-from app.structured import Constraint, ConstraintSpec
 
 CALL_TYPE = "function"
 
@@ -49,82 +44,44 @@ def internal_message(message: ChatMessage) -> dict[str, Any]:
     return out
 
 
-def chat_options(body: ChatCompletionRequest, schema: Mapping[str, Any] | None = None
-                 ) -> ChatOptions:
+def chat_options(body: ChatCompletionRequest) -> ChatOptions:
     choice = body.tool_choice
     return ChatOptions(
         tools=[tool.model_dump(exclude_none=True) for tool in body.tools or ()],
         tool_choice=choice.model_dump() if isinstance(choice, NamedToolChoice) else choice,
         parallel_tool_calls=body.parallel_tool_calls is not False,
         template_kwargs=body.chat_template_kwargs or {},
-        reasoning_budget=body.thinking_budget, answer_schema=schema)
+        reasoning_budget=body.thinking_budget)
 
 
-def answer_schema(spec: ConstraintSpec | None) -> dict[str, Any] | None:
-    """The JSON Schema of a JSON structured-output request (it may go behind reasoning)."""
-    if spec is None or spec.kind not in ("json_schema", "json_object"):
-        return None
-    return json.loads(spec.value) if spec.kind == "json_schema" else {"type": "object"}
+def chat_input(body: ChatCompletionRequest) -> ChatInput:
+    """An OpenAI chat request as the chat pipeline takes it."""
+    return ChatInput(
+        messages=[internal_message(m) for m in body.messages], options=chat_options(body),
+        sampling=body, structured=constraint_spec(body, body.response_format),
+        max_tokens=body.max_completion_tokens,
+        max_tokens_param="max_completion_tokens" if body.max_completion_tokens
+        else "max_tokens", logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
+        cache_salt=body.cache_salt)
 
 
-async def chat_constraint(model: ServedModel, settings: Settings, plan: ChatPlan,
-                          structured: ConstraintSpec | None) -> Constraint | None:
-    """The one constraint of a chat request: the plan's grammar (tool calls, a thinking
-    budget, a response format behind reasoning) or the request's structured output."""
-    if plan.answer_in_grammar:
-        structured = None
-    if plan.grammar is not None and structured is not None:
-        raise BadRequest(f"{structured.param} cannot be combined with constrained tool calls "
-                         "or a thinking budget", param=structured.param)
-    if plan.grammar is not None:
-        return await compile_constraint(model, settings,
-                                        ConstraintSpec("grammar", plan.grammar, "tools"))
-    if structured is not None:
-        return await compile_constraint(model, settings, structured)
-    return None
+def stream_delta(answers: ChatAnswers, index: int, text: str, reason: str | None
+                 ) -> tuple[dict[str, Any], str | None]:
+    """(the chunk's delta, its finish_reason) for a completion's new text."""
+    delta = answers.stream(index, text, reason is not None)
+    if not answers.parsing:
+        return {"content": text}, reason
+    return delta_payload(delta), finish_reason(reason, answers.made_calls(index))
 
 
-class AnswerParsers:
-    """One answer parser per completion index (app/chat), and OpenAI's shapes out."""
-
-    def __init__(self, plan: ChatPlan, on_malformed: Callable[[int], None]) -> None:
-        self.plan = plan
-        self._parsers: dict[int, ChatOutputParser | None] = {}
-        self._made_calls: set[int] = set()
-        self._on_malformed = on_malformed
-
-    def _parser(self, index: int) -> ChatOutputParser | None:
-        if index not in self._parsers:
-            self._parsers[index] = self.plan.new_parser()
-        return self._parsers[index]
-
-    def _finished(self, parser: ChatOutputParser) -> None:
-        if parser.malformed_calls:
-            self._on_malformed(parser.malformed_calls)
-
-    def stream_delta(self, index: int, text: str, reason: str | None
-                     ) -> tuple[dict[str, Any], str | None]:
-        """(the chunk's delta, its finish_reason) for a completion's new text."""
-        parser = self._parser(index)
-        if parser is None:
-            return {"content": text}, reason
-        delta = parser.feed(text)
-        if reason is not None:
-            delta = delta + parser.finish()
-            self._finished(parser)
-        if delta.tool_calls:
-            self._made_calls.add(index)
-        return delta_payload(delta), finish_reason(reason, index in self._made_calls)
-
-    def whole(self, text: str, reason: str | None) -> tuple[dict[str, Any], str | None]:
-        """(the response message, its finish_reason) for a whole completion."""
-        parser = self.plan.new_parser()
-        if parser is None:
-            return {"content": text}, reason
-        message = parser.parse(text)
-        self._finished(parser)
-        return (message_payload(message, self.plan.reasoning_parser is not None),
-                finish_reason(reason, bool(message.tool_calls)))
+def whole_message(answers: ChatAnswers, text: str, reason: str | None
+                  ) -> tuple[dict[str, Any], str | None]:
+    """(the response message, its finish_reason) for a whole completion."""
+    if not answers.parsing:
+        return {"content": text}, reason
+    message = answers.whole(text)
+    return (message_payload(message, answers.plan.reasoning_parser is not None),
+            finish_reason(reason, bool(message.tool_calls)))
 
 
 def _call_piece(piece: ToolCallDelta) -> dict[str, Any]:

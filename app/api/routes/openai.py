@@ -15,7 +15,6 @@ prompt_tokens_details.cached_tokens; every response and chunk carries system_fin
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -24,18 +23,13 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from app.api import examples
+from app.api.chat_pipeline import start_chat
 from app.api.completion_logprobs import ChoiceLogprobs, EchoedPrompt
 from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
 from app.api.openai_fields import refuse_unsupported
-from app.api.prompt_input import PromptRules, encode_text, parse_prompts
-from app.api.protocols.openai_chat import (
-    AnswerParsers,
-    answer_schema,
-    chat_constraint,
-    chat_options,
-    internal_message,
-)
+from app.api.prompt_input import PromptRules, parse_prompts
+from app.api.protocols.openai_chat import chat_input, stream_delta, whole_message
 from app.api.responses import INFERENCE, documented
 from app.api.schemas import (
     ChatChoice,
@@ -63,9 +57,8 @@ from app.api.serving import (
     token_text,
 )
 from app.api.state import ServedModel
-from app.api.structured_fields import constraint_spec, request_constraint
+from app.api.structured_fields import request_constraint
 from app.api.token_bytes import token_string, token_utf8
-from app.chat.plan import plan_chat
 from app.engine.output import RequestOutput
 from app.engine.request import RequestKind
 from app.sampling_params import TokenLogprob
@@ -218,39 +211,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
                            ) -> Any:
     refuse_unsupported(body)
     model = pick_model(state, body.model, lm=True, purpose="chat completions")
-    settings = state.settings
-    structured = constraint_spec(body, body.response_format)
-    plan = plan_chat(model.tokenizer, [internal_message(m) for m in body.messages],
-                     chat_options(body, answer_schema(structured)),
-                     tool_parser=settings.tool_call_parser,
-                     reasoning_parser=None if settings.reasoning_parser == "none"
-                     else settings.reasoning_parser)
-    prompt = await encode_text(model, settings, plan.prompt,
-                               PromptRules("messages", add_special_tokens=False))
-    constraint = await chat_constraint(model, settings, plan, structured)
-    # OpenAI semantics: without max_tokens, a reply may run to the end of the context.
-    until_full = max(1, min(model.max_model_len - len(prompt), settings.max_tokens_limit))
-    params = sampling_params(body, settings, max_tokens=body.max_completion_tokens,
-                             logprobs=body.logprobs, top_logprobs=body.top_logprobs or 0,
-                             default_max_tokens=until_full, model=model, prompts=[prompt],
-                             max_tokens_param="max_completion_tokens"
-                             if body.max_completion_tokens else "max_tokens",
-                             prompt_param="messages")
-    if not plan.skip_special_tokens:  # the family's call marker is a special token
-        params = dataclasses.replace(params, skip_special_tokens=False)
-    metrics = getattr(request.app.state, "metrics", None)
-    if body.tools and metrics is not None:
-        metrics.tool_call_requests.inc(model.name, tool_choice=plan.tool_choice)
-    request_id = request.state.request_id
-    streams = submit_all(request, model, [prompt], params, RequestKind.GENERATE,
-                         salt=body.cache_salt, constraint=constraint)
-    created, cid = int(time.time()), f"chatcmpl-{request_id}"
-
-    def count_malformed(calls: int) -> None:
-        if metrics is not None:
-            metrics.tool_call_parse_failures.inc(model.name, calls)
-
-    answers = AnswerParsers(plan, on_malformed=count_malformed)
+    run = await start_chat(request, model, state.settings, chat_input(body))
+    answers, streams = run.answers, run.streams
+    created, cid = int(time.time()), f"chatcmpl-{request.state.request_id}"
 
     if body.stream:
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> dict[str, Any]:
@@ -263,7 +226,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         def on_output(_: int, out: RequestOutput) -> list[dict[str, Any]]:
             events = []
             for d in out.completions:
-                delta, finish = answers.stream_delta(d.index, d.text, d.finish_reason)
+                delta, finish = stream_delta(answers, d.index, d.text, d.finish_reason)
                 logprobs = _chat_logprobs(model, d.logprobs)
                 if d.index not in started:
                     started.add(d.index)
@@ -285,7 +248,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
     outputs = await collect(request, streams)
     choices = []
     for c in outputs[0].completions:
-        message, finish = answers.whole(c.text, c.finish_reason)
+        message, finish = whole_message(answers, c.text, c.finish_reason)
         choices.append(ChatChoice(index=c.index, message=ChatResponseMessage(**message),
                                   finish_reason=finish,
                                   logprobs=_chat_logprobs(model, c.logprobs)))
