@@ -183,14 +183,16 @@ _LINE_BREAKERS = {c: f"\\u{c:04x}" for c in (0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x85,
                                                0x2029)}
 
 
-def sse(data: dict[str, Any] | str) -> str:
-    """One SSE event of strict JSON (NaN or infinity raise instead of leaking out)."""
+def sse(data: dict[str, Any] | str, event: str | None = None) -> str:
+    """One SSE event of strict JSON (NaN or infinity raise instead of leaking out), named
+    `event` where the protocol names its events (Responses, Anthropic Messages)."""
     if isinstance(data, str):
         payload = data
     else:
         payload = json.dumps(data, ensure_ascii=False, allow_nan=False).translate(
             _LINE_BREAKERS)
-    return f"data: {payload}\n\n"
+    name = f"event: {event}\n" if event is not None else ""
+    return f"{name}data: {payload}\n\n"
 
 
 async def merged_stream(streams: list[RequestStream]
