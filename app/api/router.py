@@ -18,6 +18,7 @@ from app.api.routes import (
     openai,
     perplexity,
     predict,
+    router_info,
     tokenize,
 )
 from app.config import Settings
@@ -35,7 +36,7 @@ def build_router(settings: Settings) -> APIRouter:
         protected.append(Security(bearer_scheme))
         responses = UNAUTHORIZED
     for module in (predict, generate, classify, openai, embeddings, perplexity, tokenize,
-                   info):
+                   info, router_info):
         root.include_router(module.router, dependencies=protected, responses=responses)
     for module, public in ((health, settings.public_health),
                            (metrics, settings.public_metrics)):
