@@ -116,6 +116,11 @@ class Settings(BaseSettings):
                             "qwen3 (reasoning when the model or the prompt opens the tag), "
                             "deepseek_r1 (the answer starts in reasoning); auto: qwen3 "
                             "when the chat template uses think tags")
+    kv_events_endpoint: str | None = Field(
+        None, description="publish KV-cache events (BlockStored / BlockRemoved, vLLM's "
+                          "ZeroMQ + msgpack format) on this ZeroMQ endpoint, e.g. "
+                          "tcp://*:5557, for prefix-aware routers (off when unset)")
+    kv_events_topic: str = Field("", description="ZeroMQ topic of the KV-cache events")
     cache_salt_api_key: bool = Field(
         False, description="isolate the prefix cache per API key: callers with different "
                            "keys never share cached prompt blocks (see docs/RELIABILITY.md)")

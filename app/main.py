@@ -32,6 +32,7 @@ from app.config import Settings, model_specs
 from app.engine.compute import compute_thread
 from app.engine.engine import Engine, EngineConfig
 from app.engine.scheduler import SchedulerConfig
+from app.kv_event_publisher import KVEventPublisher
 from app.metrics import Metrics
 from app.tokenizer import Tokenizer
 
@@ -71,7 +72,8 @@ def _set_threads(threads: int) -> None:
 
 
 async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[str], None],
-                      compute: ThreadPoolExecutor) -> None:
+                      compute: ThreadPoolExecutor,
+                      kv_events: KVEventPublisher | None = None) -> None:
     """Load every model on the compute thread (see app.engine.compute), which then runs
     all their steps."""
     settings = state.settings
@@ -89,6 +91,8 @@ async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[
                             executor=compute)
             engine.death_observers.append(on_fatal)
             attach(metrics, engine)
+            if kv_events is not None:
+                kv_events.attach(engine)
             await engine.start()
             state.models[spec.name] = ServedModel(spec.name, spec.path, loaded, tokenizer, engine)
             stats = engine.stats()
@@ -119,7 +123,9 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
         app.state.server = state
         metrics.watch(lambda: snapshots(state))
         compute = compute_thread()
-        loader = asyncio.create_task(load_models(state, metrics, fatal, compute),
+        kv_events = (KVEventPublisher(settings.kv_events_endpoint, settings.kv_events_topic)
+                     if settings.kv_events_endpoint else None)
+        loader = asyncio.create_task(load_models(state, metrics, fatal, compute, kv_events),
                                      name="load-models")
         try:
             yield
@@ -131,6 +137,8 @@ def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None
                 if model.compiler is not None:  # its compile check's child process
                     await asyncio.to_thread(model.compiler.close)
             compute.shutdown(wait=False, cancel_futures=True)
+            if kv_events is not None:
+                kv_events.close()
 
     disable_created_metrics()  # no *_created series: they only add noise to dashboards
     metrics = Metrics(compat=settings.metrics_compat, version=app_version())

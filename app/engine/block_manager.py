@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
+from app.engine.kv_events import BlockRemoved, BlockStored, KVEventLog
 from app.engine.request import TokenSequence
 
 
@@ -56,6 +57,7 @@ class BlockManager:
         self._by_hash: dict[int, int] = {}
         self.prefix_queries = 0  # prompt tokens looked up at first admissions
         self.prefix_hits = 0  # of which found in the prefix cache
+        self.events = KVEventLog()  # for prefix-aware routers (app/engine/kv_events.py)
 
     # ------------------------------------------------------------------ accounting
 
@@ -106,6 +108,7 @@ class BlockManager:
         block = self.blocks[block_id]
         if block.hash is not None:
             del self._by_hash[block.hash]
+            self.events.record(BlockRemoved([block.hash]))
         block.hash, block.key = None, None
         return block_id
 
@@ -181,6 +184,8 @@ class BlockManager:
             return
         parent: int | None = None
         salt = seq.cache_salt
+        stored: list[int] = []
+        first_parent: int | None = None
         for i in range(full):
             block = self.blocks[seq.block_table[i]]
             if block.hash is not None:
@@ -191,10 +196,17 @@ class BlockManager:
             if h in self._by_hash:
                 # Another sequence computed the same block meanwhile: keep this copy
                 # private; hashing later blocks would chain from a block nobody can find.
-                return
+                break
             block.hash, block.key = h, (parent, salt, tokens)
             self._by_hash[h] = block.block_id
+            if not stored:
+                first_parent = parent
+            stored.append(h)
             parent = h
+        if stored:
+            start = full - len(stored)
+            self.events.record(BlockStored(
+                stored, first_parent, list(seq.token_ids[start * size:full * size]), size))
 
     def fork(self, parent: TokenSequence, child: TokenSequence) -> None:
         """Let `child` share the parent's full, computed blocks (the prompt's); the
