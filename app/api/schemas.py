@@ -16,7 +16,7 @@ from app.api.openai_fields import (
     UnsupportedChatFields,
     UnsupportedCompletionFields,
 )
-from app.api.tool_fields import ToolCall, ToolRequestFields
+from app.api.tool_fields import ToolCall, ToolDefinition, ToolRequestFields
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 TextInput = str | Annotated[list[str], Field(min_length=1)]
@@ -286,7 +286,19 @@ class ClassifyResponse(BaseModel):
 # ---------------------------------------------------------------------------- tokenize
 
 
-class TokenizeRequest(Strict):
+class ChatTemplateFields(BaseModel):
+    """What a chat request gives its template besides the messages: with these, tokenizing
+    messages counts exactly the prompt tokens the chat request would use."""
+
+    tools: list[ToolDefinition] | None = Field(
+        None, description="with messages: the functions, rendered as chat renders them "
+                          "(tool_choice auto or required)")
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description="with messages: extra variables for the chat template, e.g. "
+                          "{\"enable_thinking\": false}")
+
+
+class TokenizeRequest(Strict, ChatTemplateFields):
     model: str | None = None
     text: str | None = Field(None, description="text to tokenize")
     messages: list[dict[str, Any]] | None = Field(
@@ -402,7 +414,7 @@ class PerplexityResponse(BaseModel):
     usage: Usage
 
 
-class VLLMTokenizeRequest(Strict):
+class VLLMTokenizeRequest(Strict, ChatTemplateFields):
     """vLLM's /tokenize: a completion prompt or chat messages."""
 
     model: str | None = None

@@ -54,6 +54,27 @@ class ChatPlan:
             if self.reasoning_parser else None)
 
 
+def _render(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
+            options: ChatOptions, parser: type[ToolCallParser] | None,
+            add_generation_prompt: bool = True) -> str:
+    return render_chat(tokenizer, [dict(m) for m in messages],
+                       tools=[dict(t) for t in options.tools] if parser else None,
+                       template_kwargs=dict(options.template_kwargs),
+                       history_id=parser.history_id if parser else None,
+                       add_generation_prompt=add_generation_prompt)
+
+
+def chat_prompt(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
+                options: ChatOptions, tool_parser: str = AUTO,
+                add_generation_prompt: bool = True) -> str:
+    """The prompt text plan_chat would submit for these messages and options (what
+    /v1/tokenize counts): the same template call, tools and template kwargs."""
+    mode, _ = chosen_tools(options.tools, options.tool_choice)
+    parser = (resolve_tool_parser(tool_parser, tokenizer.chat_template)
+              if mode != "none" else None)
+    return _render(tokenizer, messages, options, parser, add_generation_prompt)
+
+
 def plan_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
               options: ChatOptions, tool_parser: str = AUTO,
               reasoning_parser: str | None = None) -> ChatPlan:
@@ -62,10 +83,7 @@ def plan_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
     mode, _ = chosen_tools(options.tools, options.tool_choice)
     template = tokenizer.chat_template
     parser = resolve_tool_parser(tool_parser, template) if mode != "none" else None
-    prompt = render_chat(tokenizer, [dict(m) for m in messages],
-                         tools=[dict(t) for t in options.tools] if parser else None,
-                         template_kwargs=dict(options.template_kwargs),
-                         history_id=parser.history_id if parser else None)
+    prompt = _render(tokenizer, messages, options, parser)
     reasoning = resolve_reasoning_parser(reasoning_parser, template)
     if options.reasoning_budget is not None and reasoning is None:
         raise BudgetUnsupported("a thinking budget needs a reasoning parser "

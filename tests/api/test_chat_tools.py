@@ -200,3 +200,36 @@ def test_mistral_marker_token_and_ids(api: Any, family_checkpoint: Any) -> None:
         assert again.status_code == 200, again.text
 
     api(body, models=[f"m={directory}"])
+
+
+def test_tokenize_counts_the_chat_prompt(api: Any, family_checkpoint: Any) -> None:
+    """/v1/tokenize and vLLM's /tokenize render messages with tools and template kwargs as
+    chat does: their count is the chat's usage.prompt_tokens (Qwen3: tools in its template,
+    enable_thinking changes the prompt; a tool loop's history with ids and results)."""
+    directory = family_checkpoint("qwen3")
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "21"}]
+
+    async def body(app: FastAPI, client: httpx.AsyncClient) -> None:
+        counts = set()
+        for extra in ({}, {"tools": TOOLS},
+                      {"tools": TOOLS, "chat_template_kwargs": {"enable_thinking": False}}):
+            for messages in (ASK, history):
+                chat = await client.post("/v1/chat/completions", json={
+                    "model": "q", "messages": messages, "max_tokens": 1, **extra})
+                assert chat.status_code == 200, chat.text
+                prompt_tokens = chat.json()["usage"]["prompt_tokens"]
+                ours = await client.post("/v1/tokenize", json={
+                    "model": "q", "messages": messages, **extra})
+                vllm = await client.post("/tokenize", json={
+                    "model": "q", "messages": messages, **extra})
+                assert ours.status_code == vllm.status_code == 200, (ours.text, vllm.text)
+                assert ours.json()["count"] == vllm.json()["count"] == prompt_tokens, extra
+                counts.add(prompt_tokens)
+        assert len(counts) == 6  # tools and enable_thinking each change the prompt
+        r = await client.post("/v1/tokenize", json={"model": "q", "text": "hi", "tools": TOOLS})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+
+    api(body, models=[f"q={directory}"])
