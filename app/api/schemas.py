@@ -301,8 +301,9 @@ class ChatTemplateFields(BaseModel):
 class TokenizeRequest(Strict, ChatTemplateFields):
     model: str | None = None
     text: str | None = Field(None, description="text to tokenize")
-    messages: list[dict[str, Any]] | None = Field(
-        None, description="chat messages, rendered with the model's chat template")
+    messages: list[ChatMessage] | None = Field(
+        None, description="chat messages (as chat completions takes them), rendered with "
+                          "the model's chat template")
     add_special_tokens: bool = True
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"text": "Hello world"}]})
@@ -419,8 +420,9 @@ class VLLMTokenizeRequest(Strict, ChatTemplateFields):
 
     model: str | None = None
     prompt: str | None = Field(None, description="text to tokenize")
-    messages: list[dict[str, Any]] | None = Field(
-        None, description="chat messages, rendered with the model's chat template")
+    messages: list[ChatMessage] | None = Field(
+        None, description="chat messages (as chat completions takes them), rendered with "
+                          "the model's chat template")
     add_special_tokens: bool | None = Field(
         None, description="add the tokenizer's special tokens (BOS); default true for a "
                           "prompt, false for messages (the template writes them)")

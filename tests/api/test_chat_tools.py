@@ -231,5 +231,19 @@ def test_tokenize_counts_the_chat_prompt(api: Any, family_checkpoint: Any) -> No
         assert len(counts) == 6  # tools and enable_thinking each change the prompt
         r = await client.post("/v1/tokenize", json={"model": "q", "text": "hi", "tools": TOOLS})
         assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+        # messages are validated as chat validates them: content parts are text, and a
+        # malformed history is a 4xx naming the field, never a 500
+        parts = await client.post("/v1/tokenize", json={"model": "q", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": ASK[0]["content"]}]}]})
+        plain = await client.post("/v1/tokenize", json={"model": "q", "messages": ASK})
+        assert parts.status_code == 200 and parts.json()["tokens"] == plain.json()["tokens"]
+        for bad, param in (({"role": "assistant", "tool_calls": 5}, "messages.0.tool_calls"),
+                           ({"role": "assistant", "tool_calls": ["x"]},
+                            "messages.0.tool_calls.0"),
+                           ({"role": "tool", "content": "21"}, "messages.0"),
+                           ({"content": "x"}, "messages.0.role")):
+            for path in ("/v1/tokenize", "/tokenize"):
+                r = await client.post(path, json={"model": "q", "messages": [bad]})
+                assert r.status_code == 422 and r.json()["error"]["param"] == param, r.text
 
     api(body, models=[f"q={directory}"])

@@ -4,8 +4,6 @@ which lm-evaluation-harness's remote tokenizer and other vLLM clients call."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from app.api import examples
@@ -13,8 +11,10 @@ from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
 from app.api.prompt_input import check_vocabulary
 from app.api.prompt_input import tokenize as tokenize_text
+from app.api.protocols.openai_chat import internal_message
 from app.api.responses import MODEL_QUERY, TOKENIZER, documented
 from app.api.schemas import (
+    ChatMessage,
     ChatTemplateFields,
     DetokenizeRequest,
     DetokenizeResponse,
@@ -35,7 +35,7 @@ router = APIRouter(tags=["utility"])
 
 
 async def _token_ids(model: ServedModel, settings: Settings, text: str | None,
-                     messages: list[dict[str, Any]] | None, param: str,
+                     messages: list[ChatMessage] | None, param: str,
                      add_special_tokens: bool | None, add_generation_prompt: bool,
                      template: ChatTemplateFields) -> list[int]:
     """Token ids of a text, or of chat messages rendered as chat completions render them
@@ -48,8 +48,8 @@ async def _token_ids(model: ServedModel, settings: Settings, text: str | None,
         options = ChatOptions(
             tools=[t.model_dump(exclude_none=True) for t in template.tools or ()],
             template_kwargs=template.chat_template_kwargs or {})
-        text = chat_prompt(model.tokenizer, messages, options, settings.tool_call_parser,
-                           add_generation_prompt)
+        text = chat_prompt(model.tokenizer, [internal_message(m) for m in messages], options,
+                           settings.tool_call_parser, add_generation_prompt)
     else:
         for field in ("tools", "chat_template_kwargs"):
             if getattr(template, field) is not None:
