@@ -19,6 +19,8 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from app.api.responses import NULL
+
 STATIC_URL = "/static-docs"
 # Swagger UI: keep the key given to "Authorize" across reloads; no call to the online
 # validator (it would be a request to the internet from a page meant to work offline).
@@ -47,6 +49,17 @@ def _drop_impossible_422(schema: dict[str, Any]) -> None:
             components.pop(name, None)
 
 
+def _restore_nulls(value: Any) -> Any:
+    """app.api.responses.NULL back to null, all through the schema."""
+    if value == NULL:
+        return None
+    if isinstance(value, dict):
+        return {k: _restore_nulls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore_nulls(v) for v in value]
+    return value
+
+
 def install(app: FastAPI) -> None:
     """The docs pages and their assets; the app must be created with docs_url=None,
     redoc_url=None."""
@@ -55,7 +68,9 @@ def install(app: FastAPI) -> None:
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            _drop_impossible_422(generate())  # generate() caches it in app.openapi_schema
+            schema = generate()  # generate() caches it in app.openapi_schema
+            _drop_impossible_422(schema)
+            app.openapi_schema = _restore_nulls(schema)
         return app.openapi_schema or {}
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -223,6 +223,63 @@ CHAT_STREAM = _chunks(
                            ({"content": "In"}, None), ({"content": " the"}, "length"))],
     _usage(14, 3))
 
+# Chat with tools and reasoning (app/chat). The tool call is the shipped default-lm's own
+# answer to the request example with tools (app/api/schemas.py) and "seed": 5: valid by
+# construction (tool_choice required), and no wiser than a 2M-parameter model.
+_CALL_ARGUMENTS = "{\"city\": \".anotherer */  It's walking, repeated it\"}"
+CHAT_TOOL_CALLS: dict[str, Any] = {"id": "chatcmpl-2dac4f8092c74470be2aa952db378619",
+     "object": "chat.completion",
+     "created": 1796590347,
+     "model": "default-lm",
+     "choices": [{"index": 0,
+                  "message": {"role": "assistant", "content": None,
+                              "tool_calls": [{"id": "call_K2cIjnuI7yTgJeQQts8echBr",
+                                              "type": "function",
+                                              "function": {"name": "get_weather",
+                                                           "arguments": _CALL_ARGUMENTS}}]},
+                  "finish_reason": "tool_calls",
+                  "logprobs": None}],
+     "usage": _usage(144, 52),
+     "system_fingerprint": "fp_69359a12701f"}
+
+_TOOL_CHUNK = {"id": "chatcmpl-810fd9dbcee044c3b0a14f7ae4707376",
+               "object": "chat.completion.chunk", "created": 1796590350, "model": "default-lm",
+               "system_fingerprint": "fp_69359a12701f"}
+# The same request streamed: the call's id and name come once, then argument fragments.
+CHAT_TOOL_CALLS_STREAM = _chunks(_TOOL_CHUNK, [
+    {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
+    for delta, finish in (
+        ({"role": "assistant"}, None),
+        ({"tool_calls": [{"index": 0, "id": "call_h2yDlbDEHU0Cc3hbwnxvvyYq",
+                          "type": "function",
+                          "function": {"name": "get_weather", "arguments": ""}},
+                         {"index": 0, "function": {"arguments": _CALL_ARGUMENTS}}]}, None),
+        ({}, "tool_calls"))], _usage(144, 52))
+
+# A reasoning model's answer (the shipped models do not reason): a checkpoint with a
+# <think> template served with --reasoning-parser auto (or qwen3 / deepseek_r1).
+CHAT_REASONING: dict[str, Any] = {"id": "chatcmpl-5b0c1e8f3d2a4c6e9f7a1b2c3d4e5f60",
+     "object": "chat.completion",
+     "created": 1796590400,
+     "model": "qwen3-0.6b",
+     "choices": [{"index": 0,
+                  "message": {"role": "assistant", "content": "17 × 3 = 51.",
+                              "reasoning_content": "17 × 3 is 10 × 3 plus 7 × 3: "
+                                                   "30 + 21 = 51."},
+                  "finish_reason": "stop",
+                  "logprobs": None}],
+     "usage": _usage(14, 38),
+     "system_fingerprint": "fp_1c7a0e52d93b"}
+
+CHAT_MORE: dict[str, dict[str, Any]] = {
+    "tool_calls": {"summary": "Tool calls (finish_reason tool_calls)",
+                   "value": CHAT_TOOL_CALLS},
+    "reasoning": {"summary": "Reasoning apart from the answer (reasoning_content)",
+                  "value": CHAT_REASONING}}
+CHAT_STREAM_MORE: dict[str, dict[str, Any]] = {
+    "tool_calls": {"summary": "Streamed tool calls (delta.tool_calls)",
+                   "value": CHAT_TOOL_CALLS_STREAM}}
+
 NOT_READY: dict[str, Any] = {"status": "unavailable", "phase": "starting",
                              "models": {}, "reason": "phase is starting"}
 

@@ -54,14 +54,43 @@ def errors(*codes: int) -> dict[int | str, dict[str, Any]]:
             for code in codes}
 
 
-def documented(example: dict[str, Any], *codes: int, stream: str | None = None
+# FastAPI's encoder drops nulls inside named `examples` (its exclude_none reaches into
+# them, not into a lone `example`), and OpenAI's shapes need them (content null beside
+# tool calls): they travel as this text, which app.api.docs turns back into null.
+NULL = "\u0000null"
+
+
+def _keep_nulls(value: Any) -> Any:
+    if value is None:
+        return NULL
+    if isinstance(value, dict):
+        return {k: _keep_nulls(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_keep_nulls(v) for v in value]
+    return value
+
+
+def _examples(first: Any, more: dict[str, dict[str, Any]] | None,
+              summary: str) -> dict[str, Any]:
+    """A media type's `example`, or with `more` (named OpenAPI Example Objects: summary
+    and value) its `examples`, the first under "default"."""
+    if not more:
+        return {"example": first}
+    return {"examples": _keep_nulls({"default": {"summary": summary, "value": first},
+                                     **more})}
+
+
+def documented(example: dict[str, Any], *codes: int, stream: str | None = None,
+               more: dict[str, dict[str, Any]] | None = None,
+               more_stream: dict[str, dict[str, Any]] | None = None
                ) -> dict[int | str, dict[str, Any]]:
     """responses= for a JSON route: its 200 example (plus an SSE example when it
-    streams) and the error statuses `codes`."""
-    content: dict[str, Any] = {"application/json": {"example": example}}
+    streams), named further examples of either (`more`, `more_stream`), and the error
+    statuses `codes`."""
+    content: dict[str, Any] = {"application/json": _examples(example, more, "An answer")}
     description = "Successful Response"
     if stream is not None:
-        content["text/event-stream"] = {"example": stream}
+        content["text/event-stream"] = _examples(stream, more_stream, "A streamed answer")
         description = ("JSON; with `\"stream\": true`, Server-Sent Events, one `data:` line "
                        "per event, ending with `data: [DONE]`")
     return {200: {"description": description, "content": content}, **errors(*codes)}

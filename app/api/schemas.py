@@ -17,7 +17,7 @@ from app.api.openai_fields import (
     UnsupportedCompletionFields,
 )
 from app.api.router_fields import ChatExtensionFields, SamplingExtensionFields
-from app.api.tool_fields import ToolCall, ToolRequestFields
+from app.api.tool_fields import ToolCall, ToolDefinition, ToolRequestFields
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
 TextInput = str | Annotated[list[str], Field(min_length=1)]
@@ -287,11 +287,24 @@ class ClassifyResponse(BaseModel):
 # ---------------------------------------------------------------------------- tokenize
 
 
-class TokenizeRequest(Strict):
+class ChatTemplateFields(BaseModel):
+    """What a chat request gives its template besides the messages: with these, tokenizing
+    messages counts exactly the prompt tokens the chat request would use."""
+
+    tools: list[ToolDefinition] | None = Field(
+        None, description="with messages: the functions, rendered as chat renders them "
+                          "(tool_choice auto or required)")
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None, description="with messages: extra variables for the chat template, e.g. "
+                          "{\"enable_thinking\": false}")
+
+
+class TokenizeRequest(Strict, ChatTemplateFields):
     model: str | None = None
     text: str | None = Field(None, description="text to tokenize")
-    messages: list[dict[str, Any]] | None = Field(
-        None, description="chat messages, rendered with the model's chat template")
+    messages: list[ChatMessage] | None = Field(
+        None, description="chat messages (as chat completions takes them), rendered with "
+                          "the model's chat template")
     add_special_tokens: bool = True
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"text": "Hello world"}]})
@@ -403,13 +416,14 @@ class PerplexityResponse(BaseModel):
     usage: Usage
 
 
-class VLLMTokenizeRequest(Strict):
+class VLLMTokenizeRequest(Strict, ChatTemplateFields):
     """vLLM's /tokenize: a completion prompt or chat messages."""
 
     model: str | None = None
     prompt: str | None = Field(None, description="text to tokenize")
-    messages: list[dict[str, Any]] | None = Field(
-        None, description="chat messages, rendered with the model's chat template")
+    messages: list[ChatMessage] | None = Field(
+        None, description="chat messages (as chat completions takes them), rendered with "
+                          "the model's chat template")
     add_special_tokens: bool | None = Field(
         None, description="add the tokenizer's special tokens (BOS); default true for a "
                           "prompt, false for messages (the template writes them)")

@@ -4,6 +4,8 @@ makes calls valid by construction (and caps the reasoning), and how to decode.""
 
 from __future__ import annotations
 
+import dataclasses
+
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,14 +75,8 @@ def open_final_message(prompt: str, messages: Sequence[Mapping[str, Any]]) -> st
     return prompt[:end + len(content.strip())]
 
 
-def plan_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
-              options: ChatOptions, tool_parser: str = AUTO,
-              reasoning_parser: str | None = None) -> ChatPlan:
-    """Raises ChatRequestError subclasses (app/chat/errors.py) for requests it cannot
-    serve, and TokenizerError for a template that fails on these messages."""
-    mode, _ = chosen_tools(options.tools, options.tool_choice)
-    template = tokenizer.chat_template
-    parser = resolve_tool_parser(tool_parser, template) if mode != "none" else None
+def _render(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
+            options: ChatOptions, parser: type[ToolCallParser] | None) -> str:
     if options.continue_final_message and options.add_generation_prompt:
         raise ContinuationError("continue_final_message needs add_generation_prompt false "
                                 "(the answer continues the last message, no new turn)")
@@ -91,6 +87,31 @@ def plan_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
                          add_generation_prompt=options.add_generation_prompt)
     if options.continue_final_message:
         prompt = open_final_message(prompt, messages)
+    return prompt
+
+
+def chat_prompt(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
+                options: ChatOptions, tool_parser: str = AUTO,
+                add_generation_prompt: bool = True) -> str:
+    """The prompt text plan_chat would submit for these messages and options (what
+    /v1/tokenize counts): the same template call, tools and template kwargs."""
+    mode, _ = chosen_tools(options.tools, options.tool_choice)
+    parser = (resolve_tool_parser(tool_parser, tokenizer.chat_template)
+              if mode != "none" else None)
+    return _render(tokenizer, messages,
+                   dataclasses.replace(options, add_generation_prompt=add_generation_prompt),
+                   parser)
+
+
+def plan_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
+              options: ChatOptions, tool_parser: str = AUTO,
+              reasoning_parser: str | None = None) -> ChatPlan:
+    """Raises ChatRequestError subclasses (app/chat/errors.py) for requests it cannot
+    serve, and TokenizerError for a template that fails on these messages."""
+    mode, _ = chosen_tools(options.tools, options.tool_choice)
+    template = tokenizer.chat_template
+    parser = resolve_tool_parser(tool_parser, template) if mode != "none" else None
+    prompt = _render(tokenizer, messages, options, parser)
     reasoning = (resolve_reasoning_parser(reasoning_parser, template)
                  if options.separate_reasoning else None)
     if options.reasoning_budget is not None and reasoning is None:

@@ -200,3 +200,50 @@ def test_mistral_marker_token_and_ids(api: Any, family_checkpoint: Any) -> None:
         assert again.status_code == 200, again.text
 
     api(body, models=[f"m={directory}"])
+
+
+def test_tokenize_counts_the_chat_prompt(api: Any, family_checkpoint: Any) -> None:
+    """/v1/tokenize and vLLM's /tokenize render messages with tools and template kwargs as
+    chat does: their count is the chat's usage.prompt_tokens (Qwen3: tools in its template,
+    enable_thinking changes the prompt; a tool loop's history with ids and results)."""
+    directory = family_checkpoint("qwen3")
+    call = {"id": "call_1", "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    history = [*ASK, {"role": "assistant", "content": None, "tool_calls": [call]},
+               {"role": "tool", "tool_call_id": "call_1", "content": "21"}]
+
+    async def body(app: FastAPI, client: httpx.AsyncClient) -> None:
+        counts = set()
+        for extra in ({}, {"tools": TOOLS},
+                      {"tools": TOOLS, "chat_template_kwargs": {"enable_thinking": False}}):
+            for messages in (ASK, history):
+                chat = await client.post("/v1/chat/completions", json={
+                    "model": "q", "messages": messages, "max_tokens": 1, **extra})
+                assert chat.status_code == 200, chat.text
+                prompt_tokens = chat.json()["usage"]["prompt_tokens"]
+                ours = await client.post("/v1/tokenize", json={
+                    "model": "q", "messages": messages, **extra})
+                vllm = await client.post("/tokenize", json={
+                    "model": "q", "messages": messages, **extra})
+                assert ours.status_code == vllm.status_code == 200, (ours.text, vllm.text)
+                assert ours.json()["count"] == vllm.json()["count"] == prompt_tokens, extra
+                counts.add(prompt_tokens)
+        assert len(counts) == 6  # tools and enable_thinking each change the prompt
+        r = await client.post("/v1/tokenize", json={"model": "q", "text": "hi", "tools": TOOLS})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "tools"
+        # messages are validated as chat validates them: content parts are text, and a
+        # malformed history is a 4xx naming the field, never a 500
+        parts = await client.post("/v1/tokenize", json={"model": "q", "messages": [
+            {"role": "user", "content": [{"type": "text", "text": ASK[0]["content"]}]}]})
+        plain = await client.post("/v1/tokenize", json={"model": "q", "messages": ASK})
+        assert parts.status_code == 200 and parts.json()["tokens"] == plain.json()["tokens"]
+        for bad, param in (({"role": "assistant", "tool_calls": 5}, "messages.0.tool_calls"),
+                           ({"role": "assistant", "tool_calls": ["x"]},
+                            "messages.0.tool_calls.0"),
+                           ({"role": "tool", "content": "21"}, "messages.0"),
+                           ({"content": "x"}, "messages.0.role")):
+            for path in ("/v1/tokenize", "/tokenize"):
+                r = await client.post(path, json={"model": "q", "messages": [bad]})
+                assert r.status_code == 422 and r.json()["error"]["param"] == param, r.text
+
+    api(body, models=[f"q={directory}"])

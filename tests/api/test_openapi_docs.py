@@ -49,6 +49,13 @@ def operations(spec: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
             for method, op in item.items()]
 
 
+def examples_of(doc: dict[str, Any]) -> list[Any]:
+    """A media type's examples: its one `example`, or each named one's value."""
+    if "example" in doc:
+        return [doc["example"]]
+    return [named["value"] for named in doc["examples"].values()]
+
+
 def validate(spec: dict[str, Any], schema: dict[str, Any], instance: Any) -> None:
     """Against a schema of the spec, its $refs resolved within the spec."""
     jsonschema.validate(instance, {**schema, "components": spec["components"]})
@@ -88,10 +95,12 @@ def test_every_operation_has_a_200_example_that_fits_its_schema(api: Any) -> Non
         for method, path, op in ops:
             content = op["responses"]["200"]["content"]
             for media, doc in content.items():
-                assert "example" in doc, (method, path, media)
+                assert ("example" in doc) != ("examples" in doc), (method, path, media)
+                assert all(e.get("summary") for e in doc.get("examples", {}).values())
             if "application/json" in content:
                 ok = content["application/json"]
-                validate(spec, ok["schema"], ok["example"])
+                for example in examples_of(ok):
+                    validate(spec, ok["schema"], example)
             for code, response in op["responses"].items():
                 if code != "200":
                     error = response["content"]["application/json"]
@@ -121,8 +130,8 @@ def test_streamed_examples_are_what_the_routes_stream(api: Any) -> None:
     async def body(app: FastAPI, client: httpx.AsyncClient) -> None:
         spec = strict((await client.get("/openapi.json")).text)
         for path, req in STREAMED.items():
-            example = spec["paths"][path]["post"]["responses"]["200"]["content"][
-                "text/event-stream"]["example"]
+            example = examples_of(spec["paths"][path]["post"]["responses"]["200"]["content"][
+                "text/event-stream"])[0]
             documented = strict_events(example)
             assert example.endswith("data: [DONE]\n\n") and len(documented) >= 3
             r = await client.post(path, json={**req, "temperature": 0, "ignore_eos": True,
@@ -133,8 +142,9 @@ def test_streamed_examples_are_what_the_routes_stream(api: Any) -> None:
             assert [list(e) for e in documented] == [list(e) for e in real], path
             assert [shape(e) for e in documented[1:]] == [shape(e) for e in real[1:]], path
         # And the text is the shipped model's own (greedy: the same today).
-        generated = [e["text"] for e in strict_events(spec["paths"]["/v1/generate"]["post"][
-            "responses"]["200"]["content"]["text/event-stream"]["example"]) if "text" in e]
+        generated = [e["text"] for e in strict_events(examples_of(spec["paths"][
+            "/v1/generate"]["post"]["responses"]["200"]["content"]["text/event-stream"])[0])
+                     if "text" in e]
         r = await client.post("/v1/generate", json={**STREAMED["/v1/generate"],
                                                     "temperature": 0, "stream": True})
         assert generated == [e["text"] for e in strict_events(r.text) if "text" in e]
@@ -171,3 +181,32 @@ def test_only_statuses_a_route_can_return_and_the_bearer_scheme_with_keys(api: A
         assert "HTTPValidationError" not in json.dumps(spec)
 
     api(open_server, models=MODELS)
+
+
+def test_chat_tool_call_examples_are_the_shipped_models_answers(api: Any) -> None:
+    """The tool-call examples of chat are what default-lm answers the request example with
+    tools (seed 5), whole and streamed: the same call, and the same events."""
+    async def body(app: FastAPI, client: httpx.AsyncClient) -> None:
+        spec = strict((await client.get("/openapi.json")).text)
+        op = spec["paths"]["/v1/chat/completions"]["post"]
+        asked = spec["components"]["schemas"]["ChatCompletionRequest"]["examples"][1]
+        assert asked["tool_choice"] == "required"
+        request = {**asked, "seed": 5}
+        content = op["responses"]["200"]["content"]
+        whole = content["application/json"]["examples"]["tool_calls"]["value"]
+        r = await client.post("/v1/chat/completions", json=request)
+        assert r.status_code == 200, r.text
+        real = r.json()["choices"][0]
+        documented = whole["choices"][0]
+        assert real["finish_reason"] == documented["finish_reason"] == "tool_calls"
+        assert [c["function"] for c in real["message"]["tool_calls"]] == [
+            c["function"] for c in documented["message"]["tool_calls"]]
+        events = strict_events(content["text/event-stream"]["examples"]["tool_calls"]["value"])
+        r = await client.post("/v1/chat/completions", json={
+            **request, "stream": True, "stream_options": {"include_usage": True}})
+        streamed = strict_events(r.text)
+        assert [list(e) for e in events] == [list(e) for e in streamed]
+        assert [[c["delta"] for c in e["choices"]] for e in events][2:] == [
+            [c["delta"] for c in e["choices"]] for e in streamed][2:]
+
+    api(body, models=MODELS)

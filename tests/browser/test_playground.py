@@ -211,6 +211,41 @@ def test_chat_streams_a_reply_through_the_chat_template(page: Page, server: Live
     page.screenshot(path=str(screenshots / "chat.png"), full_page=True)
 
 
+def test_chat_sends_tools_and_shows_the_call(page: Page, server: LiveServer,
+                                             screenshots: Path) -> None:
+    """The tools box: its JSON goes with the request (tool_choice required makes the
+    default-lm call), the call shows in the reply, the rendered prompt holds the tools,
+    and text that is not JSON is refused before anything is sent."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
+        "required": ["city"]}}}]
+    open_page(page, server)
+    page.click("#tab-chat")
+    page.fill("#chat-max-tokens", "60")
+    page.click("#chat-tools-box summary")
+    page.fill("#chat-tools", "[{not json")
+    page.fill("#chat-input", "Weather in Paris?")
+    page.click("#chat-send")
+    expect(page.locator("#chat-error")).to_contain_text("Tools: not valid JSON")
+    assert page.locator("#chat-messages li").count() == 0
+    assert page.input_value("#chat-input") == "Weather in Paris?"
+    page.fill("#chat-tools", json.dumps(tools))
+    page.select_option("#chat-tool-choice", "required")
+    page.uncheck("#chat-parallel")  # one call: a second one would not fit max_tokens
+    page.click("#chat-send")
+    page.wait_for_selector("#chat-status:has-text('finish: tool_calls')", timeout=60_000)
+    sent = sent_body(page, "chat")
+    assert sent["tools"] == tools and sent["tool_choice"] == "required"
+    assert sent["parallel_tool_calls"] is False
+    reply = page.locator("#chat-messages li.assistant .content").inner_text()
+    assert "\u2192 get_weather({" in reply, reply
+    arguments = json.loads(reply.split("\u2192 get_weather(", 1)[1].rstrip(")"))
+    assert isinstance(arguments["city"], str) and len(arguments["city"]) <= 8
+    page.click("#chat-rendered-box summary")
+    expect(page.locator("#chat-rendered")).to_contain_text('"name":"get_weather"')
+    page.screenshot(path=str(screenshots / "chat-tools.png"), full_page=True)
+
+
 def test_classify_shows_head_and_zero_shot_labels(page: Page, server: LiveServer,
                                                   screenshots: Path) -> None:
     open_page(page, server)

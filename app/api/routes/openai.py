@@ -206,7 +206,9 @@ def _chat_logprobs(model: ServedModel, entries: list[TokenLogprob] | None
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse,
-             responses=documented(examples.CHAT, *INFERENCE, stream=examples.CHAT_STREAM),
+             responses=documented(examples.CHAT, *INFERENCE, stream=examples.CHAT_STREAM,
+                                  more=examples.CHAT_MORE,
+                                  more_stream=examples.CHAT_STREAM_MORE),
              summary="OpenAI-compatible chat completion, using the model's chat template")
 async def chat_completions(body: ChatCompletionRequest, request: Request, state: StateDep
                            ) -> Any:

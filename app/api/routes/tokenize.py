@@ -4,8 +4,6 @@ which lm-evaluation-harness's remote tokenizer and other vLLM clients call."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 
 from app.api import examples
@@ -13,8 +11,11 @@ from app.api.deps import StateDep, pick_model
 from app.api.errors import BadRequest
 from app.api.prompt_input import check_vocabulary
 from app.api.prompt_input import tokenize as tokenize_text
+from app.api.protocols.openai_chat import internal_message
 from app.api.responses import MODEL_QUERY, TOKENIZER, documented
 from app.api.schemas import (
+    ChatMessage,
+    ChatTemplateFields,
     DetokenizeRequest,
     DetokenizeResponse,
     TokenizeRequest,
@@ -26,6 +27,7 @@ from app.api.schemas import (
     VLLMTokenizeResponse,
 )
 from app.api.state import ServedModel
+from app.chat.plan import ChatOptions, chat_prompt
 from app.config import Settings
 from app.tokenizer import FALLBACK_CHAT_TEMPLATE
 
@@ -33,17 +35,25 @@ router = APIRouter(tags=["utility"])
 
 
 async def _token_ids(model: ServedModel, settings: Settings, text: str | None,
-                     messages: list[dict[str, Any]] | None, param: str,
-                     add_special_tokens: bool | None, add_generation_prompt: bool = True
-                     ) -> list[int]:
-    """Token ids of a text, or of chat messages rendered by the chat template. Special
-    tokens: the caller's choice; by default added to a text, not to rendered messages
-    (the template writes its own)."""
+                     messages: list[ChatMessage] | None, param: str,
+                     add_special_tokens: bool | None, add_generation_prompt: bool,
+                     template: ChatTemplateFields) -> list[int]:
+    """Token ids of a text, or of chat messages rendered as chat completions render them
+    (app/chat/plan.py: tools and template kwargs too, so the count is the chat prompt's).
+    Special tokens: the caller's choice; by default added to a text, not to rendered
+    messages (the template writes its own)."""
     if (text is None) == (messages is None):
         raise BadRequest(f"give exactly one of {param} or messages", param=param)
     if messages is not None:
-        text = model.tokenizer.apply_chat_template(
-            messages, add_generation_prompt=add_generation_prompt)
+        options = ChatOptions(
+            tools=[t.model_dump(exclude_none=True) for t in template.tools or ()],
+            template_kwargs=template.chat_template_kwargs or {})
+        text = chat_prompt(model.tokenizer, [internal_message(m) for m in messages], options,
+                           settings.tool_call_parser, add_generation_prompt)
+    else:
+        for field in ("tools", "chat_template_kwargs"):
+            if getattr(template, field) is not None:
+                raise BadRequest(f"{field} applies to messages, not to {param}", param=field)
     add_special = (messages is None) if add_special_tokens is None else add_special_tokens
     if len(text or "") > settings.max_body_bytes:
         raise BadRequest(f"{param} is too long", param=param)
@@ -56,7 +66,8 @@ async def _token_ids(model: ServedModel, settings: Settings, text: str | None,
 async def tokenize(body: TokenizeRequest, state: StateDep) -> TokenizeResponse:
     model = pick_model(state, body.model, lm=None, purpose="tokenization")
     ids = await _token_ids(model, state.settings, body.text, body.messages, "text",
-                           None if body.messages is not None else body.add_special_tokens)
+                           None if body.messages is not None else body.add_special_tokens,
+                           True, body)
     return TokenizeResponse(model=model.name, tokens=ids,
                             token_strings=[model.tokenizer.id_to_token(i) or "" for i in ids],
                             count=len(ids), max_model_len=model.max_model_len)
@@ -78,7 +89,7 @@ async def detokenize(body: DetokenizeRequest, state: StateDep) -> DetokenizeResp
 async def vllm_tokenize(body: VLLMTokenizeRequest, state: StateDep) -> VLLMTokenizeResponse:
     model = pick_model(state, body.model, lm=None, purpose="tokenization")
     ids = await _token_ids(model, state.settings, body.prompt, body.messages, "prompt",
-                           body.add_special_tokens, body.add_generation_prompt)
+                           body.add_special_tokens, body.add_generation_prompt, body)
     strs = [model.tokenizer.id_to_token(i) or "" for i in ids] if body.return_token_strs else None
     return VLLMTokenizeResponse(count=len(ids), max_model_len=model.max_model_len, tokens=ids,
                                 token_strs=strs)

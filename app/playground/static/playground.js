@@ -429,11 +429,29 @@
     return system ? [{ role: "system", content: system }, ...conversation] : [...conversation];
   }
 
-  /** The prompt after the model's chat template, as the server renders it. */
-  async function showRendered(model, messages, turn) {
+  /** The tools box's fields for a chat request ({} when it is empty); throws on text
+   * that is not a JSON array. */
+  function chatTools() {
+    const given = $("chat-tools").value.trim();
+    if (!given) return {};
+    let tools;
+    try {
+      tools = JSON.parse(given);
+    } catch (err) {
+      throw new Error(`Tools: not valid JSON (${err.message})`);
+    }
+    if (!Array.isArray(tools)) throw new Error("Tools: give a JSON array of tools");
+    const fields = { tools, tool_choice: $("chat-tool-choice").value };
+    return $("chat-parallel").checked ? fields : { ...fields, parallel_tool_calls: false };
+  }
+
+  /** The prompt after the model's chat template, as the server renders it (the tools
+   * too, as chat renders them: /v1/tokenize takes them). */
+  async function showRendered(model, messages, tools, turn) {
     let shown;
     try {
-      const { tokens } = await api("/v1/tokenize", { model, messages });
+      const offered = tools.tool_choice === "none" ? {} : { tools: tools.tools };
+      const { tokens } = await api("/v1/tokenize", { model, messages, ...offered });
       const { text } = await api("/v1/detokenize", { model, tokens, skip_special_tokens: false });
       shown = text;
     } catch (err) {
@@ -453,12 +471,19 @@
     if (!content.trim()) return;
     const turn = ++chatTurn;
     showError("chat-error", null);
+    let tools;
+    try {
+      tools = chatTools();
+    } catch (err) {
+      showError("chat-error", err); // the message stays in its box
+      return;
+    }
     const model = selectedModel("chat-model");
     conversation.push({ role: "user", content });
     const asked = addMessage("user", content).parentElement;
     $("chat-input").value = "";
     const messages = chatMessages();
-    showRendered(model, messages, turn);
+    showRendered(model, messages, tools, turn);
     const reply = addMessage("assistant", "");
     let text = "";
     /** Take the turn back: no reply, the message returns to the box (nothing is lost). */
@@ -475,7 +500,7 @@
     try {
       const body = {
         model, messages, temperature: numberField("chat-temperature"),
-        max_tokens: numberField("chat-max-tokens", parseInt),
+        max_tokens: numberField("chat-max-tokens", parseInt), ...tools,
       };
       showCurl("chat-curl", "/v1/chat/completions", { ...body, stream: true });
       // With a reasoning parser the reply's reasoning comes apart (reasoning_content), and
@@ -483,9 +508,9 @@
       let reasoning = "";
       const calls = [];
       const show = () => {
-        const called = calls.map((c) => `\n\u2192 ${c.function.name}(${c.function.arguments})`);
-        reply.textContent = (reasoning ? `(thinking) ${reasoning.trim()}\n\n` : "") + text
-          + called.join("");
+        const called = calls.map((c) => `\u2192 ${c.function.name}(${c.function.arguments})`);
+        reply.textContent = (reasoning ? `(thinking) ${reasoning.trim()}\n\n` : "")
+          + [text, ...called].filter(Boolean).join("\n");
       };
       await stream("/v1/chat/completions", body, controller.signal, (event) => {
         for (const choice of event.choices || []) {
