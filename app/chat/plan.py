@@ -5,7 +5,6 @@ makes calls valid by construction (and caps the reasoning), and how to decode.""
 from __future__ import annotations
 
 import dataclasses
-
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
