@@ -116,6 +116,14 @@ class Settings(BaseSettings):
                             "qwen3 (reasoning when the model or the prompt opens the tag), "
                             "deepseek_r1 (the answer starts in reasoning); auto: qwen3 "
                             "when the chat template uses think tags")
+    responses_store_entries: int = Field(
+        1000, ge=0, description="/v1/responses kept for GET and previous_response_id "
+                                "(0: none are kept); the least recently used go first")
+    responses_store_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="most bytes (as JSON) of stored /v1/responses "
+                                            "together; the least recently used go first")
+    responses_store_ttl: float = Field(
+        3600.0, gt=0, description="seconds a stored /v1/responses answer is kept")
     cache_salt_api_key: bool = Field(
         False, description="isolate the prefix cache per API key: callers with different "
                            "keys never share cached prompt blocks (see docs/RELIABILITY.md)")

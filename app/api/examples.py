@@ -229,3 +229,9 @@ NOT_READY: dict[str, Any] = {"status": "unavailable", "phase": "starting",
 METRICS = ('llm_generation_tokens_total{model="default-lm"} 180.0\n'
            'llm_requests_running{model="default-lm"} 0.0\n'
            'llm_kv_cache_usage_ratio{model="default-lm"} 0.0\n')
+
+
+# --- OpenAI Responses API (/v1/responses): real outputs of default-lm
+RESPONSE: dict[str, Any] = {}
+RESPONSE_STREAM = ""
+RESPONSE_DELETED: dict[str, Any] = {"id": "resp_x", "object": "response", "deleted": True}
