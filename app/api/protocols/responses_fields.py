@@ -174,16 +174,16 @@ class ResponseObject(BaseModel):
     object: Literal["response"]
     created_at: int
     status: Literal["completed", "incomplete", "in_progress", "failed"]
-    error: dict[str, Any] | None
-    incomplete_details: dict[str, Any] | None
-    instructions: str | None
-    max_output_tokens: int | None
+    error: dict[str, Any] | None = None
+    incomplete_details: dict[str, Any] | None = None
+    instructions: str | None = None
+    max_output_tokens: int | None = None
     model: str
     output: list[dict[str, Any]] = Field(
         description="items: reasoning {summary, content: [reasoning_text]}, message "
                     "{content: [output_text]}, function_call {call_id, name, arguments}")
     parallel_tool_calls: bool
-    previous_response_id: str | None
+    previous_response_id: str | None = None
     reasoning: dict[str, Any]
     store: bool
     temperature: float
@@ -192,8 +192,8 @@ class ResponseObject(BaseModel):
     tools: list[dict[str, Any]]
     top_p: float
     truncation: Literal["disabled"]
-    usage: ResponseUsage | None
-    user: str | None
+    usage: ResponseUsage | None = None
+    user: str | None = None
     metadata: dict[str, str]
     background: bool
 
