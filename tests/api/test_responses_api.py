@@ -74,9 +74,8 @@ def assembled(events: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
         elif name == "response.output_item.done":
             item = items[data["output_index"]]
             done = data["item"]
-            text = {"message": lambda i: i["content"][0]["text"],
-                    "reasoning": lambda i: i["content"][0]["text"] if i["content"] else "",
-                    "function_call": lambda i: i["arguments"]}[done["type"]](done)
+            text = (done["arguments"] if done["type"] == "function_call"
+                    else "".join(part["text"] for part in done["content"]))
             assert (item["id"], item["text"]) == (done["id"], text)
             items[data["output_index"]] = done
     return [items[i] for i in sorted(items)]
