@@ -327,3 +327,30 @@ def test_documented_stream_is_what_the_route_streams(api: Any) -> None:
         valid(examples.RESPONSE)
 
     api(body, models=[f"default-lm={ROOT / 'models' / 'default-lm'}"])
+
+
+def test_a_failure_mid_stream_is_an_error_event_then_response_failed(api: Any) -> None:
+    async def body(app: FastAPI, client: httpx.AsyncClient) -> None:
+        engine = app.state.server.models["default-lm"].engine
+        steps = {"n": 0}
+
+        def fail_third(out: Any) -> None:
+            steps["n"] += 1
+            if steps["n"] == 3:
+                raise RuntimeError("injected fault")
+
+        engine.fault_hook = fail_third
+        r = await client.post("/v1/responses", json={
+            "input": "Tell me a fortune.", "max_output_tokens": 20, "seed": 1, "stream": True})
+        assert r.status_code == 200  # the stream had begun
+        events = events_of(r.text)
+        names = [name for name, _ in events]
+        assert "response.output_text.delta" in names
+        assert names[-2:] == ["error", "response.failed"], names
+        error, failed = events[-2][1], valid(events[-1][1]["response"])
+        assert error["code"] == "inference_error" and "injected fault" in error["message"]
+        assert failed["status"] == "failed" and failed["error"]["code"] == "server_error"
+        assert (await client.get(f"/v1/responses/{failed['id']}")).status_code == 404
+        await idle(app, "default-lm")
+
+    api(body, models=[f"default-lm={ROOT / 'models' / 'default-lm'}"])

@@ -129,7 +129,7 @@ def test_bad_input_is_a_clear_4xx_and_nothing_is_queued(client: Any, live: LiveS
     import openai
 
     before = _queried(live)
-    bad: list[tuple[dict[str, Any], type[Exception], str]] = [
+    bad: list[tuple[dict[str, Any], type[openai.APIStatusError], str]] = [
         ({"extra_body": {"temprature": 0.5}}, openai.BadRequestError, "temprature"),
         ({"tools": [{"type": "web_search"}]}, openai.BadRequestError, "tools[0]"),
         ({"previous_response_id": "resp_unknown"}, openai.NotFoundError,
