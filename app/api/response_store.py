@@ -2,7 +2,8 @@
 and DELETE: each stored answer keeps its Response body (for GET) and the conversation it
 ends (input items, then output items, for the next turn's replay). Bounded three ways
 (--responses-store-entries, --responses-store-bytes, --responses-store-ttl): the least
-recently used entries leave first, and an expired one is gone when next looked at. Lost
+recently used entries leave first, and expired ones are gone when the next answer is kept
+or when they are looked up. Lost
 on restart, as a cache is: a client that needs its history keeps it and sends it back as
 input items."""
 
@@ -49,6 +50,7 @@ class ResponseStore:
             return False
         key = str(response["id"])
         self._drop(key)
+        self._expire()
         self._entries[key] = StoredResponse(response, list(conversation), size,
                                             self._clock() + self.ttl_s)
         self._bytes += size
@@ -56,6 +58,13 @@ class ResponseStore:
         while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
             self._drop(next(iter(self._entries)))
         return True
+
+    def _expire(self) -> None:
+        """Drop every expired entry, so what is held is what can still be read (the
+        entries are at most --responses-store-entries: one pass per store is cheap)."""
+        now = self._clock()
+        for key in [k for k, e in self._entries.items() if e.expires <= now]:
+            self._drop(key)
 
     def get(self, key: str) -> StoredResponse | None:
         """The stored answer, or None when it was never stored, was deleted, evicted or

@@ -147,6 +147,9 @@ def test_text_whole_stream_store_get_delete(api: Any) -> None:
         assert (await client.get(f"/v1/responses/{unstored['id']}")).status_code == 404
         assert (await client.get(f"/v1/responses/{final['id']}")).status_code == 200
         assert len(app.state.server.responses) == 1
+        metrics = (await client.get("/metrics")).text
+        assert "llm_responses_stored 1.0" in metrics
+        assert f"llm_responses_stored_bytes {float(app.state.server.responses.bytes)}" in metrics
 
     api(body, models=[f"default-lm={ROOT / 'models' / 'default-lm'}"])
 
@@ -301,6 +304,13 @@ def test_store_bounds_entries_bytes_and_ttl() -> None:
     assert store.bytes <= 400 and store.get("d") is not None and len(store) == 1
     now[0] = 10.5
     assert store.get("d") is None and len(store) == 0 and store.bytes == 0
+    roomy = ResponseStore(max_entries=10, max_bytes=10_000, ttl_s=10, clock=lambda: now[0])
+    assert roomy.put(response("e"), [])
+    now[0] = 15.0
+    assert roomy.put(response("f"), [])
+    now[0] = 21.0  # "e" expired at 20.5: keeping "g" drops it, unasked
+    assert roomy.put(response("g"), []) and len(roomy) == 2
+    assert roomy.get("f") is not None and roomy.get("g") is not None
     assert not store.delete("d")
     off = ResponseStore(max_entries=0, max_bytes=400, ttl_s=10)
     assert not off.put(response("a"), []) and len(off) == 0

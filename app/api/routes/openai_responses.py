@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -37,18 +38,29 @@ from app.api.protocols.responses_fields import (
     ResponsesRequest,
     refuse_unsupported,
 )
+from app.api.response_store import ResponseStore
 from app.api.responses import INFERENCE, documented, errors
 from app.api.serving import collect, merged_stream, sse
 from app.api.state import ServerState
-from app.chat.errors import AnswerFormatConflict
+from app.chat.errors import AnswerFormatConflict, BudgetUnsupported
 
 router = APIRouter(tags=["openai"])
 log = logging.getLogger("app.api")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _stored(state: ServerState, response_id: str, param: str | None) -> Any:
+def _measure(request: Request, store: ResponseStore) -> None:
+    """The store's gauges, after anything that may have changed it."""
+    metrics = getattr(request.app.state, "metrics", None)
+    if metrics is not None:
+        metrics.responses_stored.set(len(store))
+        metrics.responses_stored_bytes.set(store.bytes)
+
+
+def _stored(request: Request, state: ServerState, response_id: str, param: str | None
+            ) -> Any:
     entry = state.responses.get(response_id)
+    _measure(request, state.responses)  # a lookup drops an expired entry
     if entry is None:
         raise NotFound(f"response {response_id!r} not found (never stored, deleted, or "
                        "expired from this server's store)", param=param)
@@ -72,8 +84,8 @@ async def create_response(body: ResponsesRequest, request: Request, state: State
     settings = state.settings
     history: list[dict[str, Any]] = []
     if body.previous_response_id is not None:
-        history = _stored(state, body.previous_response_id, "previous_response_id"
-                          ).conversation
+        history = _stored(request, state, body.previous_response_id,
+                          "previous_response_id").conversation
     items = input_items(body)
     if not history and not items:
         raise BadRequest("input is empty: send text or at least one item", param="input")
@@ -84,6 +96,8 @@ async def create_response(body: ResponsesRequest, request: Request, state: State
     except AnswerFormatConflict:
         raise BadRequest("a required or named tool_choice and text.format both decide the "
                          "answer's form: send one of them", param="text.format") from None
+    except BudgetUnsupported as exc:  # the effort's budget, on a model that cannot take it
+        raise BadRequest(f"reasoning.effort: {exc}", param="reasoning.effort") from None
     response_id, created = f"resp_{request.state.request_id}", int(time.time())
 
     def response_of(status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None,
@@ -94,6 +108,7 @@ async def create_response(body: ResponsesRequest, request: Request, state: State
     def keep(response: dict[str, Any]) -> None:
         if body.store is not False:
             state.responses.put(response, [*history, *items, *response["output"]])
+            _measure(request, state.responses)
 
     if body.stream:
         return StreamingResponse(_events(run, ResponseEvents(response_of), keep),
@@ -116,17 +131,19 @@ async def _events(run: ChatRun, events: ResponseEvents, keep: Any) -> AsyncItera
         yield sse(data, event=name)
     try:
         finish: str | None = None
-        async for _, out in merged_stream(run.streams):
-            for piece in out.completions:
-                finish = piece.finish_reason or finish
-                for name, data in events.delta(run.answers.stream(
-                        piece.index, piece.text, piece.finish_reason is not None)):
-                    yield sse(data, event=name)
+        # closed (its requests aborted) as soon as this body is, e.g. on a disconnect
+        async with aclosing(merged_stream(run.streams)) as outputs:
+            async for _, out in outputs:
+                for piece in out.completions:
+                    finish = piece.finish_reason or finish
+                    for name, data in events.delta(run.answers.stream(
+                            piece.index, piece.text, piece.finish_reason is not None)):
+                        yield sse(data, event=name)
         usage = response_usage(run.usage(), _reasoning_tokens(run, events.reasoning))
         closing, response = events.finish(final_status(finish), usage)
+        keep(response)  # before the last events: a client may leave once it has them
         for name, data in closing:
             yield sse(data, event=name)
-        keep(response)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -140,15 +157,17 @@ async def _events(run: ChatRun, events: ResponseEvents, keep: Any) -> AsyncItera
 
 @router.get("/v1/responses/{response_id}", response_model=ResponseObject,
             responses=documented(examples.RESPONSE, 404), summary="A stored response")
-async def get_response(response_id: str, state: StateDep) -> Any:
-    return _stored(state, response_id, None).response
+async def get_response(response_id: str, request: Request, state: StateDep) -> Any:
+    return _stored(request, state, response_id, None).response
 
 
 @router.delete("/v1/responses/{response_id}", response_model=DeletedResponse,
                responses={200: {"content": {"application/json": {
                    "example": examples.RESPONSE_DELETED}}}, **errors(404)},
                summary="Delete a stored response")
-async def delete_response(response_id: str, state: StateDep) -> DeletedResponse:
+async def delete_response(response_id: str, request: Request, state: StateDep
+                          ) -> DeletedResponse:
     if not state.responses.delete(response_id):
-        _stored(state, response_id, None)  # the 404, worded once
+        _stored(request, state, response_id, None)  # the 404, worded once
+    _measure(request, state.responses)
     return DeletedResponse(id=response_id)
