@@ -9,6 +9,7 @@ to it."""
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ import jsonschema
 import pytest
 from pydantic import BaseModel, Field
 
+from app.tokenizer import Tokenizer
+from tests.chat.families import build_family_checkpoint
 from tests.live import LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -149,3 +152,34 @@ def test_bad_input_is_a_clear_4xx_and_nothing_is_queued(client: Any, live: LiveS
     info = httpx.get(live.url + "/v1/info").json()["models"][0]
     assert (info["running_requests"], info["waiting_requests"]) == (0, 0)
     assert _queried(live) == before
+
+
+@pytest.fixture(scope="module")
+def thinker(tmp_path_factory: pytest.TempPathFactory, tokenizer: Tokenizer) -> Any:
+    from openai import OpenAI
+
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    directory = build_family_checkpoint("deepseek_r1", tokenizer,
+                                        tmp_path_factory.mktemp("deepseek_r1"))
+    with LiveServer("--model", f"thinker={directory}", "--reasoning-parser", "auto") as live:
+        yield OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+
+
+def test_reasoning_item_streams_as_the_whole(thinker: Any) -> None:
+    """DeepSeek-R1's template opens <think> in the prompt: a random tiny model reasons
+    until effort "minimal"'s budget (64 tokens) closes it, then answers; the SDK's stream
+    helper assembles the reasoning item and the message the whole call returns."""
+    kwargs: Any = dict(model="thinker", input="Weather in Paris?", max_output_tokens=100,
+                       reasoning={"effort": "minimal"}, extra_body={"seed": 7})
+    whole = thinker.responses.create(**kwargs)
+    assert [item.type for item in whole.output] == ["reasoning", "message"]
+    assert whole.output[0].content[0].text and whole.output[1].content[0].text
+    assert whole.usage.output_tokens_details.reasoning_tokens > 0
+    with thinker.responses.stream(**kwargs) as stream:
+        events = list(stream)
+    reasoning = "".join(e.delta for e in events if e.type == "response.reasoning_text.delta")
+    assert reasoning == whole.output[0].content[0].text
+    # the last event (response.completed, or response.incomplete when max_output_tokens
+    # cut the answer) carries the Response as the helper assembled it
+    assert events[-1].type == f"response.{whole.status}"
+    assert items(events[-1].response) == items(whole)
