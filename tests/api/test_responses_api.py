@@ -258,6 +258,8 @@ BAD: list[tuple[dict[str, Any], int, str | None, str]] = [
     ({"input": "hi", "tools": TOOLS, "tool_choice": "required",
       "text": {"format": {"type": "json_object"}}}, 400, "text.format", "send one of them"),
     ({"input": "hi", "background": True}, 400, "background", "not supported"),
+    ({"input": "hi", "text": {"verbosity": "low"}}, 400, "text.verbosity", "not supported"),
+    ({"input": "hi", "conversation": "conv_1"}, 400, "conversation", "previous_response_id"),
     ({"input": "hi", "truncation": "auto"}, 400, "truncation", "never truncated"),
     ({"input": "hi", "include": ["message.output_text.logprobs"]}, 400, "include",
      "not supported"),

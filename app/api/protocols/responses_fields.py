@@ -55,7 +55,7 @@ class TextConfig(Strict):
         None, description="the answer's form: {\"type\": \"text\"} (default), "
                           "{\"type\": \"json_object\"} or {\"type\": \"json_schema\", "
                           "\"name\", \"schema\", \"strict\"}, through structured output")
-    verbosity: Literal["medium"] | None = Field(
+    verbosity: Literal["low", "medium", "high"] | None = Field(
         None, description="only \"medium\" (the served models take no verbosity control)")
 
 
@@ -147,6 +147,10 @@ def refuse_unsupported(body: ResponsesRequest) -> None:
         value = getattr(body, name)
         if not any(value == ok for ok in off):
             raise BadRequest(f"{name}: not supported ({why})", param=name)
+    if body.text is not None and body.text.verbosity not in (None, "medium"):
+        raise BadRequest(f"text.verbosity {body.text.verbosity!r}: not supported (the served "
+                         "models take no verbosity control; only \"medium\")",
+                         param="text.verbosity")
     for value in body.include or ():
         if value not in IGNORED_INCLUDES:
             raise BadRequest(f"include {value!r}: not supported (only "
