@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from app.tokenizer import Tokenizer
 from tests.chat.families import build_family_checkpoint
 from tests.live import LiveServer
+from tests.waiting import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
@@ -183,3 +184,27 @@ def test_reasoning_item_streams_as_the_whole(thinker: Any) -> None:
     # cut the answer) carries the Response as the helper assembled it
     assert events[-1].type == f"response.{whole.status}"
     assert items(events[-1].response) == items(whole)
+
+
+def _aborted(live: LiveServer) -> float:
+    found = re.search(r'^llm_requests_finished_total\{finish_reason="abort",model="default-lm"'
+                      r'\} (\S+)$', httpx.get(live.url + "/metrics").text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _idle(live: LiveServer) -> bool:
+    info = httpx.get(live.url + "/v1/info").json()["models"][0]
+    return (info["running_requests"], info["waiting_requests"], info["kv_blocks_used"]) == (
+        0, 0, 0)
+
+
+def test_leaving_a_stream_aborts_its_request(live: LiveServer) -> None:
+    aborted = _aborted(live)
+    body = {"input": "Tell me a fortune.", "max_output_tokens": 200, "ignore_eos": True,
+            "stream": True}
+    with httpx.stream("POST", live.url + "/v1/responses", json=body, timeout=30) as r:
+        for line in r.iter_lines():
+            if line == "event: response.output_text.delta":
+                break  # a token came: leave with 199 to go
+    wait_until(lambda: _idle(live), "the engine to be idle")
+    assert _aborted(live) == aborted + 1

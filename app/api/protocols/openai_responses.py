@@ -188,7 +188,8 @@ def chat_input(body: ResponsesRequest, items: Sequence[Mapping[str, Any]],
         temperature=1.0 if body.temperature is None else body.temperature,
         top_p=1.0 if body.top_p is None else body.top_p, top_k=body.top_k, min_p=body.min_p,
         repetition_penalty=body.repetition_penalty, presence_penalty=body.presence_penalty,
-        frequency_penalty=body.frequency_penalty, seed=body.seed, stop=body.stop)
+        frequency_penalty=body.frequency_penalty, seed=body.seed, stop=body.stop,
+        min_tokens=body.min_tokens, ignore_eos=body.ignore_eos)
     options = ChatOptions(tools=function_tools(body), tool_choice=tool_choice(body),
                           parallel_tool_calls=body.parallel_tool_calls is not False,
                           reasoning_budget=budget)

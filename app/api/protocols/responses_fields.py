@@ -134,6 +134,8 @@ class ResponsesRequest(Strict):
     stop: StopStr | Annotated[list[Annotated[StopStr, Field(min_length=1)]],
                               Field(max_length=16)] | None = Field(
         None, description="stop strings (not included in the output)")
+    min_tokens: int = Field(0, ge=0, description="no end of answer before this many tokens")
+    ignore_eos: bool = False
     cache_salt: CacheSalt | None = Field(None, description=CACHE_SALT_DOC)
 
     model_config = ConfigDict(json_schema_extra={"examples": [
