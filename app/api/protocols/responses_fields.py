@@ -14,7 +14,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from app.api.errors import BadRequest
 from app.api.schemas import CACHE_SALT_DOC, CacheSalt, StopStr, Strict
 
-EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")
 MAX_METADATA_KEYS = 16  # OpenAI's limits on metadata, enforced the same way
 MetadataKey = Annotated[str, Field(max_length=64)]
 MetadataValue = Annotated[str, Field(max_length=512)]

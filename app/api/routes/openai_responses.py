@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -38,7 +38,7 @@ from app.api.protocols.responses_fields import (
     ResponsesRequest,
     refuse_unsupported,
 )
-from app.api.response_store import ResponseStore
+from app.api.response_store import ResponseStore, StoredResponse
 from app.api.responses import INFERENCE, documented, errors
 from app.api.serving import collect, merged_stream, sse
 from app.api.state import ServerState
@@ -58,7 +58,7 @@ def _measure(request: Request, store: ResponseStore) -> None:
 
 
 def _stored(request: Request, state: ServerState, response_id: str, param: str | None
-            ) -> Any:
+            ) -> StoredResponse:
     entry = state.responses.get(response_id)
     _measure(request, state.responses)  # a lookup drops an expired entry
     if entry is None:
@@ -124,7 +124,8 @@ async def create_response(body: ResponsesRequest, request: Request, state: State
     return response
 
 
-async def _events(run: ChatRun, events: ResponseEvents, keep: Any) -> AsyncIterator[str]:
+async def _events(run: ChatRun, events: ResponseEvents,
+                  keep: Callable[[dict[str, Any]], None]) -> AsyncIterator[str]:
     """The SSE body: every event named (`event:`) and typed (`type`), in sequence. An
     error after the stream began becomes an `error` event and response.failed."""
     for name, data in events.start():
