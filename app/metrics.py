@@ -11,6 +11,7 @@ Nothing is registered globally: each app builds its own registry.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +47,8 @@ class EngineSnapshot:
     architecture: str
     alive: bool
     quantization: str = "none"
+    block_size: int = 16
+    prefix_caching: bool = True
 
 
 class _Pair:
@@ -228,5 +231,18 @@ class _EngineGauges(Collector):
                 for gauge_name, gauge_value in vllm_gauges:
                     gauge(gauge_name, f"vLLM-compatible {gauge_name}", ("model_name",)
                           ).add_metric([s.model], gauge_value)
+                # Info series in vLLM's shape (value 1; the figures are labels), which the
+                # Gateway API Inference Extension's endpoint picker reads: the KV cache's
+                # size, and the LoRA adapters (none: this server serves no adapters yet;
+                # vLLM's value is the time of the reading, the picker keeps the newest).
+                gauge("vllm:cache_config_info", "vLLM-compatible KV cache configuration",
+                      ("model_name", "block_size", "num_gpu_blocks", "enable_prefix_caching",
+                       "cache_dtype")).add_metric(
+                    [s.model, str(s.block_size), str(s.blocks_total),
+                     str(s.prefix_caching), s.dtype], 1.0)
+                gauge("vllm:lora_requests_info", "vLLM-compatible LoRA adapters in use",
+                      ("model_name", "max_lora", "running_lora_adapters",
+                       "waiting_lora_adapters")).add_metric(
+                    [s.model, "0", "", ""], time.time())
         yield from families.values()
         yield from counters.values()

@@ -67,6 +67,7 @@ class SamplingParams:
     top_logprobs: int = 0
     logprobs_mode: LogprobsMode = LogprobsMode.PROCESSED
     skip_special_tokens: bool = True
+    include_stop_str_in_output: bool = False  # the stop string that ended the text stays
 
     @property
     def greedy(self) -> bool:

@@ -80,10 +80,12 @@ class ChoiceLogprobs:
     """One choice's legacy logprobs, assembled chunk by chunk (a whole response is one
     chunk), with text_offset counting on across the chunks."""
 
-    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int]) -> None:
+    def __init__(self, tokenizer: Tokenizer, prompt_ids: Sequence[int],
+                 skip_special_tokens: bool = True) -> None:
         self._tokenizer = tokenizer
-        # Generated text is detokenized without special tokens, as the engine does.
-        self._pieces = TokenPieces(tokenizer, skip_special_tokens=True, context=prompt_ids)
+        # Generated text is detokenized as the engine does it for this request.
+        self._pieces = TokenPieces(tokenizer, skip_special_tokens=skip_special_tokens,
+                                   context=prompt_ids)
         self._sent = 0  # characters of the choice's text in the chunks so far
         self._end = 0  # where the tokens so far end in the text
 

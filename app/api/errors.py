@@ -21,6 +21,7 @@ from app.chat.errors import (
     AnswerFormatConflict,
     BudgetUnsupported,
     ChatRequestError,
+    ContinuationError,
     ToolChoiceError,
 )
 from app.engine.errors import (
@@ -98,6 +99,7 @@ CHAT_ERROR_FIELDS: dict[type[ChatRequestError], str] = {
     ToolChoiceError: "tool_choice",
     AnswerFormatConflict: "response_format",
     BudgetUnsupported: "thinking_budget",
+    ContinuationError: "continue_final_message",
 }
 
 

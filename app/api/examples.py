@@ -230,6 +230,24 @@ METRICS = ('llm_generation_tokens_total{model="default-lm"} 180.0\n'
            'llm_requests_running{model="default-lm"} 0.0\n'
            'llm_kv_cache_usage_ratio{model="default-lm"} 0.0\n')
 
+# ----------------------------------------------------------- what routers read (routers)
+GET_LOAD: list[dict[str, int]] = [{"dp_rank": 0, "num_reqs": 3, "num_waiting_reqs": 1,
+                                   "num_tokens": 416}]
+GET_MODEL_INFO: dict[str, Any] = {
+    "model_path": "models/default-lm", "tokenizer_path": "models/default-lm",
+    "served_model_name": "default-lm", "is_generation": True, "max_model_len": 256,
+    "weight_version": "fp_69359a12701f"}
+SERVER_INFO: dict[str, Any] = {
+    "version": "0.1.0",
+    "vllm_config": {
+        "model_config": {"model": "default-lm", "served_model_name": "default-lm",
+                         "max_model_len": 256, "dtype": "float32"},
+        "cache_config": {"block_size": 16, "num_gpu_blocks": 1024,
+                         "enable_prefix_caching": True},
+        "scheduler_config": {"max_num_seqs": 64, "max_num_batched_tokens": 2048}},
+    "server_args": {"host": "127.0.0.1", "port": 8000, "block_size": 16,
+                    "max_num_seqs": 64, "metrics_compat": "vllm"},
+    "internal_states": [{"num_reqs": 0, "num_waiting_reqs": 0, "kv_blocks_used": 0}]}
 
 
 # --- OpenAI Responses API (/v1/responses): real outputs of default-lm, for

@@ -19,6 +19,7 @@ from app.api.routes import (
     openai_responses,
     perplexity,
     predict,
+    router_info,
     tokenize,
 )
 from app.config import Settings
@@ -36,7 +37,7 @@ def build_router(settings: Settings) -> APIRouter:
         protected.append(Security(bearer_scheme))
         responses = UNAUTHORIZED
     for module in (predict, generate, classify, openai, openai_responses, embeddings,
-                   perplexity, tokenize, info):
+                   perplexity, tokenize, info, router_info):
         root.include_router(module.router, dependencies=protected, responses=responses)
     for module, public in ((health, settings.public_health),
                            (metrics, settings.public_metrics)):

@@ -16,6 +16,7 @@ from app.api.openai_fields import (
     UnsupportedChatFields,
     UnsupportedCompletionFields,
 )
+from app.api.router_fields import ChatExtensionFields, SamplingExtensionFields
 from app.api.tool_fields import ToolCall, ToolRequestFields
 
 NonEmptyStr = Annotated[str, Field(min_length=1)]
@@ -141,7 +142,7 @@ class StructuredOutputs(Strict):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
-class SamplingFields(BaseModel):
+class SamplingFields(SamplingExtensionFields):
     """Sampling controls shared by /v1/generate and the OpenAI endpoints."""
 
     max_tokens: int | None = Field(None, ge=1, description="tokens to generate at most "
@@ -579,8 +580,8 @@ class ChatMessage(Loose):
         return self
 
 
-class ChatCompletionRequest(Strict, SamplingFields, ToolRequestFields, IgnoredOpenAIFields,
-                            UnsupportedChatFields):
+class ChatCompletionRequest(Strict, SamplingFields, ToolRequestFields, ChatExtensionFields,
+                            IgnoredOpenAIFields, UnsupportedChatFields):
     model: str | None = None
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
     max_completion_tokens: int | None = Field(None, ge=1)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import Request
 
 from app.api.errors import BadRequest, error_body, status_of
+from app.api.router_fields import include_stop, refuse_unsupported_extensions
 from app.api.schemas import PromptLogprob, SamplingFields, TokenLogprobOut, TopLogprob, Usage
 from app.api.state import ServedModel
 from app.config import Settings
@@ -106,6 +107,7 @@ def sampling_params(
             raise BadRequest(f"logit_bias keys must be token ids in plain decimal digits "
                              f"(like \"50256\"); got {key!r}", param="logit_bias")
         bias.append((int(key), float(value)))
+    refuse_unsupported_extensions(req)
     stop = (req.stop,) if isinstance(req.stop, str) else tuple(req.stop or ())
     if any(not s for s in stop):
         raise BadRequest("stop strings must not be empty", param="stop")
@@ -117,6 +119,8 @@ def sampling_params(
         stop_token_ids=tuple(req.stop_token_ids or ()), min_tokens=req.min_tokens,
         ignore_eos=req.ignore_eos, n=req.n, logprobs=logprobs or top_logprobs > 0,
         top_logprobs=top_logprobs, logprobs_mode=LogprobsMode(logprobs_mode),
+        include_stop_str_in_output=include_stop(req),
+        skip_special_tokens=req.skip_special_tokens is not False,
     )
 
 

@@ -70,7 +70,8 @@ def snapshots(state: ServerState) -> Iterable[EngineSnapshot]:
             prefix_queries=e.prefix_queries, prefix_hits=e.prefix_hits,
             dtype=str(m.loaded.dtype).removeprefix("torch."), device=str(m.loaded.device),
             architecture=m.loaded.config.architecture, alive=e.alive,
-            quantization=m.loaded.model.quantization)
+            quantization=m.loaded.model.quantization, block_size=e.block_size,
+            prefix_caching=state.settings.enable_prefix_caching)
 
 
 def _tokenizer(scope: Scope, model: str) -> Tokenizer | None:

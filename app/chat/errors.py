@@ -18,3 +18,7 @@ class AnswerFormatConflict(ChatRequestError):
 
 class BudgetUnsupported(ChatRequestError):
     """A thinking budget this model's vocabulary cannot enforce."""
+
+
+class ContinuationError(ChatRequestError):
+    """continue_final_message on a conversation whose last message cannot be continued."""

@@ -8,7 +8,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.chat.errors import AnswerFormatConflict, BudgetUnsupported
+from app.chat.errors import AnswerFormatConflict, BudgetUnsupported, ContinuationError
 from app.chat.grammar import ReasoningSpec, added_token_ids, chat_grammar, json_answer
 from app.chat.output import ChatOutputParser
 from app.chat.parsing import ToolCallParser
@@ -31,6 +31,9 @@ class ChatOptions:
     # A JSON Schema the answer must follow (response_format). With a reasoning parser it
     # joins this plan's grammar, after </think>; without, the caller applies it itself.
     answer_schema: Mapping[str, Any] | None = None
+    add_generation_prompt: bool = True  # the assistant's opening after the conversation
+    continue_final_message: bool = False  # the last (assistant) message is left open
+    separate_reasoning: bool = True  # False: reasoning stays in the answer's text
 
 
 @dataclass(frozen=True)
@@ -54,6 +57,22 @@ class ChatPlan:
             if self.reasoning_parser else None)
 
 
+def open_final_message(prompt: str, messages: Sequence[Mapping[str, Any]]) -> str:
+    """The rendered conversation cut right after the last message's text, so the answer
+    continues it (as transformers' continue_final_message does): whatever the template
+    writes after that text (its end-of-turn marker) goes."""
+    last = messages[-1] if messages else {}
+    content = last.get("content")
+    if last.get("role") != "assistant" or not isinstance(content, str) or not content.strip():
+        raise ContinuationError("continue_final_message needs a last message from the "
+                                "assistant with text to continue")
+    end = prompt.rfind(content.strip())
+    if end < 0:
+        raise ContinuationError("continue_final_message: the chat template does not write "
+                                "the last message's text as it is, so it cannot be continued")
+    return prompt[:end + len(content.strip())]
+
+
 def plan_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
               options: ChatOptions, tool_parser: str = AUTO,
               reasoning_parser: str | None = None) -> ChatPlan:
@@ -62,11 +81,18 @@ def plan_chat(tokenizer: Tokenizer, messages: Sequence[Mapping[str, Any]],
     mode, _ = chosen_tools(options.tools, options.tool_choice)
     template = tokenizer.chat_template
     parser = resolve_tool_parser(tool_parser, template) if mode != "none" else None
+    if options.continue_final_message and options.add_generation_prompt:
+        raise ContinuationError("continue_final_message needs add_generation_prompt false "
+                                "(the answer continues the last message, no new turn)")
     prompt = render_chat(tokenizer, [dict(m) for m in messages],
                          tools=[dict(t) for t in options.tools] if parser else None,
                          template_kwargs=dict(options.template_kwargs),
-                         history_id=parser.history_id if parser else None)
-    reasoning = resolve_reasoning_parser(reasoning_parser, template)
+                         history_id=parser.history_id if parser else None,
+                         add_generation_prompt=options.add_generation_prompt)
+    if options.continue_final_message:
+        prompt = open_final_message(prompt, messages)
+    reasoning = (resolve_reasoning_parser(reasoning_parser, template)
+                 if options.separate_reasoning else None)
     if options.reasoning_budget is not None and reasoning is None:
         raise BudgetUnsupported("a thinking budget needs a reasoning parser "
                                 "(--reasoning-parser) for a model whose template reasons")

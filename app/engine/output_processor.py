@@ -112,7 +112,8 @@ class OutputProcessor:
         if stop_text is None:
             detok = IncrementalDetokenizer(self.tokenizer, progress.prompt_ids,
                                            skip_special_tokens=p.skip_special_tokens)
-            stop_text = progress.stop_texts[seq.index] = StopText(detok, p.stop)
+            stop_text = progress.stop_texts[seq.index] = StopText(
+                detok, p.stop, p.include_stop_str_in_output)
         reason: str | None = None
         stops_allowed = seq.num_output_tokens >= p.min_tokens
         is_stop_token = stops_allowed and (

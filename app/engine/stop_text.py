@@ -14,11 +14,16 @@ from app.tokenizer import IncrementalDetokenizer
 class StopText:
     """Turns a completion's detokenized text into safe deltas, finding stop strings even
     across token boundaries. Text that might be the start of a stop string is held back
-    until the next tokens decide; the stop string itself is never emitted."""
+    until the next tokens decide; the stop string itself is emitted only with
+    `include_stop` (vLLM's include_stop_str_in_output). `matched` is the stop string
+    that ended the text, once one has."""
 
-    def __init__(self, detokenizer: IncrementalDetokenizer, stop: tuple[str, ...]) -> None:
+    def __init__(self, detokenizer: IncrementalDetokenizer, stop: tuple[str, ...],
+                 include_stop: bool = False) -> None:
         self.detokenizer = detokenizer
         self.stop = stop
+        self.include_stop = include_stop
+        self.matched: str | None = None
         self.held = ""  # decoded but not yet emitted: a possible start of a stop string
 
     def push(self, token_ids: list[int], match_stop: bool = True) -> tuple[str, bool]:
@@ -31,11 +36,14 @@ class StopText:
         text = self.held + new
         if match_stop and self.stop:
             # Only occurrences that end in the new text: earlier ones were checked already.
-            found = [i for i in (text.find(s, max(0, earlier - len(s) + 1))
-                                 for s in self.stop) if i >= 0]
+            found = [(i, s) for i, s in ((text.find(s, max(0, earlier - len(s) + 1)), s)
+                                         for s in self.stop) if i >= 0]
             if found:
+                # the earliest; of two starting there, the longer (it holds the other)
+                start, self.matched = min(found, key=lambda f: (f[0], -len(f[1])))
                 self.held = ""
-                return text[:min(found)], True
+                end = start + len(self.matched) if self.include_stop else start
+                return text[:end], True
         keep = self._held_back(text)
         self.held = text[len(text) - keep:] if keep else ""
         return text[:len(text) - keep], False

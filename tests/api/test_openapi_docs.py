@@ -33,6 +33,8 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("get", "/v1/models"): set(), ("get", "/v1/info"): set(),
     ("get", "/livez"): set(), ("get", "/metrics"): set(),
     **{("get", p): {"503"} for p in ("/startupz", "/readyz", "/health")},
+    ("get", "/get_load"): set(),
+    **{("get", p): {"503"} for p in ("/get_model_info", "/server_info", "/get_server_info")},
 }
 PUBLIC = {"/livez", "/startupz", "/readyz", "/health", "/metrics"}
 # The requests that made the examples (app/api/examples.py).

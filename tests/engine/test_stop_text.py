@@ -54,7 +54,8 @@ def test_held_back_text_stays_bounded_by_the_stop_length() -> None:
         assert not hit and len(stop_text.held) <= 200
         emitted += len(delta)
     assert emitted == 20_000 - len(stop_text.held)
-    assert vars(stop_text).keys() == {"detokenizer", "stop", "held"}  # no whole-text buffer
+    # no whole-text buffer
+    assert vars(stop_text).keys() == {"detokenizer", "stop", "include_stop", "matched", "held"}
 
 
 def test_min_tokens_holds_off_stop_strings_then_matches_new_text() -> None:
@@ -62,3 +63,20 @@ def test_min_tokens_holds_off_stop_strings_then_matches_new_text() -> None:
     assert (out, hit) == ("ab cd", True)  # the first space came before min_tokens
     out, hit, _ = feed((" ",), "ab cd", match_from=100)
     assert (out, hit) == ("ab cd", False)
+
+
+def test_include_stop_keeps_the_earliest_stop_string_and_names_it() -> None:
+    for include, expected in ((False, "abc"), (True, "abcEN")):
+        stop_text = StopText(CharDetokenizer(), ("ENDX", "EN", "Q"), include)  # type: ignore[arg-type]
+        out = ""
+        for ch in "abcENDxQ":
+            delta, hit = stop_text.push([ord(ch)])
+            out += delta
+            if hit:
+                break
+        # "EN" completes first (at "abcEN"); "ENDX" never does; text after it is dropped
+        assert (out, hit, stop_text.matched) == (expected, True, "EN")
+    stop_text = StopText(CharDetokenizer(), ("AB", "ABC"), True)  # type: ignore[arg-type]
+    delta, hit = stop_text.push([ord(c) for c in "xABCy"])
+    # both start at the same place: the longer one, which holds the other, is named
+    assert (delta, hit, stop_text.matched) == ("xABC", True, "ABC")

@@ -51,7 +51,10 @@ def chat_options(body: ChatCompletionRequest) -> ChatOptions:
         tool_choice=choice.model_dump() if isinstance(choice, NamedToolChoice) else choice,
         parallel_tool_calls=body.parallel_tool_calls is not False,
         template_kwargs=body.chat_template_kwargs or {},
-        reasoning_budget=body.thinking_budget)
+        reasoning_budget=body.thinking_budget,
+        add_generation_prompt=body.add_generation_prompt,
+        continue_final_message=body.continue_final_message,
+        separate_reasoning=body.separate_reasoning)
 
 
 def chat_input(body: ChatCompletionRequest) -> ChatInput:
@@ -65,22 +68,26 @@ def chat_input(body: ChatCompletionRequest) -> ChatInput:
         cache_salt=body.cache_salt)
 
 
-def stream_delta(answers: ChatAnswers, index: int, text: str, reason: str | None
-                 ) -> tuple[dict[str, Any], str | None]:
+def stream_delta(answers: ChatAnswers, index: int, text: str, reason: str | None,
+                 include_reasoning: bool = True) -> tuple[dict[str, Any], str | None]:
     """(the chunk's delta, its finish_reason) for a completion's new text."""
     delta = answers.stream(index, text, reason is not None)
     if not answers.parsing:
         return {"content": text}, reason
+    if not include_reasoning:
+        delta = ChatDelta(delta.content, "", delta.tool_calls)
     return delta_payload(delta), finish_reason(reason, answers.made_calls(index))
 
 
-def whole_message(answers: ChatAnswers, text: str, reason: str | None
-                  ) -> tuple[dict[str, Any], str | None]:
-    """(the response message, its finish_reason) for a whole completion."""
+def whole_message(answers: ChatAnswers, text: str, reason: str | None,
+                  include_reasoning: bool = True) -> tuple[dict[str, Any], str | None]:
+    """(the response message, its finish_reason) for a whole completion; without
+    include_reasoning (vLLM's field) the reasoning is parsed out and dropped."""
     if not answers.parsing:
         return {"content": text}, reason
     message = answers.whole(text)
-    return (message_payload(message, answers.plan.reasoning_parser is not None),
+    return (message_payload(message, include_reasoning
+                            and answers.plan.reasoning_parser is not None),
             finish_reason(reason, bool(message.tool_calls)))
 
 

@@ -137,7 +137,8 @@ async def completions(body: CompletionRequest, request: Request, state: StateDep
         key = prompt_index * params.n + index
         first = key not in logprobs
         if first:
-            logprobs[key] = ChoiceLogprobs(model.tokenizer, prompts[prompt_index])
+            logprobs[key] = ChoiceLogprobs(model.tokenizer, prompts[prompt_index],
+                                           params.skip_special_tokens)
         echo = echoes[prompt_index] if body.echo and first else None
         shown = (echo.text + text) if echo else text
         return CompletionChoice(
@@ -226,7 +227,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
         def on_output(_: int, out: RequestOutput) -> list[dict[str, Any]]:
             events = []
             for d in out.completions:
-                delta, finish = stream_delta(answers, d.index, d.text, d.finish_reason)
+                delta, finish = stream_delta(answers, d.index, d.text, d.finish_reason,
+                                             body.include_reasoning)
                 logprobs = _chat_logprobs(model, d.logprobs)
                 if d.index not in started:
                     started.add(d.index)
@@ -248,7 +250,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, state:
     outputs = await collect(request, streams)
     choices = []
     for c in outputs[0].completions:
-        message, finish = whole_message(answers, c.text, c.finish_reason)
+        message, finish = whole_message(answers, c.text, c.finish_reason,
+                                        body.include_reasoning)
         choices.append(ChatChoice(index=c.index, message=ChatResponseMessage(**message),
                                   finish_reason=finish,
                                   logprobs=_chat_logprobs(model, c.logprobs)))
