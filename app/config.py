@@ -121,6 +121,14 @@ class Settings(BaseSettings):
                           "ZeroMQ + msgpack format) on this ZeroMQ endpoint, e.g. "
                           "tcp://*:5557, for prefix-aware routers (off when unset)")
     kv_events_topic: str = Field("", description="ZeroMQ topic of the KV-cache events")
+    responses_store_entries: int = Field(
+        1000, ge=0, description="/v1/responses kept for GET and previous_response_id "
+                                "(0: none are kept); the least recently used go first")
+    responses_store_bytes: int = Field(
+        64 * 1024 * 1024, ge=0, description="most bytes (as JSON) of stored /v1/responses "
+                                            "together; the least recently used go first")
+    responses_store_ttl: float = Field(
+        3600.0, gt=0, description="seconds a stored /v1/responses answer is kept")
     cache_salt_api_key: bool = Field(
         False, description="isolate the prefix cache per API key: callers with different "
                            "keys never share cached prompt blocks (see docs/RELIABILITY.md)")

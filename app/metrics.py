@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -118,6 +118,11 @@ class Metrics:
                               ("type",), registry=r)
         self.http_requests = Counter("llm_http_requests_total", "HTTP requests",
                                      ("endpoint", "method", "status"), registry=r)
+        # /v1/responses' store (app/api/response_store.py), set as it changes
+        self.responses_stored = Gauge("llm_responses_stored", "/v1/responses answers held "
+                                      "for GET and previous_response_id", registry=r)
+        self.responses_stored_bytes = Gauge("llm_responses_stored_bytes", "Their size, as "
+                                            "JSON", registry=r)
         # --- histograms
         self.e2e = histogram("llm_e2e_request_latency_seconds",
                              "Arrival to last token, per engine request", LATENCY_BUCKETS,

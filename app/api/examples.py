@@ -305,3 +305,68 @@ SERVER_INFO: dict[str, Any] = {
     "server_args": {"host": "127.0.0.1", "port": 8000, "block_size": 16,
                     "max_num_seqs": 64, "metrics_compat": "vllm"},
     "internal_states": [{"num_reqs": 0, "num_waiting_reqs": 0, "kv_blocks_used": 0}]}
+
+
+# --- OpenAI Responses API (/v1/responses): real outputs of default-lm, for
+# {"input": "Tell me a fortune.", "max_output_tokens": 40, "seed": 17} (whole) and the
+# same with "max_output_tokens": 2, "stream": true (its named events, no [DONE])
+def _named(*events: dict[str, Any]) -> str:
+    """Events as /v1/responses sends them: named, typed, numbered."""
+    numbered = ({"type": e["type"], "sequence_number": n, **e} for n, e in enumerate(events))
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e, ensure_ascii=False)}\n\n"
+                   for e in numbered)
+
+
+def _response(rid: str, created: int, status: str, max_output: int,
+              output: list[dict[str, Any]], usage: dict[str, Any] | None) -> dict[str, Any]:
+    return {"id": rid, "object": "response", "created_at": created, "status": status,
+            "error": None, "incomplete_details": {"reason": "max_output_tokens"}
+            if status == "incomplete" else None, "instructions": None,
+            "max_output_tokens": max_output, "model": "default-lm", "output": output,
+            "parallel_tool_calls": True, "previous_response_id": None,
+            "reasoning": {"effort": None, "summary": None}, "store": True,
+            "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto",
+            "tools": [], "top_p": 1.0, "truncation": "disabled", "usage": usage,
+            "user": None, "metadata": {}, "background": False}
+
+
+def _response_usage(prompt: int, output: int) -> dict[str, Any]:
+    return {"input_tokens": prompt,
+            "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+            "output_tokens": output, "output_tokens_details": {"reasoning_tokens": 0},
+            "total_tokens": prompt + output}
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _message(mid: str, status: str, text: str | None) -> dict[str, Any]:
+    return {"id": mid, "type": "message", "role": "assistant", "status": status,
+            "content": [] if text is None else [_text_part(text)]}
+
+
+RESPONSE: dict[str, Any] = _response(
+    "resp_6349cb3cd3ae4327b77e2d65f8d52c1a", 1796590275, "completed", 40,
+    [_message("msg_e1b7999c7f10465795690f6fc2cf349e", "completed",
+              "15t rubys at you.\n\t\t-- Roger White")], _response_usage(15, 13))
+_RID, _MID = "resp_cdc88a5dc4fc476cbcaa76e8b8d052da", "msg_87d3592e50844263a09f3dbe32e1330a"
+_STARTED = _response(_RID, 1796590275, "in_progress", 2, [], None)
+_AT = {"item_id": _MID, "output_index": 0, "content_index": 0}
+RESPONSE_STREAM = _named(
+    {"type": "response.created", "response": _STARTED},
+    {"type": "response.in_progress", "response": _STARTED},
+    {"type": "response.output_item.added", "output_index": 0,
+     "item": _message(_MID, "in_progress", None)},
+    {"type": "response.content_part.added", **_AT, "part": _text_part("")},
+    {"type": "response.output_text.delta", **_AT, "delta": "15", "logprobs": []},
+    {"type": "response.output_text.delta", **_AT, "delta": "t", "logprobs": []},
+    {"type": "response.output_text.done", **_AT, "text": "15t", "logprobs": []},
+    {"type": "response.content_part.done", **_AT, "part": _text_part("15t")},
+    {"type": "response.output_item.done", "output_index": 0,
+     "item": _message(_MID, "incomplete", "15t")},
+    {"type": "response.incomplete", "response": _response(
+        _RID, 1796590275, "incomplete", 2, [_message(_MID, "incomplete", "15t")],
+        _response_usage(15, 2))})
+RESPONSE_DELETED: dict[str, Any] = {"id": "resp_6349cb3cd3ae4327b77e2d65f8d52c1a",
+                                    "object": "response", "deleted": True}

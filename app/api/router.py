@@ -16,6 +16,7 @@ from app.api.routes import (
     info,
     metrics,
     openai,
+    openai_responses,
     perplexity,
     predict,
     router_info,
@@ -35,8 +36,8 @@ def build_router(settings: Settings) -> APIRouter:
     if keyed:
         protected.append(Security(bearer_scheme))
         responses = UNAUTHORIZED
-    for module in (predict, generate, classify, openai, embeddings, perplexity, tokenize,
-                   info, router_info):
+    for module in (predict, generate, classify, openai, openai_responses, embeddings,
+                   perplexity, tokenize, info, router_info):
         root.include_router(module.router, dependencies=protected, responses=responses)
     for module, public in ((health, settings.public_health),
                            (metrics, settings.public_metrics)):

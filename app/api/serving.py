@@ -8,7 +8,7 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
@@ -200,7 +200,7 @@ def sse(data: dict[str, Any] | str, event: str | None = None) -> str:
 
 
 async def merged_stream(streams: list[RequestStream]
-                        ) -> AsyncIterator[tuple[int, RequestOutput]]:
+                        ) -> AsyncGenerator[tuple[int, RequestOutput], None]:
     """Outputs of several streams as they come: (input index, output). Reads one output
     per stream at a time and only when the consumer asks for more, so a slow reader
     leaves outputs merging in each request's collector instead of piling up here."""

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from app import app_version
+from app.api.response_store import ResponseStore
 from app.config import Settings
 from app.engine.engine import Engine
 from app.modeling.config import Task
@@ -67,6 +68,13 @@ class ServerState:
     failure: str | None = None
     models: dict[str, ServedModel] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
+    # /v1/responses' stored answers (store, previous_response_id, GET, DELETE)
+    responses: ResponseStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.responses = ResponseStore(s.responses_store_entries, s.responses_store_bytes,
+                                       s.responses_store_ttl)
 
     def dead_models(self) -> dict[str, str]:
         return {name: m.engine.dead_reason for name, m in self.models.items()

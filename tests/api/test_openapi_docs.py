@@ -25,7 +25,8 @@ TOKENIZER = {"400", "404", "413", "422", "503"}
 EXPECTED: dict[tuple[str, str], set[str]] = {
     **{("post", p): INFERENCE for p in (
         "/v1/predict", "/v1/generate", "/v1/classify", "/v1/completions",
-        "/v1/chat/completions", "/v1/embeddings", "/v1/perplexity")},
+        "/v1/chat/completions", "/v1/embeddings", "/v1/perplexity", "/v1/responses")},
+    **{(m, "/v1/responses/{response_id}"): {"404"} for m in ("get", "delete")},
     **{("post", p): TOKENIZER for p in ("/v1/tokenize", "/v1/detokenize", "/tokenize",
                                          "/detokenize")},
     ("get", "/tokenizer_info"): {"404", "503"},
