@@ -20,6 +20,7 @@ class StopText:
         self.detokenizer = detokenizer
         self.stop = stop
         self.held = ""  # decoded but not yet emitted: a possible start of a stop string
+        self.matched: str | None = None  # the stop string that ended the text, once found
 
     def push(self, token_ids: list[int], match_stop: bool = True) -> tuple[str, bool]:
         """-> (text now safe to emit, whether a stop string was found). With match_stop
@@ -31,11 +32,12 @@ class StopText:
         text = self.held + new
         if match_stop and self.stop:
             # Only occurrences that end in the new text: earlier ones were checked already.
-            found = [i for i in (text.find(s, max(0, earlier - len(s) + 1))
-                                 for s in self.stop) if i >= 0]
+            found = [(i, s) for i, s in ((text.find(s, max(0, earlier - len(s) + 1)), s)
+                                         for s in self.stop) if i >= 0]
             if found:
                 self.held = ""
-                return text[:min(found)], True
+                at, self.matched = min(found, key=lambda f: f[0])  # the earliest one
+                return text[:at], True
         keep = self._held_back(text)
         self.held = text[len(text) - keep:] if keep else ""
         return text[:len(text) - keep], False

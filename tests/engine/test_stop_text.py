@@ -34,6 +34,13 @@ def test_stop_string_across_tokens_is_cut_and_never_emitted() -> None:
     assert feed(("xx", "c"), "abcxx")[:2] == ("ab", True)  # the earliest stop wins
 
 
+def test_the_matched_stop_string_is_named() -> None:
+    """Which stop string ended the text (Anthropic's stop_sequence): the earliest found."""
+    assert feed(("xx", "c"), "abcxx")[2].matched == "c"
+    assert feed(("ND", "END"), "abENDx")[2].matched == "END"
+    assert feed(("END",), "abc")[2].matched is None
+
+
 def test_possible_stop_prefix_is_held_back_then_released() -> None:
     stop_text = StopText(CharDetokenizer(), ("STOP",))  # type: ignore[arg-type]
     assert stop_text.push([ord("a")]) == ("a", False)
@@ -54,7 +61,8 @@ def test_held_back_text_stays_bounded_by_the_stop_length() -> None:
         assert not hit and len(stop_text.held) <= 200
         emitted += len(delta)
     assert emitted == 20_000 - len(stop_text.held)
-    assert vars(stop_text).keys() == {"detokenizer", "stop", "held"}  # no whole-text buffer
+    # no whole-text buffer (matched: the one stop string found, at most)
+    assert vars(stop_text).keys() == {"detokenizer", "stop", "held", "matched"}
 
 
 def test_min_tokens_holds_off_stop_strings_then_matches_new_text() -> None:
