@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Security
 from app.api.deps import bearer_scheme, require_api_key
 from app.api.responses import UNAUTHORIZED
 from app.api.routes import (
+    anthropic_messages,
     classify,
     embeddings,
     generate,
@@ -35,7 +36,7 @@ def build_router(settings: Settings) -> APIRouter:
         protected.append(Security(bearer_scheme))
         responses = UNAUTHORIZED
     for module in (predict, generate, classify, openai, embeddings, perplexity, tokenize,
-                   info):
+                   info, anthropic_messages):
         root.include_router(module.router, dependencies=protected, responses=responses)
     for module, public in ((health, settings.public_health),
                            (metrics, settings.public_metrics)):
