@@ -36,8 +36,11 @@ def build_router(settings: Settings) -> APIRouter:
         protected.append(Security(bearer_scheme))
         responses = UNAUTHORIZED
     for module in (predict, generate, classify, openai, embeddings, perplexity, tokenize,
-                   info, anthropic_messages):
+                   info):
         root.include_router(module.router, dependencies=protected, responses=responses)
+    # Anthropic's routes document their 401 in Anthropic's error shape
+    root.include_router(anthropic_messages.router, dependencies=protected,
+                        responses=anthropic_messages.UNAUTHORIZED if keyed else {})
     for module, public in ((health, settings.public_health),
                            (metrics, settings.public_metrics)):
         root.include_router(module.router, dependencies=[] if public else protected,

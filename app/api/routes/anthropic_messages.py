@@ -35,7 +35,8 @@ from app.api.protocols.anthropic_messages import (
     usage_out,
     whole_message,
 )
-from app.api.responses import INFERENCE, TOKENIZER, UNAUTHORIZED, documented
+from app.api.responses import INFERENCE, TOKENIZER, documented
+from app.api.responses import UNAUTHORIZED as BEARER_UNAUTHORIZED
 from app.api.serving import collect, merged_stream, sse
 
 router = APIRouter(tags=["anthropic"])
@@ -43,18 +44,35 @@ log = logging.getLogger("app.api")
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _documented(example: dict[str, Any], *codes: int, stream: str | None = None
-                ) -> dict[int | str, dict[str, Any]]:
-    """The route's OpenAPI responses with Anthropic's error shape; a body that fails the
-    schema is a 400 here (no 422), and 401 is documented as on keyed servers."""
-    out = documented(example, *(c for c in codes if c != 422), stream=stream)
-    for code, entry in {**UNAUTHORIZED, **out}.items():
+def _anthropic_errors(responses: dict[int | str, dict[str, Any]]
+                      ) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI responses with their error examples in Anthropic's shape."""
+    out = dict(responses)
+    for code, entry in responses.items():
         if code == 200:
             continue
         message = entry["content"]["application/json"]["example"]["error"]["message"]
         out[code] = {**entry, "model": AnthropicErrorResponse, "content": {
             "application/json": {"example": anthropic_error(int(code), message)}}}
     return out
+
+
+def _documented(example: dict[str, Any], *codes: int, stream: str | None = None
+                ) -> dict[int | str, dict[str, Any]]:
+    """The route's OpenAPI responses; a body that fails the schema is a 400 here (no 422,
+    as Anthropic answers)."""
+    out = _anthropic_errors(documented(example, *(c for c in codes if c != 422),
+                                       stream=stream))
+    if stream is not None:
+        out[200] = {**out[200], "description": (
+            "JSON; with `\"stream\": true`, Anthropic's Server-Sent Events (`event:` and "
+            "`data:` lines: message_start, ping, content_block_start/delta/stop, "
+            "message_delta, message_stop)")}
+    return out
+
+
+# app.api.router documents it on the routes of a server with API keys
+UNAUTHORIZED = _anthropic_errors(BEARER_UNAUTHORIZED)
 
 
 async def _events(run: ChatRun, head: dict[str, Any]) -> AsyncIterator[str]:
