@@ -239,7 +239,7 @@ def _anthropic_sse(*events: dict[str, Any]) -> str:
 
 
 ANTHROPIC_MESSAGE: dict[str, Any] = {
-    "id": "msg_0f8e2c1d9b7a4e6f8a1b2c3d4e5f6a7b", "type": "message", "role": "assistant",
+    "id": "msg_8020a80416454655b6a3cd1dc4377c15", "type": "message", "role": "assistant",
     "model": "default-lm", "content": [{"type": "text", "text": "\tIn the"}],
     "stop_reason": "max_tokens", "stop_sequence": None,
     "usage": {"input_tokens": 14, "output_tokens": 3, "cache_read_input_tokens": 0,

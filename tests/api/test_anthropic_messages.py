@@ -222,6 +222,13 @@ def test_text_stream_stop_sequences_and_count_tokens(api: Any) -> None:
                                       if text.find(stop) else [])
         assert comparable(await stream(client, cut)) == comparable(stopped)
 
+        # output_config.format: JSON outputs, through structured output
+        schema = {"type": "object", "properties": {"ok": {"type": "boolean"}},
+                  "required": ["ok"], "additionalProperties": False}
+        shaped = await create(client, {**request, "max_tokens": 30, "output_config": {
+            "format": {"type": "json_schema", "schema": schema}}})
+        jsonschema.validate(json.loads(shaped["content"][0]["text"]), schema)
+
     api(body)
 
 
