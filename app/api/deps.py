@@ -26,7 +26,7 @@ StateDep = Annotated[ServerState, Depends(get_state)]
 bearer_scheme = HTTPBearer(
     auto_error=False, scheme_name="bearerAuth",
     description="An API key of the server (--api-key / --api-key-file), sent as "
-                "`Authorization: Bearer <key>`")
+                "`Authorization: Bearer <key>` (Anthropic's clients: `x-api-key: <key>`)")
 
 
 def presented_key(request: Request) -> str | None:

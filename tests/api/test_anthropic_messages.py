@@ -397,6 +397,9 @@ def test_keys_limits_and_engine_failures_in_anthropic_shape(api: Any) -> None:
             raise RuntimeError("device lost")
 
         engine.fault_hook = broken
+        r = await client.post("/v1/messages", json=base, headers=keyed)
+        assert r.status_code == 500 and strict(r.text)["error"] == {
+            "type": "api_error", "message": "inference step failed: RuntimeError: device lost"}
         r = await client.post("/v1/messages", json={**base, "stream": True}, headers=keyed)
         assert r.status_code == 200  # the failure comes after the stream began
         events = sse_events(r.text)
@@ -404,7 +407,7 @@ def test_keys_limits_and_engine_failures_in_anthropic_shape(api: Any) -> None:
         name, data = events[-1]
         assert name == "error" and data["error"]["type"] == "api_error", data
         assert "device lost" in data["error"]["message"]
-        for _ in range(3):
+        for _ in range(2):
             r = await client.post("/v1/messages", json=base, headers=keyed)
         assert r.status_code == 503 and strict(r.text)["error"]["type"] == "overloaded_error"
 
