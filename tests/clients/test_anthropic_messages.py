@@ -151,7 +151,7 @@ def test_bad_input_raises_the_sdk_exceptions_and_queues_nothing(client: Any,
                                                 "name": "web_search"}]},
          "invalid_request_error"),
         (anthropic.BadRequestError, {"max_tokens": 4000}, "invalid_request_error"),
-        (anthropic.NotFoundError, {"model": "claude-sonnet-4-5"}, "not_found_error"),
+        (anthropic.NotFoundError, {"model": "claude-9"}, "not_found_error"),
     ]
     for error, change, type_ in cases:
         with pytest.raises(error) as raised:
