@@ -9,6 +9,7 @@ to it."""
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -168,3 +169,35 @@ def test_bad_input_raises_the_sdk_exceptions_and_queues_nothing(client: Any,
     with pytest.raises(anthropic.BadRequestError):
         client.messages.count_tokens(model=MODEL, messages=ASK, extra_body={"stream": True})
     assert _engine_counters(live) == before
+
+
+def _aborted(live: LiveServer) -> float:
+    metrics = httpx.get(live.url + "/metrics", headers={"x-api-key": KEY}).text
+    found = re.search(r'^llm_requests_finished_total\{[^}]*finish_reason="abort"[^}]*\} (\S+)$',
+                      metrics, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_clients_that_leave_abort_their_requests(client: Any, live: LiveServer) -> None:
+    """A stream closed after its first event and a create that times out: both requests
+    are aborted on the server (the one pipeline's cancellation), and the engine is idle.
+    A required call whose string cannot end within max_tokens keeps each one generating
+    meanwhile (100 tokens: about 0.3 s here, three times the timeout)."""
+    import anthropic
+
+    long_call: Any = [{"name": "log", "input_schema": {"type": "object", "properties": {
+        "line": {"type": "string", "minLength": 1000}}, "required": ["line"]}}]
+    kwargs: Any = dict(model=MODEL, max_tokens=100, messages=[
+        {"role": "user", "content": "Log it"}], tools=long_call,
+        tool_choice={"type": "any"}, extra_body={"seed": 2})
+    before = _aborted(live)
+    with client.messages.stream(**kwargs) as stream:
+        first = next(iter(stream))
+        assert first.type == "message_start"
+    with pytest.raises(anthropic.APITimeoutError):
+        client.with_options(timeout=0.1).messages.create(**kwargs)
+    deadline = time.monotonic() + 30
+    while _aborted(live) - before < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _aborted(live) - before == 2
+    assert _engine_counters(live)[1:] == ("0.0", "0.0")
