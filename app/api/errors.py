@@ -12,6 +12,7 @@ No handler ever returns a stack trace; each error is logged once with its reques
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -133,6 +134,12 @@ def anthropic_route(path: str) -> bool:
     return path == ANTHROPIC_PREFIX or path.startswith(ANTHROPIC_PREFIX + "/")
 
 
+def route_path(scope: Mapping[str, Any]) -> str:
+    """The request's path as the routes name it (without a proxy's --root-path prefix)."""
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+    return path[len(root):] if root and path.startswith(root) else path
+
+
 def anthropic_error(status: int, message: str) -> dict[str, Any]:
     """Anthropic's error body (also its stream's `event: error` data)."""
     type_ = ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else
@@ -186,7 +193,7 @@ def error_response(request: Request, exc: BaseException) -> JSONResponse:
     log.log(level, "request failed", extra={"request_id": request_id, "status": status,
                                             "error_type": type_, "error": message},
             exc_info=exc if status == 500 and not isinstance(exc, EngineError) else None)
-    status, body = error_content(request.url.path, status, type_, message, param)
+    status, body = error_content(route_path(request.scope), status, type_, message, param)
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -238,7 +245,7 @@ def install(app: FastAPI) -> None:
             f"{str(e.get('msg')).removeprefix('Value error, ')}"
             for e in errors[:5])
         count_error(request, "invalid_request_error")
-        status, body = error_content(request.url.path, 422, "invalid_request_error",
+        status, body = error_content(route_path(request.scope), 422, "invalid_request_error",
                                      details or message, param)
         log.info("request failed", extra={"request_id": getattr(request.state, "request_id",
                                                                 None),
@@ -254,7 +261,7 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
         count_error(request, type_)
-        status, body = error_content(request.url.path, exc.status_code, type_, message)
+        status, body = error_content(route_path(request.scope), exc.status_code, type_, message)
         return JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)

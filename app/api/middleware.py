@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
-from app.api.errors import error_content
+from app.api.errors import error_content, route_path
 from app.logging_setup import request_id_var
 
 Scope = MutableMapping[str, Any]
@@ -60,7 +60,7 @@ class RequestContextMiddleware:
         try:
             length = _header(scope, b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-                await self._too_large(send_with_id, scope.get("path", ""))
+                await self._too_large(send_with_id, route_path(scope))
                 return
             seen = 0
 

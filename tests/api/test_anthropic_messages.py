@@ -475,3 +475,19 @@ def test_the_documented_stream_is_a_real_stream(api: Any) -> None:
         assert await count(client, request) == examples.ANTHROPIC_COUNT["input_tokens"]
 
     api(body, models=[f"default-lm={ROOT / 'models' / 'default-lm'}"])
+
+
+def test_the_error_shape_is_chosen_by_route_behind_a_root_path() -> None:
+    """A proxy's --root-path prefix does not hide an Anthropic route from errors.py."""
+    from app.api.errors import anthropic_route, error_content, route_path
+
+    for scope in ({"path": "/v1/messages/count_tokens"},
+                  {"path": "/llm/v1/messages/count_tokens", "root_path": "/llm"}):
+        assert anthropic_route(route_path(scope))
+        assert error_content(route_path(scope), 422, "invalid_request_error", "bad") == (
+            400, {"type": "error", "error": {"type": "invalid_request_error",
+                                             "message": "bad"}})
+    for path in ("/v1/messagesx", "/v1/chat/completions", "/llm/v1/messages"):
+        assert not anthropic_route(path)
+    assert error_content("/v1/chat/completions", 422, "invalid_request_error", "bad", "x")[
+        1]["error"]["code"] == 422
