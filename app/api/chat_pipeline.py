@@ -150,14 +150,23 @@ class ChatRun:
         return stream_usage(self.streams)
 
 
+async def encode_chat(model: ServedModel, settings: Settings, chat: ChatInput
+                      ) -> tuple[ChatPlan, list[int]]:
+    """The plan of `chat` and its prompt's token ids under the server's limits: what
+    start_chat submits, and what a protocol's token count (Anthropic's count_tokens)
+    reports, from the one render."""
+    plan = plan_for(model, settings, chat)
+    prompt = await encode_text(model, settings, plan.prompt,
+                               PromptRules(chat.prompt_param, add_special_tokens=False))
+    return plan, prompt
+
+
 async def start_chat(request: Request, model: ServedModel, settings: Settings,
                      chat: ChatInput) -> ChatRun:
     """Plan, encode, constrain, count and submit `chat` (one admission: 429 refuses it
     whole). Raises BadRequest (and the chat path's errors, mapped in app/api/errors.py)
     before anything is queued."""
-    plan = plan_for(model, settings, chat)
-    prompt = await encode_text(model, settings, plan.prompt,
-                               PromptRules(chat.prompt_param, add_special_tokens=False))
+    plan, prompt = await encode_chat(model, settings, chat)
     constraint = await chat_constraint(model, settings, plan, chat.structured)
     # without max_tokens, a reply may run to the end of the context (OpenAI's chat),
     # bounded by the server's max_tokens_limit

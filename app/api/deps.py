@@ -26,18 +26,29 @@ StateDep = Annotated[ServerState, Depends(get_state)]
 bearer_scheme = HTTPBearer(
     auto_error=False, scheme_name="bearerAuth",
     description="An API key of the server (--api-key / --api-key-file), sent as "
-                "`Authorization: Bearer <key>`")
+                "`Authorization: Bearer <key>` (Anthropic's clients: `x-api-key: <key>`)")
+
+
+def presented_key(request: Request) -> str | None:
+    """The key a request presents: `Authorization: Bearer KEY` (OpenAI's clients) or
+    `x-api-key: KEY` (Anthropic's), whichever is there; Bearer first."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    key = request.headers.get("x-api-key", "").strip()
+    return key or None
 
 
 async def require_api_key(request: Request, state: StateDep) -> None:
-    """Authorization: Bearer KEY, compared in constant time against every key."""
+    """Authorization: Bearer KEY or x-api-key: KEY, compared in constant time against
+    every key."""
     if not state.api_keys:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>'",
-                           headers={"WWW-Authenticate": "Bearer"})
-    presented = token.strip().encode()
+    token = presented_key(request)
+    if token is None:
+        raise Unauthorized("missing API key: send 'Authorization: Bearer <key>' (or "
+                           "'x-api-key: <key>')", headers={"WWW-Authenticate": "Bearer"})
+    presented = token.encode()
     match = False
     for key in state.api_keys:  # no early exit: timing does not reveal which key matched
         match |= hmac.compare_digest(presented, key.encode())

@@ -19,6 +19,7 @@ from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 from fastapi.staticfiles import StaticFiles
 
+from app.api.errors import anthropic_route
 from app.api.responses import NULL
 
 STATIC_URL = "/static-docs"
@@ -36,10 +37,11 @@ def _assets() -> str:
 def _drop_impossible_422(schema: dict[str, Any]) -> None:
     """FastAPI documents a 422 for every route with parameters; a GET whose only
     parameter is an optional string (`/tokenizer_info?model=`) can never fail
-    validation, so only routes with a body keep theirs (app.api.responses)."""
-    for item in schema.get("paths", {}).values():
+    validation, so only routes with a body keep theirs (app.api.responses); Anthropic's
+    routes answer a body that fails the schema with 400 (app.api.errors)."""
+    for path, item in schema.get("paths", {}).items():
         for operation in item.values():
-            if "requestBody" not in operation:
+            if "requestBody" not in operation or anthropic_route(path):
                 operation.get("responses", {}).pop("422", None)
     # Their schemas, now referenced by nothing (ValidationError only by the other).
     components = schema.get("components", {}).get("schemas", {})

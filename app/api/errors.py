@@ -2,6 +2,9 @@
 
     {"error": {"message": str, "type": str, "param": str | null, "code": int}}
 
+except on Anthropic's routes (/v1/messages*), whose clients read Anthropic's shape:
+`{"type": "error", "error": {"type", "message"}}` (error_content chooses, by path).
+
 Domain errors come from the engine (app.engine.errors); HTTP-level ones are defined here.
 No handler ever returns a stack trace; each error is logged once with its request id.
 """
@@ -9,6 +12,7 @@ No handler ever returns a stack trace; each error is logged once with its reques
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -117,6 +121,44 @@ def error_body(status: int, type_: str, message: str, param: str | None = None
     return {"error": {"message": message, "type": type_, "param": param, "code": status}}
 
 
+# Anthropic's error types by status (its SDK picks exception classes by status, its users
+# read `error.type`); any other 5xx is an api_error.
+ANTHROPIC_TYPES: dict[int, str] = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 405: "invalid_request_error", 413: "request_too_large",
+    415: "invalid_request_error", 422: "invalid_request_error", 429: "rate_limit_error",
+    499: "invalid_request_error", 503: "overloaded_error", 529: "overloaded_error"}
+ANTHROPIC_PREFIX = "/v1/messages"
+
+
+def anthropic_route(path: str) -> bool:
+    """Whether `path` is one of Anthropic's Messages routes (their errors take its shape)."""
+    return path == ANTHROPIC_PREFIX or path.startswith(ANTHROPIC_PREFIX + "/")
+
+
+def route_path(scope: Mapping[str, Any]) -> str:
+    """The request's path as the routes name it (without a proxy's --root-path prefix)."""
+    path, root = str(scope.get("path", "")), str(scope.get("root_path", ""))
+    return path[len(root):] if root and path.startswith(root) else path
+
+
+def anthropic_error(status: int, message: str) -> dict[str, Any]:
+    """Anthropic's error body (also its stream's `event: error` data)."""
+    type_ = ANTHROPIC_TYPES.get(status, "api_error" if status >= 500 else
+                                "invalid_request_error")
+    return {"type": "error", "error": {"type": type_, "message": message}}
+
+
+def error_content(path: str, status: int, type_: str, message: str,
+                  param: str | None = None) -> tuple[int, dict[str, Any]]:
+    """(status, body) of an error on the route at `path`: the one place that chooses the
+    shape. Anthropic answers a body that fails its schema with 400, not 422."""
+    if anthropic_route(path):
+        status = 400 if status == 422 else status
+        return status, anthropic_error(status, message)
+    return status, error_body(status, type_, message, param)
+
+
 def status_of(exc: BaseException) -> tuple[int, str, str | None, dict[str, str]]:
     """(status, type, param, headers) for any exception a handler may raise."""
     if isinstance(exc, ApiError):
@@ -153,8 +195,8 @@ def error_response(request: Request, exc: BaseException) -> JSONResponse:
     log.log(level, "request failed", extra={"request_id": request_id, "status": status,
                                             "error_type": type_, "error": message},
             exc_info=exc if status == 500 and not isinstance(exc, EngineError) else None)
-    return JSONResponse(error_body(status, type_, message, param), status_code=status,
-                        headers=headers)
+    status, body = error_content(route_path(request.scope), status, type_, message, param)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def _validation_param(errors: list[Any]) -> tuple[str, str | None]:
@@ -204,9 +246,9 @@ def install(app: FastAPI) -> None:
             # Our own validators' messages, without pydantic's "Value error, " in front.
             f"{str(e.get('msg')).removeprefix('Value error, ')}"
             for e in errors[:5])
-        status = 422
         count_error(request, "invalid_request_error")
-        body = error_body(status, "invalid_request_error", details or message, param)
+        status, body = error_content(route_path(request.scope), 422, "invalid_request_error",
+                                     details or message, param)
         log.info("request failed", extra={"request_id": getattr(request.state, "request_id",
                                                                 None),
                                           "status": status, "error": details})
@@ -221,8 +263,8 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 404 and message == "Not Found":
             message = f"no route {request.method} {request.url.path}"
         count_error(request, type_)
-        return JSONResponse(error_body(exc.status_code, type_, message),
-                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
+        status, body = error_content(route_path(request.scope), exc.status_code, type_, message)
+        return JSONResponse(body, status_code=status, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -370,3 +370,34 @@ RESPONSE_STREAM = _named(
         _response_usage(15, 2))})
 RESPONSE_DELETED: dict[str, Any] = {"id": "resp_6349cb3cd3ae4327b77e2d65f8d52c1a",
                                     "object": "response", "deleted": True}
+
+# ---------------------------------------------------------------- Anthropic Messages API
+# Real answers of the shipped default-lm (README "Anthropic Messages API").
+
+def _anthropic_sse(*events: dict[str, Any]) -> str:
+    return "".join(f"event: {e['type']}\ndata: {json.dumps(e)}\n\n" for e in events)
+
+
+ANTHROPIC_MESSAGE: dict[str, Any] = {
+    "id": "msg_8020a80416454655b6a3cd1dc4377c15", "type": "message", "role": "assistant",
+    "model": "default-lm", "content": [{"type": "text", "text": "\tIn the"}],
+    "stop_reason": "max_tokens", "stop_sequence": None,
+    "usage": {"input_tokens": 14, "output_tokens": 3, "cache_read_input_tokens": 0,
+              "cache_creation_input_tokens": 0}}
+
+ANTHROPIC_MESSAGE_STREAM = _anthropic_sse(
+    {"type": "message_start", "message": {**ANTHROPIC_MESSAGE, "content": [],
+                                          "stop_reason": None, "usage": {
+        **ANTHROPIC_MESSAGE["usage"], "output_tokens": 0}}},
+    {"type": "ping"},
+    {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "\t"}},
+    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "In"}},
+    {"type": "content_block_delta", "index": 0,
+     "delta": {"type": "text_delta", "text": " the"}},
+    {"type": "content_block_stop", "index": 0},
+    {"type": "message_delta", "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
+     "usage": ANTHROPIC_MESSAGE["usage"]},
+    {"type": "message_stop"})
+
+ANTHROPIC_COUNT: dict[str, Any] = {"input_tokens": 14}

@@ -11,7 +11,7 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 
-from app.api.errors import error_body
+from app.api.errors import error_content, route_path
 from app.logging_setup import request_id_var
 
 Scope = MutableMapping[str, Any]
@@ -60,7 +60,7 @@ class RequestContextMiddleware:
         try:
             length = _header(scope, b"content-length")
             if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-                await self._too_large(send_with_id)
+                await self._too_large(send_with_id, route_path(scope))
                 return
             seen = 0
 
@@ -81,8 +81,9 @@ class RequestContextMiddleware:
     def _message(self) -> str:
         return f"request body exceeds the limit of {self.max_body_bytes} bytes"
 
-    async def _too_large(self, send: Send) -> None:
-        body = json.dumps(error_body(413, "request_too_large", self._message())).encode()
+    async def _too_large(self, send: Send, path: str) -> None:
+        _, content = error_content(path, 413, "request_too_large", self._message())
+        body = json.dumps(content).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", str(len(body)).encode()),

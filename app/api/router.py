@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Security
 from app.api.deps import bearer_scheme, require_api_key
 from app.api.responses import UNAUTHORIZED
 from app.api.routes import (
+    anthropic_messages,
     classify,
     embeddings,
     generate,
@@ -39,6 +40,9 @@ def build_router(settings: Settings) -> APIRouter:
     for module in (predict, generate, classify, openai, openai_responses, embeddings,
                    perplexity, tokenize, info, router_info):
         root.include_router(module.router, dependencies=protected, responses=responses)
+    # Anthropic's routes document their 401 in Anthropic's error shape
+    root.include_router(anthropic_messages.router, dependencies=protected,
+                        responses=anthropic_messages.UNAUTHORIZED if keyed else {})
     for module, public in ((health, settings.public_health),
                            (metrics, settings.public_metrics)):
         root.include_router(module.router, dependencies=[] if public else protected,

@@ -19,6 +19,9 @@ class CompletionDelta:
     text: str
     logprobs: list[TokenLogprob] | None = None
     finish_reason: str | None = None  # "stop" | "length" once finished
+    # the stop string that ended it (finish_reason "stop"; None for EOS or a stop token):
+    # what Anthropic's stop_sequence and vLLM's stop_reason report
+    stop_string: str | None = None
 
     def extend(self, later: CompletionDelta) -> None:
         """Append a later delta of the same completion (in place: amortised O(1) per
@@ -30,6 +33,7 @@ class CompletionDelta:
                 self.logprobs = []
             self.logprobs.extend(later.logprobs)
         self.finish_reason = later.finish_reason or self.finish_reason
+        self.stop_string = later.stop_string or self.stop_string
 
 
 @dataclass
@@ -95,7 +99,7 @@ class RequestOutput:
                 by_index[delta.index] = CompletionDelta(
                     delta.index, list(delta.token_ids), delta.text,
                     None if delta.logprobs is None else list(delta.logprobs),
-                    delta.finish_reason)
+                    delta.finish_reason, delta.stop_string)
             else:
                 earlier.extend(delta)
         self.completions = [by_index[i] for i in sorted(by_index)]

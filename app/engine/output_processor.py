@@ -133,7 +133,8 @@ class OutputProcessor:
             progress.finish_reasons.append(reason)
         return CompletionDelta(index=seq.index, token_ids=[token], text=text,
                                logprobs=[logprob] if logprob is not None else None,
-                               finish_reason=reason)
+                               finish_reason=reason,
+                               stop_string=stop_text.matched if reason == "stop" else None)
 
     @staticmethod
     def record_token_time(progress: RequestProgress, index: int, now: float) -> None:

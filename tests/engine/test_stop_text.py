@@ -34,6 +34,13 @@ def test_stop_string_across_tokens_is_cut_and_never_emitted() -> None:
     assert feed(("xx", "c"), "abcxx")[:2] == ("ab", True)  # the earliest stop wins
 
 
+def test_the_matched_stop_string_is_named() -> None:
+    """Which stop string ended the text (Anthropic's stop_sequence): the earliest found."""
+    assert feed(("xx", "c"), "abcxx")[2].matched == "c"
+    assert feed(("ND", "END"), "abENDx")[2].matched == "END"
+    assert feed(("END",), "abc")[2].matched is None
+
+
 def test_possible_stop_prefix_is_held_back_then_released() -> None:
     stop_text = StopText(CharDetokenizer(), ("STOP",))  # type: ignore[arg-type]
     assert stop_text.push([ord("a")]) == ("a", False)
