@@ -174,6 +174,10 @@ def test_gie_overlay_is_wired_together() -> None:
     assert re.fullmatch(r"registry\.k8s\.io/gateway-api-inference-extension/epp:v\d+\.\d+\.\d+",
                         picker["image"])
     assert epp["spec"]["replicas"] == 1 and epp["spec"]["strategy"]["type"] == "Recreate"
+    # The picker outlives the pool's draining pods, so their last requests are still routed.
+    grace = [d["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+             for d in (epp, server)]
+    assert grace[0] >= grace[1]
     # Scrapes as often as the issue measured /metrics for, and gives up on a silent pod at 2 s.
     args = gie_wiring.args_of(picker)
     assert args["--refresh-metrics-interval"] == "50ms"
