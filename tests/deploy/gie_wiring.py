@@ -75,8 +75,11 @@ def problems(docs: list[Doc]) -> list[str]:
     numbers = [p["number"] for p in spec["targetPorts"]]
     if len(set(numbers)) != len(numbers):
         found.append("InferencePool: port number must be unique")
-    ref = spec.get("endpointPickerRef", {})
-    if ref.get("kind", "Service") == "Service" and "port" not in ref:
+    ref = spec.get("endpointPickerRef")
+    if ref is None:  # optional in the CRD since v1.6, but then no picker routes the pool
+        found.append("InferencePool has no endpointPickerRef")
+        ref = {}
+    elif ref.get("kind", "Service") == "Service" and "port" not in ref:
         found.append("InferencePool: endpointPickerRef of kind Service needs a port")
 
     # The pool selects the model server's pods, and only those, on a port they listen on.

@@ -207,6 +207,10 @@ def _picker_ref_without_port(docs: list[dict[str, Any]]) -> None:
     del by_kind(docs, "InferencePool")["spec"]["endpointPickerRef"]["port"]
 
 
+def _pool_without_picker(docs: list[dict[str, Any]]) -> None:
+    del by_kind(docs, "InferencePool")["spec"]["endpointPickerRef"]
+
+
 def _picker_ref_to_metrics_port(docs: list[dict[str, Any]]) -> None:
     by_kind(docs, "InferencePool")["spec"]["endpointPickerRef"]["port"]["number"] = 9090
 
@@ -278,6 +282,7 @@ WIRING_MISTAKES = [
     (_wrong_target_port, "targetPort 8080 is not a container port"),
     (_duplicate_target_port, "port number must be unique"),
     (_picker_ref_without_port, "needs a port"),
+    (_pool_without_picker, "has no endpointPickerRef"),
     (_picker_ref_to_metrics_port, "is not the EPP's ext-proc port 9002"),
     (_picker_ref_to_server, "not the EPP alone"),
     (_route_to_other_pool, "no HTTPRoute backendRef is the InferencePool llm-inference"),
