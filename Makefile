@@ -89,8 +89,9 @@ unit: $(BIN)/.installed-dev
 test-slow: $(BIN)/.installed-dev
 	$(BIN)/python -m pytest -m slow
 
-# Deployment checks alone: hadolint, kustomize + kubernetes-validate, ServiceMonitor CRD
-# schema, checkov, compose, promtool, and the image smoke test.
+# Deployment checks alone: hadolint, kustomize + kubernetes-validate, CRD schemas
+# (ServiceMonitor, InferencePool, HTTPRoute) and the GIE overlay's wiring, checkov, compose,
+# promtool, and the image smoke test.
 lint-deploy: $(BIN)/.installed-dev tools
 	$(BIN)/python -m pytest tests/deploy
 

