@@ -13,6 +13,8 @@ from typing import Annotated, Literal
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from app.engine.speculative import SpeculativeConfig
+
 ENV_PREFIX = "LLM_"
 QUANTIZATION_METHODS = ("none", "int8", "int4")
 
@@ -129,6 +131,11 @@ class Settings(BaseSettings):
                                             "together; the least recently used go first")
     responses_store_ttl: float = Field(
         3600.0, gt=0, description="seconds a stored /v1/responses answer is kept")
+    speculative_config: str | None = Field(
+        None, description="speculative decoding, vLLM's JSON: {\"method\": \"ngram\", "
+                          "\"num_speculative_tokens\": 4, \"prompt_lookup_min\": 2, "
+                          "\"prompt_lookup_max\": 4, \"max_batch\": 4, \"cooldown\": 2}; "
+                          "off when unset (see README)")
     cache_salt_api_key: bool = Field(
         False, description="isolate the prefix cache per API key: callers with different "
                            "keys never share cached prompt blocks (see docs/RELIABILITY.md)")
@@ -160,6 +167,8 @@ class Settings(BaseSettings):
             raise ValueError("max_num_batched_tokens must be >= max_num_seqs")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens must be <= max_tokens_limit")
+        if self.speculative_config:
+            SpeculativeConfig.parse(self.speculative_config)  # a clear error at startup
         for entry in self.quantization:
             method = entry.partition("=")[2] if "=" in entry else entry
             if method not in QUANTIZATION_METHODS:

@@ -32,6 +32,7 @@ from app.config import Settings, model_specs
 from app.engine.compute import compute_thread
 from app.engine.engine import Engine, EngineConfig
 from app.engine.scheduler import SchedulerConfig
+from app.engine.speculative import SpeculativeConfig
 from app.kv_event_publisher import KVEventPublisher
 from app.metrics import Metrics
 from app.tokenizer import Tokenizer
@@ -57,6 +58,8 @@ def engine_config(settings: Settings) -> EngineConfig:
         max_top_logprobs=settings.max_top_logprobs,
         compile=settings.compile,
         prepack=settings.prepack,
+        speculative=(SpeculativeConfig.parse(settings.speculative_config)
+                     if settings.speculative_config else None),
         scheduler=SchedulerConfig(
             max_num_seqs=settings.max_num_seqs,
             max_num_batched_tokens=settings.max_num_batched_tokens,

@@ -49,6 +49,10 @@ class EngineSnapshot:
     quantization: str = "none"
     block_size: int = 16
     prefix_caching: bool = True
+    spec_drafts: int = 0
+    spec_draft_tokens: int = 0
+    spec_accepted_tokens: int = 0
+    spec_accepted_per_position: tuple[int, ...] = ()
 
 
 class _Pair:
@@ -208,7 +212,7 @@ class _EngineGauges(Collector):
                    "version")).add_metric(
                 [s.model, s.architecture, s.dtype, s.device, s.quantization, m.version], 1.0)
             # Counters the engine keeps itself, read here so they are always exact.
-            owned = (
+            owned: list[tuple[str, str, int, str | None]] = [
                 ("llm_admission_rejections", "Requests refused with 429 (queue full)",
                  s.rejections, None),
                 ("llm_preemptions", "Sequences preempted (blocks freed, recomputed later)",
@@ -217,7 +221,26 @@ class _EngineGauges(Collector):
                  s.prefix_queries, "vllm:prefix_cache_queries"),
                 ("llm_prefix_cache_hits_tokens", "Prompt tokens served from the prefix cache",
                  s.prefix_hits, "vllm:prefix_cache_hits"),
-            )
+            ]
+            if s.spec_drafts or s.spec_accepted_per_position:  # speculating models only
+                owned += [
+                    ("llm_spec_decode_drafts", "Speculative proposals verified",
+                     s.spec_drafts, "vllm:spec_decode_num_drafts"),
+                    ("llm_spec_decode_draft_tokens", "Guessed tokens scored",
+                     s.spec_draft_tokens, "vllm:spec_decode_num_draft_tokens"),
+                    ("llm_spec_decode_accepted_tokens", "Guessed tokens kept",
+                     s.spec_accepted_tokens, "vllm:spec_decode_num_accepted_tokens")]
+                per_position = [("llm_spec_decode_accepted_tokens_per_pos", "model")]
+                if m.vllm:
+                    per_position.append(
+                        ("vllm:spec_decode_num_accepted_tokens_per_pos", "model_name"))
+                for name, label in per_position:
+                    family = CounterMetricFamily(
+                        name, "Guessed tokens kept, by position in the proposal",
+                        labels=[label, "position"])
+                    for position, kept in enumerate(s.spec_accepted_per_position):
+                        family.add_metric([s.model, str(position)], kept)
+                    counters[name] = family
             for name, doc, value, vllm_name in owned:
                 counter(name, doc).add_metric([s.model], value)
                 if m.vllm and vllm_name:

@@ -68,6 +68,7 @@ class SamplingParams:
     logprobs_mode: LogprobsMode = LogprobsMode.PROCESSED
     skip_special_tokens: bool = True
     include_stop_str_in_output: bool = False  # the stop string that ended the text stays
+    speculate: bool = True  # False: no speculative decoding for this request
 
     @property
     def greedy(self) -> bool:

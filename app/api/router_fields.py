@@ -29,6 +29,9 @@ class SamplingExtensionFields(BaseModel):
                           "tool-call parser that reads a special marker turns it off itself)")
     return_hidden_states: bool = Field(
         False, description="SGLang: only false (hidden states are not returned)")
+    speculative: bool = Field(
+        True, description="false: no speculative decoding for this request (when the "
+                          "server has --speculative-config); the output is the same")
 
 
 class ChatExtensionFields(BaseModel):

@@ -497,6 +497,10 @@ class ModelInfo(BaseModel):
         "none", description="none, or the weight format (int8 / int4 and group size), the "
                             "bytes of quantized weights and the kernels chosen at startup "
                             "(--quantization)")
+    speculative: str = Field("off", description="speculative decoding (--speculative-config)")
+    spec_acceptance_rate: float | None = Field(
+        None, description="guessed tokens kept / guessed tokens scored, so far (null: "
+                          "nothing guessed yet)")
 
 
 class InfoResponse(BaseModel):

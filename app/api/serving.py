@@ -121,6 +121,7 @@ def sampling_params(
         top_logprobs=top_logprobs, logprobs_mode=LogprobsMode(logprobs_mode),
         include_stop_str_in_output=include_stop(req),
         skip_special_tokens=req.skip_special_tokens is not False,
+        speculate=req.speculative,
     )
 
 

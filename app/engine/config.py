@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from app.engine.scheduler import SchedulerConfig
+from app.engine.speculative import SpeculativeConfig
 
 
 @dataclass(frozen=True)
@@ -20,4 +21,5 @@ class EngineConfig:
     max_consecutive_failures: int = 3
     compile: str = "off"  # auto | on | off: see app.modeling.compile
     prepack: str = "off"  # auto | off: see app.modeling.packed
+    speculative: SpeculativeConfig | None = None  # speculative decoding (off: None)
     shutdown_timeout: float = 30.0  # how long shutdown() waits for a step in flight

@@ -19,11 +19,12 @@ from app.engine.block_manager import BlockManager
 from app.engine.config import EngineConfig
 from app.engine.output import RequestOutput, RequestSummary
 from app.engine.output_processor import OutputProcessor, RequestProgress
-from app.engine.request import EngineRequest
+from app.engine.request import EngineRequest, RequestKind
 from app.engine.runner import ModelRunner, kv_cache_blocks
 from app.engine.runner_output import RunnerOutput
 from app.engine.sampling_plan import SamplingPlan, SamplingPlanner
 from app.engine.scheduler import Scheduler, SchedulerOutput
+from app.engine.speculative import Proposer
 from app.engine.step_update import StepUpdate, StepUpdater
 from app.engine.validation import RequestLimits
 from app.modeling.loaded import LoadedModel
@@ -43,7 +44,8 @@ class EngineCore:
             loaded, config.block_size, sched.max_num_seqs * self.max_model_len,
             config.kv_cache_memory_fraction)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(sched, self.blocks)
+        self.proposer = Proposer(config.speculative) if config.speculative else None
+        self.scheduler = Scheduler(sched, self.blocks, self.proposer, self.max_model_len)
         self.runner = ModelRunner(loaded, num_blocks, config.block_size, config.compile,
                                   config.prepack)
         eos_ids = tuple(dict.fromkeys((*tokenizer.eos_ids, *loaded.eos_token_ids)))
@@ -60,6 +62,11 @@ class EngineCore:
             constraint: Constraint | None = None) -> None:
         """A request the scheduler has queued: its sampler's and reader's views join."""
         self.requests[request.request_id] = request
+        p = request.params
+        if (self.proposer is not None and request.kind is RequestKind.GENERATE and p.speculate
+                and constraint is None and not p.needs_penalties and not p.logprobs):
+            for seq in request.sequences:  # (forks inherit it: step_update._fork)
+                seq.speculate = True
         self.processor.add(progress)
         self.planner.add(request.request_id, request.params.seed, constraint)
 

@@ -27,7 +27,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from app.engine.compute import compute_thread
 from app.engine.config import EngineConfig
@@ -121,7 +121,20 @@ class Engine:
             prefix_queries=self.blocks.prefix_queries, prefix_hits=self.blocks.prefix_hits,
             alive=self.is_running, accepting=self.is_accepting, dead_reason=self.dead_reason,
             compile=self.runner.compile_reason, weights=self.runner.pack_reason,
-            quantization=self.runner.quantization)
+            quantization=self.runner.quantization, **self._spec_stats())
+
+    def _spec_stats(self) -> dict[str, Any]:
+        proposer = self.core.proposer
+        if proposer is None:
+            return {}
+        c = proposer.config
+        return {"speculative": f"{c.method}: {c.num_speculative_tokens} tokens, lookup "
+                              f"{c.prompt_lookup_min}-{c.prompt_lookup_max}, up to "
+                              f"{c.max_batch} decoding sequences",
+                "spec_drafts": proposer.num_drafts,
+                "spec_draft_tokens": proposer.num_draft_tokens,
+                "spec_accepted_tokens": proposer.num_accepted_tokens,
+                "spec_accepted_per_position": tuple(proposer.accepted_per_position)}
 
     async def start(self) -> None:
         """Prepare the model (compile and warm up, in the worker thread) and start the loop."""

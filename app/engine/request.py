@@ -72,6 +72,9 @@ class TokenSequence:
     # Prompt positions from which SCORE requests want the next token's log-probability.
     score_from: int | None = None
     preemptions: int = 0
+    # Speculative decoding may guess this sequence's next tokens (its sampling needs
+    # nothing position-dependent: no penalties, grammar or logprobs; app/engine/core.py).
+    speculate: bool = False
 
     def __len__(self) -> int:
         return len(self.token_ids)

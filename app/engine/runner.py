@@ -18,7 +18,7 @@ from torch import Tensor
 
 from app.engine.request import RequestKind
 from app.engine.runner_output import RunnerOutput
-from app.engine.sampling_plan import SamplingPlan
+from app.engine.sampling_plan import Draw, SamplingPlan
 from app.engine.scheduler import ScheduledSeq, SchedulerOutput
 from app.modeling.attention import DecodeFn, PagedAttention, PagedKVCache, build_paged_batch
 from app.modeling.compile import CompileError, compile_model
@@ -37,6 +37,8 @@ from app.sampling import (
     prompt_top_logprobs,
     sample_batch,
 )
+from app.sampling_params import Sampled
+from app.spec_verify import verify_draft
 
 log = logging.getLogger(__name__)
 
@@ -187,10 +189,15 @@ class ModelRunner:
             return result
         wanted = [(item, row) for item, row in last_rows if item.kind is not RequestKind.SCORE]
         if wanted:
-            index = torch.tensor([row for _, row in wanted], device=self.device)
-            logits = self.model.logits(hidden[index]).float().cpu()  # (B, V)
-            rows = {item.seq_id: k for k, (item, _) in enumerate(wanted)}
-            self._sample(logits, rows, plan, result, self.loaded.eos_token_ids)
+            # a sequence with guesses needs the rows of its last token and of each guess
+            picked: list[int] = []
+            first_rows: dict[int, int] = {}
+            for item, row in wanted:
+                first_rows[item.seq_id] = len(picked)
+                picked.extend(range(row - len(item.draft), row + 1))
+            index = torch.tensor(picked, device=self.device)
+            logits = self.model.logits(hidden[index]).float().cpu()  # (rows, V)
+            self._sample(logits, first_rows, plan, result, self.loaded.eos_token_ids)
         for k, item in enumerate(items):
             if item.kind is RequestKind.SCORE:
                 self._score(hidden[offsets[k]:offsets[k + 1]], item, result)
@@ -202,7 +209,9 @@ class ModelRunner:
         draws = [d for d in plan.draws if d.seq_id in rows]
         if len(draws) != len(plan.draws):
             raise RuntimeError("a draw names a sequence without logits in this step")
-        if draws:
+        if any(d.draft for d in draws):
+            ModelRunner._sample_speculative(logits, rows, draws, result, eos_ids)
+        elif draws:
             vocab = logits.shape[-1]
             masks = [None if d.matcher is None else allowed_tokens(d.matcher, vocab, eos_ids)
                      for d in draws]
@@ -214,6 +223,37 @@ class ModelRunner:
         for seq_id, (temperature, k) in plan.distributions.items():
             result.distributions[seq_id] = next_token_distribution(
                 logits[rows[seq_id]], temperature, k)
+
+    @staticmethod
+    def _sample_speculative(logits: Tensor, rows: dict[int, int], draws: list[Draw],
+                            result: RunnerOutput, eos_ids: tuple[int, ...]) -> None:
+        """A step where some sequences bring guesses: those keep what verification keeps
+        (app/spec_verify.py; they need no mask, penalties or logprobs), the others draw
+        one token as usual; result.sampled stays one entry per draw, its first token,
+        and result.extra_tokens has the rest."""
+        plain = [i for i, d in enumerate(draws) if not d.draft]
+        sampled: list[Sampled | None] = [None] * len(draws)
+        if plain:
+            vocab = logits.shape[-1]
+            matchers = [draws[i].matcher for i in plain]
+            masks = [None if m is None else allowed_tokens(m, vocab, eos_ids)
+                     for m in matchers]
+            out = sample_batch(logits, [draws[i].row for i in plain],
+                               [rows[draws[i].seq_id] for i in plain], masks)
+            for i, one in zip(plain, out, strict=True):
+                sampled[i] = one
+                matcher = draws[i].matcher
+                if matcher is not None:
+                    matcher.consume_token(one.token_id)
+        for i, d in enumerate(draws):
+            if not d.draft:
+                continue
+            first = rows[d.seq_id]
+            tokens = verify_draft(logits[first:first + len(d.draft) + 1], d.row, d.draft)
+            sampled[i] = Sampled(tokens[0], None)
+            result.extra_tokens[d.seq_id] = tokens[1:]
+            result.drafts[d.seq_id] = (len(d.draft), len(tokens) - 1)
+        result.sampled = [s for s in sampled if s is not None]
 
     def _classify(self, hidden: Tensor, last_rows: list[tuple[ScheduledSeq, int]],
                   result: RunnerOutput) -> None:

@@ -34,6 +34,7 @@ class Draw:
     # app.structured: the completion's matcher (the worker masks with it and feeds it the
     # sampled token; only the worker touches it while a step runs).
     matcher: Matcher | None = None
+    draft: tuple[int, ...] = ()  # speculative decoding: the guesses scored in this step
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ class SamplingPlanner:
                 row = SampleRow(p, prompt_ids, output_ids, banned,
                                 None if p.greedy else self._generator(samplers, index))
                 draws.append(Draw(item.request_id, item.seq_id, index, row,
-                                  self._matcher(samplers, index)))
+                                  self._matcher(samplers, index), item.draft))
         return SamplingPlan(tuple(draws), distributions)
 
     @staticmethod

@@ -26,6 +26,7 @@ from typing import NamedTuple
 from app.engine.block_manager import BlockManager
 from app.engine.errors import QueueCapacityExceeded, QueueFull
 from app.engine.request import RequestKind, SequenceStatus, TokenSequence
+from app.engine.speculative import Proposer
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,9 @@ class ScheduledSeq(NamedTuple):
     score_from: int | None = None  # SCORE: first prompt position whose logprob is wanted
     next_token: int | None = None  # SCORE: the token after this chunk, if any
     score_top: int = 0  # SCORE: most likely alternatives wanted at each position
+    # GENERATE with speculative decoding: the guessed tokens at the end of token_ids
+    # (scored in this step, kept only as far as the model agrees: app/spec_verify.py)
+    draft: tuple[int, ...] = ()
 
     @property
     def num_new_tokens(self) -> int:
@@ -87,13 +91,14 @@ class SchedulerOutput:
         return not self.scheduled
 
 
-def snapshot(seq: TokenSequence, num_new_tokens: int) -> ScheduledSeq:
+def snapshot(seq: TokenSequence, num_new_tokens: int, draft: tuple[int, ...] = ()
+             ) -> ScheduledSeq:
     start = seq.num_computed
-    end = start + num_new_tokens
+    end = start + num_new_tokens - len(draft)
     scoring = seq.kind is RequestKind.SCORE
     return ScheduledSeq(
         seq_id=seq.seq_id, request_id=seq.request_id, kind=seq.kind,
-        token_ids=tuple(seq.token_ids[start:end]), start=start,
+        token_ids=(*seq.token_ids[start:end], *draft), start=start, draft=draft,
         block_table=tuple(seq.block_table), num_prompt_tokens=seq.num_prompt_tokens,
         completes_prefill=end == len(seq.token_ids),
         score_from=seq.score_from if scoring else None,
@@ -124,9 +129,12 @@ class _Queue:
 
 
 class Scheduler:
-    def __init__(self, config: SchedulerConfig, block_manager: BlockManager) -> None:
+    def __init__(self, config: SchedulerConfig, block_manager: BlockManager,
+                 proposer: Proposer | None = None, max_model_len: int = 0) -> None:
         self.config = config
         self.blocks = block_manager
+        self.proposer = proposer  # speculative decoding (app/engine/speculative.py)
+        self.max_model_len = max_model_len
         self._queue = _Queue()
         self.running: list[TokenSequence] = []
         self.num_preemptions = 0
@@ -186,6 +194,8 @@ class Scheduler:
             self._queue.remove(seq)
         self.blocks.free(seq)
         seq.status = SequenceStatus.FINISHED
+        if self.proposer is not None:
+            self.proposer.forget(seq.seq_id)
 
     def _preempt(self, seq: TokenSequence) -> None:
         self.running.remove(seq)
@@ -204,7 +214,7 @@ class Scheduler:
     def schedule(self) -> SchedulerOutput:
         budget = self.config.max_num_batched_tokens
         self.running.sort(key=lambda s: s.sort_key)
-        picked: list[tuple[TokenSequence, int]] = []
+        picked: list[tuple[TokenSequence, int, tuple[int, ...]]] = []
         picked_ids: set[int] = set()
         preempted = 0
 
@@ -217,9 +227,11 @@ class Scheduler:
 
         decodes = [s for s in self.running if s.num_uncomputed == 1]
         prefills = [s for s in self.running if s.num_uncomputed > 1]
+        drafts = self._drafts(decodes, budget)
         for seq in decodes + prefills:
             if seq.status is not SequenceStatus.RUNNING or budget <= 0:
                 continue  # preempted earlier in this loop, or no budget left
+            draft = drafts.get(seq.seq_id, ())
             want = min(seq.num_uncomputed, budget)
             while True:
                 chunk = min(want, self.blocks.max_new_tokens_fitting(seq))
@@ -232,10 +244,14 @@ class Scheduler:
                     break
             if seq.status is not SequenceStatus.RUNNING:
                 continue
-            self._allocate(seq, chunk)
-            picked.append((seq, chunk))
+            # guesses ride along only where budget and blocks allow (never a preemption)
+            room = min(budget - chunk,
+                       self.blocks.max_new_tokens_fitting(seq) - chunk) if draft else 0
+            draft = draft[:max(0, room)]
+            self._allocate(seq, chunk + len(draft))
+            picked.append((seq, chunk, draft))
             picked_ids.add(seq.seq_id)
-            budget -= chunk
+            budget -= chunk + len(draft)
 
         reserve = int(self.config.watermark * self.blocks.num_blocks)
         seats = self.num_running_seats
@@ -257,16 +273,35 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             seats += seq.seats
-            picked.append((seq, chunk))
+            picked.append((seq, chunk, ()))
             budget -= chunk
-        self._in_flight = [seq for seq, _ in picked]
-        return SchedulerOutput(tuple(snapshot(seq, chunk) for seq, chunk in picked),
-                               preempted)
+        self._in_flight = [seq for seq, _, _ in picked]
+        return SchedulerOutput(tuple(snapshot(seq, chunk + len(draft), draft)
+                                     for seq, chunk, draft in picked), preempted)
+
+    def _drafts(self, decodes: list[TokenSequence], budget: int
+                ) -> dict[int, tuple[int, ...]]:
+        """Guessed next tokens per decoding sequence that may speculate (none when the
+        batch is large enough that the step is compute-bound)."""
+        if self.proposer is None or len(decodes) > self.proposer.config.max_batch:
+            return {}
+        out: dict[int, tuple[int, ...]] = {}
+        for seq in decodes:
+            if not seq.speculate or seq.num_output_tokens < seq.params.min_tokens:
+                continue
+            # beyond the next token: what max_tokens and the context still allow
+            room = min(seq.params.max_tokens - seq.num_output_tokens - 1,
+                       (self.max_model_len or 1 << 30) - len(seq.token_ids) - 1)
+            draft = self.proposer.propose(seq.seq_id, seq.token_ids, room)
+            if draft:
+                out[seq.seq_id] = tuple(draft)
+        return out
 
     def step_done(self, out: SchedulerOutput) -> None:
         """The runner computed the scheduled tokens: advance and publish full blocks."""
         for seq, item in zip(self._in_flight, out.scheduled, strict=True):
             if seq.status is SequenceStatus.RUNNING and seq.seq_id == item.seq_id:
-                seq.num_computed = item.start + item.num_new_tokens
+                # guesses' K/V count only once kept (app/engine/step_update.py)
+                seq.num_computed = item.start + item.num_new_tokens - len(item.draft)
                 self.blocks.commit(seq)
         self._in_flight = []

@@ -57,3 +57,8 @@ class EngineStats:
     compile: str  # how the forward pass runs (app.modeling.compile), and why
     weights: str  # whether weights are prepacked (app.modeling.packed), and why
     quantization: str  # none, or the format and the kernels chosen (app.modeling.quantized_*)
+    speculative: str = "off"  # speculative decoding (app/engine/speculative.py), or off
+    spec_drafts: int = 0  # proposals verified
+    spec_draft_tokens: int = 0  # guessed tokens scored
+    spec_accepted_tokens: int = 0  # of which kept
+    spec_accepted_per_position: tuple[int, ...] = ()  # kept, by position in the proposal

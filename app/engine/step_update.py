@@ -59,7 +59,8 @@ class StepUpdater:
               requests: Mapping[str, EngineRequest], now: float) -> StepUpdate:
         """Apply the step's results to `requests` (live ones only: a request may have
         ended while the step ran)."""
-        update = StepUpdate(generated=len(result.sampled))
+        update = StepUpdate(generated=len(result.sampled) + sum(
+            len(extra) for extra in result.extra_tokens.values()))
         for item in out.scheduled:
             live = self._live(requests, item.request_id, item.seq_id)
             if live is None:
@@ -85,10 +86,27 @@ class StepUpdater:
         for request, progress, seq, sampled in targets:
             seq.token_ids.append(sampled.token_id)
             delta = self.processor.append(progress, seq, sampled.logprob)
+            deltas = moved.setdefault(request.request_id, (request, progress, []))[2]
+            # speculative decoding: the kept guesses and the target's own token after
+            # them, one at a time, so stop strings, EOS and max_tokens end it exactly
+            for token in result.extra_tokens.get(seq.seq_id, ()):
+                if delta.finish_reason is not None:
+                    break
+                self.processor.record_token_time(progress, seq.index, now)
+                seq.token_ids.append(token)
+                delta.extend(self.processor.append(progress, seq, None))
+            deltas.append(delta)
+            self.processor.record_token_time(progress, seq.index, now)
+            if seq.seq_id in result.drafts:
+                proposed, kept = result.drafts[seq.seq_id]
+                if self.scheduler.proposer is not None:
+                    self.scheduler.proposer.observe(seq.seq_id, proposed, kept)
+                if delta.finish_reason is None:
+                    # the kept guesses' K/V are valid: all but the newest token is computed
+                    seq.num_computed = len(seq.token_ids) - 1
+                    self.blocks.commit(seq)
             if delta.finish_reason is not None:
                 self.scheduler.finish(seq)
-            moved.setdefault(request.request_id, (request, progress, []))[2].append(delta)
-            self.processor.record_token_time(progress, seq.index, now)
         for request, progress, completions in moved.values():
             output = self.processor.output(progress, completions)
             if request.is_done:
@@ -106,7 +124,8 @@ class StepUpdater:
             request_id=parent.request_id, kind=parent.kind,
             token_ids=list(request.prompt_ids), num_prompt_tokens=len(request.prompt_ids),
             params=parent.params, index=index, priority=parent.priority,
-            arrival=parent.arrival, group=parent.group, cache_salt=parent.cache_salt)
+            arrival=parent.arrival, group=parent.group, cache_salt=parent.cache_salt,
+            speculate=parent.speculate)
         self.blocks.fork(parent, child)
         parent.pending_forks -= 1
         self.scheduler.add_running(child)

@@ -31,7 +31,9 @@ async def info(state: StateDep) -> InfoResponse:
             block_size=stats.block_size, kv_blocks_used=stats.kv_blocks_used,
             running_requests=stats.running_requests, waiting_requests=stats.waiting_requests,
             compile=stats.compile, weights=stats.weights,
-            quantization=stats.quantization))
+            quantization=stats.quantization, speculative=stats.speculative,
+            spec_acceptance_rate=stats.spec_accepted_tokens / stats.spec_draft_tokens
+            if stats.spec_draft_tokens else None))
     limits: dict[str, int | float] = {
         "max_body_bytes": s.max_body_bytes, "max_prompt_tokens": s.max_prompt_tokens,
         "max_tokens_limit": s.max_tokens_limit, "default_max_tokens": s.default_max_tokens,

@@ -1,0 +1,129 @@
+"""Speculative decoding's proposer side (pure Python, no torch): which tokens to guess
+next for a decoding sequence, and when guessing is worth it.
+
+n-gram prompt lookup (vLLM's `ngram`, transformers' `prompt_lookup_num_tokens`): find the
+most recent earlier occurrence of the sequence's last n tokens (n from prompt_lookup_max
+down to prompt_lookup_min) in its own prompt + output, and propose the k tokens that
+followed it. The target model then scores the last token and the k guesses in one
+forward (k + 1 rows cost about one row where a step is bandwidth-bound) and keeps the
+longest prefix it agrees with (app/spec_verify.py), plus one token of its own.
+
+Backing off (so speculation is never a large loss):
+  - per sequence: a guess that keeps being rejected costs k rows for nothing, so after
+    a proposal whose tokens were all rejected the sequence waits `cooldown` steps, and
+    the wait doubles while that continues (reset by any acceptance);
+  - per step: with many sequences decoding the step is compute-bound and k more rows each
+    cost real time, so nothing is proposed when more than `max_batch` sequences decode.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    method: str = "ngram"
+    num_speculative_tokens: int = 4
+    prompt_lookup_min: int = 2
+    prompt_lookup_max: int = 4
+    max_batch: int = 4  # no proposals when more sequences than this decode in a step
+    cooldown: int = 2  # steps a sequence waits after a fully rejected proposal (doubling)
+
+    def __post_init__(self) -> None:
+        if self.method != "ngram":
+            raise ValueError(f"speculative method {self.method!r} is not supported "
+                             "(only \"ngram\")")
+        if not 1 <= self.num_speculative_tokens <= 16:
+            raise ValueError("num_speculative_tokens must be in [1, 16]")
+        if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
+            raise ValueError("need 1 <= prompt_lookup_min <= prompt_lookup_max")
+        if self.max_batch < 1 or self.cooldown < 0:
+            raise ValueError("max_batch must be >= 1 and cooldown >= 0")
+
+    @classmethod
+    def parse(cls, text: str) -> SpeculativeConfig:
+        """vLLM's --speculative-config JSON, e.g. {"method": "ngram",
+        "num_speculative_tokens": 4, "prompt_lookup_max": 4}."""
+        try:
+            fields: Any = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"--speculative-config is not JSON: {exc}") from None
+        if not isinstance(fields, dict):
+            raise ValueError("--speculative-config must be a JSON object")
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(fields) - known)
+        if unknown:
+            raise ValueError(f"--speculative-config: unknown field(s) {unknown} "
+                             f"(known: {sorted(known)})")
+        return cls(**fields)
+
+
+def propose_ngram(tokens: Sequence[int], k: int, n_min: int, n_max: int) -> list[int]:
+    """Up to k tokens that followed the most recent earlier occurrence of the longest
+    suffix of `tokens` (n_max down to n_min tokens) that occurred before; [] if none."""
+    size = len(tokens)
+    for n in range(min(n_max, size - 1), n_min - 1, -1):
+        suffix = list(tokens[size - n:])
+        first = suffix[0]
+        # scan backwards: the most recent match predicts best; the suffix itself is
+        # excluded (it would propose nothing)
+        for start in range(size - n - 1, -1, -1):
+            if tokens[start] == first and list(tokens[start:start + n]) == suffix:
+                follow = list(tokens[start + n:start + n + k])
+                if follow:
+                    return follow
+    return []
+
+
+@dataclass
+class SpecState:
+    """One sequence's back-off state."""
+
+    wait: int = 0  # steps left before the next proposal
+    penalty: int = 0  # the next wait after a full rejection
+
+
+@dataclass
+class Proposer:
+    config: SpeculativeConfig
+    states: dict[int, SpecState] = field(default_factory=dict)  # by seq_id
+    # vLLM's spec_decode counters: proposals, guessed tokens, kept ones, kept by position
+    num_drafts: int = 0
+    num_draft_tokens: int = 0
+    num_accepted_tokens: int = 0
+    accepted_per_position: list[int] = field(default_factory=list)
+
+    def propose(self, seq_id: int, tokens: Sequence[int], room: int) -> list[int]:
+        """At most `room` guesses for sequence `seq_id` (room: tokens it may still take
+        beyond the next one)."""
+        state = self.states.setdefault(seq_id, SpecState())
+        if state.wait > 0:
+            state.wait -= 1
+            return []
+        k = min(self.config.num_speculative_tokens, room)
+        if k <= 0:
+            return []
+        return propose_ngram(tokens, k, self.config.prompt_lookup_min,
+                             self.config.prompt_lookup_max)
+
+    def observe(self, seq_id: int, proposed: int, accepted: int) -> None:
+        self.num_drafts += 1
+        self.num_draft_tokens += proposed
+        self.num_accepted_tokens += accepted
+        while len(self.accepted_per_position) < proposed:
+            self.accepted_per_position.append(0)
+        for position in range(accepted):
+            self.accepted_per_position[position] += 1
+        state = self.states.setdefault(seq_id, SpecState())
+        if proposed and not accepted:
+            state.penalty = max(self.config.cooldown, 2 * state.penalty)
+            state.wait = state.penalty
+        elif accepted:
+            state.penalty = 0
+
+    def forget(self, seq_id: int) -> None:
+        self.states.pop(seq_id, None)

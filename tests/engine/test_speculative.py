@@ -1,0 +1,174 @@
+"""Speculative decoding (n-gram prompt lookup): greedy output is token for token what
+plain decoding gives (every architecture, mixed batches with requests that cannot
+speculate, preemption, the prefix cache, stop strings and max_tokens when a step keeps
+several tokens); sampled output keeps the target distribution (a chi-square test of the
+verification rule) and seeded runs repeat."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+import torch
+
+from app.engine.engine import Engine
+from app.engine.speculative import Proposer, SpeculativeConfig, propose_ngram
+from app.sampling import SampleRow
+from app.sampling_params import SamplingParams
+from app.spec_verify import verify_draft
+from tests.engine.conftest import reference_greedy
+
+NGRAM = SpeculativeConfig(num_speculative_tokens=4, prompt_lookup_min=1,
+                          prompt_lookup_max=3, cooldown=0)
+GREEDY = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True)
+
+
+def repetitive(vocab: int, seed: int, n: int = 4) -> list[list[int]]:
+    """Prompts that repeat a phrase, so a lookup finds something to propose."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        phrase = [rng.randrange(5, vocab) for _ in range(rng.randrange(3, 7))]
+        out.append((phrase * 4)[:rng.randrange(8, 24)])
+    return out
+
+
+def test_propose_ngram() -> None:
+    assert propose_ngram([1, 2, 3, 9, 1, 2, 3], 2, 1, 3) == [9, 1]
+    assert propose_ngram([1, 2, 3, 4], 2, 1, 3) == []
+    # the most recent earlier match wins
+    assert propose_ngram([5, 1, 7, 5, 1, 8, 5, 1], 1, 2, 2) == [8]
+    with pytest.raises(ValueError, match="unknown field"):
+        SpeculativeConfig.parse('{"method": "ngram", "k": 3}')
+    with pytest.raises(ValueError, match="not supported"):
+        SpeculativeConfig.parse('{"method": "eagle"}')
+    assert SpeculativeConfig.parse('{"num_speculative_tokens": 3}').num_speculative_tokens == 3
+
+
+def test_backoff_after_full_rejections() -> None:
+    proposer = Proposer(SpeculativeConfig(cooldown=2))
+    tokens = [1, 2, 3, 1, 2]
+    assert proposer.propose(0, tokens, 4) == [3, 1, 2]
+    proposer.observe(0, 3, 0)  # all rejected: wait 2 steps
+    assert proposer.propose(0, tokens, 4) == [] and proposer.propose(0, tokens, 4) == []
+    assert proposer.propose(0, tokens, 4) == [3, 1, 2]
+    proposer.observe(0, 3, 0)  # again: the wait doubles
+    assert [proposer.propose(0, tokens, 4) for _ in range(5)][-1] == [3, 1, 2]
+    proposer.observe(0, 3, 2)
+    assert proposer.accepted_per_position == [1, 1, 0]
+
+
+@pytest.mark.parametrize("arch", ["llama_gqa_llama3", "gpt2", "qwen2"])
+def test_greedy_with_speculation_equals_plain_decoding(arch: str, with_engine: Any) -> None:
+    async def body(engine: Engine) -> None:
+        batch = repetitive(engine.model_config.vocab_size, 3)
+        # alone, then all together (mixed lengths, so some steps speculate for some)
+        for p in batch[:2]:
+            alone = (await engine.generate(p, GREEDY)).completions[0].token_ids
+            assert alone == reference_greedy(engine.loaded.model, p, 24)
+        outs = await asyncio.gather(*(engine.generate(p, GREEDY) for p in batch))
+        for p, out in zip(batch, outs, strict=True):
+            assert out.completions[0].token_ids == reference_greedy(engine.loaded.model, p, 24)
+        proposer = engine.core.proposer
+        assert proposer is not None and proposer.num_drafts > 0
+        assert proposer.num_accepted_tokens > 0, "nothing was ever kept: nothing tested"
+        assert engine.blocks.num_used == 0
+
+    with_engine(arch, body, speculative=NGRAM)
+
+
+def test_mixed_batch_preemption_prefix_cache_and_stops(with_engine: Any,
+                                                        tokenizer: Any) -> None:
+    """Requests that may not speculate (logprobs, penalties) beside ones that do; a
+    KV cache small enough to preempt; a prompt served from the prefix cache; stop
+    strings and max_tokens reached inside a step that keeps several tokens."""
+
+    async def run_all(engine: Engine) -> list[Any]:
+        vocab = engine.model_config.vocab_size
+        batch = repetitive(vocab, 7, 6)
+        kinds = [GREEDY, SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True,
+                                        logprobs=True),
+                 SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True,
+                                repetition_penalty=1.3),
+                 SamplingParams(max_tokens=7, temperature=0.0, ignore_eos=True),
+                 GREEDY, SamplingParams(max_tokens=30, temperature=0.0, ignore_eos=True)]
+        first = await engine.generate(batch[0], GREEDY)  # cached for the repeat below
+        outs = await asyncio.gather(*(engine.generate(p, k) for p, k in
+                                      zip(batch, kinds, strict=True)))
+        texts = [o.completions[0].text for o in outs]
+        stop = texts[4][len(texts[4]) // 2:len(texts[4]) // 2 + 2]
+        stopped = await engine.generate(batch[4], SamplingParams(
+            max_tokens=24, temperature=0.0, ignore_eos=True, stop=(stop,)))
+        return [first.completions[0].token_ids,
+                *[o.completions[0].token_ids for o in outs],
+                [e.logprob for e in outs[1].completions[0].logprobs or []],
+                stopped.completions[0].text, stopped.completions[0].finish_reason]
+
+    plain = with_engine("llama_gqa_llama3", run_all, num_kv_blocks=40)
+    results: dict[str, Any] = {}
+
+    async def speculating(engine: Engine) -> list[Any]:
+        out = await run_all(engine)
+        results["proposer"] = engine.core.proposer
+        results["preemptions"] = engine.scheduler.num_preemptions
+        return out
+
+    assert with_engine("llama_gqa_llama3", speculating, num_kv_blocks=40,
+                       speculative=NGRAM) == plain
+    assert results["proposer"].num_accepted_tokens > 0
+    assert results["preemptions"] > 0, "the KV cache never ran out: preemption untested"
+
+
+def test_seeded_sampling_with_speculation_repeats(with_engine: Any) -> None:
+    async def body(engine: Engine) -> list[list[int]]:
+        batch = repetitive(engine.model_config.vocab_size, 11, 3)
+        params = SamplingParams(max_tokens=20, temperature=0.7, top_k=20, seed=5,
+                                ignore_eos=True)
+        outs = await asyncio.gather(*(engine.generate(p, params) for p in batch))
+        assert engine.core.proposer is not None and engine.core.proposer.num_drafts > 0
+        return [o.completions[0].token_ids for o in outs]
+
+    assert with_engine("llama_gqa_llama3", body, speculative=NGRAM) == with_engine(
+        "llama_gqa_llama3", body, speculative=NGRAM)
+
+
+def test_verification_keeps_the_target_distribution() -> None:
+    """Chi-square: the first token out of verify_draft is distributed as the target's
+    processed distribution p0 (whatever the guess), and the token after a kept guess as
+    p1; 20000 seeded draws, 8 categories, p > 0.001 expected."""
+    torch.manual_seed(0)
+    logits = torch.randn(3, 8) * 1.5
+    params = SamplingParams(temperature=0.8, top_p=0.95)
+    generator = torch.Generator().manual_seed(1)
+    row = SampleRow(params, generator=generator)
+    probs = torch.softmax(logits / 0.8, -1)
+    p0 = probs[0]
+    order = torch.argsort(p0, descending=True)
+    keep = order[:int((p0[order].cumsum(0) - p0[order] < 0.95).sum())]
+    target0 = torch.zeros(8)
+    target0[keep] = p0[keep] / p0[keep].sum()
+    guess = (int(order[1]), int(torch.argmax(probs[1])))
+    first = torch.zeros(8)
+    second = torch.zeros(8)
+    draws = 20000
+    for _ in range(draws):
+        out = verify_draft(logits, row, guess)
+        first[out[0]] += 1
+        if out[0] == guess[0]:
+            second[out[1]] += 1
+    for counts, target in ((first, target0), (second, None)):
+        if target is None:  # p1 after top-p, as plain sampling would draw it
+            p1 = probs[1]
+            o1 = torch.argsort(p1, descending=True)
+            k1 = o1[:int((p1[o1].cumsum(0) - p1[o1] < 0.95).sum())]
+            target = torch.zeros(8)
+            target[k1] = p1[k1] / p1[k1].sum()
+        n = counts.sum()
+        expected = target * n
+        assert torch.all(counts[target == 0] == 0)
+        live = target > 0
+        chi2 = float((((counts - expected) ** 2)[live] / expected[live]).sum())
+        # critical value of chi-square with 7 degrees of freedom at p = 0.001: 24.32
+        assert chi2 < 24.32, (chi2, counts, expected)
