@@ -10,7 +10,7 @@ TORCH  := torch==2.13.0
 from_command_line = $(if $(filter command line,$(origin $(1))),LLM_$(1)='$($(1))' )
 
 .PHONY: install install-dev serve test lint typecheck unit tools lint-deploy soak fuzz bench clean \
-	test-slow install-peers bench-peers bench-quant
+	test-slow test-router install-peers bench-peers bench-quant
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,11 @@ unit: $(BIN)/.installed-dev
 
 test-slow: $(BIN)/.installed-dev
 	$(BIN)/python -m pytest -m slow
+
+# A stock vllm-router in front of three replicas under a longer load (make test runs 36
+# requests through the kill-and-restart test; this runs 400).
+test-router: $(BIN)/.installed-dev
+	LLM_ROUTER_TEST_REQUESTS=400 $(BIN)/python -m pytest tests/clients/test_vllm_router.py
 
 # Deployment checks alone: hadolint, kustomize + kubernetes-validate, CRD schemas
 # (ServiceMonitor, InferencePool, HTTPRoute) and the GIE overlay's wiring, checkov, compose,

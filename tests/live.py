@@ -25,11 +25,11 @@ def free_port() -> int:
 class LiveServer:
     def __init__(self, *args: str, env: dict[str, str] | None = None,
                  python: str = sys.executable, args_override: list[str] | None = None,
-                 ready_timeout: float = 60) -> None:
+                 ready_timeout: float = 60, port: int | None = None) -> None:
         """`python -m app serve ARGS` on a free loopback port; with `args_override`, the
         command is exactly `python -m app ARGS_OVERRIDE` (the port set through env)."""
         self.ready_timeout = ready_timeout
-        self.port = free_port()
+        self.port = port or free_port()  # a given port: a restart where it was
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = Path(os.environ.get("TMPDIR", "/tmp")) / f"live-{self.port}.log"
         self._log = self.log_path.open("w")
