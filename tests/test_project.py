@@ -60,20 +60,21 @@ def test_make_installs_the_torch_that_requirements_pin() -> None:
 
 def test_ci_runs_the_readme_test_command_strictly(tmp_path: Path) -> None:
     """Guards: CI running something other than what the README tells a developer to run
-    (`make test`), or running it without CI=true, where missing tools only skip their
-    tests and the run stays green. (tests/test_docs.py checks that every make target the
-    docs name exists.)"""
+    (`make test`, then `make image-test`), or running it without CI=true, where missing
+    tools only skip their tests and the run stays green. (tests/test_docs.py checks that
+    every make target the docs name exists.)"""
     fake = tmp_path / "bin"
     fake.mkdir()
     called = tmp_path / "make-args"
-    (fake / "make").write_text(f'#!/bin/sh\necho "CI=$CI $*" > {called}\n')
+    (fake / "make").write_text(f'#!/bin/sh\necho "CI=$CI $*" >> {called}\n')
     (fake / "make").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env["PATH"] = f"{fake}{os.pathsep}{os.environ.get('PATH', '')}"
     run = subprocess.run([str(ROOT / ".ci" / "run")], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    assert called.read_text().split() == ["CI=true", "test"]
+    # Then the container image, built and run (docs/DEPLOYMENT.md, "What CI proves").
+    assert called.read_text().splitlines() == ["CI=true test", "CI=true image-test"]
     quick_start = re.search(r"```(?:sh|bash|shell)?\n(.*?)```",
                             (ROOT / "README.md").read_text(), re.S)
     assert quick_start is not None

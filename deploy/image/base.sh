@@ -16,6 +16,7 @@ for tool in buildah debootstrap; do
     command -v "$tool" >/dev/null || { echo "error: $tool not found (make image-tools installs it)" >&2; exit 1; }
 done
 
+started=$(date +%s)
 ctr=$(buildah from scratch)
 # Whatever happens below, no half-made working container is left in storage.
 trap 'buildah rm "$ctr" >/dev/null 2>&1 || true' EXIT
@@ -36,4 +37,4 @@ buildah config --env LANG=C.UTF-8 --cmd python3 \
     "$ctr"
 buildah commit --quiet --rm "$ctr" "$image" >/dev/null
 trap - EXIT
-echo "$image: built from Debian bookworm ($mirror)"
+echo "$image: built from Debian bookworm ($mirror) in $(( $(date +%s) - started )) s"

@@ -46,6 +46,8 @@ else
         grep -qx "$ctr" <<<"$before" || buildah rm "$ctr" >/dev/null
     done
     buildah rmi --prune >/dev/null 2>&1 || true
-    size=$(buildah images --format '{{.Size}}' --filter "reference=$image:$version" | head -n1)
+    # awk reads to the end: head would close the pipe early, and pipefail fail the build.
+    size=$(buildah images --format '{{.Size}}' --filter "reference=$image:$version" \
+        | awk 'NR == 1')
 fi
 echo "built $image:$version ($size) in $(( $(date +%s) - started )) s"

@@ -2,8 +2,8 @@
 
 Runs the image through buildah (`buildah run --isolation chroot`: no daemon; the process
 shares the host's network, so the server answers on a free port of the host's loopback),
-as the image's non-root USER, with the root filesystem read-only and a tmpfs at /tmp, and
-checks: /readyz, /v1/generate, /v1/classify, /metrics, /v1/info's compile state (compiled,
+as the image's non-root USER, with the image's directories read-only and /tmp writable,
+and checks: /readyz, /v1/generate, /v1/classify, /metrics, /v1/info's compile state (compiled,
 or eager with its reason in the log), the HEALTHCHECK command, SIGTERM draining an
 in-flight stream to its end and an exit 0; then a second start with `--quantization int8`
 and no compiler on the PATH, whose kernels must be the image's prebuilt ones.
@@ -60,8 +60,8 @@ class Container:
 
     def __init__(self, image: str, name: str) -> None:
         self.name = buildah("from", "--pull=never", "--name", name, image)
-        root = Path(buildah("mount", self.name))
-        self.read_only = [f"/{d.name}" for d in sorted(root.iterdir())
+        self.root = buildah("mount", self.name)
+        self.read_only = [f"/{d.name}" for d in sorted(Path(self.root).iterdir())
                           if d.is_dir() and not d.is_symlink() and d.name not in WRITABLE]
 
     def command(self, argv: list[str], user: str, env: dict[str, str]) -> list[str]:
@@ -72,10 +72,6 @@ class Container:
         for key, value in env.items():
             flags += ["--env", f"{key}={value}"]
         return ["buildah", "run", *flags, self.name, "--", *argv]
-
-    @property
-    def root(self) -> str:
-        return buildah("mount", self.name)
 
     def remove(self) -> None:
         subprocess.run(["buildah", "rm", self.name], capture_output=True, timeout=120)
@@ -190,6 +186,18 @@ def check_healthcheck(container: Container, config: dict[str, Any], server: Serv
     expect(run.returncode == 0, f"HEALTHCHECK exited {run.returncode}: {run.stderr[-1000:]}")
 
 
+def check_read_only(container: Container) -> None:
+    """Even root, in the same mounts, writes nothing outside /tmp: the image's directories
+    are read-only mounts, not merely another user's."""
+    script = "; ".join(f"touch {d}/.image-test 2>&1" for d in container.read_only)
+    probe = subprocess.run(
+        container.command(["sh", "-c", f"{script}; touch /tmp/.image-test && echo tmp-ok"],
+                          "0:0", {}), capture_output=True, text=True, timeout=60)
+    refused = probe.stdout.count("Read-only file system")
+    expect(refused == len(container.read_only) and "tmp-ok" in probe.stdout,
+           f"expected {container.read_only} read-only and /tmp writable: {probe.stdout}")
+
+
 def check_drain(server: Server) -> None:
     """SIGTERM while a stream runs: the stream still ends with its last event and [DONE],
     and the server exits 0."""
@@ -231,9 +239,11 @@ def run_default(image: str, config: dict[str, Any]) -> None:
     try:
         server = Server(container, config, [], {})
         print(f"  ready in {server.wait_ready():.0f} s (CMD {config['Cmd']}, "
-              f"user {server.user}, root read-only, /tmp tmpfs)")
+              f"user {server.user})")
         check_serving(server)
         print("  /v1/generate, /v1/classify, /metrics: ok")
+        check_read_only(container)
+        print(f"  read-only: {' '.join(container.read_only)}; /tmp writable")
         compile_state = model_info(server)["default-lm"]["compile"]
         expect(bool(compile_state), "/v1/info names no compile state")
         expect("compile:" in server.log(100_000), "the log has no compile line")
