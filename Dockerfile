@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
-# CPU image by default: on a plain package index torch==2.13.0 for Linux is the CUDA build,
-# so give the CPU torch wheel, as a wheel directory (below) or as an index:
+# A CPU image needs the CPU torch wheel: on a plain package index torch==2.13.0 for Linux
+# is the CUDA build (GBs of NVIDIA libraries). Give it as a wheel directory (below) or an
+# index:
 #   docker build --build-arg TORCH_INDEX_URL=<CPU wheel index> -t llm-inference:0.1.0 .
 # CUDA image: a CUDA torch wheel index; its wheels bundle the CUDA runtime, so the same
 # slim Python base serves both.

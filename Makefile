@@ -113,8 +113,9 @@ DEBIAN_MIRROR ?= http://deb.debian.org/debian
 IMAGE_CA      ?= $(firstword $(wildcard $(PIP_CERT) $(SSL_CERT_FILE) /etc/ssl/certs/ca-certificates.crt))
 IMAGE_WHEELS  ?= $(firstword $(wildcard $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config get \
 	global.find-links 2>/dev/null)))
-# Where a Docker daemon answers, docker builds and nothing else is needed.
-HAVE_DOCKER   := $(shell docker info >/dev/null 2>&1 && echo yes)
+# Where a Docker daemon answers, docker builds and nothing else is needed. Recursive (=):
+# asked only by the image targets, never by every make run.
+HAVE_DOCKER    = $(shell docker info >/dev/null 2>&1 && echo yes)
 PYTHON_IMAGE  ?= $(if $(HAVE_DOCKER),,$(BASE_IMAGE))
 
 # buildah (runs the image in image-test; builds it where no Docker daemon answers) and
@@ -134,13 +135,15 @@ image-tools:
 		exit 1; \
 	fi
 
-# Debian bookworm + python3 (3.11) + venv + pip as a local image (about 50 s; kept in
-# buildah's storage and skipped when present: `buildah rmi $(BASE_IMAGE)` to remake it).
+# Debian bookworm + python3 (3.11) with venv, pip and headers as a local image (about a
+# minute; kept in buildah's storage and skipped when present: `buildah rmi $(BASE_IMAGE)`
+# remakes it).
 image-base: image-tools
 	deploy/image/base.sh $(BASE_IMAGE) $(DEBIAN_MIRROR)
 
 # $(IMAGE):$(VERSION) and $(IMAGE):latest. More builder arguments: IMAGE_BUILD_ARGS.
-image: image-tools $(if $(filter $(BASE_IMAGE),$(PYTHON_IMAGE)),image-base)
+image: image-tools
+	$(if $(filter $(BASE_IMAGE),$(PYTHON_IMAGE)),@$(MAKE) --no-print-directory image-base)
 	PYTHON_IMAGE='$(PYTHON_IMAGE)' IMAGE_CA='$(IMAGE_CA)' IMAGE_WHEELS='$(IMAGE_WHEELS)' \
 		deploy/image/build.sh $(IMAGE) $(VERSION)
 
