@@ -1,8 +1,20 @@
 # syntax=docker/dockerfile:1
-# CPU image by default. CUDA image: give a CUDA torch wheel index at build time,
+# A CPU image needs the CPU torch wheel: on a plain package index torch==2.13.0 for Linux
+# is the CUDA build (GBs of NVIDIA libraries). Give it as a wheel directory (below) or an
+# index:
+#   docker build --build-arg TORCH_INDEX_URL=<CPU wheel index> -t llm-inference:0.1.0 .
+# CUDA image: a CUDA torch wheel index; its wheels bundle the CUDA runtime, so the same
+# slim Python base serves both.
 #   docker build --build-arg TORCH_INDEX_URL=<CUDA 12.x wheel index> -t llm-inference:cuda .
-# PyTorch's CUDA wheels bundle the CUDA runtime, so the same slim Python base serves both.
+# Inputs of machines behind an inspecting proxy or with a local wheel mirror, never baked
+# into a layer (`make image` passes this machine's, docs/DEPLOYMENT.md):
+#   --secret id=ca,src=<CA bundle, PEM>       the certificates pip trusts in the build
+#   --build-context wheels=<directory>        wheels pip looks at before the index
+# PYTHON_IMAGE may name a local base: `make image-base` makes one from Debian packages.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+# No wheel directory given: this empty stage is the one mounted.
+FROM scratch AS wheels
 
 FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_VERSION=2.13.0
@@ -17,12 +29,17 @@ RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # The same requirements.txt the Makefile installs: one list of dependencies.
 COPY requirements.txt ./
-RUN if [ -n "$TORCH_INDEX_URL" ]; then \
+# With TORCH_INDEX_URL torch comes from that index alone: a CPU wheel in the wheel
+# directory would outrank a CUDA one whose version has no local label.
+RUN --mount=type=secret,id=ca \
+    --mount=type=bind,from=wheels,target=/wheels \
+    if [ -s /run/secrets/ca ]; then export PIP_CERT=/run/secrets/ca; fi \
+    && if [ -n "$TORCH_INDEX_URL" ]; then \
         pip install --index-url "$TORCH_INDEX_URL" "torch==${TORCH_VERSION}"; \
     else \
-        pip install "torch==${TORCH_VERSION}"; \
+        pip install --find-links /wheels "torch==${TORCH_VERSION}"; \
     fi \
-    && pip install -r requirements.txt
+    && PIP_FIND_LINKS=/wheels pip install -r requirements.txt
 COPY pyproject.toml README.md ./
 COPY app ./app
 RUN pip install --no-deps --no-build-isolation . \
@@ -59,8 +76,9 @@ ENV PATH=/opt/venv/bin:$PATH \
 VOLUME ["/tmp"]
 USER 10001:10001
 EXPOSE 8000
-# Startup includes compiling and warming up each model (tens of seconds on 2 cores).
+# Startup includes compiling and warming up each model (tens of seconds on 2 cores). The
+# port is the server's own setting, so LLM_PORT=9000 moves the probe with it.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=180s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; url = 'http://127.0.0.1:%s/readyz' % os.environ.get('LLM_PORT', '8000'); sys.exit(0 if urllib.request.urlopen(url, timeout=2).status == 200 else 1)"]
 # Exec form: python is PID 1 and receives SIGTERM itself (graceful drain).
 CMD ["python", "-m", "app", "serve"]

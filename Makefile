@@ -10,7 +10,8 @@ TORCH  := torch==2.13.0
 from_command_line = $(if $(filter command line,$(origin $(1))),LLM_$(1)='$($(1))' )
 
 .PHONY: install install-dev serve test lint typecheck unit tools lint-deploy soak fuzz bench clean \
-	test-slow test-router install-peers bench-peers bench-quant
+	test-slow test-router install-peers bench-peers bench-quant image-tools image-base image \
+	image-test image-cuda-check
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -104,6 +105,69 @@ test: lint typecheck tools unit
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+# ---------------------------------------------------------------- container image
+# docs/DEPLOYMENT.md: commands, figures, and what CI proves. `make image` builds the
+# Dockerfile with `docker build` where a Docker daemon answers, else with buildah (no daemon);
+# on buildah the base is made from Debian packages (`make image-base`) unless PYTHON_IMAGE
+# names another. This machine's pip certificates and wheel directory are passed as build
+# inputs (a secret, a build context), never copied into the image; empty: not passed.
+IMAGE         ?= llm-inference
+VERSION       := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+BASE_IMAGE    ?= localhost/llm-inference-base:bookworm
+DEBIAN_MIRROR ?= http://deb.debian.org/debian
+IMAGE_CA      ?= $(firstword $(wildcard $(PIP_CERT) $(SSL_CERT_FILE) /etc/ssl/certs/ca-certificates.crt))
+IMAGE_WHEELS  ?= $(firstword $(wildcard $(PIP_FIND_LINKS) $(shell $(PYTHON) -m pip config get \
+	global.find-links 2>/dev/null)))
+# Where a Docker daemon answers, docker builds and nothing else is needed. Recursive (=):
+# asked only by the image targets, never by every make run.
+HAVE_DOCKER    = $(shell docker info >/dev/null 2>&1 && echo yes)
+PYTHON_IMAGE  ?= $(if $(HAVE_DOCKER),,$(BASE_IMAGE))
+
+# buildah (runs the image in image-test; builds it where no Docker daemon answers) and
+# debootstrap (makes the base then): Debian packages, installed when root and apt allow.
+# Without them the image cannot be built or run, so a missing one fails, CI or not.
+image-tools:
+	@missing=""; \
+	for tool in buildah $(if $(HAVE_DOCKER),,debootstrap); do \
+		command -v $$tool >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+			&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends $$tool >/dev/null; } || true; \
+		command -v $$tool >/dev/null || missing="$$missing $$tool"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "error: make image-tools could not install:$$missing (Debian packages;" \
+			"apt-get install them as root)" >&2; \
+		exit 1; \
+	fi
+
+# Debian bookworm + python3 (3.11) with venv, pip and headers as a local image (about a
+# minute; kept in buildah's storage and skipped when present: `buildah rmi $(BASE_IMAGE)`
+# remakes it).
+image-base: image-tools
+	deploy/image/base.sh $(BASE_IMAGE) $(DEBIAN_MIRROR)
+
+# $(IMAGE):$(VERSION) and $(IMAGE):latest. More builder arguments: IMAGE_BUILD_ARGS.
+image: image-tools
+	$(if $(filter $(BASE_IMAGE),$(PYTHON_IMAGE)),@$(MAKE) --no-print-directory image-base)
+	PYTHON_IMAGE='$(PYTHON_IMAGE)' IMAGE_CA='$(IMAGE_CA)' IMAGE_WHEELS='$(IMAGE_WHEELS)' \
+		deploy/image/build.sh $(IMAGE) $(VERSION)
+
+# Runs the built image as its CMD and checks it (tests/image/check_image.py); builds it
+# first when $(IMAGE):$(VERSION) is missing (`make image` rebuilds it after changes).
+# It runs the image with buildah (a docker build is copied into buildah's storage first).
+image-test: $(BIN)/.installed-dev image-tools
+	@if [ -n "$(HAVE_DOCKER)" ]; then docker image inspect $(IMAGE):$(VERSION) >/dev/null 2>&1; \
+	else buildah inspect --type image $(IMAGE):$(VERSION) >/dev/null 2>&1; fi \
+		|| $(MAKE) --no-print-directory image
+	$(if $(HAVE_DOCKER),buildah pull --quiet docker-daemon:$(IMAGE):$(VERSION) >/dev/null)
+	$(BIN)/python -m tests.image.check_image $(IMAGE):$(VERSION)
+
+# The CUDA variant without downloading it: which torch wheel the build would install from
+# TORCH_INDEX_URL (a CUDA wheel index), resolved for the image's Python and platform.
+image-cuda-check: $(BIN)/.installed-dev
+	@test -n "$(TORCH_INDEX_URL)" || { echo "error: give TORCH_INDEX_URL=<CUDA wheel index>" >&2; exit 1; }
+	$(BIN)/python -m tests.image.cuda_wheel --index-url '$(TORCH_INDEX_URL)'
 
 # ---------------------------------------------------------------- shipped models
 # Re-creates both shipped checkpoints from scratch (about 45 minutes on 2 cores).

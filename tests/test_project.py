@@ -60,20 +60,21 @@ def test_make_installs_the_torch_that_requirements_pin() -> None:
 
 def test_ci_runs_the_readme_test_command_strictly(tmp_path: Path) -> None:
     """Guards: CI running something other than what the README tells a developer to run
-    (`make test`), or running it without CI=true, where missing tools only skip their
-    tests and the run stays green. (tests/test_docs.py checks that every make target the
-    docs name exists.)"""
+    (`make test`, then `make image-test`), or running it without CI=true, where missing
+    tools only skip their tests and the run stays green. (tests/test_docs.py checks that
+    every make target the docs name exists.)"""
     fake = tmp_path / "bin"
     fake.mkdir()
     called = tmp_path / "make-args"
-    (fake / "make").write_text(f'#!/bin/sh\necho "CI=$CI $*" > {called}\n')
+    (fake / "make").write_text(f'#!/bin/sh\necho "CI=$CI $*" >> {called}\n')
     (fake / "make").chmod(0o755)
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env["PATH"] = f"{fake}{os.pathsep}{os.environ.get('PATH', '')}"
     run = subprocess.run([str(ROOT / ".ci" / "run")], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stderr
-    assert called.read_text().split() == ["CI=true", "test"]
+    # Then the container image, built and run (docs/DEPLOYMENT.md, "What CI proves").
+    assert called.read_text().splitlines() == ["CI=true test", "CI=true image-test"]
     quick_start = re.search(r"```(?:sh|bash|shell)?\n(.*?)```",
                             (ROOT / "README.md").read_text(), re.S)
     assert quick_start is not None
@@ -94,15 +95,21 @@ def test_every_setting_is_in_the_readme_table() -> None:
     assert sorted(env.lower() for _, env in rows) == sorted(Settings.model_fields)
 
 
-def _make_tools_where_nothing_can_be_installed(tmp_path: Path, ci: str | None
-                                                ) -> subprocess.CompletedProcess[str]:
-    """`make tools` on a machine without any of its tools and no way to install them: no
-    apt-get or tool on PATH, no Python for checkov's venv, no fortunes folder."""
+def _bare_path(tmp_path: Path) -> Path:
+    """A PATH folder with only the programs the tools targets need to run at all."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     for program in ("id", "tr"):
         if not (bin_dir / program).exists():
             (bin_dir / program).symlink_to(shutil.which(program) or f"/usr/bin/{program}")
+    return bin_dir
+
+
+def _make_tools_where_nothing_can_be_installed(tmp_path: Path, ci: str | None
+                                                ) -> subprocess.CompletedProcess[str]:
+    """`make tools` on a machine without any of its tools and no way to install them: no
+    apt-get or tool on PATH, no Python for checkov's venv, no fortunes folder."""
+    bin_dir = _bare_path(tmp_path)
     env = {"PATH": str(bin_dir)} if ci is None else {"PATH": str(bin_dir), "CI": ci}
     # Under CI=true (as .ci/run sets it) the "local" run must not inherit it.
     return _make("tools", "PYTHON=false", f"TOOLS_VENV={tmp_path / 'tools-venv'}",
@@ -121,6 +128,21 @@ def test_make_tools_fails_under_ci_naming_each_tool_it_could_not_install(
     local = _make_tools_where_nothing_can_be_installed(tmp_path, ci=None)
     assert local.returncode == 0, local.stderr
     assert "unavailable: promtool checkov fortunes chromium g++ curl" in local.stdout
+
+
+def test_make_image_tools_fails_naming_each_tool_it_could_not_install(
+        tmp_path: Path) -> None:
+    """Guards: `make image-test` (run by .ci/run) skipping, or failing later with a shell's
+    "command not found", on a machine without buildah or debootstrap and no way to install
+    them: no Docker daemon, no apt-get. Building and running the image needs both, so
+    this fails outside CI as well."""
+    bin_dir = _bare_path(tmp_path)
+    for ci in ("true", None):
+        image = _make("image-tools", "PYTHON=false",
+                      env={"PATH": str(bin_dir), **({"CI": ci} if ci else {})},
+                      unset=("CI",) if ci is None else ())
+        assert image.returncode != 0, image.stdout
+        assert "could not install: buildah debootstrap" in image.stderr, image.stderr
 
 
 def _make_serve(*args: str, env: dict[str, str] | None = None) -> str:
