@@ -94,6 +94,8 @@ async def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="num_speculative_tokens")
     parser.add_argument("--compile", default="auto", choices=["auto", "off"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--only", nargs="*", default=None,
+                        choices=["grounded", "ordinary", "nothing_to_look_up", "concurrent_32"])
     args = parser.parse_args()
     print(cpu_line(cpu_info()))
     torch.set_num_threads(args.threads)
@@ -108,17 +110,21 @@ async def main() -> None:
         greedy = SamplingParams(max_tokens=args.tokens, temperature=0.0, ignore_eos=True)
         sampled = SamplingParams(max_tokens=args.tokens, temperature=1.0, ignore_eos=True,
                                  seed=7)
-        results = {
-            "config": spec.__dict__, "compile": engine.stats().compile,
-            "grounded": await pair(engine, [encode(p) for p in GROUNDED], greedy,
-                                   args.rounds),
-            "ordinary": await pair(engine, [encode(p) for p in ORDINARY], greedy,
-                                   args.rounds),
-            "nothing_to_look_up": await pair(engine, [encode(p) for p in ORDINARY],
-                                             sampled, args.rounds),
-            "concurrent_32": await concurrent(engine, [encode(p) for p in ORDINARY],
-                                              greedy, max(1, args.rounds // 2)),
+        prompts = {"grounded": [encode(p) for p in GROUNDED],
+                   "ordinary": [encode(p) for p in ORDINARY]}
+        work = {
+            "grounded": lambda: pair(engine, prompts["grounded"], greedy, args.rounds),
+            "ordinary": lambda: pair(engine, prompts["ordinary"], greedy, args.rounds),
+            "nothing_to_look_up": lambda: pair(engine, prompts["ordinary"], sampled,
+                                               args.rounds),
+            "concurrent_32": lambda: concurrent(engine, prompts["ordinary"], greedy,
+                                                max(1, args.rounds // 2)),
         }
+        results: dict[str, object] = {"config": spec.__dict__,
+                                      "compile": engine.stats().compile}
+        for name, run in work.items():
+            if args.only is None or name in args.only:
+                results[name] = await run()
     finally:
         await engine.shutdown()
     for name, row in results.items():
