@@ -222,6 +222,20 @@ def test_text_stream_stop_sequences_and_count_tokens(api: Any) -> None:
                                       if text.find(stop) else [])
         assert comparable(await stream(client, cut)) == comparable(stopped)
 
+        # prefill: a last assistant turn is continued, greedy, as the same text would be:
+        # the answer is the continuation only (the prefilled text is the client's)
+        greedy = {**request, "temperature": 0}
+        free = (await create(client, greedy))["content"][0]["text"]
+        head, rest = free[:len(free) // 2].rstrip(), free[len(free[:len(free) // 2].rstrip()):]
+        prefilled = await create(client, {**greedy, "messages": [
+            *request["messages"], {"role": "assistant", "content": head}]})
+        continued = prefilled["content"][0]["text"] if prefilled["content"] else ""
+        assert continued and (rest.startswith(continued) or continued.startswith(rest[:4])), (
+            head, rest, continued)
+        assert comparable(await stream(client, {**greedy, "messages": [
+            *request["messages"], {"role": "assistant", "content": head}]})) == comparable(
+            prefilled)
+
         # output_config.format: JSON outputs, through structured output
         schema = {"type": "object", "properties": {"ok": {"type": "boolean"}},
                   "required": ["ok"], "additionalProperties": False}
@@ -316,7 +330,9 @@ BAD: list[tuple[dict[str, Any], str]] = [
      "'image' are not supported"),
     ({"messages": [{"role": "user", "content": [{"type": "search_result"}]}]},
      "expected tags"),
-    ({"messages": [*ASK, {"role": "assistant", "content": "Sure"}]}, "prefill"),
+    ({"messages": [*ASK, {"role": "assistant", "content": "Sure "}]}, "prefill"),
+    ({"messages": [*ASK, {"role": "assistant", "content": [
+        {"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]}, "prefill"),
     ({"messages": [{"role": "user", "content": [
         {"type": "tool_use", "id": "t", "name": "f", "input": {}}]}]}, "a user turn"),
     ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "server tool"),

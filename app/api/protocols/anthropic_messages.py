@@ -144,11 +144,22 @@ def internal_messages(body: CountTokensRequest) -> list[dict[str, Any]]:
             out.extend(_user_turn(message, where))
         else:
             out.append(_assistant_turn(message, where))
-    if body.messages[-1].role == "assistant":
-        raise BadRequest("the last message is an assistant turn: continuing it (prefill) is "
-                         "not supported; end with a user turn",
+    last = out[-1]
+    if body.messages[-1].role == "assistant" and (
+            last.get("tool_calls") or not (last.get("content") or "").strip()
+            or (last.get("content") or "") != (last.get("content") or "").rstrip()):
+        # prefill continues text: a last assistant turn with calls, or with no text, has
+        # nothing to continue; trailing whitespace is refused as Anthropic refuses it
+        raise BadRequest("the last message is an assistant turn to continue (prefill): it "
+                         "must be text without trailing whitespace, and no tool_use",
                          param=f"messages.{len(body.messages) - 1}")
     return out
+
+
+def prefills(body: CountTokensRequest) -> bool:
+    """Whether the answer continues the last message, an assistant's (Anthropic's
+    prefill): the template renders it open, with no new assistant turn."""
+    return body.messages[-1].role == "assistant"
 
 
 def _tools(body: CountTokensRequest) -> list[dict[str, Any]]:
@@ -201,8 +212,11 @@ def chat_options(body: CountTokensRequest) -> ChatOptions:
         budget = thinking.budget_tokens if isinstance(thinking, ThinkingEnabled) else None
     elif isinstance(thinking, ThinkingDisabled):
         kwargs["enable_thinking"] = False
+    continuing = prefills(body)
     return ChatOptions(tools=tools, tool_choice=tool_choice, parallel_tool_calls=parallel,
-                       template_kwargs=kwargs, reasoning_budget=budget)
+                       template_kwargs=kwargs, reasoning_budget=budget,
+                       add_generation_prompt=not continuing,
+                       continue_final_message=continuing)
 
 
 def _structured(body: CountTokensRequest) -> ConstraintSpec | None:
