@@ -155,7 +155,11 @@ class Settings(BaseSettings):
     log_prompts: bool = Field(False, description="include prompt text in request logs")
     metrics_compat: Literal["none", "vllm"] = Field(
         "none", description="also expose metrics under vLLM's names")
-
+    metrics_max_age: float = Field(
+        0.0, ge=0, le=60, description="seconds /metrics may reuse its formatted counters and "
+                                      "histograms between scrapes (the engine's gauges are "
+                                      "always read fresh): for frequent scrapers such as the "
+                                      "GIE endpoint picker (20/s); 0: all read every scrape")
     _split = field_validator("model", "api_key", "cors_origins", "quantization",
                              mode="before")(_split_list)
 

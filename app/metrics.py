@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -80,10 +80,17 @@ def _vllm_labels(labels: dict[str, str]) -> dict[str, str]:
 
 class Metrics:
     def __init__(self, compat: str = "none", version: str = "0") -> None:
+        # Counters and histograms, updated as things happen; the engine's gauges, read at
+        # scrape time; and both, which is what /metrics exposes.
+        self.instrumented = CollectorRegistry(auto_describe=True)
+        self.live = CollectorRegistry(auto_describe=True)
         self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(self.instrumented)
+        self.registry.register(self.live)
+        self._cached: tuple[float, bytes] | None = None
         self.version = version
         self.vllm = compat == "vllm"
-        r = self.registry
+        r = self.instrumented
 
         def counter(name: str, doc: str, labels: tuple[str, ...] = (),
                     vllm: str | None = None) -> _Pair:
@@ -169,7 +176,19 @@ class Metrics:
     def watch(self, snapshots: Callable[[], Iterable[EngineSnapshot]]) -> None:
         """Gauges read engine state through this function at scrape time."""
         self._snapshots = snapshots
-        self.registry.register(_EngineGauges(self))
+        self.live.register(_EngineGauges(self))
+
+    def exposition(self, max_age: float = 0.0) -> bytes:
+        """The text exposition. With max_age > 0 the counters and histograms (about 3 ms of
+        formatting for a few hundred series, on the event loop) are formatted at most once
+        per max_age seconds and reused in between; the engine's gauges (queue, running, KV
+        cache, info series: what load-aware routers read) are always read fresh."""
+        if max_age <= 0:
+            return generate_latest(self.registry)
+        now = time.monotonic()
+        if self._cached is None or now - self._cached[0] >= max_age:
+            self._cached = (now, generate_latest(self.instrumented))
+        return self._cached[1] + generate_latest(self.live)
 
 
 class _EngineGauges(Collector):

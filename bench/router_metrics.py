@@ -6,7 +6,7 @@
   - vllm-router in front of one replica: per-request latency through it against the
     replica directly (a short completion, sequential, alternated), i.e. its overhead.
 
-    python -m bench.router_metrics [--rounds 3] [--requests 40]
+    python -m bench.router_metrics [--rounds 3] [--requests 40] [--metrics-max-age 1]
 
 Two cores cannot show replicas scaling (they share the cores), so the router's overhead
 per request is what it reports instead of a 1-vs-3 replica throughput.
@@ -99,9 +99,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--metrics-max-age", type=float, default=0.0,
+                        help="the server's --metrics-max-age (0: every scrape formats all)")
     args = parser.parse_args()
     print(cpu_line(cpu_info()))
-    with LiveServer("--model", MODEL, "--metrics-compat", "vllm", "--threads", "1") as live:
+    with LiveServer("--model", MODEL, "--metrics-compat", "vllm", "--threads", "1",
+                    "--metrics-max-age", str(args.metrics_max_age)) as live:
+        print(f"server: --metrics-compat vllm --metrics-max-age {args.metrics_max_age}")
         pid = live.proc.pid
         ms, cpu_ms = scrape_cost(live.url, pid, 200)
         print(f"/metrics at idle: {ms:.2f} ms per scrape (median of 200), server CPU "

@@ -56,3 +56,36 @@ def test_load_and_server_info_follow_the_engine(checkpoints: dict[str, Any]) -> 
             assert before - 5 <= stamp <= time.time() + 5
 
     asyncio.run(main())
+
+
+def test_metrics_max_age_reuses_counters_never_gauges(checkpoints: dict[str, Any]) -> None:
+    """--metrics-max-age: within it a scrape reuses the formatted counters and histograms,
+    but the engine's gauges (what routers balance on) are read at every scrape."""
+
+    async def main() -> None:
+        settings = settings_for(f"lm={checkpoints['lm']}", metrics_compat="vllm",
+                                metrics_max_age=30)
+        async with running_app(settings) as (app, client):
+            first = await get_metrics(client)
+            engine = app.state.server.models["lm"].engine
+            stream = engine.submit(list(range(5, 25)), SamplingParams(max_tokens=200,
+                                                                      ignore_eos=True))
+            iterator = stream.__aiter__()
+            await iterator.__anext__()  # running now
+            during = await get_metrics(client)
+            assert value(during, "vllm:num_requests_running", model_name="lm") == 1
+            assert value(during, "llm_requests_running", model="lm") == 1
+            # the counter of /metrics requests is the one formatted 30 s ago (max age)
+            assert value(during, "llm_http_requests_total", endpoint="/metrics", method="GET",
+                         status="200") == value(first, "llm_http_requests_total",
+                                                endpoint="/metrics", method="GET",
+                                                status="200")
+            await iterator.aclose()
+            await until(lambda: engine.num_requests == 0, "the request to end")
+            app.state.metrics._cached = None  # as if max_age had passed
+            after = await get_metrics(client)
+            assert value(after, "llm_http_requests_total", endpoint="/metrics", method="GET",
+                         status="200") >= 2
+            assert value(after, "llm_requests_running", model="lm") == 0
+
+    asyncio.run(main())

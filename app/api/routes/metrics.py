@@ -6,7 +6,7 @@ registry is the whole truth and prometheus_client's multiprocess mode is not nee
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from app.api import examples
 
@@ -17,5 +17,6 @@ router = APIRouter(tags=["health"])
             responses={200: {"content": {"text/plain": {"example": examples.METRICS}},
                              "description": "Prometheus text exposition format"}})
 async def metrics(request: Request) -> Response:
-    registry = request.app.state.metrics.registry
-    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+    max_age = request.app.state.server.settings.metrics_max_age
+    return Response(request.app.state.metrics.exposition(max_age),
+                    media_type=CONTENT_TYPE_LATEST)
