@@ -86,7 +86,7 @@ def finite_logprobs(logprobs: Tensor) -> Tensor:
     return logprobs.clamp(min=IMPOSSIBLE_LOGPROB)
 
 
-def _logprob_entry(logprobs: Tensor, token_id: int, top_n: int) -> TokenLogprob:
+def logprob_entry(logprobs: Tensor, token_id: int, top_n: int) -> TokenLogprob:
     logprobs = finite_logprobs(logprobs)
     top: list[tuple[int, float]] = []
     if top_n:
@@ -213,7 +213,7 @@ def sample_batch(logits: Tensor, rows: Sequence[SampleRow], index: Sequence[int]
                 lp = torch.log(probs[j])
             else:  # greedy: the processed distribution at temperature 1
                 lp = torch.log_softmax(processed[j], -1)
-            entry = _logprob_entry(lp, tokens[j], p.top_logprobs)
+            entry = logprob_entry(lp, tokens[j], p.top_logprobs)
         results[i] = Sampled(tokens[j], entry)
     return [r for r in results if r is not None]
 

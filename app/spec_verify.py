@@ -10,10 +10,14 @@ n-gram lookup proposes one token with probability 1): guess d at a position whos
 target distribution is p is kept with probability p(d); when rejected, the token is
 drawn from p with d removed (renormalized), and verification stops. Every emitted
 token is then distributed exactly as p: P(d) = p(d), and for t != d,
-P(t) = (1 - p(d)) * p(t) / (1 - p(d)) = p(t). p is the distribution plain sampling
-draws from: logit bias, temperature, top-k, top-p and min-p applied as in
-app/sampling.py (requests whose sampling needs more, such as penalties or a grammar,
-do not speculate: app/engine/scheduler.py).
+P(t) = (1 - p(d)) * p(t) / (1 - p(d)) = p(t).
+
+p at each position is what plain sampling would draw from there (app/sampling.py):
+logit bias, then repetition / presence / frequency penalties over the output as it
+would be at that position (the output so far plus the guesses before it), then
+temperature, top-k, top-p and min-p. Log-probabilities are reported from the same
+distributions as plain sampling reports them. (Requests with a grammar, or before
+min_tokens, do not speculate: app/engine/core.py and app/engine/scheduler.py.)
 """
 
 from __future__ import annotations
@@ -23,39 +27,74 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from app.sampling import SampleRow, apply_logit_bias, batched_probs
+from app.sampling import (
+    SampleRow,
+    apply_logit_bias,
+    apply_penalties,
+    batched_probs,
+    logprob_entry,
+)
+from app.sampling_params import LogprobsMode, Sampled, TokenLogprob
 
 
-def verify_draft(logits: Tensor, row: SampleRow, draft: Sequence[int]) -> list[int]:
-    """(len(draft) + 1, V) logits, row i scored after the last token and draft[:i] ->
-    the tokens to append: the kept guesses, then one token of the target's own."""
+def _processed(logits: Tensor, row: SampleRow, draft: Sequence[int]) -> Tensor:
+    """Each position's logits as plain sampling would process them there."""
     p = row.params
     x = apply_logit_bias(logits.float(), p.logit_bias)
-    if p.greedy:
-        best = x.argmax(-1).tolist()
-        out: list[int] = []
-        for i, guess in enumerate(draft):
-            out.append(int(best[i]))
-            if best[i] != guess:
-                return out
-        out.append(int(best[len(draft)]))
-        return out
+    if not p.needs_penalties:
+        return x
+    rows = [apply_penalties(x[i], p, row.prompt_ids, [*row.output_ids, *draft[:i]])
+            for i in range(x.shape[0])]
+    return torch.stack(rows)
+
+
+def verify_draft(logits: Tensor, row: SampleRow, draft: Sequence[int]) -> list[Sampled]:
+    """(len(draft) + 1, V) logits, row i scored after the last token and draft[:i] ->
+    the tokens to append (the kept guesses, then one token of the target's own), each
+    with its log-probabilities when the request asked for them."""
+    p = row.params
+    x = _processed(logits, row, draft)
     n = x.shape[0]
-    probs = batched_probs(x, torch.full((n,), p.temperature), torch.full((n,), p.top_k),
-                          torch.full((n,), p.top_p), torch.full((n,), p.min_p))
-    out = []
-    for i, guess in enumerate(draft):
-        keep = float(probs[i, guess])
-        u = float(torch.rand((), generator=row.generator))
-        if u < keep:
-            out.append(int(guess))
-            continue
-        residual = probs[i].clone()
-        residual[guess] = 0.0
-        out.append(_draw(residual / residual.sum(), row.generator))
-        return out
-    out.append(_draw(probs[len(draft)], row.generator))
-    return out
+    probs = None if p.greedy else batched_probs(
+        x, torch.full((n,), p.temperature), torch.full((n,), p.top_k),
+        torch.full((n,), p.top_p), torch.full((n,), p.min_p))
+    tokens: list[int] = []
+    if probs is None:
+        best = x.argmax(-1).tolist()
+        for i, guess in enumerate(draft):
+            tokens.append(int(best[i]))
+            if best[i] != guess:
+                break
+        else:
+            tokens.append(int(best[len(draft)]))
+    else:
+        for i, guess in enumerate(draft):
+            if float(torch.rand((), generator=row.generator)) < float(probs[i, guess]):
+                tokens.append(int(guess))
+                continue
+            residual = probs[i].clone()
+            residual[guess] = 0.0
+            tokens.append(_draw(residual / residual.sum(), row.generator))
+            break
+        else:
+            tokens.append(_draw(probs[len(draft)], row.generator))
+    return [Sampled(t, _entry(logits[i], x[i], None if probs is None else probs[i], t, row))
+            for i, t in enumerate(tokens)]
+
+
+def _entry(raw: Tensor, processed: Tensor, probs: Tensor | None, token: int,
+           row: SampleRow) -> TokenLogprob | None:
+    """The token's log-probabilities, as app.sampling.sample_batch reports them."""
+    p = row.params
+    if not p.logprobs:
+        return None
+    if p.logprobs_mode is LogprobsMode.RAW:
+        lp = torch.log_softmax(raw.float(), -1)
+    elif probs is not None:
+        lp = torch.log(probs)
+    else:  # greedy: the processed distribution at temperature 1
+        lp = torch.log_softmax(processed, -1)
+    return logprob_entry(lp, token, p.top_logprobs)
 
 
 def _draw(probs: Tensor, generator: torch.Generator | None) -> int:

@@ -64,7 +64,7 @@ class EngineCore:
         self.requests[request.request_id] = request
         p = request.params
         if (self.proposer is not None and request.kind is RequestKind.GENERATE and p.speculate
-                and constraint is None and not p.needs_penalties and not p.logprobs):
+                and constraint is None):
             for seq in request.sequences:  # (forks inherit it: step_update._fork)
                 seq.speculate = True
         self.processor.add(progress)

@@ -228,9 +228,9 @@ class ModelRunner:
     def _sample_speculative(logits: Tensor, rows: dict[int, int], draws: list[Draw],
                             result: RunnerOutput, eos_ids: tuple[int, ...]) -> None:
         """A step where some sequences bring guesses: those keep what verification keeps
-        (app/spec_verify.py; they need no mask, penalties or logprobs), the others draw
-        one token as usual; result.sampled stays one entry per draw, its first token,
-        and result.extra_tokens has the rest."""
+        (app/spec_verify.py; they need no mask), the others draw one token as usual;
+        result.sampled stays one entry per draw, its first token, and
+        result.extra_tokens has the rest."""
         plain = [i for i, d in enumerate(draws) if not d.draft]
         sampled: list[Sampled | None] = [None] * len(draws)
         if plain:
@@ -249,10 +249,10 @@ class ModelRunner:
             if not d.draft:
                 continue
             first = rows[d.seq_id]
-            tokens = verify_draft(logits[first:first + len(d.draft) + 1], d.row, d.draft)
-            sampled[i] = Sampled(tokens[0], None)
-            result.extra_tokens[d.seq_id] = tokens[1:]
-            result.drafts[d.seq_id] = (len(d.draft), len(tokens) - 1)
+            kept = verify_draft(logits[first:first + len(d.draft) + 1], d.row, d.draft)
+            sampled[i] = kept[0]
+            result.extra_tokens[d.seq_id] = kept[1:]
+            result.drafts[d.seq_id] = (len(d.draft), len(kept) - 1)
         result.sampled = [s for s in sampled if s is not None]
 
     def _classify(self, hidden: Tensor, last_rows: list[tuple[ScheduledSeq, int]],

@@ -13,7 +13,7 @@ class RunnerOutput:
     sampled: list[Sampled] = field(default_factory=list)  # one per SamplingPlan.draws
     # Speculative decoding: seq_id -> the tokens kept after its sampled one (the kept
     # guesses but the first, and the target's own last token), and (guesses, kept).
-    extra_tokens: dict[int, list[int]] = field(default_factory=dict)
+    extra_tokens: dict[int, list[Sampled]] = field(default_factory=dict)
     drafts: dict[int, tuple[int, int]] = field(default_factory=dict)
     # PREDICT: seq_id -> [(token_id, prob, logprob)], most likely first.
     distributions: dict[int, list[tuple[int, float, float]]] = field(default_factory=dict)

@@ -89,12 +89,12 @@ class StepUpdater:
             deltas = moved.setdefault(request.request_id, (request, progress, []))[2]
             # speculative decoding: the kept guesses and the target's own token after
             # them, one at a time, so stop strings, EOS and max_tokens end it exactly
-            for token in result.extra_tokens.get(seq.seq_id, ()):
+            for extra in result.extra_tokens.get(seq.seq_id, ()):
                 if delta.finish_reason is not None:
                     break
                 self.processor.record_token_time(progress, seq.index, now)
-                seq.token_ids.append(token)
-                delta.extend(self.processor.append(progress, seq, None))
+                seq.token_ids.append(extra.token_id)
+                delta.extend(self.processor.append(progress, seq, extra.logprob))
             deltas.append(delta)
             self.processor.record_token_time(progress, seq.index, now)
             if seq.seq_id in result.drafts:

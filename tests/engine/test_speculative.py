@@ -81,7 +81,8 @@ def test_greedy_with_speculation_equals_plain_decoding(arch: str, with_engine: A
 
 def test_mixed_batch_preemption_prefix_cache_and_stops(with_engine: Any,
                                                         tokenizer: Any) -> None:
-    """Requests that may not speculate (logprobs, penalties) beside ones that do; a
+    """Requests with logprobs (values and alternatives as without speculation) and with
+    penalties (over the output as it is at each guessed position) beside plain ones; a
     KV cache small enough to preempt; a prompt served from the prefix cache; stop
     strings and max_tokens reached inside a step that keeps several tokens."""
 
@@ -89,7 +90,7 @@ def test_mixed_batch_preemption_prefix_cache_and_stops(with_engine: Any,
         vocab = engine.model_config.vocab_size
         batch = repetitive(vocab, 7, 6)
         kinds = [GREEDY, SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True,
-                                        logprobs=True),
+                                        logprobs=True, top_logprobs=3),
                  SamplingParams(max_tokens=20, temperature=0.0, ignore_eos=True,
                                 repetition_penalty=1.3),
                  SamplingParams(max_tokens=7, temperature=0.0, ignore_eos=True),
@@ -103,7 +104,8 @@ def test_mixed_batch_preemption_prefix_cache_and_stops(with_engine: Any,
             max_tokens=24, temperature=0.0, ignore_eos=True, stop=(stop,)))
         return [first.completions[0].token_ids,
                 *[o.completions[0].token_ids for o in outs],
-                [e.logprob for e in outs[1].completions[0].logprobs or []],
+                [round(e.logprob, 3) for e in outs[1].completions[0].logprobs or []],
+                [[t for t, _ in e.top] for e in outs[1].completions[0].logprobs or []],
                 stopped.completions[0].text, stopped.completions[0].finish_reason]
 
     plain = with_engine("llama_gqa_llama3", run_all, num_kv_blocks=40)
@@ -154,7 +156,7 @@ def test_verification_keeps_the_target_distribution() -> None:
     second = torch.zeros(8)
     draws = 20000
     for _ in range(draws):
-        out = verify_draft(logits, row, guess)
+        out = [s.token_id for s in verify_draft(logits, row, guess)]
         first[out[0]] += 1
         if out[0] == guess[0]:
             second[out[1]] += 1
@@ -172,3 +174,22 @@ def test_verification_keeps_the_target_distribution() -> None:
         chi2 = float((((counts - expected) ** 2)[live] / expected[live]).sum())
         # critical value of chi-square with 7 degrees of freedom at p = 0.001: 24.32
         assert chi2 < 24.32, (chi2, counts, expected)
+
+
+def test_penalties_and_logprobs_speculate_exactly(with_engine: Any) -> None:
+    """A greedy request with penalties and logprobs on its own: it speculates (guesses are
+    scored) and gives the tokens, logprobs and alternatives plain decoding gives."""
+    params = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True,
+                            repetition_penalty=1.2, frequency_penalty=0.3, logprobs=True,
+                            top_logprobs=2)
+
+    async def body(engine: Engine) -> Any:
+        prompt = repetitive(engine.model_config.vocab_size, 21, 1)[0]
+        out = (await engine.generate(prompt, params)).completions[0]
+        return out.token_ids, [(e.token_id, round(e.logprob, 3), [t for t, _ in e.top])
+                               for e in out.logprobs or []], engine.core.proposer
+
+    plain_tokens, plain_lps, _ = with_engine("llama_gqa_llama3", body)
+    tokens, lps, proposer = with_engine("llama_gqa_llama3", body, speculative=NGRAM)
+    assert proposer.num_draft_tokens > 0, "it never speculated: nothing tested"
+    assert tokens == plain_tokens and lps == plain_lps
