@@ -15,9 +15,11 @@ P(t) = (1 - p(d)) * p(t) / (1 - p(d)) = p(t).
 p at each position is what plain sampling would draw from there (app/sampling.py):
 logit bias, then repetition / presence / frequency penalties over the output as it
 would be at that position (the output so far plus the guesses before it), then
-temperature, top-k, top-p and min-p. Log-probabilities are reported from the same
-distributions as plain sampling reports them. (Requests with a grammar, or before
-min_tokens, do not speculate: app/engine/core.py and app/engine/scheduler.py.)
+temperature, top-k, top-p and min-p; under a grammar (structured output, constrained
+tool calls) only the tokens it allows at that position, the guesses it cannot accept
+dropped first. Log-probabilities are reported from the same distributions as plain
+sampling reports them. (Requests before their min_tokens do not speculate:
+app/engine/scheduler.py.)
 """
 
 from __future__ import annotations
@@ -37,10 +39,13 @@ from app.sampling import (
 from app.sampling_params import LogprobsMode, Sampled, TokenLogprob
 
 
-def _processed(logits: Tensor, row: SampleRow, draft: Sequence[int]) -> Tensor:
+def _processed(logits: Tensor, row: SampleRow, draft: Sequence[int],
+               masks: Sequence[Tensor] | None) -> Tensor:
     """Each position's logits as plain sampling would process them there."""
     p = row.params
     x = apply_logit_bias(logits.float(), p.logit_bias)
+    if masks is not None:  # a grammar: the tokens allowed at each position
+        x = x.masked_fill(~torch.stack(list(masks)).to(x.device), float("-inf"))
     if not p.needs_penalties:
         return x
     rows = [apply_penalties(x[i], p, row.prompt_ids, [*row.output_ids, *draft[:i]])
@@ -48,12 +53,14 @@ def _processed(logits: Tensor, row: SampleRow, draft: Sequence[int]) -> Tensor:
     return torch.stack(rows)
 
 
-def verify_draft(logits: Tensor, row: SampleRow, draft: Sequence[int]) -> list[Sampled]:
+def verify_draft(logits: Tensor, row: SampleRow, draft: Sequence[int],
+                 masks: Sequence[Tensor] | None = None) -> list[Sampled]:
     """(len(draft) + 1, V) logits, row i scored after the last token and draft[:i] ->
     the tokens to append (the kept guesses, then one token of the target's own), each
-    with its log-probabilities when the request asked for them."""
+    with its log-probabilities when the request asked for them. masks[i]: the tokens a
+    grammar allows at position i (structured output), as plain sampling masks them."""
     p = row.params
-    x = _processed(logits, row, draft)
+    x = _processed(logits, row, draft, masks)
     n = x.shape[0]
     probs = None if p.greedy else batched_probs(
         x, torch.full((n,), p.temperature), torch.full((n,), p.top_k),

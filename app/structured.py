@@ -78,6 +78,14 @@ class Matcher(Protocol):
 
     def consume_token(self, sampled_token: int) -> bool: ...
 
+    # speculative decoding: how many of these tokens the grammar accepts from the current
+    # state (the state unchanged), several tokens at once, and stepping back n tokens
+    def validate_tokens(self, tokens: list[int]) -> int: ...
+
+    def consume_tokens(self, tokens: list[int]) -> bool: ...
+
+    def rollback(self, num_tokens: int) -> bool: ...
+
 
 @dataclass(frozen=True)
 class Constraint:

@@ -63,8 +63,7 @@ class EngineCore:
         """A request the scheduler has queued: its sampler's and reader's views join."""
         self.requests[request.request_id] = request
         p = request.params
-        if (self.proposer is not None and request.kind is RequestKind.GENERATE and p.speculate
-                and constraint is None):
+        if self.proposer is not None and request.kind is RequestKind.GENERATE and p.speculate:
             for seq in request.sequences:  # (forks inherit it: step_update._fork)
                 seq.speculate = True
         self.processor.add(progress)

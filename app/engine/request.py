@@ -72,8 +72,7 @@ class TokenSequence:
     # Prompt positions from which SCORE requests want the next token's log-probability.
     score_from: int | None = None
     preemptions: int = 0
-    # Speculative decoding may guess this sequence's next tokens (no grammar constrains
-    # it: a matcher cannot be replayed over guesses; app/engine/core.py).
+    # Speculative decoding may guess this sequence's next tokens (app/engine/core.py).
     speculate: bool = False
 
     def __len__(self) -> int:

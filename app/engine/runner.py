@@ -39,6 +39,7 @@ from app.sampling import (
 )
 from app.sampling_params import Sampled
 from app.spec_verify import verify_draft
+from app.structured import Matcher
 
 log = logging.getLogger(__name__)
 
@@ -228,7 +229,8 @@ class ModelRunner:
     def _sample_speculative(logits: Tensor, rows: dict[int, int], draws: list[Draw],
                             result: RunnerOutput, eos_ids: tuple[int, ...]) -> None:
         """A step where some sequences bring guesses: those keep what verification keeps
-        (app/spec_verify.py; they need no mask), the others draw one token as usual;
+        (app/spec_verify.py, under their grammar's masks), the others draw one token as
+        usual;
         result.sampled stays one entry per draw, its first token, and
         result.extra_tokens has the rest."""
         plain = [i for i, d in enumerate(draws) if not d.draft]
@@ -249,11 +251,34 @@ class ModelRunner:
             if not d.draft:
                 continue
             first = rows[d.seq_id]
-            kept = verify_draft(logits[first:first + len(d.draft) + 1], d.row, d.draft)
+            draft: list[int] = list(d.draft)
+            allowed: list[Tensor] | None = None
+            if d.matcher is not None:
+                draft, allowed = ModelRunner._grammar_masks(d.matcher, draft,
+                                                            logits.shape[-1], eos_ids)
+            kept = verify_draft(logits[first:first + len(draft) + 1], d.row, draft, allowed)
+            if d.matcher is not None:
+                d.matcher.consume_tokens([s.token_id for s in kept])
             sampled[i] = kept[0]
             result.extra_tokens[d.seq_id] = kept[1:]
             result.drafts[d.seq_id] = (len(d.draft), len(kept) - 1)
         result.sampled = [s for s in sampled if s is not None]
+
+    @staticmethod
+    def _grammar_masks(matcher: Matcher, draft: list[int], vocab: int,
+                       eos_ids: tuple[int, ...]) -> tuple[list[int], list[Tensor]]:
+        """The guesses the grammar accepts (a prefix of them: the rest could never be
+        kept), and the tokens it allows at each position after the last token and after
+        each accepted guess: computed by consuming the guesses, then rolled back, so the
+        matcher is left as it was."""
+        draft = draft[:matcher.validate_tokens(draft)]
+        masks = [allowed_tokens(matcher, vocab, eos_ids)]
+        for token in draft:
+            matcher.consume_token(token)
+            masks.append(allowed_tokens(matcher, vocab, eos_ids))
+        if draft:
+            matcher.rollback(len(draft))
+        return draft, masks
 
     def _classify(self, hidden: Tensor, last_rows: list[tuple[ScheduledSeq, int]],
                   result: RunnerOutput) -> None:

@@ -193,3 +193,36 @@ def test_penalties_and_logprobs_speculate_exactly(with_engine: Any) -> None:
     tokens, lps, proposer = with_engine("llama_gqa_llama3", body, speculative=NGRAM)
     assert proposer.num_draft_tokens > 0, "it never speculated: nothing tested"
     assert tokens == plain_tokens and lps == plain_lps
+
+
+def test_structured_output_speculates_under_its_grammar(with_engine: Any,
+                                                         tokenizer: Any) -> None:
+    """A regex-constrained request: guesses the grammar cannot accept are dropped before
+    scoring, the rest are checked under the grammar's masks, and the matcher is left where
+    the kept tokens put it: the same output as plain decoding, and it matches the regex."""
+    import re
+
+    from app.structured import ConstraintCompiler, ConstraintSpec
+
+    pattern = r"(ab|cd|ef)( (ab|cd|ef)){6,20}\."
+
+    async def body(engine: Engine) -> Any:
+        constraint = ConstraintCompiler(tokenizer, engine.model_config.vocab_size).compile(
+            ConstraintSpec("regex", pattern, "guided_regex"))
+        outs = []
+        for params in (SamplingParams(max_tokens=60, temperature=0.0),
+                       SamplingParams(max_tokens=60, temperature=0.8, seed=3)):
+            stream = engine.submit_batch([tokenizer.encode("ab cd ab cd")], params,
+                                         constraint=constraint)[0]
+            text = ""
+            async for out in stream:
+                text += out.completions[0].text
+            outs.append(text)
+        return outs, engine.core.proposer
+
+    plain, _ = with_engine("llama_gqa_llama3", body)
+    spec, proposer = with_engine("llama_gqa_llama3", body, speculative=NGRAM)
+    assert proposer.num_accepted_tokens > 0, "nothing kept under the grammar: untested"
+    assert spec[0] == plain[0]  # greedy: identical
+    for text in spec:
+        assert re.fullmatch(pattern, text), text
