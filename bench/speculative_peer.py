@@ -1,0 +1,121 @@
+"""n-gram speculative decoding, ours against llama.cpp's own (`llama-server --spec-type
+ngram-simple`), through HTTP, one server at a time, on the same weights (the shipped
+default-lm, exported to GGUF f32 by bench/gguf_export.py) and the same token ids: greedy,
+batch 1, 160 tokens, each server with and without speculation; tokens/s medians of
+rounds and each side's ratio, the CPU named first.
+
+    python -m bench.speculative_peer --llama-server PATH [--rounds 3]
+
+llama-server comes from ../shared/peers/build_llama_server.sh (llama.cpp vendored in the
+llama-cpp-python sdist; about 25 minutes on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from app.tokenizer import Tokenizer
+from bench.gguf_export import export_llama
+from bench.machine import cpu_info, cpu_line
+from bench.speculative import ORDINARY
+from tests.live import LiveServer, free_port
+
+MODEL = Path(__file__).resolve().parent.parent / "models" / "default-lm"
+TOKENS = 160
+
+
+def ours(prompts: list[list[int]], speculative: bool, rounds: int) -> tuple[float, object]:
+    args = ["--model", f"default-lm={MODEL}", "--threads", "2"]
+    if speculative:
+        args += ["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 4}']
+    with LiveServer(*args, env={"LLM_COMPILE": "auto"}, ready_timeout=300) as live:
+        rate = timed(lambda p: httpx.post(live.url + "/v1/completions", json={
+            "model": "default-lm", "prompt": p, "max_tokens": TOKENS, "temperature": 0,
+            "ignore_eos": True}, timeout=120).json()["usage"]["completion_tokens"],
+            prompts, rounds)
+        info = httpx.get(live.url + "/v1/info").json()["models"][0]["spec_acceptance_rate"]
+    return rate, info
+
+
+def llama(server: str, gguf: Path, prompts: list[list[int]], speculative: bool,
+          rounds: int) -> tuple[float, object]:
+    port = free_port()
+    cmd = [server, "-m", str(gguf), "--port", str(port), "--host", "127.0.0.1", "-t", "2",
+           "-np", "1", "-c", "256", "--no-warmup"]
+    if speculative:
+        cmd += ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3",
+                "--spec-ngram-simple-size-m", "4"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    drafted = accepted = 0
+    try:
+        for _ in range(600):
+            try:
+                if httpx.get(url + "/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+
+        def one(p: list[int]) -> int:
+            nonlocal drafted, accepted
+            out = httpx.post(url + "/completion", json={
+                "prompt": p, "n_predict": TOKENS, "temperature": 0, "ignore_eos": True,
+                "cache_prompt": False}, timeout=120).json()
+            timings = out.get("timings", {})
+            drafted += int(timings.get("draft_n") or 0)
+            accepted += int(timings.get("draft_n_accepted") or 0)
+            return int(timings.get("predicted_n") or out.get("tokens_predicted") or 0)
+
+        rate = timed(one, prompts, rounds)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return rate, (round(accepted / drafted, 3) if drafted else None)
+
+
+def timed(run: Callable[[list[int]], int], prompts: list[list[int]], rounds: int) -> float:
+    run(prompts[0])  # warm-up
+    rates = []
+    for _ in range(rounds):
+        start, tokens = time.perf_counter(), 0
+        for p in prompts:
+            tokens += run(p)
+        rates.append(tokens / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--llama-server", required=True)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print(cpu_line(cpu_info()))
+    tokenizer = Tokenizer.from_dir(MODEL)
+    prompts = [tokenizer.encode(p) for p in ORDINARY]
+    with tempfile.TemporaryDirectory() as tmp:
+        gguf = export_llama(MODEL, Path(tmp), "f32")
+        rows = {}
+        for name, run in (("ours", lambda s: ours(prompts, s, args.rounds)),
+                          ("llama.cpp", lambda s: llama(args.llama_server, gguf, prompts, s,
+                                                        args.rounds))):
+            plain, _ = run(False)
+            spec, acceptance = run(True)
+            rows[name] = (plain, spec, acceptance)
+    for name, (plain, spec, acceptance) in rows.items():
+        print(f"{name}: plain {plain:.1f} tokens/s, n-gram {spec:.1f} tokens/s = "
+              f"{spec / plain:.2f}x (acceptance {acceptance})")
+    print(f"ours against llama.cpp: plain {rows['ours'][0] / rows['llama.cpp'][0]:.2f}x, "
+          f"n-gram {rows['ours'][1] / rows['llama.cpp'][1]:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
