@@ -6,8 +6,10 @@ rounds and each side's ratio, the CPU named first.
 
     python -m bench.speculative_peer --llama-server PATH [--rounds 3]
 
-llama-server comes from ../shared/peers/build_llama_server.sh (llama.cpp vendored in the
-llama-cpp-python sdist; about 25 minutes on 2 cores).
+llama-server is built from the llama.cpp source vendored in the llama-cpp-python sdist
+(`pip download --no-deps --no-binary :all: llama-cpp-python`, then in vendor/llama.cpp
+`cmake -B build -DGGML_NATIVE=ON -DLLAMA_BUILD_SERVER=ON -DLLAMA_CURL=OFF` and
+`cmake --build build --target llama-server`: about 25 minutes on 2 cores).
 """
 
 from __future__ import annotations
