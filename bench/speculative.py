@@ -1,6 +1,7 @@
 """Speculative decoding (n-gram prompt lookup) on the shipped default-lm, against plain
-decoding in the same engine and the same run (requests alternate: speculating, then the
-same request with `speculate` off), medians of rounds; the CPU named first.
+decoding in the same run: two engines, each with its own copy of the model and its own
+compiled graphs (one speculating, one not), requests alternating between them, medians of
+rounds; the CPU named first.
 
     python -m bench.speculative [--rounds 5] [--tokens 160] [--compile auto]
 
@@ -46,19 +47,21 @@ def counters(engine: Engine) -> tuple[int, int, list[int]]:
     return s.spec_draft_tokens, s.spec_accepted_tokens, list(s.spec_accepted_per_position)
 
 
-async def pair(engine: Engine, prompts: list[list[int]], params: SamplingParams,
-               rounds: int) -> dict[str, object]:
-    """tokens/s with and without speculation (batch 1, each prompt in turn), and the
-    acceptance of the speculating runs."""
-    plain = SamplingParams(**{**params.__dict__, "speculate": False})
-    await engine.generate(prompts[0], params)  # warm-up of the shapes speculation uses
+async def pair(engines: tuple[Engine, Engine], prompts: list[list[int]],
+               params: SamplingParams, rounds: int) -> dict[str, object]:
+    """tokens/s with speculation (engines[0]) and without (engines[1], its own model copy
+    and compiled graphs, so speculation's step shapes never touch the baseline's), batch 1,
+    each prompt in turn; and the acceptance of the speculating runs."""
+    engine, baseline = engines
+    for e in engines:
+        await e.generate(prompts[0], params)  # warm-up
     spec_rates, plain_rates = [], []
     before = counters(engine)
     for _ in range(rounds):
-        for p, rates in ((params, spec_rates), (plain, plain_rates)):
+        for e, rates in ((engine, spec_rates), (baseline, plain_rates)):
             tokens, start = 0, time.perf_counter()
             for prompt in prompts:
-                out = await engine.generate(prompt, p)
+                out = await e.generate(prompt, params)
                 tokens += len(out.completions[0].token_ids)
             rates.append(tokens / (time.perf_counter() - start))
     after = counters(engine)
@@ -71,15 +74,14 @@ async def pair(engine: Engine, prompts: list[list[int]], params: SamplingParams,
             "kept_per_position": per_pos}
 
 
-async def concurrent(engine: Engine, prompts: list[list[int]], params: SamplingParams,
-                     rounds: int) -> dict[str, object]:
-    plain = SamplingParams(**{**params.__dict__, "speculate": False})
+async def concurrent(engines: tuple[Engine, Engine], prompts: list[list[int]],
+                     params: SamplingParams, rounds: int) -> dict[str, object]:
     batch = [prompts[i % len(prompts)] + [5 + i] for i in range(32)]
     rates: dict[str, list[float]] = {"spec": [], "plain": []}
     for _ in range(rounds):
-        for which, p in (("spec", params), ("plain", plain)):
+        for which, e in (("spec", engines[0]), ("plain", engines[1])):
             start = time.perf_counter()
-            outs = await asyncio.gather(*(engine.generate(q, p) for q in batch))
+            outs = await asyncio.gather(*(e.generate(q, params) for q in batch))
             tokens = sum(len(o.completions[0].token_ids) for o in outs)
             rates[which].append(tokens / (time.perf_counter() - start))
     s, b = statistics.median(rates["spec"]), statistics.median(rates["plain"])
@@ -94,17 +96,22 @@ async def main() -> None:
     parser.add_argument("--k", type=int, default=4, help="num_speculative_tokens")
     parser.add_argument("--compile", default="auto", choices=["auto", "off"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prepack", default="auto", choices=["auto", "off"])
     parser.add_argument("--only", nargs="*", default=None,
                         choices=["grounded", "ordinary", "nothing_to_look_up", "concurrent_32"])
     args = parser.parse_args()
     print(cpu_line(cpu_info()))
     torch.set_num_threads(args.threads)
-    loaded = load_model(MODEL, dtype="float32", device="cpu")
     tokenizer = Tokenizer.from_dir(MODEL)
     spec = SpeculativeConfig(num_speculative_tokens=args.k)
-    engine = Engine(loaded, tokenizer, EngineConfig(compile=args.compile, prepack="auto",
-                                                    speculative=spec))
-    await engine.start()
+    engines = tuple(
+        Engine(load_model(MODEL, dtype="float32", device="cpu"), tokenizer,
+               EngineConfig(compile=args.compile, prepack=args.prepack,
+                           speculative=config))
+        for config in (spec, None))
+    pair_of: tuple[Engine, Engine] = (engines[0], engines[1])
+    for e in pair_of:
+        await e.start()
     try:
         encode = tokenizer.encode
         greedy = SamplingParams(max_tokens=args.tokens, temperature=0.0, ignore_eos=True)
@@ -113,20 +120,21 @@ async def main() -> None:
         prompts = {"grounded": [encode(p) for p in GROUNDED],
                    "ordinary": [encode(p) for p in ORDINARY]}
         work = {
-            "grounded": lambda: pair(engine, prompts["grounded"], greedy, args.rounds),
-            "ordinary": lambda: pair(engine, prompts["ordinary"], greedy, args.rounds),
-            "nothing_to_look_up": lambda: pair(engine, prompts["ordinary"], sampled,
+            "grounded": lambda: pair(pair_of, prompts["grounded"], greedy, args.rounds),
+            "ordinary": lambda: pair(pair_of, prompts["ordinary"], greedy, args.rounds),
+            "nothing_to_look_up": lambda: pair(pair_of, prompts["ordinary"], sampled,
                                                args.rounds),
-            "concurrent_32": lambda: concurrent(engine, prompts["ordinary"], greedy,
+            "concurrent_32": lambda: concurrent(pair_of, prompts["ordinary"], greedy,
                                                 max(1, args.rounds // 2)),
         }
         results: dict[str, object] = {"config": spec.__dict__,
-                                      "compile": engine.stats().compile}
+                                      "compile": pair_of[0].stats().compile}
         for name, run in work.items():
             if args.only is None or name in args.only:
                 results[name] = await run()
     finally:
-        await engine.shutdown()
+        for e in pair_of:
+            await e.shutdown()
     for name, row in results.items():
         print(f"{name}: {json.dumps(row)}")
 

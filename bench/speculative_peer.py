@@ -34,11 +34,12 @@ MODEL = Path(__file__).resolve().parent.parent / "models" / "default-lm"
 TOKENS = 160
 
 
-def ours(prompts: list[list[int]], speculative: bool, rounds: int) -> tuple[float, object]:
+def ours(prompts: list[list[int]], speculative: bool, rounds: int, compile_mode: str
+         ) -> tuple[float, object]:
     args = ["--model", f"default-lm={MODEL}", "--threads", "2"]
     if speculative:
         args += ["--speculative-config", '{"method": "ngram", "num_speculative_tokens": 4}']
-    with LiveServer(*args, env={"LLM_COMPILE": "auto"}, ready_timeout=300) as live:
+    with LiveServer(*args, env={"LLM_COMPILE": compile_mode}, ready_timeout=300) as live:
         rate = timed(lambda p: httpx.post(live.url + "/v1/completions", json={
             "model": "default-lm", "prompt": p, "max_tokens": TOKENS, "temperature": 0,
             "ignore_eos": True}, timeout=120).json()["usage"]["completion_tokens"],
@@ -99,6 +100,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--llama-server", required=True)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--compile", default="auto", choices=["auto", "off"],
+                        help="our server's --compile")
+    parser.add_argument("--ours-only", action="store_true")
     args = parser.parse_args()
     print(cpu_line(cpu_info()))
     tokenizer = Tokenizer.from_dir(MODEL)
@@ -106,17 +110,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         gguf = export_llama(MODEL, Path(tmp), "f32")
         rows = {}
-        for name, run in (("ours", lambda s: ours(prompts, s, args.rounds)),
-                          ("llama.cpp", lambda s: llama(args.llama_server, gguf, prompts, s,
-                                                        args.rounds))):
+        runs = [("ours", lambda s: ours(prompts, s, args.rounds, args.compile))]
+        if not args.ours_only:
+            runs.append(("llama.cpp", lambda s: llama(args.llama_server, gguf, prompts, s,
+                                                      args.rounds)))
+        for name, run in runs:
             plain, _ = run(False)
             spec, acceptance = run(True)
             rows[name] = (plain, spec, acceptance)
     for name, (plain, spec, acceptance) in rows.items():
         print(f"{name}: plain {plain:.1f} tokens/s, n-gram {spec:.1f} tokens/s = "
               f"{spec / plain:.2f}x (acceptance {acceptance})")
-    print(f"ours against llama.cpp: plain {rows['ours'][0] / rows['llama.cpp'][0]:.2f}x, "
-          f"n-gram {rows['ours'][1] / rows['llama.cpp'][1]:.2f}x")
+    if "llama.cpp" in rows:
+        print(f"ours against llama.cpp: plain {rows['ours'][0] / rows['llama.cpp'][0]:.2f}x, "
+              f"n-gram {rows['ours'][1] / rows['llama.cpp'][1]:.2f}x")
 
 
 if __name__ == "__main__":

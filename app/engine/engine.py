@@ -91,6 +91,7 @@ class Engine:
         self._num_rejected = 0
         # Test hook: called in the worker thread before each forward; may raise.
         self.fault_hook: Callable[[SchedulerOutput], None] | None = None
+        self.speculation_off: str | None = None  # why a configured speculation is off
         self.step_observers: list[Callable[[StepStats], None]] = []
         self.finish_observers: list[Callable[[RequestSummary], None]] = []
         self.death_observers: list[Callable[[str], None]] = []
@@ -126,7 +127,7 @@ class Engine:
     def _spec_stats(self) -> dict[str, Any]:
         proposer = self.core.proposer
         if proposer is None:
-            return {}
+            return {"speculative": self.speculation_off} if self.speculation_off else {}
         c = proposer.config
         return {"speculative": f"{c.method}: {c.num_speculative_tokens} tokens, lookup "
                               f"{c.prompt_lookup_min}-{c.prompt_lookup_max}, up to "
@@ -140,6 +141,14 @@ class Engine:
         """Prepare the model (compile and warm up, in the worker thread) and start the loop."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self.runner.prepare)
+        if self.core.proposer is not None and self.runner.decode is not None:
+            # Measured (docs/PERFORMANCE.md): a verification step scores several tokens per
+            # sequence outside the compiled single-token decode graph, so with the compiled
+            # graph plain decoding is faster than n-gram speculation (0.85x). Off, and said.
+            self.speculation_off = ("off: the compiled decode graph is faster than "
+                                    "verification steps (--compile off to speculate)")
+            log.warning("speculative decoding %s", self.speculation_off)
+            self.core.proposer = self.scheduler.proposer = None
         self._task = asyncio.create_task(self._loop(), name=f"engine-{self.name}")
         self._task.add_done_callback(self._loop_ended)
 

@@ -12,6 +12,7 @@ import torch
 
 from app.engine.engine import Engine
 from app.engine.request import RequestKind
+from app.engine.speculative import SpeculativeConfig
 from app.sampling_params import SamplingParams
 from tests.engine.test_engine import prompts
 from tests.helpers import require_cpp_compiler
@@ -43,6 +44,9 @@ def test_compiled_engine_matches_transformers_and_eager(with_engine: Any, hf_che
     async def body(engine: Engine) -> None:
         assert engine.runner.model.ops.compiled, engine.runner.compile_reason
         assert "packed" in engine.runner.pack_reason and "not" not in engine.runner.pack_reason
+        # speculation was asked for, but the compiled decode graph is faster: off, and said
+        assert engine.core.proposer is None and engine.scheduler.proposer is None
+        assert engine.stats().speculative.startswith("off: the compiled decode graph")
         vocab = engine.model_config.vocab_size
         # Next-token distributions of several prompt lengths (one row, a few, many).
         for p in prompts(vocab, [1, 2, 5, 19], seed=3):
@@ -65,4 +69,4 @@ def test_compiled_engine_matches_transformers_and_eager(with_engine: Any, hf_che
         for p, out in zip(batch, together, strict=True):
             assert out.completions[0].token_ids == transformers_greedy(ref, p, 12)
 
-    with_engine(arch, body, compile="on", prepack="on")
+    with_engine(arch, body, compile="on", prepack="on", speculative=SpeculativeConfig())
