@@ -11,7 +11,7 @@ from_command_line = $(if $(filter command line,$(origin $(1))),LLM_$(1)='$($(1))
 
 .PHONY: install install-dev serve test lint typecheck unit tools lint-deploy soak fuzz bench clean \
 	test-slow test-router install-peers bench-peers bench-quant image-tools image-base image \
-	image-test image-cuda-check
+	image-test image-cuda-check gpu-wheels
 
 $(BIN)/.installed: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,10 +85,23 @@ tools:
 
 # Tests marked slow (timing and memory thresholds) run in `make test-slow`, not here.
 unit: $(BIN)/.installed-dev
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not gpu"
 
 test-slow: $(BIN)/.installed-dev
 	$(BIN)/python -m pytest -m slow
+
+# Wheels the lent GPU machine lacks (its image has Python 3.12 with a CUDA torch, numpy,
+# transformers, httpx, jinja2, pytest, ...; no network), for bench/gpu_check.sh, at the
+# versions this venv runs: about 8 MB, so the repository (55 MB) and .whl fit the device
+# tool's 64 MiB. Carry .whl with the device tool (`echo /.whl/ >> .git/info/exclude`).
+GPU_WHEEL_PLATFORMS := manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_28_x86_64 \
+	manylinux_2_31_x86_64
+gpu-wheels: $(BIN)/.installed-dev
+	$(BIN)/python -m pip freeze | grep -i -E '^(fastapi|fastapi[-_]offline|starlette|uvicorn|pydantic|pydantic[-_]core|pydantic[-_]settings|python-dotenv|annotated-types|annotated-doc|typing[-_]inspection|llguidance|pyzmq)==' \
+		> /tmp/gpu-requirements.txt
+	$(BIN)/python -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp $(foreach p,$(GPU_WHEEL_PLATFORMS),--platform $(p)) --dest .whl \
+		-r /tmp/gpu-requirements.txt
 
 # A stock vllm-router in front of three replicas under a longer load (make test runs 36
 # requests through the kill-and-restart test; this runs 400).

@@ -52,9 +52,10 @@ async def main() -> None:
     parser.add_argument("dtype", choices=["float32", "bfloat16"])
     parser.add_argument("quantization", choices=["none", "int8", "int4"])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = load_model(MODEL, dtype=args.dtype, device="cpu",
+    loaded = load_model(MODEL, dtype=args.dtype, device=args.device,
                         quantization=args.quantization)
     tokenizer = Tokenizer.from_dir(MODEL)
     engine = Engine(loaded, tokenizer, EngineConfig(compile="auto", prepack="auto"))
@@ -63,7 +64,8 @@ async def main() -> None:
         result = await measure(engine, tokenizer.encode("The meaning of life is"))
     finally:
         await engine.shutdown()
-    print(json.dumps({"dtype": args.dtype, "quantization": args.quantization, **result}))
+    print(json.dumps({"dtype": args.dtype, "quantization": args.quantization,
+                      "device": args.device, **result}))
 
 
 if __name__ == "__main__":
