@@ -287,7 +287,10 @@ class Scheduler:
             return {}
         out: dict[int, tuple[int, ...]] = {}
         for seq in decodes:
-            if not seq.speculate or seq.num_output_tokens < seq.params.min_tokens:
+            # not before its first token: a prompt's last chunk can be one token long, and
+            # a request whose n completions fork after it draws n tokens from that step
+            if (not seq.speculate or seq.pending_forks or seq.num_output_tokens == 0
+                    or seq.num_output_tokens < seq.params.min_tokens):
                 continue
             # beyond the next token: what max_tokens and the context still allow
             room = min(seq.params.max_tokens - seq.num_output_tokens - 1,

@@ -226,3 +226,27 @@ def test_structured_output_speculates_under_its_grammar(with_engine: Any,
     assert spec[0] == plain[0]  # greedy: identical
     for text in spec:
         assert re.fullmatch(pattern, text), text
+
+
+def test_no_guesses_before_a_sequences_first_token_or_for_one_that_forks() -> None:
+    """A prompt's last chunk can be one token long, like a decode: guessing there would
+    let the n completions that fork after it share one sequence's guesses."""
+    from app.engine.block_manager import BlockManager
+    from app.engine.request import RequestKind, TokenSequence
+    from app.engine.scheduler import Scheduler, SchedulerConfig
+
+    proposer = Proposer(NGRAM)
+    scheduler = Scheduler(SchedulerConfig(), BlockManager(64, 4), proposer)
+    tokens = [5, 6, 7, 5, 6, 7, 5, 6]
+
+    def seq(outputs: int, forks: int = 0) -> TokenSequence:
+        s = TokenSequence(request_id="r", kind=RequestKind.GENERATE, token_ids=list(tokens),
+                          num_prompt_tokens=len(tokens) - outputs,
+                          params=SamplingParams(max_tokens=20, n=forks + 1))
+        s.speculate, s.pending_forks = True, forks
+        return s
+
+    assert scheduler._drafts([seq(0)], 64) == {}  # the prompt's last token
+    assert scheduler._drafts([seq(1, forks=3)], 64) == {}
+    ready = seq(1)
+    assert scheduler._drafts([ready], 64) == {ready.seq_id: (7, 5, 6)}

@@ -140,6 +140,9 @@ def internal_messages(body: CountTokensRequest) -> list[dict[str, Any]]:
         out.append({"role": "system", "content": system})
     for i, message in enumerate(body.messages):
         where = f"messages.{i}"
+        if not message.content:  # "" or []: Anthropic refuses both
+            raise BadRequest(f"{where}.content: a message must not be empty",
+                             param=f"{where}.content")
         if message.role == "user":
             out.extend(_user_turn(message, where))
         else:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -80,6 +82,16 @@ async def _events(run: ChatRun, head: dict[str, Any]) -> AsyncIterator[str]:
     an error after the start becomes `event: error` with Anthropic's error body."""
     events = MessageEvents(head, len(run.prompt))
     try:
+        async with aclosing(_event_lines(run, events)) as lines:
+            async for event in lines:
+                yield event
+    finally:  # however the body ends (a client gone early included): nothing keeps running
+        for stream in run.streams:
+            stream.abort()  # a no-op for finished requests
+
+
+async def _event_lines(run: ChatRun, events: MessageEvents) -> AsyncGenerator[str, None]:
+    try:
         for name, data in events.start():
             yield sse(data, event=name)
         finish: str | None = None
@@ -111,7 +123,7 @@ async def _events(run: ChatRun, head: dict[str, Any]) -> AsyncIterator[str]:
 async def messages(body: MessagesRequest, request: Request, state: StateDep) -> Any:
     model = pick_model(state, body.model, lm=True, purpose="messages")
     run = await start_chat(request, model, state.settings, chat_input(body))
-    head = {"id": f"msg_{request.state.request_id}", "type": "message", "role": "assistant",
+    head = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "role": "assistant",
             "model": model.name}
     if body.stream:
         return StreamingResponse(_events(run, head), media_type="text/event-stream",

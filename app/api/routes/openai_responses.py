@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import aclosing
 from typing import Any
 
@@ -98,7 +99,9 @@ async def create_response(body: ResponsesRequest, request: Request, state: State
                          "answer's form: send one of them", param="text.format") from None
     except BudgetUnsupported as exc:  # the effort's budget, on a model that cannot take it
         raise BadRequest(f"reasoning.effort: {exc}", param="reasoning.effort") from None
-    response_id, created = f"resp_{request.state.request_id}", int(time.time())
+    # random, never the client's X-Request-Id: ids a client chose could collide, or hold a
+    # "/" that no GET could name
+    response_id, created = f"resp_{uuid.uuid4().hex}", int(time.time())
 
     def response_of(status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None,
                     error: dict[str, Any] | None) -> dict[str, Any]:
@@ -127,7 +130,19 @@ async def create_response(body: ResponsesRequest, request: Request, state: State
 async def _events(run: ChatRun, events: ResponseEvents,
                   keep: Callable[[dict[str, Any]], None]) -> AsyncIterator[str]:
     """The SSE body: every event named (`event:`) and typed (`type`), in sequence. An
-    error after the stream began becomes an `error` event and response.failed."""
+    error after the stream began becomes an `error` event and response.failed. However
+    the body ends (a client gone after the first events included), nothing keeps running."""
+    try:
+        async with aclosing(_event_lines(run, events, keep)) as lines:
+            async for event in lines:
+                yield event
+    finally:
+        for stream in run.streams:
+            stream.abort()  # a no-op for finished requests
+
+
+async def _event_lines(run: ChatRun, events: ResponseEvents,
+                       keep: Callable[[dict[str, Any]], None]) -> AsyncGenerator[str, None]:
     for name, data in events.start():
         yield sse(data, event=name)
     try:
