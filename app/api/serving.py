@@ -188,6 +188,10 @@ _LINE_BREAKERS = {c: f"\\u{c:04x}" for c in (0x0B, 0x0C, 0x1C, 0x1D, 0x1E, 0x85,
                                                0x2029)}
 
 
+# Streamed responses: no caching, and no buffering by a proxy in front (nginx honours this).
+SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
 def sse(data: dict[str, Any] | str, event: str | None = None) -> str:
     """One SSE event of strict JSON (NaN or infinity raise instead of leaking out), named
     `event` where the protocol names its events (Responses, Anthropic Messages)."""

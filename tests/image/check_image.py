@@ -232,12 +232,40 @@ def check_drain(server: Server) -> None:
     expect("draining" in server.log(100_000), "the log does not say it was draining")
 
 
+class Servers:
+    """The servers one check starts in its container: on a failed check their log is shown,
+    and whatever the outcome they are killed and the container removed."""
+
+    def __init__(self, container: Container) -> None:
+        self.container = container
+        self.started: list[Server] = []
+
+    def start(self, server: Server) -> Server:
+        self.started.append(server)
+        return server
+
+    def __enter__(self) -> Servers:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        try:
+            if kind is not None and issubclass(kind, CheckFailed):
+                for server in self.started:
+                    print(f"--- server log ({server.log_path}) ---\n{server.log()}",
+                          file=sys.stderr)
+        finally:
+            for server in self.started:
+                if server.proc.poll() is None:
+                    server.proc.kill()
+                    server.proc.wait()
+            self.container.remove()
+
+
 def run_default(image: str, config: dict[str, Any]) -> None:
     """The image's CMD as it is: --compile auto, both shipped models."""
     container = Container(image, f"llm-image-test-{os.getpid()}")
-    server: Server | None = None
-    try:
-        server = Server(container, config, [], {})
+    with Servers(container) as servers:
+        server = servers.start(Server(container, config, [], {}))
         print(f"  ready in {server.wait_ready():.0f} s (CMD {config['Cmd']}, "
               f"user {server.user})")
         check_serving(server)
@@ -252,25 +280,15 @@ def run_default(image: str, config: dict[str, Any]) -> None:
         print("  HEALTHCHECK: ok")
         check_drain(server)
         print("  SIGTERM during a stream: drained to [DONE], exit 0")
-    except CheckFailed:
-        if server is not None:
-            print(f"--- server log ({server.log_path}) ---\n{server.log()}", file=sys.stderr)
-        raise
-    finally:
-        if server is not None and server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
-        container.remove()
 
 
 def run_quantized(image: str, config: dict[str, Any]) -> None:
     """`--quantization int8` with no compiler reachable (PATH without /usr/bin): the
     kernels built into the image load as they are, and --compile auto says why it is off."""
     container = Container(image, f"llm-image-test-q-{os.getpid()}")
-    server: Server | None = None
-    try:
-        server = Server(container, config, ["--quantization", "int8"],
-                        {"PATH": "/opt/venv/bin", "CXX": "/nonexistent/c++"})
+    with Servers(container) as servers:
+        server = servers.start(Server(container, config, ["--quantization", "int8"],
+                                      {"PATH": "/opt/venv/bin", "CXX": "/nonexistent/c++"}))
         print(f"  ready in {server.wait_ready():.0f} s (--quantization int8, no compiler)")
         check_serving(server)
         lm = model_info(server)["default-lm"]
@@ -288,15 +306,6 @@ def run_quantized(image: str, config: dict[str, Any]) -> None:
               f"{lm['quantization'].split(';')[0]}")
         print(f"  --compile auto without a compiler: {lm['compile']}")
         expect(server.stop() == 0, "the quantized server did not exit 0 on SIGTERM")
-    except CheckFailed:
-        if server is not None:
-            print(f"--- server log ({server.log_path}) ---\n{server.log()}", file=sys.stderr)
-        raise
-    finally:
-        if server is not None and server.proc.poll() is None:
-            server.proc.kill()
-            server.proc.wait()
-        container.remove()
 
 
 def main(argv: list[str]) -> int:

@@ -39,11 +39,10 @@ from app.api.protocols.anthropic_messages import (
 )
 from app.api.responses import INFERENCE, TOKENIZER, documented
 from app.api.responses import UNAUTHORIZED as BEARER_UNAUTHORIZED
-from app.api.serving import collect, merged_stream, sse
+from app.api.serving import SSE_HEADERS, collect, merged_stream, sse
 
 router = APIRouter(tags=["anthropic"])
 log = logging.getLogger("app.api")
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _anthropic_errors(responses: dict[int | str, dict[str, Any]]

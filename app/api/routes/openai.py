@@ -46,6 +46,7 @@ from app.api.schemas import (
     Usage,
 )
 from app.api.serving import (
+    SSE_HEADERS,
     collect,
     prompt_logprobs_out,
     sampling_params,
@@ -64,7 +65,6 @@ from app.engine.request import RequestKind
 from app.sampling_params import TokenLogprob
 
 router = APIRouter(tags=["openai"])
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 @router.get("/v1/models", response_model=OpenAIModelList, summary="List served models",

@@ -41,13 +41,12 @@ from app.api.protocols.responses_fields import (
 )
 from app.api.response_store import ResponseStore, StoredResponse
 from app.api.responses import INFERENCE, documented, errors
-from app.api.serving import collect, merged_stream, sse
+from app.api.serving import SSE_HEADERS, collect, merged_stream, sse
 from app.api.state import ServerState
 from app.chat.errors import AnswerFormatConflict, BudgetUnsupported
 
 router = APIRouter(tags=["openai"])
 log = logging.getLogger("app.api")
-SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def _measure(request: Request, store: ResponseStore) -> None:
