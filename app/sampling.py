@@ -41,6 +41,9 @@ class SampleRow:
     output_ids: Sequence[int] = ()
     banned_ids: tuple[int, ...] = ()  # EOS / stop ids while min_tokens is not reached
     generator: torch.Generator | None = None
+    # How many draws from this one on banned_ids still holds for (min_tokens minus the
+    # tokens generated): speculative verification scores several positions in one step.
+    held_positions: int = 0
 
 
 def apply_logit_bias(logits: Tensor, bias: Sequence[tuple[int, float]]) -> Tensor:

@@ -18,8 +18,9 @@ would be at that position (the output so far plus the guesses before it), then
 temperature, top-k, top-p and min-p; under a grammar (structured output, constrained
 tool calls) only the tokens it allows at that position, the guesses it cannot accept
 dropped first. Log-probabilities are reported from the same distributions as plain
-sampling reports them. (Requests before their min_tokens do not speculate:
-app/engine/scheduler.py.)
+sampling reports them. Before min_tokens, EOS and stop token ids are masked at the
+positions that are still held (the output as long as it would be there), as plain
+sampling masks them one step at a time.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from app.sampling import (
     apply_penalties,
     batched_probs,
     logprob_entry,
+    mask_tokens,
 )
 from app.sampling_params import LogprobsMode, Sampled, TokenLogprob
 
@@ -46,6 +48,13 @@ def _processed(logits: Tensor, row: SampleRow, draft: Sequence[int],
     x = apply_logit_bias(logits.float(), p.logit_bias)
     if masks is not None:  # a grammar: the tokens allowed at each position
         x = x.masked_fill(~torch.stack(list(masks)).to(x.device), float("-inf"))
+    held = min(row.held_positions, x.shape[0]) if row.banned_ids else 0
+    if held:  # min_tokens: EOS and stop ids held off where the output is still short
+        x = x.clone()
+        for i in range(held):
+            masked = mask_tokens(x[i], row.banned_ids)
+            # as plain sampling: a grammar that can only end here wins over the hold
+            x[i] = masked if masks is None or bool(torch.isfinite(masked).any()) else x[i]
     if not p.needs_penalties:
         return x
     rows = [apply_penalties(x[i], p, row.prompt_ids, [*row.output_ids, *draft[:i]])

@@ -93,7 +93,8 @@ class SamplingPlanner:
             indices = range(p.n) if seq.pending_forks else (seq.index,)
             for index in indices:
                 row = SampleRow(p, prompt_ids, output_ids, banned,
-                                None if p.greedy else self._generator(samplers, index))
+                                None if p.greedy else self._generator(samplers, index),
+                                max(0, p.min_tokens - seq.num_output_tokens) if banned else 0)
                 draws.append(Draw(item.request_id, item.seq_id, index, row,
                                   self._matcher(samplers, index), item.draft))
         return SamplingPlan(tuple(draws), distributions)

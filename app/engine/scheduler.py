@@ -289,8 +289,7 @@ class Scheduler:
         for seq in decodes:
             # not before its first token: a prompt's last chunk can be one token long, and
             # a request whose n completions fork after it draws n tokens from that step
-            if (not seq.speculate or seq.pending_forks or seq.num_output_tokens == 0
-                    or seq.num_output_tokens < seq.params.min_tokens):
+            if not seq.speculate or seq.pending_forks or seq.num_output_tokens == 0:
                 continue
             # beyond the next token: what max_tokens and the context still allow
             room = min(seq.params.max_tokens - seq.num_output_tokens - 1,

@@ -250,3 +250,25 @@ def test_no_guesses_before_a_sequences_first_token_or_for_one_that_forks() -> No
     assert scheduler._drafts([seq(1, forks=3)], 64) == {}
     ready = seq(1)
     assert scheduler._drafts([ready], 64) == {ready.seq_id: (7, 5, 6)}
+
+
+def test_min_tokens_holds_stop_ids_at_every_guessed_position(with_engine: Any) -> None:
+    """A stop token id the model wants early, held off by min_tokens: with speculation
+    the request guesses from its first token on (before min_tokens is reached), the hold
+    applies position by position inside a verification step, and the output is plain
+    decoding's, token for token, ending where plain decoding ends."""
+
+    async def body(engine: Engine) -> Any:
+        prompt = repetitive(engine.model_config.vocab_size, 5, 1)[0]
+        free = (await engine.generate(prompt, GREEDY)).completions[0].token_ids
+        stop_id = free[1]  # wanted at the second position, and later in the loop
+        held = SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True,
+                              stop_token_ids=(stop_id,), min_tokens=8)
+        out = (await engine.generate(prompt, held)).completions[0]
+        return free, stop_id, out.token_ids, out.finish_reason, engine.core.proposer
+
+    free, stop_id, plain, plain_reason, _ = with_engine("llama_gqa_llama3", body)
+    assert stop_id in free[:2] and stop_id not in plain[:7], "min_tokens held nothing"
+    _, _, tokens, reason, proposer = with_engine("llama_gqa_llama3", body, speculative=NGRAM)
+    assert proposer.num_draft_tokens > 0, "it never speculated: nothing tested"
+    assert (tokens, reason) == (plain, plain_reason)
