@@ -23,6 +23,7 @@ from app.engine.scheduler import ScheduledSeq, SchedulerOutput
 from app.modeling.attention import DecodeFn, PagedAttention, PagedKVCache, build_paged_batch
 from app.modeling.compile import CompileError, compile_model
 from app.modeling.config import Task
+from app.modeling.few_rows import choose_few_rows, drop_few_rows, use_few_rows
 from app.modeling.heads import label_scores
 from app.modeling.kernel_choice import choose_kernels
 from app.modeling.loaded import LoadedModel
@@ -109,6 +110,10 @@ class ModelRunner:
                                                     measure=self.prepack == "auto")
             if pack:
                 pack_model(self.model)
+            rows, few = choose_few_rows(self.model, self.device)
+            if rows:
+                use_few_rows(self.model, rows)
+            self.pack_reason += f"; products of a few rows: {few}"
         log.info("weights: %s", self.pack_reason)
         compiled = compile_model(self.model, self.device, self.compile_mode)
         self.compile_reason = compiled.reason
@@ -126,6 +131,7 @@ class ModelRunner:
 
     def release(self) -> None:
         """Drop what prepare() added outside the model's own tensors (packed weights)."""
+        drop_few_rows(self.model)
         unpack_model(self.model)
 
     def _warm_up(self) -> None:
@@ -149,7 +155,9 @@ class ModelRunner:
         steps = [[seq(0, 0, 5), seq(1, 0, 3)], [seq(0, 5, 1), seq(1, 3, 1)], [seq(0, 6, 1)],
                  [seq(i, 0, 1) for i in range(2, 7)], [seq(i, 1, 1) for i in range(2, 7)],
                  [seq(0, bs + 1, 1)], [seq(i, bs + 1, 1) for i in range(5)],
-                 [seq(i, 2 * bs + 1, 1) for i in range(5)]]
+                 [seq(i, 2 * bs + 1, 1) for i in range(5)],
+                 # more rows than the few-rows kernel takes (app.modeling.few_rows)
+                 [seq(i, 0, 1) for i in range(2, 12)]]
         for scheduled in steps:
             self.execute(SchedulerOutput(tuple(scheduled)), SamplingPlan())
 

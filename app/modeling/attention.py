@@ -111,6 +111,9 @@ class PagedKVCache:
 # different lengths is up to 4x slower than length-bucketed calls, and one call per
 # sequence loses on small models where per-call overhead dominates.
 DECODE_BUCKET_RATIO = 1.3
+# New tokens of a sequence with a cached context, up to this many, attend as decode rows
+# (one query each) rather than as a prefill span (one SDPA call per sequence and layer).
+DECODE_ROWS_SPAN = 17  # the most a verification step brings: 16 guesses and the last token
 
 
 def _decode_groups(tokens: list[int], tables: list[list[int]], lens: list[int],
@@ -152,7 +155,7 @@ def build_paged_batch(
     [context_lens[i] - query_lens[i], context_lens[i]).
     """
     slot_mapping: list[int] = []
-    decode_tokens: list[int] = []  # offsets of single-token sequences in the flat batch
+    decode_tokens: list[int] = []  # offsets of decode rows in the flat batch
     decode_tables: list[list[int]] = []
     decode_lens: list[int] = []
     prefills: list[PrefillSpan] = []
@@ -163,10 +166,17 @@ def build_paged_batch(
         if len(table) * block_size < ctx:
             raise ValueError(f"block table of {len(table)} blocks cannot hold {ctx} tokens")
         slot_mapping.extend(slots_for(table, ctx - q_len, ctx, block_size))
-        if q_len == 1 and ctx > 1:
-            decode_tokens.append(offset)
-            decode_tables.append(table[: -(-ctx // block_size)])
-            decode_lens.append(ctx)
+        if ctx > q_len and q_len <= DECODE_ROWS_SPAN:
+            # One new token over a cached context (decoding), or a few (a speculative
+            # verification step's last token and guesses, a short last chunk): each is a
+            # decode row over the context up to itself (every new key is written before
+            # any row attends), so they run the decode path, compiled where it is,
+            # batched with the other sequences' rows.
+            for j in range(q_len):
+                row_ctx = ctx - q_len + j + 1
+                decode_tokens.append(offset + j)
+                decode_tables.append(table[: -(-row_ctx // block_size)])
+                decode_lens.append(row_ctx)
         elif ctx == q_len:
             # Nothing cached yet: attend over the new keys directly, no gather needed.
             prefills.append(PrefillSpan(offset, q_len, ctx, None, None))

@@ -64,7 +64,12 @@ def cpp_ops() -> bool:
         return False
     torch.library.register_fake("llm_quant::int8_linear", _int8_shape)
     torch.library.register_fake("llm_quant::int4_linear", _int4_shape)
+    torch.library.register_fake("llm_quant::float_linear", _float_shape)
     return True
+
+
+def _float_shape(x: Tensor, w: Tensor) -> Tensor:
+    return x.new_empty((*x.shape[:-1], w.shape[0]))
 
 
 def _int8_shape(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:

@@ -88,11 +88,13 @@ def test_paged_kv_cache_decoding_equals_full_forward(arch: str, hf_checkpoint) -
     rng = random.Random(0)
     free = list(range(num_blocks))
     rng.shuffle(free)  # blocks of one sequence are not contiguous
-    seqs = [random_ids(cfg.vocab_size, n, seed=n).tolist() for n in (9, 3, 17, 1)]
+    seqs = [random_ids(cfg.vocab_size, n, seed=n).tolist() for n in (9, 3, 17, 1, 45)]
     tables = [[free.pop() for _ in range((len(s) + 12) // block_size + 1)] for s in seqs]
     done = [0] * len(seqs)
-    # Chunked prefill: sequence 2's prompt takes 3 steps while the others start decoding.
-    chunk_plan = [[9], [3], [6, 6, 5], [1]]
+    # Chunked prefill: sequence 2's prompt takes 3 steps while the others start decoding
+    # (its later chunks attend as decode rows over its cache: few tokens), sequence 4's
+    # two (its second chunk, longer than DECODE_ROWS_SPAN, as one span over its cache).
+    chunk_plan = [[9], [3], [6, 6, 5], [1], [20, 25]]
     steps = 0
     while any(done[i] < len(seqs[i]) for i in range(len(seqs))):
         active = [i for i in range(len(seqs)) if done[i] < len(seqs[i])]
