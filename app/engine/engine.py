@@ -50,6 +50,7 @@ from app.engine.scheduler import SchedulerOutput
 from app.engine.stats import EngineStats, StepStats
 from app.engine.stream import RequestStream
 from app.engine.validation import InvalidPrompt, check_request, classified_tokens
+from app.modeling.config import Task
 from app.modeling.loaded import LoadedModel
 from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
@@ -60,6 +61,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+# A verification step may cost at most this many one-token steps (measured at startup):
+# it pays when the guesses kept per step outnumber it, and n-gram lookup on the shipped
+# model keeps 1.5-2.5 per step where it helps (docs/PERFORMANCE.md); the back-off covers
+# sequences whose guesses keep failing.
+SPEC_MAX_STEP_RATIO = 2.0
 
 
 class Engine:
@@ -92,6 +99,7 @@ class Engine:
         # Test hook: called in the worker thread before each forward; may raise.
         self.fault_hook: Callable[[SchedulerOutput], None] | None = None
         self.speculation_off: str | None = None  # why a configured speculation is off
+        self.speculation_cost = ""  # the startup measurement that kept it on
         self.step_observers: list[Callable[[StepStats], None]] = []
         self.finish_observers: list[Callable[[RequestSummary], None]] = []
         self.death_observers: list[Callable[[str], None]] = []
@@ -131,7 +139,8 @@ class Engine:
         c = proposer.config
         return {"speculative": f"{c.method}: {c.num_speculative_tokens} tokens, lookup "
                               f"{c.prompt_lookup_min}-{c.prompt_lookup_max}, up to "
-                              f"{c.max_batch} decoding sequences",
+                              f"{c.max_batch} decoding sequences"
+                              + (f" ({self.speculation_cost})" if self.speculation_cost else ""),
                 "spec_drafts": proposer.num_drafts,
                 "spec_draft_tokens": proposer.num_draft_tokens,
                 "spec_accepted_tokens": proposer.num_accepted_tokens,
@@ -141,16 +150,33 @@ class Engine:
         """Prepare the model (compile and warm up, in the worker thread) and start the loop."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self.runner.prepare)
-        if self.core.proposer is not None and self.runner.decode is not None:
-            # Measured (docs/PERFORMANCE.md): a verification step scores several tokens per
-            # sequence outside the compiled single-token decode graph, so with the compiled
-            # graph plain decoding is faster than n-gram speculation (0.85x). Off, and said.
-            self.speculation_off = ("off: the compiled decode graph is faster than "
-                                    "verification steps (--compile off to speculate)")
-            log.warning("speculative decoding %s", self.speculation_off)
-            self.core.proposer = self.scheduler.proposer = None
+        if self.core.proposer is not None and self.model_config.task is Task.CAUSAL_LM:
+            await loop.run_in_executor(self._executor, self._check_speculation)
         self._task = asyncio.create_task(self._loop(), name=f"engine-{self.name}")
         self._task.add_done_callback(self._loop_ended)
+
+    def _check_speculation(self) -> None:
+        """Keep speculative decoding only where a verification step costs little more
+        than a plain one on this model, CPU and execution mode (measured: with MKL's
+        products of a few rows and the prefill path, a step scoring 5 tokens cost 3x a
+        compiled one-token step, and n-gram speculation lost: 0.85x). Above
+        SPEC_MAX_STEP_RATIO a guess would have to be kept more often than prompt lookup
+        manages; off, and said, with the figures."""
+        proposer = self.core.proposer
+        if proposer is None:
+            return
+        plain, verify = self.runner.verification_cost(proposer.config.num_speculative_tokens)
+        ratio = verify / plain
+        measured = (f"a step scoring {proposer.config.num_speculative_tokens + 1} tokens "
+                    f"costs {ratio:.2f}x a one-token step ({verify * 1e3:.2f} vs "
+                    f"{plain * 1e3:.2f} ms)")
+        if ratio <= SPEC_MAX_STEP_RATIO:
+            self.speculation_cost = measured
+            log.info("speculative decoding on: %s", measured)
+            return
+        self.speculation_off = f"off: {measured}, above {SPEC_MAX_STEP_RATIO}x"
+        log.warning("speculative decoding %s", self.speculation_off)
+        self.core.proposer = self.scheduler.proposer = None
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:

@@ -30,6 +30,7 @@ from app.modeling.loaded import LoadedModel
 from app.modeling.packed import choose_packing, pack_model, unpack_model
 from app.modeling.quantized_model import describe as describe_quantization
 from app.modeling.quantized_model import quantized_layers
+from app.modeling.timing import median_seconds
 from app.modeling.transformer import EAGER
 from app.sampling import (
     allowed_tokens,
@@ -160,6 +161,26 @@ class ModelRunner:
                  [seq(i, 0, 1) for i in range(2, 12)]]
         for scheduled in steps:
             self.execute(SchedulerOutput(tuple(scheduled)), SamplingPlan())
+
+    def verification_cost(self, guesses: int, context: int = 48) -> tuple[float, float]:
+        """Seconds of a batch-1 decode step and of a verification step scoring the last
+        token and `guesses` guesses (medians, on this model's own graphs, at a context of
+        `context` tokens): what speculative decoding's first guess must pay for. Writes
+        into free blocks only, like the warm-up."""
+        kind = RequestKind.GENERATE
+        bs, blocks = self.cache.block_size, self.cache.num_blocks
+        context = min(context, blocks * bs - guesses - 1)
+        table = tuple(b % blocks for b in range(-(-(context + guesses + 1) // bs)))
+
+        def step(draft: tuple[int, ...]) -> SchedulerOutput:
+            return SchedulerOutput((ScheduledSeq(
+                seq_id=-1, request_id="measure", kind=kind, token_ids=(1, *draft),
+                start=context, block_table=table, num_prompt_tokens=context,
+                completes_prefill=True, draft=draft),))
+
+        plain, verify = step(()), step(tuple(range(2, guesses + 2)))
+        return (median_seconds(lambda: self.execute(plain, SamplingPlan()), 7),
+                median_seconds(lambda: self.execute(verify, SamplingPlan()), 7))
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, plan: SamplingPlan) -> RunnerOutput:

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from app.engine import engine as engine_module
 from app.engine.engine import Engine
 from app.engine.request import RequestKind
 from app.engine.speculative import SpeculativeConfig
@@ -38,15 +39,17 @@ def transformers_greedy(ref: Any, prompt: list[int], n: int) -> list[int]:
 
 @pytest.mark.parametrize("arch", ["llama_gqa_llama3", "gpt2"])
 def test_compiled_engine_matches_transformers_and_eager(with_engine: Any, hf_checkpoint: Any,
-                                                        arch: str) -> None:
+                                                        arch: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     _, ref = hf_checkpoint(arch)
 
     async def body(engine: Engine) -> None:
         assert engine.runner.model.ops.compiled, engine.runner.compile_reason
-        assert "packed" in engine.runner.pack_reason and "not" not in engine.runner.pack_reason
-        # speculation was asked for, but the compiled decode graph is faster: off, and said
-        assert engine.core.proposer is None and engine.scheduler.proposer is None
-        assert engine.stats().speculative.startswith("off: the compiled decode graph")
+        assert engine.runner.pack_reason.startswith("packed")
+        # speculation was asked for; whether it stays on is measured at startup (the
+        # figures are said either way): here it must, by the test's threshold
+        assert engine.core.proposer is not None
+        assert "a step scoring 5 tokens costs" in (engine.stats().speculative or "")
         vocab = engine.model_config.vocab_size
         # Next-token distributions of several prompt lengths (one row, a few, many).
         for p in prompts(vocab, [1, 2, 5, 19], seed=3):
@@ -68,5 +71,28 @@ def test_compiled_engine_matches_transformers_and_eager(with_engine: Any, hf_che
         assert together[0].completions[0].token_ids == alone
         for p, out in zip(batch, together, strict=True):
             assert out.completions[0].token_ids == transformers_greedy(ref, p, 12)
+        # Speculating (n-gram guesses scored as decode rows through the compiled graphs)
+        # on prompts that repeat themselves: still a full forward pass's greedy tokens.
+        proposer = engine.core.proposer
+        loops = [(p[:4] * 5)[:n] for p, n in zip(batch, (12, 15, 9), strict=False)]
+        for p in loops:
+            out = await engine.generate(p, params)
+            assert out.completions[0].token_ids == transformers_greedy(ref, p, 12)
+        assert proposer.num_draft_tokens > 0, "nothing was guessed: nothing tested"
 
-    with_engine(arch, body, compile="on", prepack="on", speculative=SpeculativeConfig())
+    # keep speculation on whatever the startup measurement says, to test it compiled
+    monkeypatch.setattr(engine_module, "SPEC_MAX_STEP_RATIO", 1e9)
+    with_engine(arch, body, compile="on", prepack="on",
+                speculative=SpeculativeConfig(prompt_lookup_min=1, cooldown=0))
+
+
+def test_speculation_measured_too_costly_is_off_and_said(with_engine: Any,
+                                                         monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    async def body(engine: Engine) -> str | None:
+        assert engine.core.proposer is None and engine.scheduler.proposer is None
+        return engine.stats().speculative
+
+    monkeypatch.setattr(engine_module, "SPEC_MAX_STEP_RATIO", 0.0)
+    said = with_engine("llama_gqa_llama3", body, compile="on", speculative=SpeculativeConfig())
+    assert said is not None and said.startswith("off: a step scoring 5 tokens costs")
