@@ -5,15 +5,13 @@ models and adapters, and (at run time) that its folder lies inside --lora-dir.
 
 from __future__ import annotations
 
-import logging
+import asyncio
 from pathlib import Path
 
 from app.api.errors import BadRequest, NotFound
 from app.api.state import ServedModel, ServerState
 from app.config import check_name
 from app.engine.adapters import AdapterEntry
-
-log = logging.getLogger("app.lora")
 
 
 def confined_path(lora_dir: Path, given: str) -> Path:
@@ -81,11 +79,17 @@ async def load_adapter(state: ServerState, name: str, path: Path, base: str | No
                          param="lora_name")
     model = base_model(state, base, base_param)
     state.adapters[name] = model.name
-    try:
-        entry = await model.engine.load_adapter(name, path)
-    except BaseException:
-        state.adapters.pop(name, None)
-        raise
+
+    async def load() -> AdapterEntry:
+        try:
+            return await model.engine.load_adapter(name, path)
+        except BaseException:
+            state.adapters.pop(name, None)
+            raise
+
+    # Shielded: a caller that stops waiting (a client hanging up) must not leave the
+    # runner holding weights that nothing else knows of.
+    entry = await asyncio.shield(asyncio.ensure_future(load()))
     return model, entry
 
 
@@ -94,5 +98,11 @@ async def unload_adapter(state: ServerState, name: str) -> None:
     model = state.models.get(state.adapters.get(name, ""))
     if model is None or not model.engine.has_adapter(name):
         raise NotFound(f"The lora adapter '{name}' cannot be found.", param="lora_name")
-    await model.engine.unload_adapter(name)
-    state.adapters.pop(name, None)
+
+    async def unload() -> None:
+        try:
+            await model.engine.unload_adapter(name)
+        finally:
+            state.adapters.pop(name, None)
+
+    await asyncio.shield(asyncio.ensure_future(unload()))  # (as for load_adapter)

@@ -194,11 +194,10 @@ class Engine:
         """New requests for the adapter are refused at once (AdapterNotFound); those in
         flight finish first, then its weights go. Runs to the end even if the caller stops
         waiting (a client that hangs up does not leave it half unloaded)."""
-        self.adapters.entry(name)  # AdapterNotFound, before anything changes
         await asyncio.shield(asyncio.ensure_future(self._unload(name)))
 
     async def _unload(self, name: str) -> None:
-        await self.adapters.close(name)
+        await self.adapters.close(name)  # AdapterNotFound before anything changes
         try:
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(self._executor, self.runner.adapters.unregister, name)
