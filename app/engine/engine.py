@@ -349,6 +349,8 @@ class Engine:
              output: RequestOutput | None = None, error: BaseException | None = None) -> None:
         """A request is over: finish its sequences, hand its reader the last output or
         the error, and tell the observers. Every way out of the engine goes through here."""
+        if request.adapter is not None and request.request_id in self._requests:
+            self.adapters.release(request.adapter)  # (an unload may wait for this)
         summary = self.core.end(request, reason, output=output, error=error)
         if not self._requests:
             self._idle.set()

@@ -173,8 +173,10 @@ def test_lora_metrics_name_the_running_adapters(lora: Lora) -> None:
     assert after[0][1] > before[0][1]  # the time of the last step moved on
     ours = _lora_info(text, "llm_lora_requests_info")
     assert ours and ours[0][0]["max_lora"] == "2"
-    assert re.search(r'^llm_lora_adapter_resident\{model="lm",adapter="a1"\} 1\.0$', text,
-                     re.M)
+    resident = {labels["adapter"]: value
+                for labels, value in _lora_info(text, "llm_lora_adapter_resident")}
+    assert resident["a1"] == 1.0 and set(resident) == set(STARTUP)
+    assert sum(resident.values()) == 2  # --max-loras 2: two of the three at a time
 
 
 def test_runtime_load_use_and_unload(lora: Lora) -> None:
@@ -239,7 +241,9 @@ def _bad_folders(lora: Lora) -> dict[str, str]:
     ({"lora_name": "x", "lora_path": "runtime", "base_model_name": "nope"}, 404, "nope"),
     ({"lora_name": "x", "lora_path": "runtime", "load_inplace": True}, 400, "unload"),
     ({"lora_name": "x", "lora_path": "runtime", "extra": 1}, 400, "extra"),
-])
+], ids=["absolute-outside", "dot-dot", "symlinked-folder", "symlinked-file", "missing",
+        "empty-folder", "garbled-files", "bin-weights", "rank-above-max", "duplicate",
+        "model-name", "bad-name", "no-name", "unknown-base", "load-inplace", "unknown-field"])
 def test_runtime_load_refusals(lora: Lora, body: dict[str, Any], status: int,
                                says: str) -> None:
     _bad_folders(lora)
