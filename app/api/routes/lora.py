@@ -18,7 +18,6 @@ from app.api import examples
 from app.api.deps import StateDep, require_serving
 from app.api.errors import BadRequest, NotFound
 from app.api.lora_admin import confined_path, load_adapter, unload_adapter
-from app.api.responses import errors
 from app.api.schemas import LoadLoraAdapterRequest, UnloadLoraAdapterRequest
 from app.api.state import ServerState
 
@@ -31,8 +30,10 @@ def _documented(ok: str, *codes: int) -> dict[int | str, dict[str, Any]]:
               "content": {"text/plain": {"example": ok}}}}
     for code in codes:
         description, example = examples.LORA_ERRORS[code]
-        out[code] = {**errors(code)[code], "description": description,
-                     "content": {"application/json": {"example": example}}}
+        # the schema named here: with a `model`, FastAPI would file it under the route's
+        # text/plain media type
+        out[code] = {"description": description, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/ErrorResponse"}, "example": example}}}
     return out
 
 
