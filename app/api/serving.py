@@ -148,6 +148,8 @@ def submit_all(request: Request, model: ServedModel, prompts: Sequence[list[int]
                                         cache_salt=cache_salt(request, salt),
                                         constraint=constraint, adapter=model.adapter)
     request.state.streams = streams
+    if model.adapter is not None:
+        request.state.adapter = model.adapter  # for the request's log line
     return streams
 
 

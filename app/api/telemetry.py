@@ -152,6 +152,8 @@ class ObservabilityMiddleware:
         if streams:
             summaries = [s.summary() for s in streams]
             entry["model"] = streams[0].model
+            if state.get("adapter"):
+                entry["adapter"] = state["adapter"]
             entry["prompt_tokens"] = sum(s.prompt_tokens for s in summaries)
             entry["generated_tokens"] = sum(s.completion_tokens for s in summaries)
             entry["finish_reasons"] = sorted({r for s in summaries for r in s.finish_reasons})

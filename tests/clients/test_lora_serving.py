@@ -93,6 +93,7 @@ def test_every_endpoint_that_takes_a_language_model_takes_an_adapter(lora: Lora)
     calls: list[tuple[str, dict[str, Any]]] = [
         ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}],
                                   "max_tokens": 3}),
+
         ("/v1/responses", {"input": "hi", "max_output_tokens": 3}),
         ("/v1/messages", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}),
         ("/v1/generate", {"prompt": "hi", "max_tokens": 3}),
@@ -105,6 +106,12 @@ def test_every_endpoint_that_takes_a_language_model_takes_an_adapter(lora: Lora)
         r = lora.post(path, {"model": "a1", **body})
         assert r.status_code == 200, (path, r.text)
         assert r.json()["model"] == "a1", path
+    # structured output: constraints are compiled for the base model's tokenizer, shared
+    r = lora.post("/v1/chat/completions", {
+        "model": "a2", "messages": [{"role": "user", "content": "pick"}], "max_tokens": 5,
+        "structured_outputs": {"choice": ["yes", "no"]}})
+    assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] in (
+        "yes", "no"), r.text
     # and the adapter's own numbers, not the base model's
     base = lora.post("/v1/perplexity", {"model": "lm", "text": "hello world and more"})
     adapted = lora.post("/v1/perplexity", {"model": "a1", "text": "hello world and more"})
