@@ -232,10 +232,14 @@ def read_peft_adapter(path: Path, config: ModelConfig, *, name: str, max_rank: i
         out = outs[part.index]
         r = a.shape[0]
         if a.dim() != 2 or b.dim() != 2 or a.shape[1] != fan_in or b.shape != (out, r):
+            # the side of the product that is the hidden size names the likely cause
+            theirs = a.shape[-1] if part.module in ("qkv", "up") else b.shape[0]
+            hint = (f"hidden size {theirs} vs {config.hidden_size} here"
+                    if theirs != config.hidden_size else "other projection sizes")
             raise AdapterError(
                 f"{path}: {module_key} has A {tuple(a.shape)} and B {tuple(b.shape)}, this "
                 f"model needs A (r, {fan_in}) and B ({out}, r): the adapter was made for "
-                f"another base model (hidden size {a.shape[-1]} vs {config.hidden_size} here?)")
+                f"another base model ({hint})")
         if r > max_rank:
             raise AdapterError(f"{path}: {module_key} has rank {r}, above the server's "
                                f"--max-lora-rank {max_rank}")
