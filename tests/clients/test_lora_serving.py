@@ -191,6 +191,10 @@ def test_runtime_load_use_and_unload(lora: Lora) -> None:
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
     assert r.text == "Success: LoRA adapter 'rt' added successfully."
     assert lora.text("rt", PROMPTS[0]) != lora.text("lm", PROMPTS[0])
+    long_prompt = "the first load of a name caches the blocks of this prompt"
+    lora.complete("rt", long_prompt)
+    assert lora.complete("rt", long_prompt)["usage"]["prompt_tokens_details"][
+        "cached_tokens"] > 0
     ids = {m["id"]: m for m in httpx.get(lora.url + "/v1/models").json()["data"]}
     assert ids["rt"]["parent"] == "lm"
     r = lora.post("/v1/unload_lora_adapter", {"lora_name": "rt"})
@@ -198,10 +202,14 @@ def test_runtime_load_use_and_unload(lora: Lora) -> None:
     gone = lora.post("/v1/completions", {"model": "rt", "prompt": "hi"})
     assert gone.status_code == 404, gone.text
     assert "rt" not in {m["id"] for m in httpx.get(lora.url + "/v1/models").json()["data"]}
-    # loaded again (absolute path this time), it serves as before
+    # the name loaded again with other weights (a1's; an absolute path this time): none
+    # of the first load's cached blocks are met, and the answers are the new weights'
     r = lora.post("/v1/load_lora_adapter", {"lora_name": "rt",
-                                            "lora_path": str(lora.lora_dir / "runtime")})
+                                            "lora_path": str(lora.lora_dir / "a1")})
     assert r.status_code == 200, r.text
+    reloaded = lora.complete("rt", long_prompt)
+    assert reloaded["usage"]["prompt_tokens_details"]["cached_tokens"] == 0
+    assert reloaded["choices"][0]["text"] == lora.text("a1", long_prompt)
     assert lora.post("/v1/unload_lora_adapter", {"lora_name": "rt"}).status_code == 200
 
 
