@@ -67,6 +67,11 @@ class EngineAdapters:
         self._closing.discard(name)
         self._idle.pop(name, None)
 
+    def lora_id(self, name: str) -> int | None:
+        """The adapter's number (vLLM's lora_int_id: one per load), for KV-cache events."""
+        entry = self._entries.get(name)
+        return None if entry is None else entry.load_id
+
     def in_flight(self, name: str) -> int:
         return self._in_flight[name]
 
