@@ -18,7 +18,6 @@ import argparse
 import json
 
 import torch
-from torch import Tensor
 
 from app.modeling.lora import lora_delta
 from bench.machine import cpu_info, median_seconds
@@ -97,13 +96,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
     info = cpu_info()
-    print(json.dumps({"cpu": info["model"], "isa": info["isa"], "threads":  # noqa: T201
+    print(json.dumps({"cpu": info["model"], "isa": info["isa"], "threads":
                       torch.get_num_threads(), "slots": SLOTS, "rank": RANK}))
     for shape in SHAPES:
         for rows in (1, 32, 256):
             t = run(shape, rows, args.rounds)
             extra = {k: f"+{t[k] / t['base'] * 100:.0f}%" for k in t if k != "base"}
-            print(json.dumps({"shape": shape, "rows": rows, "ms": t,  # noqa: T201
+            print(json.dumps({"shape": shape, "rows": rows, "ms": t,
                               "over_base": extra}))
 
 
