@@ -16,13 +16,27 @@ layer, the A/B views to use. Two forms, picked per step by the runner:
 A step without adapter rows passes no LoraStep: the model runs exactly the graphs it
 runs without LoRA. Each form is its own compiled graph (see app.modeling.compile).
 
-Why the all-slots product (measured with bench/lora_kernels.py on AMD EPYC Zen 5, 2 vCPUs,
-shared and noisy; see MEASURED below): per-token gathering of A and B copies every
-token's adapter (T * r * (in + out) elements per module: for 32 decode rows that is 8x the
-bytes of four adapters' weights) and grouping rows per adapter costs a gather, two
-products and a scatter per adapter per module in Python (variable shapes: eager only);
-the masked all-slots product is two plain GEMMs whose extra work grows with max_loras,
-not with the tokens, and is one fixed-shape graph.
+Why these two forms (bench/lora_kernels.py: every layer's qkv, o, up and down, eager, 4
+slots of rank 16, the fastest of 9 interleaved rounds; AMD EPYC Zen 5, 2 vCPUs with
+AVX-512 BF16/VNNI, shared and loaded (load average ~10): treat as rough). Extra time over
+the base products, 4 adapters spread over the rows ("one slot": every row on one adapter,
+the floor any method could reach):
+
+  shape (dtype)         rows  one slot  all slots masked  gather per token  grouped
+  default-lm (fp32)        1     +27%        +68%              +42%            +36%
+                          32      +5%        +10%            +1132%           +188%
+                         256     +12%        +26%            +1180%            +54%
+  Llama 134M (bf16)        1      +6%        +36%             +171%             +7%
+                          32     +25%        +28%            +1668%           +221%
+                         256     +10%        +18%            +1159%            +64%
+
+Gathering each token's A and B copies T * r * (in + out) elements per module, far more
+than the products read; grouping rows per adapter pays a gather, two products and a
+scatter per adapter and module (and has data-dependent shapes: eager only). The masked
+all-slots product is two plain GEMMs with fixed shapes; its extra work grows with
+max_loras, not with the tokens, so with several adapters in a step it wins; with one
+(batch-1 above all, where reading every slot's weights costs +36%) the one-slot views
+read only that adapter.
 """
 
 from __future__ import annotations
