@@ -5,13 +5,15 @@ step that changed the cache, [topic, sequence number (8 bytes, big-endian), payl
 the payload a msgpack array `[timestamp, [event, ...], data_parallel_rank]` where each
 event is an array whose first item names it (msgspec's array-like tagged structs):
 `["BlockStored", block_hashes, parent_block_hash, token_ids, block_size, lora_id,
-medium]`, `["BlockRemoved", block_hashes, medium]`, `["AllBlocksCleared"]`.
+medium]` (lora_id: a LoRA adapter's number, one per load; null for the base model),
+`["BlockRemoved", block_hashes, medium]`, `["AllBlocksCleared"]`.
 Off unless --kv-events-endpoint is set."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -25,10 +27,14 @@ log = logging.getLogger(__name__)
 MEDIUM = "CPU"  # where the blocks live: this server's KV cache is in host memory on CPU
 
 
-def encode_event(event: KVEvent, medium: str) -> list[Any]:
+def encode_event(event: KVEvent, medium: str,
+                 lora_id: Callable[[str], int | None] = lambda _: None) -> list[Any]:
+    """One event as vLLM sends it; a LoRA adapter's blocks carry its id (vLLM's
+    lora_int_id: a number per load of an adapter) from `lora_id`."""
     if isinstance(event, BlockStored):
         return ["BlockStored", event.block_hashes, event.parent_block_hash, event.token_ids,
-                event.block_size, None, medium]
+                event.block_size, None if event.adapter is None else lora_id(event.adapter),
+                medium]
     if isinstance(event, BlockRemoved):
         return ["BlockRemoved", event.block_hashes, medium]
     if isinstance(event, AllBlocksCleared):
@@ -36,9 +42,10 @@ def encode_event(event: KVEvent, medium: str) -> list[Any]:
     raise TypeError(f"not a KV event: {event!r}")
 
 
-def encode_batch(events: list[KVEvent], medium: str, when: float | None = None) -> bytes:
+def encode_batch(events: list[KVEvent], medium: str, when: float | None = None,
+                 lora_id: Callable[[str], int | None] = lambda _: None) -> bytes:
     body = [time.time() if when is None else when,
-            [encode_event(e, medium) for e in events], 0]
+            [encode_event(e, medium, lora_id) for e in events], 0]
     return bytes(msgpack.packb(body, use_bin_type=True))
 
 
@@ -64,12 +71,13 @@ class KVEventPublisher:
         def after_step(_: StepStats) -> None:
             drained = events.drain()
             if drained:
-                self.publish(drained, medium)
+                self.publish(drained, medium, engine.adapters.lora_id)
 
         engine.step_observers.append(after_step)
 
-    def publish(self, events: list[KVEvent], medium: str = MEDIUM) -> None:
-        payload = encode_batch(events, medium)
+    def publish(self, events: list[KVEvent], medium: str = MEDIUM,
+                lora_id: Callable[[str], int | None] = lambda _: None) -> None:
+        payload = encode_batch(events, medium, lora_id=lora_id)
         try:
             self.socket.send_multipart(
                 [self.topic, self.sequence.to_bytes(8, "big"), payload], flags=zmq.NOBLOCK)

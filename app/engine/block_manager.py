@@ -206,7 +206,8 @@ class BlockManager:
         if stored:
             start = full - len(stored)
             self.events.record(BlockStored(
-                stored, first_parent, list(seq.token_ids[start * size:full * size]), size))
+                stored, first_parent, list(seq.token_ids[start * size:full * size]), size,
+                seq.adapter))
 
     def fork(self, parent: TokenSequence, child: TokenSequence) -> None:
         """Let `child` share the parent's full, computed blocks (the prompt's); the

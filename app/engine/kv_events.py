@@ -15,6 +15,7 @@ class BlockStored:
     parent_block_hash: int | None  # the block before the first (None: a prefix's start)
     token_ids: list[int]  # the blocks' tokens, block_size of them per hash
     block_size: int
+    adapter: str | None = None  # the LoRA adapter whose K/V they hold (None: the base)
 
 
 @dataclass(frozen=True)

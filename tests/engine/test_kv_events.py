@@ -8,7 +8,9 @@ import msgpack
 
 from app.engine.block_manager import BlockManager
 from app.engine.kv_events import AllBlocksCleared, BlockRemoved, BlockStored
+from app.engine.request import RequestKind, TokenSequence
 from app.kv_event_publisher import encode_batch
+from app.sampling_params import SamplingParams
 from tests.engine.test_block_manager import compute, seq
 
 
@@ -49,3 +51,21 @@ def test_wire_format_is_vllms() -> None:
     decoded = msgpack.unpackb(encode_batch(events, "CPU", when=1.5))
     assert decoded == [1.5, [["BlockStored", [11, 12], None, list(range(8)), 4, None, "CPU"],
                              ["BlockRemoved", [11], "CPU"], ["AllBlocksCleared"]], 0]
+
+
+def test_an_adapters_blocks_carry_its_lora_id() -> None:
+    """vLLM's lora_id: the blocks a LoRA adapter's sequence stores name its load's id;
+    the base model's stay null."""
+    bm = BlockManager(16, 4)
+    bm.events.enabled = True
+    for adapter in ("tuned", None):
+        seq = TokenSequence(request_id=str(adapter), kind=RequestKind.GENERATE,
+                            token_ids=list(range(8)), num_prompt_tokens=8,
+                            params=SamplingParams(), adapter=adapter,
+                            cache_salt=None if adapter is None else "lora:7:tuned")
+        compute(bm, seq, 8)
+    stored = [e for e in bm.events.drain() if isinstance(e, BlockStored)]
+    assert [e.adapter for e in stored] == ["tuned", None]
+    decoded = msgpack.unpackb(encode_batch(stored, "CPU", when=1.0,
+                                           lora_id={"tuned": 7}.get))
+    assert [event[5] for event in decoded[1]] == [7, None]
