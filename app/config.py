@@ -134,8 +134,8 @@ class Settings(BaseSettings):
     speculative_config: str | None = Field(
         None, description="speculative decoding, vLLM's JSON: {\"method\": \"ngram\", "
                           "\"num_speculative_tokens\": 4, \"prompt_lookup_min\": 2, "
-                          "\"prompt_lookup_max\": 4, \"max_batch\": 4, \"cooldown\": 2}; "
-                          "off when unset (see README)")
+                          "\"prompt_lookup_max\": 4, \"max_batch\": 4, \"cooldown\": 2, "
+                          "\"max_verify_cost\": 2.0}; off when unset (see README)")
     # --- LoRA adapters (README "LoRA adapters")
     lora: Annotated[list[str], NoDecode] = Field(
         default_factory=list,

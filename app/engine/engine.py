@@ -65,12 +65,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# A verification step may cost at most this many one-token steps (measured at startup):
-# it pays when the guesses kept per step outnumber it, and n-gram lookup on the shipped
-# model keeps 1.5-2.5 per step where it helps (docs/PERFORMANCE.md); the back-off covers
-# sequences whose guesses keep failing.
-SPEC_MAX_STEP_RATIO = 2.0
-
 
 class Engine:
     def __init__(self, loaded: LoadedModel, tokenizer: Tokenizer, config: EngineConfig,
@@ -238,24 +232,26 @@ class Engine:
 
     def _check_speculation(self) -> None:
         """Keep speculative decoding only where a verification step costs little more
-        than a plain one on this model, CPU and execution mode (measured: with MKL's
-        products of a few rows and the prefill path, a step scoring 5 tokens cost 3x a
-        compiled one-token step, and n-gram speculation lost: 0.85x). Above
-        SPEC_MAX_STEP_RATIO a guess would have to be kept more often than prompt lookup
-        manages; off, and said, with the figures."""
+        than a plain one on this model, CPU and execution mode. Measured: with MKL's
+        products of a few rows and one SDPA call per sequence, a step scoring 5 tokens
+        cost 3x a compiled one-token step, and n-gram speculation lost (0.85x). A step
+        pays when the tokens it keeps outnumber its cost in one-token steps; prompt
+        lookup keeps 1.5-2.5 per step where it helps (docs/PERFORMANCE.md), hence the
+        default limit of 2 (`max_verify_cost`). Off, and said with the figures, above."""
         proposer = self.core.proposer
-        if proposer is None:
+        if proposer is None or proposer.config.max_verify_cost is None:
             return
+        limit = proposer.config.max_verify_cost
         plain, verify = self.runner.verification_cost(proposer.config.num_speculative_tokens)
         ratio = verify / plain
         measured = (f"a step scoring {proposer.config.num_speculative_tokens + 1} tokens "
                     f"costs {ratio:.2f}x a one-token step ({verify * 1e3:.2f} vs "
                     f"{plain * 1e3:.2f} ms)")
-        if ratio <= SPEC_MAX_STEP_RATIO:
+        if ratio <= limit:
             self.speculation_cost = measured
             log.info("speculative decoding on: %s", measured)
             return
-        self.speculation_off = f"off: {measured}, above {SPEC_MAX_STEP_RATIO}x"
+        self.speculation_off = f"off: {measured}, above max_verify_cost {limit}"
         log.warning("speculative decoding %s", self.speculation_off)
         self.core.proposer = self.scheduler.proposer = None
 

@@ -32,6 +32,9 @@ class SpeculativeConfig:
     prompt_lookup_max: int = 4
     max_batch: int = 4  # no proposals when more sequences than this decode in a step
     cooldown: int = 2  # steps a sequence waits after a fully rejected proposal (doubling)
+    # Startup check (app/engine/engine.py): speculation stays on only where a step scoring
+    # k + 1 tokens costs at most this many one-token steps, measured; null: no check.
+    max_verify_cost: float | None = 2.0
 
     def __post_init__(self) -> None:
         if self.method != "ngram":
@@ -43,6 +46,8 @@ class SpeculativeConfig:
             raise ValueError("need 1 <= prompt_lookup_min <= prompt_lookup_max")
         if self.max_batch < 1 or self.cooldown < 0:
             raise ValueError("max_batch must be >= 1 and cooldown >= 0")
+        if self.max_verify_cost is not None and self.max_verify_cost <= 0:
+            raise ValueError("max_verify_cost must be > 0 (or null: no startup check)")
 
     @classmethod
     def parse(cls, text: str) -> SpeculativeConfig:

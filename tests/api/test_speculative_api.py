@@ -10,7 +10,8 @@ from typing import Any
 from tests.api.test_metrics import get_metrics, value
 from tests.app_helpers import running_app, settings_for
 
-SPEC = '{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, "cooldown": 0}'
+SPEC = ('{"method": "ngram", "num_speculative_tokens": 4, "prompt_lookup_min": 1, '
+        '"cooldown": 0, "max_verify_cost": null}')
 PROMPTS = [[7, 8, 9, 10, 7, 8, 9, 10, 7, 8], [21, 22, 23, 21, 22, 23, 21], [5, 6, 5, 6, 5]]
 
 
