@@ -154,3 +154,39 @@ def test_cli_reports_a_bad_target_as_an_error(hf_checkpoint: Any, corpus_file: P
                "--target-modules", "q_proj"])
     assert rc == 2
     assert "unknown LoRA target modules ['q_proj']" in capsys.readouterr().err
+
+
+def test_classifier_adapter_with_its_head_loads_in_peft(
+    hf_checkpoint: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from app.train.classifier import classifier_from_lm
+    from app.train.evaluate import classifier_logits
+
+    base, _ = hf_checkpoint("gpt2")
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(
+        json.dumps({"text": t, "label": "code" if ("def " in t or "import" in t) else "prose"})
+        + "\n" for t in CORPUS * 2))
+    out = tmp_path / "clf"
+    rc = main(["train", "lora", str(data), "--task", "classify", "--base", str(base), "--out",
+               str(out), "--steps", "30", "--batch-size", "8", "--lr", "2e-2", "--rank", "4",
+               "--alpha", "8", "--target-modules", "c_attn", "--val-fraction", "0.25"])
+    assert rc == 0
+    assert "accuracy 1.0000" in capsys.readouterr().out  # two styles any model separates
+    config = json.loads((out / ADAPTER_CONFIG_FILE).read_text())
+    assert config["task_type"] == "SEQ_CLS" and config["modules_to_save"] == ["score"]
+    assert "base_model.model.score.weight" in load_file(out / ADAPTER_WEIGHTS_FILE)
+    labels = json.loads((out / "training_summary.json").read_text())["labels"]
+    assert labels == ["code", "prose"]
+
+    ours = classifier_from_lm(base, tuple(labels), seed=0)
+    lora = attach_lora(ours, LoraSettings(rank=4, alpha=8, target_modules=("c_attn",)))
+    assert ours.score is not None
+    lora.heads["score"] = ours.score
+    lora.load_state_dict(torch.load(out / STATE_FILE, weights_only=True)["model"])
+    lora.eval()
+    ref = peft_model(base, out, "AutoModelForSequenceClassification", num_labels=2)
+    with torch.no_grad():
+        got = classifier_logits(ours, IDS, torch.tensor([IDS.shape[1]]))
+        want = ref(IDS).logits
+    assert (got - want).abs().max() <= 1e-4
