@@ -74,6 +74,8 @@ class TokenSequence:
     preemptions: int = 0
     # Speculative decoding may guess this sequence's next tokens (app/engine/core.py).
     speculate: bool = False
+    # The LoRA adapter (its name) this sequence runs with; None: the base model.
+    adapter: str | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)

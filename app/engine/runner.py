@@ -16,6 +16,7 @@ import psutil
 import torch
 from torch import Tensor
 
+from app.engine.lora_slots import AdapterSlots
 from app.engine.request import RequestKind
 from app.engine.runner_output import RunnerOutput
 from app.engine.sampling_plan import Draw, SamplingPlan
@@ -64,7 +65,8 @@ def kv_cache_blocks(loaded: LoadedModel, block_size: int, max_tokens: int,
 
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, num_blocks: int, block_size: int,
-                 compile_mode: str = "off", prepack: str = "off") -> None:
+                 compile_mode: str = "off", prepack: str = "off", *, max_loras: int = 0,
+                 max_lora_rank: int = 16) -> None:
         self.loaded = loaded
         self.model = loaded.model
         self.config = loaded.config
@@ -77,6 +79,8 @@ class ModelRunner:
         self.pack_reason = "not packed (not prepared)"
         self.quantization = describe_quantization(self.model)
         self.decode: DecodeFn | None = None
+        # LoRA adapters (app.engine.lora_slots); max_loras 0: none, nothing on the hot path
+        self.adapters = AdapterSlots(self.model, max_loras, max_lora_rank)
 
     @property
     def cache(self) -> PagedKVCache:
@@ -152,12 +156,31 @@ class ModelRunner:
                  [seq(i, 2 * bs + 1, 1) for i in range(5)]]
         for scheduled in steps:
             self.execute(SchedulerOutput(tuple(scheduled)), SamplingPlan())
+        if self.adapters.max_loras == 0:
+            return
+        # The LoRA graphs (their weights are whatever the slots hold: zeros now): one
+        # adapter beside base rows, and several adapters in one step.
+        for scheduled in steps:
+            one = [0] + [-1] * (len(scheduled) - 1)
+            self.execute(SchedulerOutput(tuple(scheduled)), SamplingPlan(), slots=one)
+            if len(scheduled) > 1 and self.adapters.max_loras > 1:
+                several = [i % 2 for i in range(len(scheduled))]
+                self.execute(SchedulerOutput(tuple(scheduled)), SamplingPlan(), slots=several)
 
     @torch.inference_mode()
-    def execute(self, out: SchedulerOutput, plan: SamplingPlan) -> RunnerOutput:
+    def execute(self, out: SchedulerOutput, plan: SamplingPlan, *,
+                slots: list[int] | None = None) -> RunnerOutput:
         """One batched forward over the step's snapshots, then sampling (in this worker
-        thread, off the event loop)."""
+        thread, off the event loop). The step's adapters are made resident first;
+        `slots` (the warm-up's) names each item's adapter slot directly instead."""
         items = out.scheduled
+        lora = None
+        if self.adapters.max_loras:
+            if slots is None:
+                slots = self.adapters.activate([item.adapter for item in items])
+            lora = self.adapters.step(slots, [item.num_new_tokens for item in items])
+        elif any(item.adapter is not None for item in items):
+            raise RuntimeError("a sequence names an adapter but LoRA is off (max_loras 0)")
         ids: list[int] = []
         positions: list[int] = []
         for item in items:
@@ -172,7 +195,8 @@ class ModelRunner:
         )
         input_ids = torch.tensor(ids, device=self.device)[None]
         pos = torch.tensor(positions, device=self.device)[None]
-        hidden = self.model(input_ids, pos, PagedAttention(self.cache, batch, self.decode))[0]
+        hidden = self.model(input_ids, pos, PagedAttention(self.cache, batch, self.decode),
+                            lora)[0]
 
         result = RunnerOutput()
         offsets = [0]

@@ -67,6 +67,7 @@ class ScheduledSeq(NamedTuple):
     # GENERATE with speculative decoding: the guessed tokens at the end of token_ids
     # (scored in this step, kept only as far as the model agrees: app/spec_verify.py)
     draft: tuple[int, ...] = ()
+    adapter: str | None = None  # the LoRA adapter this sequence runs with; None: the base
 
     @property
     def num_new_tokens(self) -> int:
@@ -103,7 +104,7 @@ def snapshot(seq: TokenSequence, num_new_tokens: int, draft: tuple[int, ...] = (
         completes_prefill=end == len(seq.token_ids),
         score_from=seq.score_from if scoring else None,
         next_token=seq.token_ids[end] if scoring and end < len(seq.token_ids) else None,
-        score_top=seq.params.top_logprobs if scoring else 0)
+        score_top=seq.params.top_logprobs if scoring else 0, adapter=seq.adapter)
 
 
 @dataclass

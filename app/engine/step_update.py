@@ -125,7 +125,7 @@ class StepUpdater:
             token_ids=list(request.prompt_ids), num_prompt_tokens=len(request.prompt_ids),
             params=parent.params, index=index, priority=parent.priority,
             arrival=parent.arrival, group=parent.group, cache_salt=parent.cache_salt,
-            speculate=parent.speculate)
+            speculate=parent.speculate, adapter=parent.adapter)
         self.blocks.fork(parent, child)
         parent.pending_forks -= 1
         self.scheduler.add_running(child)

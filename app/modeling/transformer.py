@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from app.modeling.attention import AttentionBackend, DenseCausalAttention
 from app.modeling.config import ConfigError, ModelConfig, Task
 from app.modeling.heads import ClassificationHead, LMHead
+from app.modeling.lora import LayerLora, LoraStep, lora_delta
 from app.modeling.rope import apply_rope, inverse_frequencies, rope_cos_sin
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -93,10 +94,13 @@ class Attention(nn.Module):
         self.qkv = nn.Linear(cfg.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=cfg.qkv_bias)
         self.o = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=cfg.o_bias)
 
-    def project(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, gemv: bool
-                ) -> tuple[Tensor, Tensor, Tensor]:
+    def project(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, gemv: bool,
+                lora: LayerLora | None = None) -> tuple[Tensor, Tensor, Tensor]:
         B, T, _ = x.shape
-        q, k, v = dense(x, self.qkv, gemv).split(
+        qkv = dense(x, self.qkv, gemv)
+        if lora is not None:
+            qkv = qkv + lora_delta(x, lora.qkv_a, lora.qkv_b, lora.mask)
+        q, k, v = qkv.split(
             [self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], -1)
         q = q.view(B, T, self.nh, self.hd)  # (B, T, nh, hd)
         k = k.view(B, T, self.nkv, self.hd)  # (B, T, nkv, hd)
@@ -115,12 +119,19 @@ class MLP(nn.Module):
         self.up = nn.Linear(cfg.hidden_size, width, bias=cfg.mlp_bias)  # fc, or gate|up
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
 
-    def forward(self, x: Tensor, gemv: bool = False) -> Tensor:
+    def forward(self, x: Tensor, gemv: bool = False, lora: LayerLora | None = None) -> Tensor:
         h = dense(x, self.up, gemv)
+        if lora is not None:
+            h = h + lora_delta(x, lora.up_a, lora.up_b, lora.mask)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
-            return dense(self.act(gate) * up, self.down, gemv)
-        return dense(self.act(h), self.down, gemv)
+            h = self.act(gate) * up
+        else:
+            h = self.act(h)
+        y = dense(h, self.down, gemv)
+        if lora is not None:
+            y = y + lora_delta(h, lora.down_a, lora.down_b, lora.mask)
+        return y
 
 
 class Block(nn.Module):
@@ -131,16 +142,22 @@ class Block(nn.Module):
         self.mlp_norm = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def pre_attention(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, gemv: bool = False
-                      ) -> tuple[Tensor, Tensor, Tensor]:
-        """x (B, T, H) -> q (B, T, nh, hd), k and v (B, T, nkv, hd)."""
-        return self.attn.project(self.attn_norm(x), rope, gemv)
+    def pre_attention(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, gemv: bool = False,
+                      lora: LayerLora | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """x (B, T, H) -> q (B, T, nh, hd), k and v (B, T, nkv, hd). With `lora`, each
+        token's adapter delta is added to the products (app.modeling.lora)."""
+        return self.attn.project(self.attn_norm(x), rope, gemv, lora)
 
-    def post_attention(self, x: Tensor, y: Tensor, gemv: bool = False) -> Tensor:
+    def post_attention(self, x: Tensor, y: Tensor, gemv: bool = False,
+                       lora: LayerLora | None = None) -> Tensor:
         """x (B, T, H) and attention output y (B, T, nh, hd) -> the block's output."""
         B, T, _ = x.shape
-        x = x + dense(y.reshape(B, T, -1), self.attn.o, gemv)
-        return x + self.mlp(self.mlp_norm(x), gemv)
+        y = y.reshape(B, T, -1)
+        o = dense(y, self.attn.o, gemv)
+        if lora is not None:
+            o = o + lora_delta(y, lora.o_a, lora.o_b, lora.mask)
+        x = x + o
+        return x + self.mlp(self.mlp_norm(x), gemv, lora)
 
     def forward(
         self, x: Tensor, rope: tuple[Tensor, Tensor] | None, attn: AttentionBackend
@@ -218,9 +235,11 @@ class Transformer(nn.Module):
             self.inv_freq = inverse_frequencies(self.config.rope, self.config.head_dim, device)
 
     def forward(
-        self, input_ids: Tensor, positions: Tensor, attn: AttentionBackend | None = None
+        self, input_ids: Tensor, positions: Tensor, attn: AttentionBackend | None = None,
+        lora: LoraStep | None = None,
     ) -> Tensor:
-        """input_ids, positions (B, T) -> hidden states (B, T, H) after the final norm."""
+        """input_ids, positions (B, T) -> hidden states (B, T, H) after the final norm.
+        `lora`: per-token adapters (app.modeling.lora); None runs the plain graphs."""
         attn = attn or DenseCausalAttention()
         ops = self.ops
         x = self.embed(input_ids)  # (B, T, H)
@@ -234,12 +253,19 @@ class Transformer(nn.Module):
             if inv_freq is None:
                 raise RuntimeError("rotary frequencies missing after init_rope")
             rope = rope_cos_sin(positions, inv_freq, x.dtype)
-        gemv = ops.mark_dynamic(1, x, *(rope or ()))
+        gemv = ops.mark_dynamic(1, x, *(rope or ()), *(() if lora is None else (lora.mask,)))
         for layer, block in enumerate(self.layers):
-            q, k, v = ops.pre_attention(block, x, rope, gemv)
-            y = attn(layer, q, k, v)  # (B, T, nh, hd)
-            ops.mark_dynamic(1, y)
-            x = ops.post_attention(block, x, y, gemv)
+            if lora is None:
+                q, k, v = ops.pre_attention(block, x, rope, gemv)
+                y = attn(layer, q, k, v)  # (B, T, nh, hd)
+                ops.mark_dynamic(1, y)
+                x = ops.post_attention(block, x, y, gemv)
+            else:
+                adapters = lora.layer(layer)
+                q, k, v = ops.pre_attention(block, x, rope, gemv, adapters)
+                y = attn(layer, q, k, v)
+                ops.mark_dynamic(1, y)
+                x = ops.post_attention(block, x, y, gemv, adapters)
         return self.norm(x)
 
     def logits(self, hidden: Tensor) -> Tensor:

@@ -1,0 +1,154 @@
+"""AdapterSlots: the LoRA adapters known to one served model and the at most max_loras
+resident in its fixed-shape slot buffers (the math and the layout: app.modeling.lora).
+Least recently used resident adapters not needed by the step are evicted first."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from app.checkpoint.lora import AdapterError, LoraAdapter
+from app.modeling.lora import MODULES, LoraStep, fused_sizes
+from app.modeling.transformer import Transformer
+
+
+class AdapterSlots:
+    """The adapters known to one model, and the at most `max_loras` resident in its slots.
+    Runs on the compute thread (app.engine.compute), like every step."""
+
+    def __init__(self, model: Transformer, max_loras: int, max_rank: int) -> None:
+        if max_loras < 0 or max_rank < 1:
+            raise ValueError("max_loras must be >= 0 and max_rank >= 1")
+        self.model = model
+        self.config = model.config
+        self.max_loras, self.max_rank = max_loras, max_rank
+        self._known: dict[str, LoraAdapter] = {}
+        self._slots: OrderedDict[str, int] = OrderedDict()  # resident, least recent first
+        sizes = fused_sizes(self.config)
+        # rank capacity per module: max_rank for each projection it fuses
+        self.capacity = {m: max_rank * len(sizes[m][0]) for m in MODULES}
+        self._a: list[dict[str, Tensor]] = []
+        self._b: list[dict[str, Tensor]] = []
+        if max_loras == 0:
+            return
+        weight = model.embed.weight
+        dtype, device = weight.dtype, weight.device
+        for _ in range(self.config.num_layers):
+            a_layer, b_layer = {}, {}
+            for m in MODULES:
+                outs, fan_in = sizes[m]
+                width = max_loras * self.capacity[m]
+                a_layer[m] = torch.zeros(width, fan_in, dtype=dtype, device=device)
+                b_layer[m] = torch.zeros(sum(outs), width, dtype=dtype, device=device)
+            self._a.append(a_layer)
+            self._b.append(b_layer)
+        self._all_views = tuple(self._views(i, 0, max_loras) for i in range(len(self._a)))
+        self._slot_views = [tuple(self._views(i, s, s + 1) for i in range(len(self._a)))
+                            for s in range(max_loras)]
+
+    def _views(self, layer: int, first: int, end: int) -> tuple[Tensor, ...]:
+        views: list[Tensor] = []
+        for m in MODULES:
+            cap = self.capacity[m]
+            views += [self._a[layer][m][first * cap:end * cap],
+                      self._b[layer][m][:, first * cap:end * cap]]
+        return tuple(views)
+
+    # ---- the known adapters ----
+
+    def register(self, adapter: LoraAdapter) -> None:
+        if self.max_loras == 0:
+            raise AdapterError("LoRA adapters are off for this model (--max-loras 0)")
+        if adapter.name in self._known:
+            raise AdapterError(f"an adapter named {adapter.name!r} is already loaded")
+        if adapter.max_part_rank > self.max_rank:
+            raise AdapterError(f"adapter {adapter.name!r} has rank {adapter.max_part_rank}, "
+                               f"above --max-lora-rank {self.max_rank}")
+        if len(adapter.weights) != self.config.num_layers:
+            raise AdapterError(f"adapter {adapter.name!r} has {len(adapter.weights)} layers, "
+                               f"this model {self.config.num_layers}")
+        for layer in adapter.weights:
+            for m, (a, _) in layer.items():
+                if a.shape[0] > self.capacity[m]:  # the fused parts' ranks together
+                    raise AdapterError(f"adapter {adapter.name!r} has rank {a.shape[0]} on "
+                                       f"{m}, above what --max-lora-rank {self.max_rank} "
+                                       "leaves room for")
+        self._known[adapter.name] = adapter
+
+    def unregister(self, name: str) -> None:
+        if name not in self._known:
+            raise AdapterError(f"no adapter named {name!r} is loaded")
+        del self._known[name]
+        self._slots.pop(name, None)
+
+    def names(self) -> list[str]:
+        return list(self._known)
+
+    def get(self, name: str) -> LoraAdapter:
+        try:
+            return self._known[name]
+        except KeyError:
+            raise AdapterError(f"no adapter named {name!r} is loaded") from None
+
+    def resident(self) -> list[str]:
+        """Resident adapters, least recently used first."""
+        return list(self._slots)
+
+    # ---- per step ----
+
+    def activate(self, adapters: Sequence[str | None]) -> list[int]:
+        """Make the step's adapters resident (evicting the least recently used ones not
+        in this step); each entry's slot, -1 for the base model."""
+        wanted = list(dict.fromkeys(a for a in adapters if a is not None))
+        if not wanted:
+            return [-1] * len(adapters)
+        if len(wanted) > self.max_loras:
+            raise RuntimeError(f"{len(wanted)} adapters in one step, at most "
+                               f"{self.max_loras} resident (the scheduler must not do that)")
+        for name in wanted:
+            if name in self._slots:
+                self._slots.move_to_end(name)
+            else:
+                self._load(name, set(wanted))
+        return [-1 if a is None else self._slots[a] for a in adapters]
+
+    def _load(self, name: str, keep: set[str]) -> None:
+        adapter = self.get(name)
+        used = set(self._slots.values())
+        free = [s for s in range(self.max_loras) if s not in used]
+        if free:
+            slot = free[0]
+        else:
+            victim = next(n for n in self._slots if n not in keep)
+            slot = self._slots.pop(victim)
+        for i, layer in enumerate(adapter.weights):
+            for m in MODULES:
+                cap = self.capacity[m]
+                a_buf = self._a[i][m][slot * cap:(slot + 1) * cap]
+                b_buf = self._b[i][m][:, slot * cap:(slot + 1) * cap]
+                a_buf.zero_()
+                b_buf.zero_()
+                if m in layer:
+                    a, b = layer[m]
+                    a_buf[:a.shape[0]].copy_(a)
+                    b_buf[:, :b.shape[1]].copy_(b)
+        self._slots[name] = slot
+
+    def step(self, slots: Sequence[int], lengths: Sequence[int]) -> LoraStep | None:
+        """The LoRA inputs for items with these slots (-1: base) and token counts; None
+        when no item has an adapter (the plain forward)."""
+        used = sorted({s for s in slots if s >= 0})
+        if not used:
+            return None
+        per_token = torch.repeat_interleave(torch.tensor(slots), torch.tensor(lengths))
+        weight = self.model.embed.weight
+        if len(used) == 1:
+            mask = (per_token >= 0)[None, :, None]
+            layers = self._slot_views[used[0]]
+        else:
+            mask = (per_token[:, None] == torch.arange(self.max_loras))[None]
+            layers = self._all_views
+        return LoraStep(mask.to(device=weight.device, dtype=weight.dtype), layers)

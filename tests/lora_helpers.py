@@ -1,0 +1,63 @@
+"""PEFT adapters for tests, written by `peft` itself (the reference), with random nonzero
+A and B (PEFT starts B at zero, which would make every comparison trivially pass)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from app.engine.lora_slots import AdapterSlots
+from app.modeling.lora import LoraStep
+from app.modeling.transformer import Transformer
+
+ALL_LINEAR = {
+    "gpt2": ["c_attn", "c_proj", "c_fc"],
+    "llama": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+QV = {"gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
+
+
+def family(arch: str) -> str:
+    return "gpt2" if arch.startswith("gpt2") else "llama"
+
+
+def make_peft_adapter(base: Any, directory: Path, *, targets: list[str] | str, r: int = 4,
+                      alpha: float = 8.0, rslora: bool = False, seed: int = 1,
+                      **extra: Any) -> Any:
+    """A PeftModel on a copy of `base` (never mutated), saved to `directory`."""
+    from peft import LoraConfig, get_peft_model
+
+    fan_in_fan_out = "GPT2" in type(base).__name__
+    config = LoraConfig(r=r, lora_alpha=alpha, target_modules=targets, use_rslora=rslora,
+                        lora_dropout=0.0, fan_in_fan_out=fan_in_fan_out, **extra)
+    model = get_peft_model(copy.deepcopy(base), config).eval()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
+    model.save_pretrained(directory)
+    return model
+
+
+def forward_with(model: Transformer, slots: AdapterSlots, ids: torch.Tensor,
+                 names: list[str | None]) -> torch.Tensor:
+    """Logits (B, T, V) of right-aligned equal-length rows, row i with adapter names[i],
+    as one flat batch (B=1, every row's tokens side by side) through the dense path."""
+    B, T = ids.shape
+    slot_of = slots.activate(names)
+    step: LoraStep | None = slots.step(slot_of, [T] * B)
+    outs = []
+    # The dense reference attention cannot mix rows in one flat batch; run each row with
+    # its own slice of the step (the mask rows of that row).
+    for row in range(B):
+        lora = None
+        if step is not None:
+            lora = LoraStep(step.mask[:, row * T:(row + 1) * T], step.layers)
+        positions = torch.arange(T)[None]
+        hidden = model(ids[row:row + 1], positions, None, lora)
+        outs.append(model.logits(hidden)[0])
+    return torch.stack(outs)
