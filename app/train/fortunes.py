@@ -5,8 +5,7 @@ validation text and the classifier's test rows are never trained on by either mo
 Writes:
   lm/train.jsonl, lm/val.jsonl                       {"text": ...}: all categories
   classifier/train.jsonl, classifier/test.jsonl      {"text": ..., "label": category}
-and for each --domain CATEGORY (the example LoRA adapter's data, see
-models/default-lm-lora-computers/README.md):
+and for each --domain CATEGORY (one style's text, for a LoRA adapter):
   domain/CATEGORY/train.jsonl, domain/CATEGORY/val.jsonl   that file's fortunes, same split
   domain/CATEGORY/general_val.jsonl                        held-out fortunes of every other file
 """

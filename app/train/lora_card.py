@@ -57,7 +57,7 @@ def _perplexity_rows(card: LoraCard) -> list[str]:
     return rows
 
 
-def card_text(name: str, card: LoraCard, adapter_bytes: int) -> str:
+def card_text(name: str, where: str, card: LoraCard, adapter_bytes: int) -> str:
     st, t, s = card.settings, card.train, card.summary
     targets = ", ".join(st.target_modules) if st.target_modules else "every linear projection"
     held_out = (", ".join(card.val_inputs) if card.val_inputs
@@ -105,14 +105,15 @@ def card_text(name: str, card: LoraCard, adapter_bytes: int) -> str:
         "## Use",
         "",
         "```bash",
-        f"python -m app serve --model {card.base} --lora {name}=<this directory>",
+        f"python -m app serve --model {card.base} --lora {name}={where}",
         "```",
         "",
-        "then name it as the model: `\"model\": \"" + name + "\"`. In `peft`:",
+        f"then name it as the model: `\"model\": \"{name}\"`. In `peft`, over the base "
+        "loaded by `transformers`:",
         "",
         "```python",
         "from peft import PeftModel",
-        "model = PeftModel.from_pretrained(base_model, \"<this directory>\")",
+        f"model = PeftModel.from_pretrained(base_model, {where!r})",
         "```",
     ]
     if card.command:
@@ -123,4 +124,5 @@ def card_text(name: str, card: LoraCard, adapter_bytes: int) -> str:
 
 def write_card(out_dir: Path, card: LoraCard) -> None:
     size = (out_dir / ADAPTER_WEIGHTS_FILE).stat().st_size
-    (out_dir / "README.md").write_text(card_text(out_dir.resolve().name, card, size))
+    (out_dir / "README.md").write_text(card_text(out_dir.resolve().name, str(out_dir), card,
+                                                 size))

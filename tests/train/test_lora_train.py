@@ -190,3 +190,29 @@ def test_classifier_adapter_with_its_head_loads_in_peft(
         got = classifier_logits(ours, IDS, torch.tensor([IDS.shape[1]]))
         want = ref(IDS).logits
     assert (got - want).abs().max() <= 1e-4
+
+
+def test_fortunes_domain_split(tmp_path: Path) -> None:
+    """`data fortunes --domain computers`: that file's fortunes split as the LM's split
+    (so held-out text stays held out), and the other files' held-out ones as general text."""
+    from app.train.fortunes import held_out, prepare
+
+    source = tmp_path / "fortunes"
+    source.mkdir()
+    texts = {name: [f"{name} saying number {i}." for i in range(60)]
+             for name in ("computers", "food")}
+    for name, items in texts.items():
+        (source / name).write_text("\n%\n".join(items) + "\n%\n")
+    out = tmp_path / "data"
+    counts = prepare(out, source, domains=("computers",))
+
+    def read(split: str) -> list[str]:
+        path = out / "domain" / "computers" / f"{split}.jsonl"
+        return [json.loads(line)["text"] for line in path.read_text().splitlines()]
+
+    assert read("train") == [t for t in texts["computers"] if not held_out(t)]
+    assert read("val") == [t for t in texts["computers"] if held_out(t)]
+    assert read("general_val") == [t for t in texts["food"] if held_out(t)]
+    assert counts["domain/computers/val"] == len(read("val")) > 0
+    with pytest.raises(ValueError, match="no fortune file named \\['nope'\\]"):
+        prepare(out, source, domains=("nope",))
