@@ -64,7 +64,7 @@ def fused_sizes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], int]]:
 
 
 class LayerLora(NamedTuple):
-    """What one block needs: the per-token mask (B, T, k) and each module's A, B."""
+    """What one block needs: the mask or segments (see `lora_delta`), each module's A, B."""
 
     mask: Tensor
     qkv_a: Tensor
@@ -77,20 +77,67 @@ class LayerLora(NamedTuple):
     down_b: Tensor
 
 
-def lora_delta(x: Tensor, a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
-    """x (B, T, in), a (k*R, in), b (out, k*R), mask (B, T, k) -> (B, T, out): each token's
-    B A x over the k slots its mask selects."""
-    h = torch.matmul(x, a.t())  # (B, T, k*R): shrink
+def lora_delta(x: Tensor, a: Tensor, b: Tensor, mask: Tensor, gemv: bool = False) -> Tensor:
+    """x (B, T, in) -> (B, T, out): each token's B A x. Two forms (see the module's
+    docstring), told apart by `mask`:
+      - float (B, T, 1): one slot's a (R, in) and b (out, R); the mask zeroes base rows;
+      - int64 (max_loras, n): per slot, the flattened token rows it serves, padded with
+        B*T (a zero row); every slot's a (max_loras, R, in) and b (max_loras, out, R).
+    `gemv` (compiled graphs of a few rows, as for the base products: see
+    `transformer.dense`): the one-slot form as multiply-and-reduce, which inductor fuses
+    into the graph instead of calling two tiny matrix products."""
+    if mask.dtype == torch.int64:
+        # eager: the function itself (a custom op call costs tens of microseconds, and
+        # this runs four times a layer); compiled: the opaque op (fixed shapes outside)
+        if torch.compiler.is_compiling():
+            return torch.ops.llm.lora_grouped(x, a, b, mask)
+        return grouped_delta(x, a, b, mask)
+    if gemv:
+        h = (x.float()[..., None, :] * a.float()).sum(-1) * mask  # (B, T, R)
+        return (h[..., None, :] * b.float()).sum(-1).to(x.dtype)
+    h = torch.matmul(x, a.t())  # (B, T, R): shrink
+    return torch.matmul(h * mask, b.t())  # (B, T, out): expand
+
+
+def grouped_delta(x: Tensor, a: Tensor, b: Tensor, rows: Tensor) -> Tensor:
+    """x (B, T, in); a (S, R, in), b (S, out, R); rows (S, n): slot s's token rows (of
+    the flattened B*T), padded with B*T. Each slot's rows are gathered (a zero row for the
+    padding), go through two batched products, and are added back to their places."""
+    flat = x.reshape(-1, x.shape[-1])
+    tokens = flat.shape[0]
+    padded = torch.cat([flat, flat.new_zeros(1, flat.shape[1])])[rows]  # (S, n, in)
+    h = torch.bmm(padded, a.transpose(1, 2))  # (S, n, R): shrink
+    y = torch.bmm(h, b.transpose(1, 2))  # (S, n, out): expand
+    out = flat.new_zeros(tokens + 1, b.shape[1])
+    out.index_add_(0, rows.flatten(), y.flatten(0, 1))
+    return out[:tokens].view(*x.shape[:-1], b.shape[1])
+
+
+@torch.library.custom_op("llm::lora_grouped", mutates_args=())
+def lora_grouped(x: Tensor, a: Tensor, b: Tensor, rows: Tensor) -> Tensor:
+    return grouped_delta(x, a, b, rows).clone()  # a custom op's output owns its storage
+
+
+@lora_grouped.register_fake
+def _lora_grouped_shape(x: Tensor, a: Tensor, b: Tensor, rows: Tensor) -> Tensor:
+    return x.new_empty((*x.shape[:-1], b.shape[1]))
+
+
+def masked_delta(x: Tensor, a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
+    """The all-slots alternative (measured in bench/lora_kernels.py, not served): mask
+    (B, T, k) one-hot per token, a (k*R, in), b (out, k*R): every token through every
+    slot's product."""
+    h = torch.matmul(x, a.t())
     k = mask.shape[-1]
     h = (h.unflatten(-1, (k, -1)) * mask[..., None]).flatten(-2)
-    return torch.matmul(h, b.t())  # (B, T, out): expand
+    return torch.matmul(h, b.t())
 
 
 @dataclass(frozen=True)
 class LoraStep:
     """The LoRA inputs of one forward: the mask and, per layer, the A/B views."""
 
-    mask: Tensor  # (1, T, k)
+    mask: Tensor  # (1, T, 1) float, or (max_loras, n) int64 rows per slot: see lora_delta
     layers: tuple[tuple[Tensor, ...], ...]  # per layer: the 8 views of LayerLora
 
     def layer(self, i: int) -> LayerLora:
