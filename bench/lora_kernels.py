@@ -7,10 +7,11 @@ qkv, o, up and down), eager, against the base products themselves.
   single   one adapter's slot (k = 1 views): x A^T, then B (what batch-1 runs)
   masked   every slot at once: x A_all^T, masked per token to its slot, then B_all
   gather   each token's own A and B gathered (T, r, in) / (T, out, r), two bmm
-  grouped  per adapter: index_select its rows, two products, index_add back
-  padded   each adapter's rows gathered into (slots, most rows, in): two bmm, index_add
-  segments each adapter's rows side by side (the runner orders them): two products per
-           adapter on row slices (what app.modeling.lora serves)
+  loop     per adapter: index_select its rows, two products, index_add back
+  segments each adapter's rows side by side (the runner would order them): two products
+           per adapter on row slices
+  grouped  each adapter's rows gathered into (slots, most rows, in): two bmm, index_add
+           (what app.modeling.lora serves for several adapters)
 Rows: 1 (batch-1 decode), 32 (a decode batch over 4 adapters), 256 (a prompt chunk).
 Shapes: the shipped default-lm (fp32: how it is served) and a Llama-style 134M (bf16).
 """
@@ -22,7 +23,7 @@ import json
 
 import torch
 
-from app.modeling.lora import lora_delta, masked_delta, segments_delta
+from app.modeling.lora import grouped_delta, lora_delta, masked_delta
 from bench.machine import cpu_info, median_seconds
 
 SHAPES = {  # name: (hidden, q, kv, intermediate, layers, dtype)
@@ -72,34 +73,31 @@ def run(shape: str, rows: int, rounds: int) -> dict[str, float]:
             hh = torch.bmm(a3, x[0, :, :, None])
             torch.bmm(b3, hh)
 
-    # padded groups: each slot's rows gathered into (slots, most rows, in), padding rows
-    # pointing at an extra zero row; two bmm; added back with index_add
+    # grouped (what is served): app.modeling.lora.grouped_delta on per-slot buffers
     counts = torch.bincount(slot, minlength=SLOTS)
-    most = int(counts.max())
-    pad_index = torch.full((SLOTS, most), rows, dtype=torch.long)
+    index = torch.full((SLOTS, int(counts.max())), rows, dtype=torch.long)
     for s in range(SLOTS):
         members = (slot == s).nonzero()[:, 0]
-        pad_index[s, :len(members)] = members
-    flat_index = pad_index.flatten()
-    per_slot = [(w, a.view(SLOTS, cap, -1), b.view(b.shape[0], SLOTS, cap).permute(1, 0, 2)
-                 .contiguous(), x) for w, a, b, cap, x in mods]
+        index[s, :len(members)] = members
+    per_slot = [(a.view(SLOTS, cap, -1), b.view(b.shape[0], SLOTS, cap).permute(1, 0, 2)
+                 .contiguous(), x) for _, a, b, cap, x in mods]
 
     def padded() -> None:
-        for _, a3, b3, x in per_slot:
-            xz = torch.cat([x[0], x.new_zeros(1, x.shape[-1])])
-            xp = xz[pad_index]  # (S, most, in)
-            h = torch.bmm(xp, a3.transpose(1, 2))
-            yp = torch.bmm(h, b3.transpose(1, 2))  # (S, most, out)
-            y = x.new_zeros(rows + 1, b3.shape[1])
-            y.index_add_(0, flat_index, yp.flatten(0, 1))
+        for a3, b3, x in per_slot:
+            grouped_delta(x, a3, b3, index)
 
-    # segments: the runner puts each adapter's rows side by side (what is served)
+    # segments: each adapter's rows side by side (the runner would order them), two
+    # products per adapter on row slices
     bounds = [(s, int((slot < s).sum()), int((slot <= s).sum())) for s in range(SLOTS)]
-    segments = torch.tensor(bounds, dtype=torch.int64)
 
     def segmented() -> None:
-        for _, a, b, _, x in mods:
-            segments_delta(x, a, b, segments)
+        for _, a, b, cap, x in mods:
+            flat = x[0]
+            out = flat.new_zeros(rows, b.shape[0])
+            for s, start, end in bounds:
+                if end > start:
+                    h = flat[start:end] @ a[s * cap:(s + 1) * cap].t()
+                    out[start:end] = h @ b[:, s * cap:(s + 1) * cap].t()
 
     def grouped() -> None:
         for _, a, b, cap, x in mods:
@@ -109,9 +107,10 @@ def run(shape: str, rows: int, rounds: int) -> dict[str, float]:
                 d = (xs @ a[s * cap:(s + 1) * cap].t()) @ b[:, s * cap:(s + 1) * cap].t()
                 y.index_add_(0, idx, d)
 
-    fns = {"base": base, "single": single, "masked": masked, "gather": gather,
-           "grouped": grouped, "padded": padded,
-           "segments": segmented}
+    fns = {"base": base, "single": single, "masked": masked, "loop": grouped,
+           "segments": segmented, "grouped": padded}
+    if rows <= 32:  # seconds a call above
+        fns["gather"] = gather
     best = dict.fromkeys(fns, float("inf"))
     with torch.inference_mode():
         for fn in fns.values():
@@ -129,7 +128,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--rows", type=int, nargs="*", default=[1, 32, 256])
     parser.add_argument("--shapes", nargs="*", default=list(SHAPES))
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     info = cpu_info()
     print(json.dumps({"cpu": info["model"], "isa": info["isa"], "threads":
                       torch.get_num_threads(), "slots": SLOTS, "rank": RANK}))
