@@ -136,6 +136,25 @@ class Settings(BaseSettings):
                           "\"num_speculative_tokens\": 4, \"prompt_lookup_min\": 2, "
                           "\"prompt_lookup_max\": 4, \"max_batch\": 4, \"cooldown\": 2}; "
                           "off when unset (see README)")
+    # --- LoRA adapters (README "LoRA adapters")
+    lora: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="a PEFT LoRA adapter served at startup as NAME=DIR (on the first "
+                    "served language model) or BASE/NAME=DIR (on the served model BASE); "
+                    "repeat for several; requests name the adapter in `model`")
+    max_loras: int = Field(4, ge=1, le=64, description="adapters resident per model at "
+                                                        "once, and the most distinct "
+                                                        "adapters in one forward step (the "
+                                                        "least recently used idle one is "
+                                                        "evicted)")
+    max_lora_rank: int = Field(16, ge=1, le=256, description="largest adapter rank accepted "
+                                                             "(r)")
+    allow_runtime_lora: bool = Field(
+        False, description="serve POST /v1/load_lora_adapter and /v1/unload_lora_adapter "
+                           "(vLLM's); needs --lora-dir")
+    lora_dir: Path | None = Field(
+        None, description="the folder adapters loaded at run time must lie in (paths are "
+                          "resolved: symlinks and .. cannot leave it)")
     cache_salt_api_key: bool = Field(
         False, description="isolate the prefix cache per API key: callers with different "
                            "keys never share cached prompt blocks (see docs/RELIABILITY.md)")
@@ -160,7 +179,7 @@ class Settings(BaseSettings):
                                       "histograms between scrapes (the engine's gauges are "
                                       "always read fresh): for frequent scrapers such as the "
                                       "GIE endpoint picker (20/s); 0: all read every scrape")
-    _split = field_validator("model", "api_key", "cors_origins", "quantization",
+    _split = field_validator("model", "api_key", "cors_origins", "quantization", "lora",
                              mode="before")(_split_list)
 
     @model_validator(mode="after")
@@ -178,7 +197,18 @@ class Settings(BaseSettings):
             if method not in QUANTIZATION_METHODS:
                 raise ValueError(f"quantization {entry!r}: the method must be one of "
                                  f"{', '.join(QUANTIZATION_METHODS)}")
+        lora_specs(self)  # names, bases and collisions: a clear error at startup
+        if self.allow_runtime_lora and self.lora_dir is None:
+            raise ValueError("--allow-runtime-lora needs --lora-dir: the folder that adapters "
+                             "loaded at run time must lie in")
+        if self.lora_dir is not None and not self.lora_dir.is_dir():
+            raise ValueError(f"--lora-dir {str(self.lora_dir)!r} is not a directory")
         return self
+
+    @property
+    def lora_enabled(self) -> bool:
+        """Whether any adapter can ever be served (else the engines carry no LoRA slots)."""
+        return bool(self.lora) or self.allow_runtime_lora
 
     def api_keys(self) -> list[str]:
         keys = [k.get_secret_value() for k in self.api_key]
@@ -206,8 +236,7 @@ def model_specs(settings: Settings) -> list[ModelSpec]:
         name, sep, path = entry.partition("=")
         if not sep:
             name, path = Path(entry).name, entry
-        if not _NAME.match(name):
-            raise ValueError(f"model name {name!r} must be 1-64 of letters, digits, . _ : -")
+        check_name(name, "model")
         if any(s.name == name for s in specs):
             raise ValueError(f"model name {name!r} is given twice")
         specs.append(ModelSpec(name, Path(path), _quantization_for(settings, name)))
@@ -217,6 +246,45 @@ def model_specs(settings: Settings) -> list[ModelSpec]:
         if sep and target not in names:
             raise ValueError(f"quantization {entry!r} names no served model "
                              f"(models: {', '.join(sorted(names))})")
+    return specs
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """An adapter given at startup: `name` served on the model `base` (None: the first
+    served language model, known once the models are loaded)."""
+
+    name: str
+    path: Path
+    base: str | None = None
+
+
+def check_name(name: str, what: str) -> None:
+    if not _NAME.match(name):
+        raise ValueError(f"{what} name {name!r} must be 1-64 of letters, digits, . _ : - "
+                         "(starting with a letter or digit)")
+
+
+def lora_specs(settings: Settings) -> list[LoraSpec]:
+    """`NAME=DIR` or `BASE/NAME=DIR` entries -> specs; names are unique among adapters and
+    served models alike (a request's `model` names exactly one of them)."""
+    models = {s.name for s in model_specs(settings)}
+    specs: list[LoraSpec] = []
+    for entry in settings.lora:
+        target, sep, path = entry.partition("=")
+        if not sep or not path:
+            raise ValueError(f"--lora {entry!r}: write NAME=DIR or BASE/NAME=DIR")
+        base, slash, name = target.rpartition("/")
+        check_name(name, "adapter")
+        if slash and base not in models:
+            raise ValueError(f"--lora {entry!r}: {base!r} is not a served model (models: "
+                             f"{', '.join(sorted(models))})")
+        if name in models:
+            raise ValueError(f"--lora {entry!r}: the adapter name {name!r} is a served "
+                             "model's name; requests could not tell them apart")
+        if any(s.name == name for s in specs):
+            raise ValueError(f"adapter name {name!r} is given twice")
+        specs.append(LoraSpec(name, Path(path), base if slash else None))
     return specs
 
 

@@ -22,15 +22,19 @@ from prometheus_client import disable_created_metrics
 
 from app import app_version
 from app.api import docs, errors
+from app.api.errors import ApiError
+from app.api.lora_admin import load_adapter
 from app.api.middleware import RequestContextMiddleware
 from app.api.router import build_router
 from app.api.routes import playground
 from app.api.state import Phase, ServedModel, ServerState
 from app.api.telemetry import ObservabilityMiddleware, attach, snapshots
 from app.checkpoint import load_model
-from app.config import Settings, model_specs
+from app.checkpoint.lora import AdapterError
+from app.config import Settings, lora_specs, model_specs
 from app.engine.compute import compute_thread
 from app.engine.engine import Engine, EngineConfig
+from app.engine.errors import EngineError
 from app.engine.scheduler import SchedulerConfig
 from app.engine.speculative import SpeculativeConfig
 from app.kv_event_publisher import KVEventPublisher
@@ -60,6 +64,10 @@ def engine_config(settings: Settings) -> EngineConfig:
         prepack=settings.prepack,
         speculative=(SpeculativeConfig.parse(settings.speculative_config)
                      if settings.speculative_config else None),
+        # without --lora or --allow-runtime-lora no adapter can ever run: no LoRA slots,
+        # and nothing added to the forward
+        max_loras=settings.max_loras if settings.lora_enabled else 0,
+        max_lora_rank=settings.max_lora_rank,
         scheduler=SchedulerConfig(
             max_num_seqs=settings.max_num_seqs,
             max_num_batched_tokens=settings.max_num_batched_tokens,
@@ -104,6 +112,7 @@ async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[
                                            "kv_blocks": stats.kv_blocks_total,
                                            "compile": stats.compile, "weights": stats.weights,
                                            "quantization": stats.quantization})
+        await load_startup_adapters(state)
     except Exception as exc:
         state.phase = Phase.FAILED
         state.failure = f"{type(exc).__name__}: {exc}"
@@ -113,6 +122,21 @@ async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[
     if state.phase is Phase.STARTING:
         state.phase = Phase.READY
         log.info("server ready", extra={"models": list(state.models)})
+
+
+async def load_startup_adapters(state: ServerState) -> None:
+    """The --lora adapters, once every model is loaded; any problem stops the startup,
+    the failure naming the flag's entry and what is wrong with it."""
+    for spec in lora_specs(state.settings):
+        entry = f"--lora {spec.name}={spec.path}"
+        try:
+            model, _ = await load_adapter(state, spec.name, spec.path, spec.base)
+        except ApiError as exc:
+            raise ValueError(f"{entry}: {exc.message}") from exc
+        except (AdapterError, EngineError) as exc:
+            raise ValueError(f"{entry}: {exc}") from exc
+        log.info("adapter ready", extra={"adapter": spec.name, "model": model.name,
+                                         "path": str(spec.path)})
 
 
 def create_app(settings: Settings, on_fatal: Callable[[str], None] | None = None) -> FastAPI:

@@ -53,6 +53,14 @@ class EngineSnapshot:
     spec_draft_tokens: int = 0
     spec_accepted_tokens: int = 0
     spec_accepted_per_position: tuple[int, ...] = ()
+    # LoRA (max_loras 0: off for this model): the adapters of running and of waiting
+    # requests, when the step loop last ran, and per loaded adapter (name, running
+    # requests, waiting requests, resident in a slot)
+    max_loras: int = 0
+    running_adapters: tuple[str, ...] = ()
+    waiting_adapters: tuple[str, ...] = ()
+    lora_updated: float = 0.0
+    adapters: tuple[tuple[str, int, int, bool], ...] = ()
 
 
 class _Pair:
@@ -191,6 +199,30 @@ class Metrics:
         return self._cached[1] + generate_latest(self.live)
 
 
+def _lora_labels(s: EngineSnapshot) -> list[str]:
+    """vllm:lora_requests_info's max_lora, running and waiting adapters (comma-joined)."""
+    return [str(s.max_loras), ",".join(s.running_adapters), ",".join(s.waiting_adapters)]
+
+
+def _lora_gauges(s: EngineSnapshot,
+                 gauge: Callable[[str, str, tuple[str, ...]], GaugeMetricFamily]) -> None:
+    """Our own LoRA series: vLLM's info series under our prefix, and per adapter its
+    requests and whether its weights are resident (a label per adapter, not a list)."""
+    gauge("llm_lora_requests_info", "LoRA adapters of running and waiting requests "
+          "(comma-joined; the value is when the step loop last ran, as in vLLM's)",
+          ("model", "max_lora", "running_lora_adapters", "waiting_lora_adapters")
+          ).add_metric([s.model, *_lora_labels(s)], s.lora_updated)
+    labels = ("model", "adapter")
+    for name, running, waiting, resident in s.adapters:
+        gauge("llm_lora_requests_running", "Requests in the running batch, per LoRA "
+              "adapter", labels).add_metric([s.model, name], running)
+        gauge("llm_lora_requests_waiting", "Requests queued for admission, per LoRA "
+              "adapter", labels).add_metric([s.model, name], waiting)
+        gauge("llm_lora_adapter_resident", "1 while the adapter's weights sit in one of "
+              "the --max-loras slots", labels).add_metric([s.model, name],
+                                                         1.0 if resident else 0.0)
+
+
 class _EngineGauges(Collector):
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
@@ -275,8 +307,9 @@ class _EngineGauges(Collector):
                           ).add_metric([s.model], gauge_value)
                 # Info series in vLLM's shape (value 1; the figures are labels), which the
                 # Gateway API Inference Extension's endpoint picker reads: the KV cache's
-                # size, and the LoRA adapters (none: this server serves no adapters yet;
-                # vLLM's value is the time of the reading, the picker keeps the newest).
+                # size, and the LoRA adapters of running and waiting requests (comma-
+                # joined names; the value is when the step loop last ran, as vLLM sets
+                # it at each step: the picker keeps the newest series).
                 gauge("vllm:cache_config_info", "vLLM-compatible KV cache configuration",
                       ("model_name", "block_size", "num_gpu_blocks", "enable_prefix_caching",
                        "cache_dtype")).add_metric(
@@ -285,6 +318,8 @@ class _EngineGauges(Collector):
                 gauge("vllm:lora_requests_info", "vLLM-compatible LoRA adapters in use",
                       ("model_name", "max_lora", "running_lora_adapters",
                        "waiting_lora_adapters")).add_metric(
-                    [s.model, "0", "", ""], time.time())
+                    [s.model, *_lora_labels(s)], s.lora_updated or time.time())
+            if s.max_loras:
+                _lora_gauges(s, gauge)
         yield from families.values()
         yield from counters.values()

@@ -67,15 +67,25 @@ def require_serving(state: ServerState) -> None:
                        headers={"Retry-After": "5"})
 
 
+def adapter_view(state: ServerState, name: str) -> ServedModel | None:
+    """The base model's view for the adapter `name`, if one is loaded (not one still
+    loading, nor one being unloaded)."""
+    base = state.models.get(state.adapters.get(name, ""))
+    if base is None or not base.engine.has_adapter(name):
+        return None
+    return base.for_adapter(name)
+
+
 def pick_model(state: ServerState, name: str | None, *, lm: bool | None,
                purpose: str) -> ServedModel:
     """The named model, or the first one that can do `purpose` (lm: True for language
-    models, False for classifiers, None for any)."""
+    models, False for classifiers, None for any). A LoRA adapter's name gives its base
+    model's view for that adapter (ServedModel.for_adapter)."""
     require_serving(state)
     if name:
-        model = state.models.get(name)
+        model = state.models.get(name) or adapter_view(state, name)
         if model is None:
-            known = ", ".join(state.models)
+            known = ", ".join([*state.models, *state.adapters])
             raise NotFound(f"model {name!r} does not exist (served: {known})", param="model")
         if lm is not None and model.is_lm != lm:
             kind = "a language model" if lm else "a classification model"

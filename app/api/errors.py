@@ -28,7 +28,9 @@ from app.chat.errors import (
     ContinuationError,
     ToolChoiceError,
 )
+from app.checkpoint.lora import AdapterError
 from app.engine.errors import (
+    AdapterNotFound,
     EngineDead,
     EngineError,
     EngineStopped,
@@ -81,6 +83,7 @@ class NotReady(ApiError):
 # engine error -> (status, type)
 ENGINE_ERRORS: dict[type[EngineError], tuple[int, str]] = {
     InvalidRequest: (400, "invalid_request_error"),
+    AdapterNotFound: (404, "not_found_error"),
     QueueFull: (429, "rate_limit_error"),
     EngineStopped: (503, "service_unavailable"),
     EngineDead: (503, "engine_dead"),
@@ -95,6 +98,7 @@ ENGINE_ERROR_FIELDS: dict[type[EngineError], str] = {
     InvalidPrompt: "prompt",
     TooManySequences: "n",
     QueueCapacityExceeded: "prompt",
+    AdapterNotFound: "model",
 }
 
 
@@ -173,6 +177,8 @@ def status_of(exc: BaseException) -> tuple[int, str, str | None, dict[str, str]]
         return status, type_, engine_error_field(exc), headers
     if isinstance(exc, TokenizerError):
         return 400, "invalid_request_error", None, {}
+    if isinstance(exc, AdapterError):  # only loading an adapter reads one
+        return 400, "invalid_request_error", "lora_path", {}
     if isinstance(exc, ChatRequestError):
         field = next((f for cls, f in CHAT_ERROR_FIELDS.items() if isinstance(exc, cls)), None)
         return 400, "invalid_request_error", field, {}
@@ -217,6 +223,10 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(TokenizerError)
     async def _tokenizer(request: Request, exc: TokenizerError) -> JSONResponse:
+        return error_response(request, exc)
+
+    @app.exception_handler(AdapterError)
+    async def _adapter(request: Request, exc: AdapterError) -> JSONResponse:
         return error_response(request, exc)
 
     @app.exception_handler(ChatRequestError)

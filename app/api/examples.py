@@ -138,17 +138,57 @@ TOKENIZER_INFO: dict[str, Any] = {"model": "default-lm",
      "vocab_size": 8192}
 
 
+# With --lora fortunes=adapters/fortunes: an adapter is listed after the models, its
+# parent the model it adapts and its root its folder (as vLLM lists them).
 MODELS: dict[str, Any] = {"object": "list",
      "data": [{"id": "default-lm",
                "object": "model",
                "created": 1796034989,
                "owned_by": "local",
+               "root": "models/default-lm",
+               "parent": None,
                "max_model_len": 256},
               {"id": "fortune-classifier",
                "object": "model",
                "created": 1796034989,
                "owned_by": "local",
+               "root": "models/fortune-classifier",
+               "parent": None,
+               "max_model_len": 256},
+              {"id": "fortunes",
+               "object": "model",
+               "created": 1796034990,
+               "owned_by": "local",
+               "root": "adapters/fortunes",
+               "parent": "default-lm",
                "max_model_len": 256}]}
+
+# vLLM's runtime LoRA endpoints (app/api/routes/lora.py): plain text on success.
+LORA_LOADED = "Success: LoRA adapter 'fortunes' added successfully."
+LORA_UNLOADED = "Success: LoRA adapter 'fortunes' removed successfully."
+
+
+def _lora_error(code: int, type_: str, message: str, param: str | None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+LORA_ERRORS: dict[int, tuple[str, dict[str, Any]]] = {
+    400: ("A path outside --lora-dir, a folder that holds no usable adapter (its message "
+          "says what is wrong), a name already loaded or taken by a model, an unknown field",
+          _lora_error(400, "invalid_request_error", "lora_path '../elsewhere' is outside the "
+                      "server's LoRA folder (--lora-dir): runtime loads are confined to it",
+                      "lora_path")),
+    404: ("Runtime loading is off (--allow-runtime-lora), or no adapter of that name is "
+          "loaded", _lora_error(404, "not_found_error",
+                                "The lora adapter 'fortunes' cannot be found.", "lora_name")),
+    413: ("Request body over --max-body-bytes", _lora_error(
+        413, "request_too_large", "request body exceeds the limit of 1048576 bytes", None)),
+    422: ("A known field with the wrong type", _lora_error(
+        422, "invalid_request_error", "lora_name: Input should be a valid string",
+        "lora_name")),
+    503: ("Loading, or draining after SIGTERM", _lora_error(
+        503, "service_unavailable", "the server is not ready (starting)", None)),
+}
 
 
 def _served(name: str, task: str, architecture: str, parameters: int,
@@ -159,7 +199,8 @@ def _served(name: str, task: str, architecture: str, parameters: int,
             "parameters": parameters, "labels": labels, "kv_cache_blocks": 512,
             "block_size": 16, "kv_blocks_used": 0, "running_requests": 0,
             "waiting_requests": 0, "compile": "off (--compile off)",
-            "weights": "not packed (--prepack off)", "quantization": "none"}
+            "weights": "not packed (--prepack off)", "quantization": "none",
+            "max_loras": 0, "adapters": []}
 
 
 # With --compile off --prepack off; by default they say what was measured.

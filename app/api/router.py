@@ -15,6 +15,7 @@ from app.api.routes import (
     generate,
     health,
     info,
+    lora,
     metrics,
     openai,
     openai_responses,
@@ -38,7 +39,7 @@ def build_router(settings: Settings) -> APIRouter:
         protected.append(Security(bearer_scheme))
         responses = UNAUTHORIZED
     for module in (predict, generate, classify, openai, openai_responses, embeddings,
-                   perplexity, tokenize, info, router_info):
+                   perplexity, tokenize, info, router_info, lora):
         root.include_router(module.router, dependencies=protected, responses=responses)
     # Anthropic's routes document their 401 in Anthropic's error shape
     root.include_router(anthropic_messages.router, dependencies=protected,

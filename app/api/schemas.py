@@ -501,6 +501,20 @@ class ModelInfo(BaseModel):
     spec_acceptance_rate: float | None = Field(
         None, description="guessed tokens kept / guessed tokens scored, so far (null: "
                           "nothing guessed yet)")
+    max_loras: int = Field(0, description="LoRA adapters resident at once and per step "
+                                          "(0: LoRA off for this model)")
+    adapters: list[AdapterInfo] = Field(
+        default_factory=list, description="the LoRA adapters loaded on this model")
+
+
+class AdapterInfo(BaseModel):
+    name: str = Field(description="what requests put in `model` to use it")
+    path: str
+    rank: int
+    resident: bool = Field(description="its weights sit in one of the --max-loras slots "
+                                       "now (else a step that needs it copies them in, "
+                                       "evicting the least recently used idle adapter)")
+    requests: int = Field(description="requests with it in flight")
 
 
 class InfoResponse(BaseModel):
@@ -525,7 +539,31 @@ class OpenAIModel(BaseModel):
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "local"
+    root: str | None = Field(None, description="the checkpoint's or the adapter's path "
+                                               "(as vLLM says it)")
+    parent: str | None = Field(None, description="a LoRA adapter's base model (null for "
+                                                 "a model)")
     max_model_len: int | None = None
+
+
+class LoadLoraAdapterRequest(Strict):
+    """vLLM's body, with the base model named when several language models are served."""
+
+    lora_name: str = Field(description="the name requests will give in `model`")
+    lora_path: str = Field(description="the adapter's folder (adapter_config.json + "
+                                       "adapter_model.safetensors), inside --lora-dir: "
+                                       "absolute, or relative to --lora-dir")
+    base_model_name: str | None = Field(
+        None, description="the served model it adapts (default: the first served "
+                          "language model)")
+    load_inplace: bool = Field(False, description="vLLM's: replace a loaded adapter of the "
+                                                  "same name (not supported: unload first)")
+
+
+class UnloadLoraAdapterRequest(Strict):
+    lora_name: str
+    lora_int_id: int | None = Field(None, description="vLLM's; ignored (names identify "
+                                                      "adapters here)")
 
 
 class OpenAIModelList(BaseModel):

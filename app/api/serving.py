@@ -140,13 +140,16 @@ def submit_all(request: Request, model: ServedModel, prompts: Sequence[list[int]
                score_from: Sequence[int | None] | None = None,
                salt: str | None = None, constraint: Constraint | None = None
                ) -> list[RequestStream]:
-    """Submit every input as one admission, or none (e.g. 429). The streams are recorded
-    on the request for its log line."""
+    """Submit every input as one admission, or none (e.g. 429), with the LoRA adapter the
+    request named (an adapter's view of its model). The streams are recorded on the
+    request for its log line."""
     streams = model.engine.submit_batch(prompts, params, kind, priority=priority,
                                         score_from=score_from,
                                         cache_salt=cache_salt(request, salt),
-                                        constraint=constraint)
+                                        constraint=constraint, adapter=model.adapter)
     request.state.streams = streams
+    if model.adapter is not None:
+        request.state.adapter = model.adapter  # for the request's log line
     return streams
 
 

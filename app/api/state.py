@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -40,6 +40,20 @@ class ServedModel:
     created: int = field(default_factory=lambda: int(time.time()))
     # Structured output: constraints compiled against this model's tokenizer (lazily).
     compiler: ConstraintCompiler | None = None
+    # A LoRA adapter addressed by its own name: this view of the base model runs every
+    # request with `adapter`, and answers under the adapter's name (see for_adapter).
+    adapter: str | None = None
+    base: ServedModel | None = None
+
+    def for_adapter(self, name: str) -> ServedModel:
+        """This model as the adapter `name` serves it: the same engine, tokenizer and
+        weights, requests tagged with the adapter, answers naming it."""
+        return replace(self, name=name, adapter=name, base=self)
+
+    @property
+    def owner(self) -> ServedModel:
+        """The served model itself (not an adapter's view): what holds lazily built state."""
+        return self.base or self
 
     @property
     def is_lm(self) -> bool:
@@ -67,6 +81,9 @@ class ServerState:
     phase: Phase = Phase.STARTING
     failure: str | None = None
     models: dict[str, ServedModel] = field(default_factory=dict)
+    # LoRA adapters by name -> the served model they run on; a name is here from the
+    # moment its load starts (so two loads of one name cannot race) until it is unloaded.
+    adapters: dict[str, str] = field(default_factory=dict)
     started: float = field(default_factory=time.time)
     # /v1/responses' stored answers (store, previous_response_id, GET, DELETE)
     responses: ResponseStore = field(init=False)

@@ -105,10 +105,11 @@ async def compile_constraint(model: ServedModel, settings: Settings, spec: Const
                              ) -> Constraint:
     """`spec` compiled for `model` in a thread, under the time limit; 400 when it fails.
     The thread returns by the limit: the compile it waits for is stopped there."""
-    if model.compiler is None:
-        model.compiler = ConstraintCompiler(model.tokenizer, model.loaded.config.vocab_size,
+    owner = model.owner  # an adapter's view shares its base model's compiler
+    if owner.compiler is None:
+        owner.compiler = ConstraintCompiler(owner.tokenizer, owner.loaded.config.vocab_size,
                                             limit_s=settings.structured_output_timeout)
-    compiler: ConstraintCompiler = model.compiler
+    compiler: ConstraintCompiler = owner.compiler
     try:
         return await asyncio.to_thread(compiler.compile, spec)
     except InvalidConstraint as exc:

@@ -74,7 +74,19 @@ def snapshots(state: ServerState) -> Iterable[EngineSnapshot]:
             dtype=str(m.loaded.dtype).removeprefix("torch."), device=str(m.loaded.device),
             architecture=m.loaded.config.architecture, alive=e.alive,
             quantization=m.loaded.model.quantization, block_size=e.block_size,
-            prefix_caching=state.settings.enable_prefix_caching)
+            prefix_caching=state.settings.enable_prefix_caching, max_loras=e.max_loras,
+            running_adapters=e.running_adapters, waiting_adapters=e.waiting_adapters,
+            lora_updated=e.lora_updated, adapters=_adapter_rows(m.engine))
+
+
+def _adapter_rows(engine: Engine) -> tuple[tuple[str, int, int, bool], ...]:
+    """(name, running requests, waiting requests, resident) per loaded adapter."""
+    if not engine.config.max_loras:
+        return ()
+    counts = engine.adapter_requests()
+    resident = set(engine.resident_adapters())
+    return tuple((a.name, *counts.get(a.name, (0, 0)), a.name in resident)
+                 for a in engine.adapters.entries())
 
 
 def _tokenizer(scope: Scope, model: str) -> Tokenizer | None:
@@ -140,6 +152,8 @@ class ObservabilityMiddleware:
         if streams:
             summaries = [s.summary() for s in streams]
             entry["model"] = streams[0].model
+            if state.get("adapter"):
+                entry["adapter"] = state["adapter"]
             entry["prompt_tokens"] = sum(s.prompt_tokens for s in summaries)
             entry["generated_tokens"] = sum(s.completion_tokens for s in summaries)
             entry["finish_reasons"] = sorted({r for s in summaries for r in s.finish_reasons})

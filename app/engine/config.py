@@ -23,3 +23,5 @@ class EngineConfig:
     prepack: str = "off"  # auto | off: see app.modeling.packed
     speculative: SpeculativeConfig | None = None  # speculative decoding (off: None)
     shutdown_timeout: float = 30.0  # how long shutdown() waits for a step in flight
+    max_loras: int = 0  # LoRA adapters resident at once and per step (0: LoRA off)
+    max_lora_rank: int = 16  # largest adapter rank accepted

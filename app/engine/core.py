@@ -13,6 +13,7 @@ policy and the observers.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from app.engine.block_manager import BlockManager
@@ -45,9 +46,12 @@ class EngineCore:
             config.kv_cache_memory_fraction)
         self.blocks = BlockManager(num_blocks, config.block_size, config.enable_prefix_caching)
         self.proposer = Proposer(config.speculative) if config.speculative else None
-        self.scheduler = Scheduler(sched, self.blocks, self.proposer, self.max_model_len)
+        # the scheduler's LoRA cap is the runner's resident slots: one figure, set here
+        self.scheduler = Scheduler(replace(sched, max_loras=config.max_loras), self.blocks,
+                                   self.proposer, self.max_model_len)
         self.runner = ModelRunner(loaded, num_blocks, config.block_size, config.compile,
-                                  config.prepack)
+                                  config.prepack, max_loras=config.max_loras,
+                                  max_lora_rank=config.max_lora_rank)
         eos_ids = tuple(dict.fromkeys((*tokenizer.eos_ids, *loaded.eos_token_ids)))
         self.processor = OutputProcessor(tokenizer, eos_ids, self.max_model_len)
         self.planner = SamplingPlanner(eos_ids)

@@ -27,8 +27,11 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from app.checkpoint.lora import LoraAdapter, read_peft_adapter
+from app.engine.adapters import AdapterEntry, EngineAdapters
 from app.engine.compute import compute_thread
 from app.engine.config import EngineConfig
 from app.engine.core import EngineCore
@@ -43,7 +46,7 @@ from app.engine.errors import (
 )
 from app.engine.output import RequestOutput, RequestSummary, RequestTimes, merge_outputs
 from app.engine.output_processor import RequestProgress
-from app.engine.request import EngineRequest, RequestKind, new_request
+from app.engine.request import EngineRequest, RequestKind, SequenceStatus, new_request
 from app.engine.runner_output import RunnerOutput
 from app.engine.sampling_plan import SamplingPlan
 from app.engine.scheduler import SchedulerOutput
@@ -95,6 +98,10 @@ class Engine:
         self.step_observers: list[Callable[[StepStats], None]] = []
         self.finish_observers: list[Callable[[RequestSummary], None]] = []
         self.death_observers: list[Callable[[str], None]] = []
+        # LoRA adapters (none unless config.max_loras > 0), and when the step loop last ran,
+        # which vllm:lora_requests_info reports (vLLM sets it to the time at each step)
+        self.adapters = EngineAdapters()
+        self.last_step_time = time.time()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -122,7 +129,81 @@ class Engine:
             prefix_queries=self.blocks.prefix_queries, prefix_hits=self.blocks.prefix_hits,
             alive=self.is_running, accepting=self.is_accepting, dead_reason=self.dead_reason,
             compile=self.runner.compile_reason, weights=self.runner.pack_reason,
-            quantization=self.runner.quantization, **self._spec_stats())
+            quantization=self.runner.quantization, **self._spec_stats(),
+            **self._lora_stats())
+
+    def _lora_stats(self) -> dict[str, Any]:
+        if not self.config.max_loras:
+            return {}
+        counts = self.adapter_requests()
+        return {"max_loras": self.config.max_loras,
+                "running_adapters": tuple(sorted(n for n, c in counts.items() if c[0])),
+                "waiting_adapters": tuple(sorted(n for n, c in counts.items() if c[1])),
+                "lora_updated": self.last_step_time}
+
+    def adapter_requests(self) -> dict[str, tuple[int, int]]:
+        """Per adapter with requests in flight: (running, waiting) requests; a request is
+        running once any of its sequences is in the running batch."""
+        counts: dict[str, list[int]] = {}
+        for request in self._requests.values():
+            if request.adapter is not None:
+                started = any(s.status is SequenceStatus.RUNNING for s in request.sequences)
+                counts.setdefault(request.adapter, [0, 0])[0 if started else 1] += 1
+        return {name: (c[0], c[1]) for name, c in counts.items()}
+
+    # ------------------------------------------------------------------ LoRA adapters
+
+    def has_adapter(self, name: str) -> bool:
+        """Whether requests may name the adapter now (loaded, not being unloaded)."""
+        return self.adapters.serving(name)
+
+    def resident_adapters(self) -> list[str]:
+        """The adapters whose weights sit in the runner's slots now (the rest are loaded
+        and wait, evicted or never yet used, to be copied in by a step that needs them)."""
+        try:
+            return list(self.runner.adapters.resident())
+        except RuntimeError:  # changed by the compute thread while read: read again later
+            return []
+
+    async def load_adapter(self, name: str, path: Path) -> AdapterEntry:
+        """Read a PEFT adapter and register it with the runner, on the compute thread (the
+        steps' thread: never beside a forward). Raises AdapterError (from app.checkpoint.
+        lora) for anything wrong with it, with a message that says what."""
+        if not self.config.max_loras:
+            raise InvalidRequest(f"model {self.name!r} serves no LoRA adapters (started "
+                                 "without --lora and --allow-runtime-lora)")
+        if name in self.adapters:
+            raise InvalidRequest(f"LoRA adapter {name!r} is already loaded")
+        loop = asyncio.get_running_loop()
+        adapter = await loop.run_in_executor(self._executor, self._register_adapter, name,
+                                             path)
+        entry = AdapterEntry(name, adapter.path, adapter.rank)
+        self.adapters.add(entry)
+        log.info("LoRA adapter loaded", extra={"model": self.name, "adapter": name,
+                                               "path": str(adapter.path),
+                                               "rank": adapter.rank})
+        return entry
+
+    def _register_adapter(self, name: str, path: Path) -> LoraAdapter:
+        adapter = read_peft_adapter(path, self.model_config, name=name,
+                                    max_rank=self.config.max_lora_rank)
+        self.runner.adapters.register(adapter)
+        return adapter
+
+    async def unload_adapter(self, name: str) -> None:
+        """New requests for the adapter are refused at once (AdapterNotFound); those in
+        flight finish first, then its weights go. Runs to the end even if the caller stops
+        waiting (a client that hangs up does not leave it half unloaded)."""
+        await asyncio.shield(asyncio.ensure_future(self._unload(name)))
+
+    async def _unload(self, name: str) -> None:
+        await self.adapters.close(name)  # AdapterNotFound before anything changes
+        try:
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(self._executor, self.runner.adapters.unregister, name)
+        finally:
+            self.adapters.remove(name)
+        log.info("LoRA adapter unloaded", extra={"model": self.name, "adapter": name})
 
     def _spec_stats(self) -> dict[str, Any]:
         proposer = self.core.proposer
@@ -195,23 +276,26 @@ class Engine:
     def submit(self, prompt_ids: list[int], params: SamplingParams,
                kind: RequestKind = RequestKind.GENERATE, *, priority: int = 0,
                score_from: int | None = None, cache_salt: str | None = None,
-               constraint: Constraint | None = None) -> RequestStream:
+               constraint: Constraint | None = None, adapter: str | None = None
+               ) -> RequestStream:
         """Validate and queue one request; see submit_batch."""
         return self.submit_batch([prompt_ids], params, kind, priority=priority,
                                  score_from=[score_from], cache_salt=cache_salt,
-                                 constraint=constraint)[0]
+                                 constraint=constraint, adapter=adapter)[0]
 
     def submit_batch(self, prompts: Sequence[list[int]], params: SamplingParams,
                      kind: RequestKind = RequestKind.GENERATE, *, priority: int = 0,
                      score_from: Sequence[int | None] | None = None,
                      cache_salt: str | None = None,
-                     constraint: Constraint | None = None) -> list[RequestStream]:
+                     constraint: Constraint | None = None,
+                     adapter: str | None = None) -> list[RequestStream]:
         """Queue several prompts as one admission (the waiting queue counts them once),
         each its own request with its own stream; all or none. Raises InvalidRequest,
         QueueFull, EngineDead or EngineStopped at once, never after queueing. Request ids
         are always made here: callers' ids (X-Request-ID) are for logs, not identity.
         `constraint` (app.structured.Constraint, GENERATE only): every completion's
-        tokens are masked to what it allows."""
+        tokens are masked to what it allows. `adapter`: the LoRA adapter every prompt runs
+        with (AdapterNotFound unless loaded); its prefix-cache blocks are its own."""
         if self.dead_reason is not None:
             raise EngineDead(f"model {self.name!r} is unavailable: {self.dead_reason}")
         if not self.is_accepting:
@@ -220,12 +304,14 @@ class Engine:
             raise InvalidPrompt("no prompts given")
         for prompt_ids in prompts:
             check_request(self.limits, prompt_ids, params, kind)
+        if adapter is not None:
+            cache_salt = self.adapters.entry(adapter).cache_salt(cache_salt)
         now = time.monotonic()
         requests = [new_request(
             uuid.uuid4().hex, kind, params, list(prompt_ids),
             classified_tokens(prompt_ids, self.model_config.pad_token_id)
             if kind is RequestKind.CLASSIFY else list(prompt_ids),
-            priority=priority, arrival=now, cache_salt=cache_salt,
+            priority=priority, arrival=now, cache_salt=cache_salt, adapter=adapter,
             score_from=None if score_from is None else score_from[i])
             for i, prompt_ids in enumerate(prompts)]
         try:
@@ -233,6 +319,8 @@ class Engine:
         except QueueFull:
             self._num_rejected += 1
             raise
+        if adapter is not None:
+            self.adapters.acquire(adapter, len(requests))
         streams: list[RequestStream] = []
         for request in requests:
             progress = RequestProgress(request.request_id, self.name, kind, params,
@@ -261,6 +349,8 @@ class Engine:
              output: RequestOutput | None = None, error: BaseException | None = None) -> None:
         """A request is over: finish its sequences, hand its reader the last output or
         the error, and tell the observers. Every way out of the engine goes through here."""
+        if request.adapter is not None and request.request_id in self._requests:
+            self.adapters.release(request.adapter)  # (an unload may wait for this)
         summary = self.core.end(request, reason, output=output, error=error)
         if not self._requests:
             self._idle.set()
@@ -288,6 +378,7 @@ class Engine:
                 continue
             plan = self.core.plan(out)
             started = time.monotonic()
+            self.last_step_time = time.time()
             try:
                 result = await loop.run_in_executor(self._executor, self._execute, out, plan)
                 update = self.core.update(out, plan, result, time.monotonic())

@@ -50,3 +50,7 @@ class StepFailed(EngineError):
 
 class RequestCancelled(EngineError):
     """The request was aborted (client went away, or an explicit abort)."""
+
+
+class AdapterNotFound(EngineError):
+    """The request names a LoRA adapter this engine has not loaded (or is unloading)."""

@@ -40,22 +40,17 @@ class AdapterSlots:
             a_layer, b_layer = {}, {}
             for m in MODULES:
                 outs, fan_in = sizes[m]
-                width = max_loras * self.capacity[m]
-                a_layer[m] = torch.zeros(width, fan_in, dtype=dtype, device=device)
-                b_layer[m] = torch.zeros(sum(outs), width, dtype=dtype, device=device)
+                cap = self.capacity[m]
+                a_layer[m] = torch.zeros(max_loras, cap, fan_in, dtype=dtype, device=device)
+                b_layer[m] = torch.zeros(max_loras, sum(outs), cap, dtype=dtype,
+                                         device=device)
             self._a.append(a_layer)
             self._b.append(b_layer)
-        self._all_views = tuple(self._views(i, 0, max_loras) for i in range(len(self._a)))
-        self._slot_views = [tuple(self._views(i, s, s + 1) for i in range(len(self._a)))
+        # per layer, (A, B) of each module in LayerLora's order: every slot, or one
+        self._all_views = tuple(tuple(t for m in MODULES for t in (a[m], b[m]))
+                                for a, b in zip(self._a, self._b, strict=True))
+        self._slot_views = [tuple(tuple(t[s] for t in layer) for layer in self._all_views)
                             for s in range(max_loras)]
-
-    def _views(self, layer: int, first: int, end: int) -> tuple[Tensor, ...]:
-        views: list[Tensor] = []
-        for m in MODULES:
-            cap = self.capacity[m]
-            views += [self._a[layer][m][first * cap:end * cap],
-                      self._b[layer][m][:, first * cap:end * cap]]
-        return tuple(views)
 
     # ---- the known adapters ----
 
@@ -126,9 +121,7 @@ class AdapterSlots:
             slot = self._slots.pop(victim)
         for i, layer in enumerate(adapter.weights):
             for m in MODULES:
-                cap = self.capacity[m]
-                a_buf = self._a[i][m][slot * cap:(slot + 1) * cap]
-                b_buf = self._b[i][m][:, slot * cap:(slot + 1) * cap]
+                a_buf, b_buf = self._a[i][m][slot], self._b[i][m][slot]
                 a_buf.zero_()
                 b_buf.zero_()
                 if m in layer:
@@ -138,17 +131,24 @@ class AdapterSlots:
         self._slots[name] = slot
 
     def step(self, slots: Sequence[int], lengths: Sequence[int]) -> LoraStep | None:
-        """The LoRA inputs for items with these slots (-1: base) and token counts; None
-        when no item has an adapter (the plain forward)."""
+        """The LoRA inputs for items with these slots (-1: base) and token counts, in the
+        step's order; None when no item has an adapter (the plain forward)."""
         used = sorted({s for s in slots if s >= 0})
         if not used:
             return None
-        per_token = torch.repeat_interleave(torch.tensor(slots), torch.tensor(lengths))
         weight = self.model.embed.weight
         if len(used) == 1:
-            mask = (per_token >= 0)[None, :, None]
-            layers = self._slot_views[used[0]]
-        else:
-            mask = (per_token[:, None] == torch.arange(self.max_loras))[None]
-            layers = self._all_views
-        return LoraStep(mask.to(device=weight.device, dtype=weight.dtype), layers)
+            per_token = torch.repeat_interleave(torch.tensor(slots), torch.tensor(lengths))
+            mask = (per_token >= 0)[None, :, None].to(device=weight.device, dtype=weight.dtype)
+            return LoraStep(mask, self._slot_views[used[0]])
+        # per slot, its token rows; padded to the longest with the zero row's index
+        rows: list[list[int]] = [[] for _ in range(self.max_loras)]
+        offset = 0
+        for slot, n in zip(slots, lengths, strict=True):
+            if slot >= 0:
+                rows[slot].extend(range(offset, offset + n))
+            offset += n
+        longest = max(len(r) for r in rows)
+        index = torch.tensor([r + [offset] * (longest - len(r)) for r in rows],
+                             dtype=torch.int64, device=weight.device)
+        return LoraStep(index, self._all_views)

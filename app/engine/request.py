@@ -117,6 +117,7 @@ class EngineRequest:
     params: SamplingParams
     prompt_ids: list[int]
     sequences: list[TokenSequence] = field(default_factory=list)
+    adapter: str | None = None  # the LoRA adapter every sequence runs with (None: base)
 
     @property
     def cached_tokens(self) -> int:
@@ -134,13 +135,16 @@ class EngineRequest:
 
 def new_request(request_id: str, kind: RequestKind, params: SamplingParams,
                 prompt_ids: list[int], tokens: list[int], *, priority: int, arrival: float,
-                cache_salt: str | None, score_from: int | None) -> EngineRequest:
+                cache_salt: str | None, score_from: int | None,
+                adapter: str | None = None) -> EngineRequest:
     """A request and its first sequence. `tokens` are what the model reads (a CLASSIFY
-    prompt is padded its own way), `prompt_ids` what the caller sent."""
+    prompt is padded its own way), `prompt_ids` what the caller sent. `adapter`: the LoRA
+    adapter it runs with (its cache salt already namespaced by it: Engine.submit_batch)."""
     seq = TokenSequence(
         request_id=request_id, kind=kind, token_ids=tokens, num_prompt_tokens=len(tokens),
         params=params, priority=priority, arrival=arrival, cache_salt=cache_salt,
+        adapter=adapter,
         pending_forks=params.n - 1 if kind is RequestKind.GENERATE else 0,
         # EMBED pools every position: none may come from the prefix cache.
         score_from=1 if kind is RequestKind.EMBED else score_from)
-    return EngineRequest(request_id, kind, params, prompt_ids, [seq])
+    return EngineRequest(request_id, kind, params, prompt_ids, [seq], adapter)

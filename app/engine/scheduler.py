@@ -38,6 +38,9 @@ class SchedulerConfig:
     # Admission keeps this fraction of blocks free for running sequences to grow into,
     # so new arrivals do not immediately force preemptions.
     watermark: float = 0.01
+    # Most distinct LoRA adapters among running sequences, hence in any one step (the
+    # runner's resident slots); 0: no adapters.
+    max_loras: int = 0
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < self.max_num_seqs:
@@ -105,6 +108,32 @@ def snapshot(seq: TokenSequence, num_new_tokens: int, draft: tuple[int, ...] = (
         score_from=seq.score_from if scoring else None,
         next_token=seq.token_ids[end] if scoring and end < len(seq.token_ids) else None,
         score_top=seq.params.top_logprobs if scoring else 0, adapter=seq.adapter)
+
+
+class _LoraGate:
+    """Admission's LoRA rule: the running sequences never use more than `max_loras`
+    distinct adapters (so no step does). A waiting sequence whose adapter would be one too
+    many waits, keeping its place; once one waits, later sequences with adapters wait too
+    (the adapters running now would otherwise keep their slots busy with newer requests
+    and starve it), while sequences of the base model go on being admitted."""
+
+    def __init__(self, max_loras: int, running: list[TokenSequence]) -> None:
+        self.max_loras = max_loras
+        self.active = {s.adapter for s in running if s.adapter is not None}
+        self.blocked = False
+
+    def admits(self, adapter: str | None) -> bool:
+        if adapter is None:
+            return True
+        if self.blocked or (adapter not in self.active and
+                            len(self.active) >= self.max_loras):
+            self.blocked = True
+            return False
+        return True
+
+    def admitted(self, adapter: str | None) -> None:
+        if adapter is not None:
+            self.active.add(adapter)
 
 
 @dataclass
@@ -256,10 +285,15 @@ class Scheduler:
 
         reserve = int(self.config.watermark * self.blocks.num_blocks)
         seats = self.num_running_seats
-        while self.waiting and budget > 0 and not preempted:
-            seq = self.waiting[0]
+        lora = _LoraGate(self.config.max_loras, self.running)
+        skipped = 0  # waiting sequences passed over (LoRA), ahead in the queue
+        while skipped < len(self.waiting) and budget > 0 and not preempted:
+            seq = self.waiting[skipped]
             if seats + seq.seats > self.config.max_num_seqs and self.running:
                 break
+            if not lora.admits(seq.adapter):
+                skipped += 1  # keeps its place in the queue; later ones may still run
+                continue
             hit = self.blocks.admit(seq)
             chunk = min(seq.num_uncomputed, budget,
                         self.blocks.max_new_tokens_fitting(seq, reserve=reserve))
@@ -273,6 +307,7 @@ class Scheduler:
                 self.blocks.record_lookup(len(seq), hit)
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
+            lora.admitted(seq.adapter)
             seats += seq.seats
             picked.append((seq, chunk, ()))
             budget -= chunk

@@ -62,3 +62,7 @@ class EngineStats:
     spec_draft_tokens: int = 0  # guessed tokens scored
     spec_accepted_tokens: int = 0  # of which kept
     spec_accepted_per_position: tuple[int, ...] = ()  # kept, by position in the proposal
+    max_loras: int = 0  # LoRA adapters resident at once, and per step (0: LoRA off)
+    running_adapters: tuple[str, ...] = ()  # adapters of requests in the running batch
+    waiting_adapters: tuple[str, ...] = ()  # adapters of requests with nothing running
+    lora_updated: float = 0.0  # wall time the step loop last ran (vLLM's info value)

@@ -37,6 +37,9 @@ EXPECTED: dict[tuple[str, str], set[str]] = {
     ("post", "/v1/messages/count_tokens"): TOKENIZER - {"422"},
     **{("get", p): {"503"} for p in ("/startupz", "/readyz", "/health")},
     ("get", "/get_load"): set(),
+    # vLLM's runtime LoRA endpoints (404 also when runtime loading is off)
+    **{("post", p): {"400", "404", "413", "422", "503"} for p in (
+        "/v1/load_lora_adapter", "/v1/unload_lora_adapter")},
     **{("get", p): {"503"} for p in ("/get_model_info", "/server_info", "/get_server_info")},
 }
 PUBLIC = {"/livez", "/startupz", "/readyz", "/health", "/metrics"}

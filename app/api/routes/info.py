@@ -8,7 +8,7 @@ from app import app_version
 from app.api import examples
 from app.api.deps import StateDep
 from app.api.responses import documented
-from app.api.schemas import InfoResponse, ModelInfo
+from app.api.schemas import AdapterInfo, InfoResponse, ModelInfo
 from app.modeling.quantized_model import weight_count
 
 router = APIRouter(tags=["utility"])
@@ -22,6 +22,11 @@ async def info(state: StateDep) -> InfoResponse:
     for m in state.models.values():
         cfg = m.loaded.config
         stats = m.engine.stats()
+        resident = set(m.engine.resident_adapters())
+        adapters = [AdapterInfo(name=a.name, path=str(a.path), rank=a.rank,
+                                resident=a.name in resident,
+                                requests=m.engine.adapters.in_flight(a.name))
+                    for a in m.engine.adapters.entries()]
         models.append(ModelInfo(
             name=m.name, path=str(m.path), task=cfg.task.value, architecture=cfg.architecture,
             dtype=str(m.loaded.dtype).removeprefix("torch."), device=str(m.loaded.device),
@@ -33,7 +38,8 @@ async def info(state: StateDep) -> InfoResponse:
             compile=stats.compile, weights=stats.weights,
             quantization=stats.quantization, speculative=stats.speculative,
             spec_acceptance_rate=stats.spec_accepted_tokens / stats.spec_draft_tokens
-            if stats.spec_draft_tokens else None))
+            if stats.spec_draft_tokens else None, max_loras=stats.max_loras,
+            adapters=adapters))
     limits: dict[str, int | float] = {
         "max_body_bytes": s.max_body_bytes, "max_prompt_tokens": s.max_prompt_tokens,
         "max_tokens_limit": s.max_tokens_limit, "default_max_tokens": s.default_max_tokens,

@@ -70,9 +70,15 @@ router = APIRouter(tags=["openai"])
 @router.get("/v1/models", response_model=OpenAIModelList, summary="List served models",
             responses=documented(examples.MODELS))
 async def models(state: StateDep) -> OpenAIModelList:
-    return OpenAIModelList(data=[
-        OpenAIModel(id=m.name, created=m.created, max_model_len=m.max_model_len)
-        for m in state.models.values()])
+    """The served models, then their LoRA adapters (`parent`: the model adapted; `root`:
+    the adapter's folder), as vLLM lists them."""
+    data = [OpenAIModel(id=m.name, created=m.created, root=str(m.path),
+                        max_model_len=m.max_model_len) for m in state.models.values()]
+    for m in state.models.values():
+        data += [OpenAIModel(id=a.name, created=a.created, root=str(a.path), parent=m.name,
+                             max_model_len=m.max_model_len)
+                 for a in m.engine.adapters.entries() if m.engine.has_adapter(a.name)]
+    return OpenAIModelList(data=data)
 
 
 def _echoed(model: ServedModel, ids: list[int], text: str, scored: RequestOutput | None,

@@ -215,7 +215,13 @@
     }
     const known = info.status === "fulfilled" ? info.value.models : [];
     const details = new Map(known.map((m) => [m.name, m]));
-    served = list.value.data.map((m) => ({ name: m.id, ...(details.get(m.id) || {}) }));
+    // A LoRA adapter answers as its base model does (same task, context, labels).
+    for (const m of known) {
+      for (const a of m.adapters || []) details.set(a.name, { ...m, name: a.name, adapterOf: m.name });
+    }
+    served = list.value.data.map((m) => ({
+      name: m.id, ...(details.get(m.id) || {}), ...(m.parent ? { adapterOf: m.parent } : {}),
+    }));
     fillSelects();
     showError("global-error", null);
   }
@@ -235,8 +241,9 @@
     for (const m of models) {
       const option = document.createElement("option");
       option.value = m.name;
-      option.textContent = m.task === "causal_lm" || !m.task ? m.name
-        : `${m.name} (classifier${m.labels ? `: ${m.labels.length} labels` : ""})`;
+      option.textContent = (m.task === "causal_lm" || !m.task ? m.name
+        : `${m.name} (classifier${m.labels ? `: ${m.labels.length} labels` : ""})`)
+        + (m.adapterOf ? ` (LoRA adapter of ${m.adapterOf})` : "");
       select.append(option);
     }
     if (models.some((m) => m.name === previous)) select.value = previous;
@@ -685,7 +692,20 @@
       try {
         counters = { time: performance.now(), ...tokenCounters(await (await call("/metrics")).text()) };
       } catch (_) { /* /metrics may be off-limits to this key: rates then stay blank */ }
-      const rows = info.models.map((m) => {
+      // each LoRA adapter on a row of its own below its model: requests in flight, and
+      // whether its weights sit in a slot now
+      const adapterRows = (m) => (m.adapters || []).map((a) => {
+        const tr = document.createElement("tr");
+        tr.dataset.model = a.name;
+        const th = document.createElement("th");
+        th.scope = "row";
+        th.textContent = `\u21b3 ${a.name}`;
+        tr.append(th, cell(`LoRA adapter (rank ${a.rank})`), cell("\u2013", true),
+          cell("\u2013", true), cell(String(a.requests), true), cell("\u2013", true),
+          cell(a.resident ? "resident" : "not resident"), cell(a.path));
+        return tr;
+      });
+      const modelRow = (m) => {
         const tr = document.createElement("tr");
         tr.dataset.model = m.name;
         const th = document.createElement("th");
@@ -700,7 +720,8 @@
           running, cell(String(m.waiting_requests), true), cell(kv),
           cell(`${m.dtype} on ${m.device}` + (m.quantization === "none" ? "" : `, ${m.quantization}`)));
         return tr;
-      });
+      };
+      const rows = info.models.flatMap((m) => [modelRow(m), ...adapterRows(m)]);
       $("srv-rows").replaceChildren(...rows);
       if (counters) lastCounters = counters;
       $("srv-version").textContent = `version ${info.version}, ${info.phase}`;
