@@ -32,6 +32,7 @@ class LoraCard:
     description: str | None = None
     # Classifier adapters: rows of (what, value) for the results table instead of perplexity.
     results: tuple[tuple[str, str], ...] = ()
+    labels: tuple[str, ...] = ()  # classifier adapters: the head's labels, in order
 
 
 def cpu_name() -> str:
@@ -55,6 +56,43 @@ def _perplexity_rows(card: LoraCard) -> list[str]:
         rows.append(f"| {label} | {int(s[f'{key}_tokens']):,} | {before:.2f} | {after:.2f} | "
                     f"{100 * (after / before - 1):+.1f} % |")
     return rows
+
+
+def _use_lm(card: LoraCard, name: str, where: str) -> list[str]:
+    return [
+        "```bash",
+        f"python -m app serve --model {card.base} --lora {name}={where}",
+        "```",
+        "",
+        f"then name it as the model: `\"model\": \"{name}\"`. In `peft`, over the base "
+        "loaded by `transformers`:",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        f"model = PeftModel.from_pretrained(base_model, {where!r})",
+        "```",
+    ]
+
+
+def _use_classifier(card: LoraCard, where: str) -> list[str]:
+    # The server reads the head (read_peft_adapter keeps it) but serves adapters on its
+    # language-model endpoints only: say where it runs today.
+    return [
+        "In `peft`, over the base read as a sequence classifier with as many labels "
+        "(their order: " + ", ".join(f"{i} `{label}`" for i, label in enumerate(card.labels))
+        + "):",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForSequenceClassification",
+        f"base = AutoModelForSequenceClassification.from_pretrained({card.base!r}, "
+        f"num_labels={len(card.labels)})",
+        f"model = PeftModel.from_pretrained(base, {where!r})",
+        "```",
+        "",
+        "`python -m app serve --lora` serves language-model adapters; /v1/classify does "
+        "not run adapter heads yet.",
+    ]
 
 
 def card_text(name: str, where: str, card: LoraCard, adapter_bytes: int) -> str:
@@ -100,22 +138,8 @@ def card_text(name: str, where: str, card: LoraCard, adapter_bytes: int) -> str:
                   *_perplexity_rows(card)]
         if card.general_inputs:
             lines += ["", f"General text: {', '.join(card.general_inputs)}."]
-    lines += [
-        "",
-        "## Use",
-        "",
-        "```bash",
-        f"python -m app serve --model {card.base} --lora {name}={where}",
-        "```",
-        "",
-        f"then name it as the model: `\"model\": \"{name}\"`. In `peft`, over the base "
-        "loaded by `transformers`:",
-        "",
-        "```python",
-        "from peft import PeftModel",
-        f"model = PeftModel.from_pretrained(base_model, {where!r})",
-        "```",
-    ]
+    lines += ["", "## Use", "", *(_use_classifier(card, where) if card.labels
+                                  else _use_lm(card, name, where))]
     if card.command:
         lines += ["", "## Reproduce", "", "```bash", card.command, "```", "",
                   "`training_summary.json` holds the settings and the evaluation history."]

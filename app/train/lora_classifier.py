@@ -103,7 +103,7 @@ def train_lora_classifier(
         inputs=[data], val_inputs=[test_file] if test_file else None, general_inputs=None,
         train_documents=len(train_rows), val_documents=len(test_rows), context=max_length,
         summary=summary, threads=torch.get_num_threads(), val_fraction=val_fraction,
-        command=command, description=description,
+        command=command, description=description, labels=labels,
         results=(("test accuracy", f"{report.accuracy:.4f}"),
                  ("test macro-F1", f"{report.macro_f1:.4f}"),
                  ("majority-class baseline", f"{report.majority_baseline:.4f}"))))

@@ -178,6 +178,8 @@ def test_classifier_adapter_with_its_head_loads_in_peft(
     assert "base_model.model.score.weight" in load_file(out / ADAPTER_WEIGHTS_FILE)
     labels = json.loads((out / "training_summary.json").read_text())["labels"]
     assert labels == ["code", "prose"]
+    card = (out / "README.md").read_text()
+    assert "test accuracy | 1.0000" in card and "num_labels=2" in card
 
     ours = classifier_from_lm(base, tuple(labels), seed=0)
     lora = attach_lora(ours, LoraSettings(rank=4, alpha=8, target_modules=("c_attn",)))
