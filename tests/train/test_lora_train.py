@@ -218,3 +218,32 @@ def test_fortunes_domain_split(tmp_path: Path) -> None:
     assert counts["domain/computers/val"] == len(read("val")) > 0
     with pytest.raises(ValueError, match="no fortune file named \\['nope'\\]"):
         prepare(out, source, domains=("nope",))
+
+
+def test_interrupt_then_resume_equals_uninterrupted(
+    hf_checkpoint: Any, corpus_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.train.loop import Trainer
+
+    base, _ = hf_checkpoint("gpt2")
+    settings = LoraSettings(rank=4, alpha=8)
+    train(base, tmp_path / "straight", corpus_file, settings, max_steps=10)
+    original = Trainer._one_step
+
+    def interrupt_at_6(self: Trainer) -> tuple[float, int]:
+        if self.step == 6:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "_one_step", interrupt_at_6)
+    with pytest.raises(KeyboardInterrupt):
+        train(base, tmp_path / "resumed", corpus_file, settings, max_steps=10)
+    assert (tmp_path / "resumed" / ADAPTER_WEIGHTS_FILE).exists()  # Ctrl-C saved it
+    monkeypatch.setattr(Trainer, "_one_step", original)
+    data = LoraData([str(corpus_file)], val_fraction=0.2, context=32)
+    train_lora_lm(base, tmp_path / "resumed", data, settings, tiny_cfg(max_steps=10),
+                  resume=True)
+    straight = load_file(tmp_path / "straight" / ADAPTER_WEIGHTS_FILE)
+    resumed = load_file(tmp_path / "resumed" / ADAPTER_WEIGHTS_FILE)
+    assert straight.keys() == resumed.keys()
+    assert all(torch.equal(straight[k], resumed[k]) for k in straight)
