@@ -37,7 +37,7 @@ def make_peft_adapter(base: Any, directory: Path, *, targets: list[str] | str, r
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_" in name:
+            if "lora_" in name or "modules_to_save" in name:
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
     model.save_pretrained(directory)
     return model

@@ -26,6 +26,8 @@ class AdapterSlots:
         self.config = model.config
         self.max_loras, self.max_rank = max_loras, max_rank
         self._known: dict[str, LoraAdapter] = {}
+        # SEQ_CLS adapters' own classification heads, in the model's dtype and device
+        self._heads: dict[str, Tensor] = {}
         self._slots: OrderedDict[str, int] = OrderedDict()  # resident, least recent first
         sizes = fused_sizes(self.config)
         # rank capacity per module: max_rank for each projection it fuses
@@ -71,12 +73,19 @@ class AdapterSlots:
                     raise AdapterError(f"adapter {adapter.name!r} has rank {a.shape[0]} on "
                                        f"{m}, above what --max-lora-rank {self.max_rank} "
                                        "leaves room for")
+        if adapter.score is not None and self.model.score is not None:
+            labels = self.model.score.weight.shape[0]
+            if adapter.score.shape[0] != labels:
+                raise AdapterError(f"adapter {adapter.name!r} has a head of "
+                                   f"{adapter.score.shape[0]} labels, this model {labels}")
+            self._heads[adapter.name] = adapter.score.to(self.model.score.weight)
         self._known[adapter.name] = adapter
 
     def unregister(self, name: str) -> None:
         if name not in self._known:
             raise AdapterError(f"no adapter named {name!r} is loaded")
         del self._known[name]
+        self._heads.pop(name, None)
         self._slots.pop(name, None)
 
     def names(self) -> list[str]:
@@ -87,6 +96,11 @@ class AdapterSlots:
             return self._known[name]
         except KeyError:
             raise AdapterError(f"no adapter named {name!r} is loaded") from None
+
+    def head(self, name: str | None) -> Tensor | None:
+        """The adapter's own classification head (labels, H), if it brought one and the
+        model classifies; None: the model's head."""
+        return None if name is None else self._heads.get(name)
 
     def resident(self) -> list[str]:
         """Resident adapters, least recently used first."""
