@@ -33,6 +33,7 @@ class LoraCard:
     # Classifier adapters: rows of (what, value) for the results table instead of perplexity.
     results: tuple[tuple[str, str], ...] = ()
     labels: tuple[str, ...] = ()  # classifier adapters: the head's labels, in order
+    classifier_base: bool = False  # adapted a classifier checkpoint (serves on /v1/classify)
 
 
 def cpu_name() -> str:
@@ -74,10 +75,8 @@ def _use_lm(card: LoraCard, name: str, where: str) -> list[str]:
     ]
 
 
-def _use_classifier(card: LoraCard, where: str) -> list[str]:
-    # The server reads the head (read_peft_adapter keeps it) but serves adapters on its
-    # language-model endpoints only: say where it runs today.
-    return [
+def _use_classifier(card: LoraCard, name: str, where: str) -> list[str]:
+    peft = [
         "In `peft`, over the base read as a sequence classifier with as many labels "
         "(their order: " + ", ".join(f"{i} `{label}`" for i, label in enumerate(card.labels))
         + "):",
@@ -89,9 +88,21 @@ def _use_classifier(card: LoraCard, where: str) -> list[str]:
         f"num_labels={len(card.labels)})",
         f"model = PeftModel.from_pretrained(base, {where!r})",
         "```",
+    ]
+    if not card.classifier_base:
+        # The server runs an adapter's head only on a classifier checkpoint (its labels).
+        return [*peft, "", "The server runs an adapter's head on a classifier checkpoint's "
+                "/v1/classify; this one was trained over a language model (a fresh head), "
+                "so it is for `peft`. Train with `--base` a classifier to serve it."]
+    return [
+        "```bash",
+        f"python -m app serve --model clf={card.base} --lora clf/{name}={where}",
+        "```",
         "",
-        "`python -m app serve --lora` serves language-model adapters; /v1/classify does "
-        "not run adapter heads yet.",
+        f"then `POST /v1/classify` with `\"model\": \"{name}\"`: the adapter's body update "
+        "and its own head, with the base's labels.",
+        "",
+        *peft,
     ]
 
 
@@ -138,7 +149,7 @@ def card_text(name: str, where: str, card: LoraCard, adapter_bytes: int) -> str:
                   *_perplexity_rows(card)]
         if card.general_inputs:
             lines += ["", f"General text: {', '.join(card.general_inputs)}."]
-    lines += ["", "## Use", "", *(_use_classifier(card, where) if card.labels
+    lines += ["", "## Use", "", *(_use_classifier(card, name, where) if card.labels
                                   else _use_lm(card, name, where))]
     if card.command:
         lines += ["", "## Reproduce", "", "```bash", card.command, "```", "",

@@ -1,10 +1,13 @@
 """The classifier task as a LoRA adapter (`python -m app train lora --task classify`).
 
-As `train classifier` (app.train.classifier), the LM's body gets a fresh `score` head and
-texts are pooled on their last token; but here the body stays frozen and only LoRA parts
-and the head are trained. The head is saved as PEFT's `modules_to_save` (`score`), so in
-peft the adapter loads over the base read as `*ForSequenceClassification` with as many
-labels (training_summary.json and the card list them, in order).
+Texts are pooled on their last token, as in `train classifier` (app.train.classifier),
+but the body stays frozen and only LoRA parts and the `score` head are trained. Over a
+language model the head is fresh, over the data's labels; over a single-label classifier
+checkpoint it starts from the checkpoint's own head and labels, and the adapter then
+serves on that checkpoint (its /v1/classify runs the adapter's head for requests that
+name the adapter). The head is saved as PEFT's `modules_to_save` (`score`), so in peft the
+adapter loads over the base read as `*ForSequenceClassification` with as many labels
+(training_summary.json and the card list them, in order).
 """
 
 from __future__ import annotations
@@ -17,10 +20,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from app.checkpoint import load_config, load_model
+from app.modeling.config import ProblemType, Task
+from app.modeling.transformer import Transformer
 from app.tokenizer import Tokenizer
 from app.train.classifier import classifier_from_lm, encode_rows, split_labelled
+from app.train.data import DataError
 from app.train.evaluate import (
     ClassificationReport,
     classification_report,
@@ -33,6 +40,25 @@ from app.train.lora import LoraSettings, attach_lora, save_lora
 from app.train.lora_card import LoraCard, write_card
 
 log = logging.getLogger(__name__)
+
+
+def _start_model(base_dir: str | Path, data_labels: tuple[str, ...], seed: int
+                 ) -> tuple[Transformer, tuple[str, ...]]:
+    """The model to adapt and its labels, in head order. A language model gets a fresh
+    head over the data's labels; a single-label classifier keeps its own head and labels
+    (the data's must be among them), so the adapter serves on that checkpoint, whose
+    /v1/classify then runs the adapter's head for requests that name it."""
+    config = load_config(Path(base_dir))
+    if config.task is not Task.SEQUENCE_CLASSIFICATION:
+        return classifier_from_lm(base_dir, data_labels, seed), data_labels
+    if config.problem_type not in (None, ProblemType.SINGLE_LABEL):
+        raise DataError(f"{base_dir}: a {config.problem_type} classifier; --task classify "
+                        "trains single-label heads")
+    unknown = sorted(set(data_labels) - set(config.id2label))
+    if unknown:
+        raise DataError(f"labels {unknown} are not among the classifier {base_dir}'s "
+                        f"({', '.join(config.id2label)})")
+    return load_model(base_dir, dtype="float32", device="cpu").model, config.id2label
 
 
 def train_lora_classifier(
@@ -51,8 +77,9 @@ def train_lora_classifier(
     command: str | None = None,
 ) -> ClassificationReport:
     started = time.perf_counter()
-    train_rows, test_rows, labels = split_labelled(data, test_file, val_fraction,
-                                                   train_cfg.seed, text_column, label_column)
+    train_rows, test_rows, data_labels = split_labelled(
+        data, test_file, val_fraction, train_cfg.seed, text_column, label_column)
+    model, labels = _start_model(base_dir, data_labels, train_cfg.seed)
     index = {label: i for i, label in enumerate(labels)}
     tokenizer = Tokenizer.from_dir(base_dir)
     pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_ids[0]
@@ -61,11 +88,11 @@ def train_lora_classifier(
     train_y = torch.tensor([index[r.label] for r in train_rows])
     test_y = [index[r.label] for r in test_rows]
 
-    model = classifier_from_lm(base_dir, labels, train_cfg.seed)
     model.eval()  # no dropout in the body; the LoRA parts' own dropout follows the trainer
     lora = attach_lora(model, settings, torch.Generator().manual_seed(train_cfg.seed))
     assert model.score is not None
-    model.score.requires_grad_(True)
+    # A fresh, writable copy: the optimiser updates the head in place.
+    model.score.weight = nn.Parameter(model.score.weight.detach().clone())
     lora.heads["score"] = model.score
     n_trainable = sum(p.numel() for p in lora.parameters())
     counts = torch.bincount(train_y, minlength=len(labels)).float()
@@ -104,6 +131,7 @@ def train_lora_classifier(
         train_documents=len(train_rows), val_documents=len(test_rows), context=max_length,
         summary=summary, threads=torch.get_num_threads(), val_fraction=val_fraction,
         command=command, description=description, labels=labels,
+        classifier_base=load_config(Path(base_dir)).task is Task.SEQUENCE_CLASSIFICATION,
         results=(("test accuracy", f"{report.accuracy:.4f}"),
                  ("test macro-F1", f"{report.macro_f1:.4f}"),
                  ("majority-class baseline", f"{report.majority_baseline:.4f}"))))

@@ -5,6 +5,7 @@ completion is the one transformers + peft choose, and it scores Python as its ca
 
 from __future__ import annotations
 
+import json
 import logging
 import sysconfig
 from collections.abc import Iterator
@@ -78,3 +79,49 @@ def test_scores_python_as_its_card_says(server: LiveServer) -> None:
     assert adapter2["mean_nll"] == pytest.approx(adapter["mean_nll"], abs=1e-4)
     for b in (base, base2):
         assert b["mean_nll"] == pytest.approx(alone["mean_nll"], abs=1e-4)
+
+
+def test_classifier_adapter_of_a_classifier_serves_on_classify(
+    hf_checkpoint: Any, tmp_path: Path
+) -> None:
+    """--task classify over a classifier checkpoint: the adapter keeps the checkpoint's
+    labels, and /v1/classify naming it gives peft's probabilities, the base's unchanged."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from app.train.loop import TrainConfig
+    from app.train.lora import LoraSettings
+    from app.train.lora_classifier import train_lora_classifier
+    from tests.helpers import CORPUS
+
+    base, _ = hf_checkpoint("gpt2_cls")  # labels negative, neutral, positive
+    data = tmp_path / "rows.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": "positive" if "def" in t
+                                        else "negative"}) + "\n" for t in CORPUS * 2))
+    out = tmp_path / "mood"
+    train_lora_classifier(str(data), base, out, LoraSettings(rank=4, alpha=8),
+                          TrainConfig(max_steps=10, batch_size=8, lr=1e-2, warmup_steps=2,
+                                      weight_decay=0.0))
+    assert json.loads((out / "training_summary.json").read_text())["labels"] == [
+        "negative", "neutral", "positive"]
+    assert "--lora clf/mood=" in (out / "README.md").read_text()
+    text = "def add(a, b): return a + b"
+    args = ["--model", f"clf={base}", "--lora", f"clf/mood={out}"]
+    with LiveServer(*args, env={"OMP_NUM_THREADS": "1"}) as live:
+        ids = httpx.post(live.url + "/v1/tokenize", json={"model": "clf", "text": text}
+                         ).json()["tokens"]
+        got = post(live, "/v1/classify", {"model": "mood", "text": text, "top_k": 3})
+        plain = post(live, "/v1/classify", {"model": "clf", "text": text, "top_k": 3})
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    ref = AutoModelForSequenceClassification.from_pretrained(base)
+    with torch.no_grad():
+        base_probs = ref.eval()(torch.tensor([ids])).logits.softmax(-1)[0]
+        probs = PeftModel.from_pretrained(ref, str(out)).eval()(
+            torch.tensor([ids])).logits.softmax(-1)[0]
+    labels = ["negative", "neutral", "positive"]
+    served = {s["label"]: s["score"] for s in got["scores"]}
+    served_plain = {s["label"]: s["score"] for s in plain["scores"]}
+    for i, label in enumerate(labels):
+        assert served[label] == pytest.approx(float(probs[i]), abs=1e-4)
+        assert served_plain[label] == pytest.approx(float(base_probs[i]), abs=1e-4)
+    assert max(abs(served[k] - served_plain[k]) for k in labels) > 1e-3
