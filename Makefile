@@ -183,7 +183,8 @@ image-cuda-check: $(BIN)/.installed-dev
 	$(BIN)/python -m tests.image.cuda_wheel --index-url '$(TORCH_INDEX_URL)'
 
 # ---------------------------------------------------------------- shipped models
-# Re-creates both shipped checkpoints from scratch (about 45 minutes on 2 cores).
+# Re-creates the shipped checkpoints and the example LoRA adapter from scratch (about 55
+# minutes on 2 cores).
 # Data: Debian's fortunes package (BSD licence), see models/*/README.md.
 DATA := data/fortunes
 LM_TRAIN_FLAGS := --vocab-size 8192 --family llama --hidden 256 --layers 6 --heads 8 \
@@ -191,6 +192,14 @@ LM_TRAIN_FLAGS := --vocab-size 8192 --family llama --hidden 256 --layers 6 --hea
 	--warmup 100 --eval-every 200 --save-every 200 --precision bf16 --threads 2 --seed 0
 CLF_TRAIN_FLAGS := --steps 500 --batch-size 32 --lr 2e-4 --warmup 30 --eval-every 100 \
 	--max-length 128 --precision bf16 --threads 2 --seed 0
+LORA_TRAIN_FLAGS := --rank 8 --alpha 16 --dropout 0.05 --steps 40 --batch-size 16 --lr 2e-3 \
+	--warmup 5 --eval-every 20 --precision bf16 --threads 2 --seed 0
+LORA_DESCRIPTION := Specialises default-lm, which was trained on fortune cookies only, in Python \
+	source code: the \`json\`, \`email\`, \`http\`, \`urllib\` and \`logging\` packages of the \
+	CPython 3.11 standard library (PSF licence; already on any machine that runs this project, \
+	so nothing is downloaded), one document per file. Held out: the \`concurrent\` package. \
+	General text: the held-out fortunes (\`data/fortunes/lm/val.jsonl\`, from \`python -m app \
+	data fortunes\`), which neither the base nor the adapter was trained on.
 
 .PHONY: models model-data
 
@@ -204,6 +213,12 @@ models: model-data
 	$(BIN)/python -m app train classifier $(DATA)/classifier/train.jsonl \
 		--test $(DATA)/classifier/test.jsonl --base models/default-lm \
 		--out models/fortune-classifier $(CLF_TRAIN_FLAGS)
+	stdlib=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["stdlib"])') && \
+	$(BIN)/python -m app train lora $$stdlib/json $$stdlib/email $$stdlib/http \
+		$$stdlib/urllib $$stdlib/logging --val $$stdlib/concurrent \
+		--general $(DATA)/lm/val.jsonl --base models/default-lm \
+		--out models/default-lm-lora-python $(LORA_TRAIN_FLAGS) \
+		--description "$(LORA_DESCRIPTION)"
 
 # ---------------------------------------------------------------- long suites, benchmarks
 # ~10 minutes of mixed load with disconnects; writes docs/soak.json.

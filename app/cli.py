@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -67,6 +68,47 @@ def _train_config(args: argparse.Namespace) -> TrainConfig:
     )
 
 
+def _add_lora_parser(tsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    lora = tsub.add_parser(
+        "lora", help="fine-tune a LoRA adapter of a checkpoint (saved in PEFT format)",
+        description="Base weights stay frozen; low-rank A/B pairs are trained on the chosen "
+                    "projections. Writes adapter_config.json, adapter_model.safetensors, a "
+                    "card (README.md) with the measured effect, and training_summary.json.")
+    lora.add_argument("inputs", nargs="+",
+                      help="--task lm: text files, folders, or .jsonl with 'text'; "
+                           "--task classify: one CSV/JSONL file of text,label rows")
+    lora.add_argument("--base", required=True, help="checkpoint directory to adapt")
+    lora.add_argument("--out", type=Path, required=True, help="adapter directory to write")
+    lora.add_argument("--task", choices=["lm", "classify"], default="lm",
+                      help="lm: next-token adapter on text; classify: adapter + a trained "
+                           "classification head (saved as modules_to_save 'score')")
+    lora.add_argument("--val", nargs="*", help="held-out files (default: a split of INPUTS)")
+    lora.add_argument("--val-fraction", type=float, default=0.05)
+    lora.add_argument("--general", nargs="*",
+                      help="text outside the domain: the card reports its perplexity before "
+                           "and after, to show how much of the base's ability is kept")
+    lora.add_argument("--context", type=int, default=0, help="block length (0: the base's)")
+    lora.add_argument("--description", help="one paragraph for the card: what the text is")
+    g = lora.add_argument_group("LoRA")
+    g.add_argument("--rank", type=int, default=8, help="r")
+    g.add_argument("--alpha", type=float, default=16.0, help="lora_alpha")
+    g.add_argument("--rslora", action="store_true",
+                   help="scale by alpha/sqrt(r) instead of alpha/r (rank-stabilised LoRA)")
+    g.add_argument("--dropout", type=float, default=0.0, help="lora_dropout")
+    g.add_argument("--target-modules", default="",
+                   help="comma-separated checkpoint module names (Llama family: q_proj, "
+                        "k_proj, v_proj, o_proj, gate_proj, up_proj, down_proj; GPT-2: "
+                        "c_attn, c_proj, c_fc); default: every linear projection")
+    c = lora.add_argument_group("--task classify")
+    c.add_argument("--test", help="held-out labelled file (default: a split of the data)")
+    c.add_argument("--max-length", type=int, default=128, help="tokens kept per text")
+    c.add_argument("--text-column", default="text")
+    c.add_argument("--label-column", default="label")
+    _add_train_args(lora, steps=300, batch=16, lr=1e-3, warmup=20)
+    # peft's and most LoRA recipes' choice: decaying A and B towards zero fights the update.
+    lora.set_defaults(weight_decay=0.0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m app", description=__doc__,
@@ -109,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     clf.add_argument("--label-column", default="label")
     _add_train_args(clf, steps=600, batch=32, lr=2e-4, warmup=30)
 
+    _add_lora_parser(tsub)
+
     ev = sub.add_parser("eval", help="evaluate a checkpoint")
     esub = ev.add_subparsers(dest="what", required=True)
     elm = esub.add_parser("lm", help="loss, perplexity and accuracy on text")
@@ -139,6 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
     dsub = data.add_subparsers(dest="what", required=True)
     fortunes = dsub.add_parser("fortunes", help="Debian fortunes -> LM and classifier splits")
     fortunes.add_argument("--out", type=Path, required=True)
+    fortunes.add_argument("--domain", action="append", default=[], metavar="CATEGORY",
+                          help="also write domain/CATEGORY/{train,val,general_val}.jsonl: one "
+                               "fortune file's text, for a LoRA adapter (repeatable)")
     return parser
 
 
@@ -148,6 +195,8 @@ def run_train(args: argparse.Namespace) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = _train_config(args)
+    if args.what == "lora":
+        return run_train_lora(args, cfg)
     if args.what == "lm":
         from app.train.lm import ModelShape, train_lm
 
@@ -167,6 +216,37 @@ def run_train(args: argparse.Namespace) -> int:
                               text_column=args.text_column, label_column=args.label_column,
                               resume=args.resume)
     _out(report.as_text())
+    return 0
+
+
+def run_train_lora(args: argparse.Namespace, cfg: TrainConfig) -> int:
+    from app.train.lora import LoraSettings
+
+    targets = tuple(t.strip() for t in args.target_modules.split(",") if t.strip())
+    settings = LoraSettings(rank=args.rank, alpha=args.alpha, use_rslora=args.rslora,
+                            dropout=args.dropout, target_modules=targets)
+    command = "python -m app " + shlex.join(args.argv)  # for the card's "Reproduce"
+    if args.task == "classify":
+        from app.train.lora_classifier import train_lora_classifier
+
+        if len(args.inputs) != 1:
+            _err("error: --task classify takes one labelled file")
+            return 2
+        report = train_lora_classifier(
+            args.inputs[0], args.base, args.out, settings, cfg, test_file=args.test,
+            val_fraction=args.val_fraction, max_length=args.max_length,
+            text_column=args.text_column, label_column=args.label_column,
+            resume=args.resume, description=args.description, command=command)
+        _out(report.as_text())
+        return 0
+    from app.train.lora_lm import LoraData, train_lora_lm
+
+    data = LoraData(inputs=args.inputs, val_inputs=args.val, val_fraction=args.val_fraction,
+                    general_inputs=args.general, context=args.context)
+    summary = train_lora_lm(args.base, args.out, data, settings, cfg, resume=args.resume,
+                            description=args.description, command=command)
+    for key, value in summary.items():
+        _out(f"{key}: {value:.6g}")
     return 0
 
 
@@ -270,6 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_serve(args_list[1:])
     parser = build_parser()
     args = parser.parse_args(args_list)
+    args.argv = args_list
     logging.basicConfig(level=args.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from app.checkpoint import CheckpointError
@@ -285,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "data":
             from app.train.fortunes import prepare
 
-            prepare(args.out)
+            prepare(args.out, domains=tuple(args.domain))
             return 0
     except KeyboardInterrupt:
         _err("interrupted; state saved (continue with --resume)")

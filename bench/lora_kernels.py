@@ -7,7 +7,11 @@ qkv, o, up and down), eager, against the base products themselves.
   single   one adapter's slot (k = 1 views): x A^T, then B (what batch-1 runs)
   masked   every slot at once: x A_all^T, masked per token to its slot, then B_all
   gather   each token's own A and B gathered (T, r, in) / (T, out, r), two bmm
-  grouped  per adapter: index_select its rows, two products, index_add back
+  loop     per adapter: index_select its rows, two products, index_add back
+  segments each adapter's rows side by side (the runner would order them): two products
+           per adapter on row slices
+  grouped  each adapter's rows gathered into (slots, most rows, in): two bmm, index_add
+           (what app.modeling.lora serves for several adapters)
 Rows: 1 (batch-1 decode), 32 (a decode batch over 4 adapters), 256 (a prompt chunk).
 Shapes: the shipped default-lm (fp32: how it is served) and a Llama-style 134M (bf16).
 """
@@ -19,7 +23,7 @@ import json
 
 import torch
 
-from app.modeling.lora import lora_delta
+from app.modeling.lora import grouped_delta, lora_delta, masked_delta
 from bench.machine import cpu_info, median_seconds
 
 SHAPES = {  # name: (hidden, q, kv, intermediate, layers, dtype)
@@ -60,7 +64,7 @@ def run(shape: str, rows: int, rounds: int) -> dict[str, float]:
 
     def masked() -> None:
         for _, a, b, _, x in mods:
-            lora_delta(x, a, b, onehot)
+            masked_delta(x, a, b, onehot)
 
     def gather() -> None:
         for _, a, b, cap, x in mods:
@@ -68,6 +72,32 @@ def run(shape: str, rows: int, rounds: int) -> dict[str, float]:
             b3 = b.view(b.shape[0], SLOTS, cap).permute(1, 0, 2)[slot]  # (T, out, R)
             hh = torch.bmm(a3, x[0, :, :, None])
             torch.bmm(b3, hh)
+
+    # grouped (what is served): app.modeling.lora.grouped_delta on per-slot buffers
+    counts = torch.bincount(slot, minlength=SLOTS)
+    index = torch.full((SLOTS, int(counts.max())), rows, dtype=torch.long)
+    for s in range(SLOTS):
+        members = (slot == s).nonzero()[:, 0]
+        index[s, :len(members)] = members
+    per_slot = [(a.view(SLOTS, cap, -1), b.view(b.shape[0], SLOTS, cap).permute(1, 0, 2)
+                 .contiguous(), x) for _, a, b, cap, x in mods]
+
+    def padded() -> None:
+        for a3, b3, x in per_slot:
+            grouped_delta(x, a3, b3, index)
+
+    # segments: each adapter's rows side by side (the runner would order them), two
+    # products per adapter on row slices
+    bounds = [(s, int((slot < s).sum()), int((slot <= s).sum())) for s in range(SLOTS)]
+
+    def segmented() -> None:
+        for _, a, b, cap, x in mods:
+            flat = x[0]
+            out = flat.new_zeros(rows, b.shape[0])
+            for s, start, end in bounds:
+                if end > start:
+                    h = flat[start:end] @ a[s * cap:(s + 1) * cap].t()
+                    out[start:end] = h @ b[:, s * cap:(s + 1) * cap].t()
 
     def grouped() -> None:
         for _, a, b, cap, x in mods:
@@ -77,8 +107,10 @@ def run(shape: str, rows: int, rounds: int) -> dict[str, float]:
                 d = (xs @ a[s * cap:(s + 1) * cap].t()) @ b[:, s * cap:(s + 1) * cap].t()
                 y.index_add_(0, idx, d)
 
-    fns = {"base": base, "single": single, "masked": masked, "gather": gather,
-           "grouped": grouped}
+    fns = {"base": base, "single": single, "masked": masked, "loop": grouped,
+           "segments": segmented, "grouped": padded}
+    if rows <= 32:  # seconds a call above
+        fns["gather"] = gather
     best = dict.fromkeys(fns, float("inf"))
     with torch.inference_mode():
         for fn in fns.values():
@@ -94,12 +126,16 @@ def run(shape: str, rows: int, rounds: int) -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--rows", type=int, nargs="*", default=[1, 32, 256])
+    parser.add_argument("--shapes", nargs="*", default=list(SHAPES))
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     info = cpu_info()
     print(json.dumps({"cpu": info["model"], "isa": info["isa"], "threads":
                       torch.get_num_threads(), "slots": SLOTS, "rank": RANK}))
-    for shape in SHAPES:
-        for rows in (1, 32, 256):
+    for shape in args.shapes:
+        for rows in args.rows:
             t = run(shape, rows, args.rounds)
             extra = {k: f"+{t[k] / t['base'] * 100:.0f}%" for k in t if k != "base"}
             print(json.dumps({"shape": shape, "rows": rows, "ms": t,

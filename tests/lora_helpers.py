@@ -37,7 +37,7 @@ def make_peft_adapter(base: Any, directory: Path, *, targets: list[str] | str, r
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if "lora_" in name:
+            if "lora_" in name or "modules_to_save" in name:
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.2)
     model.save_pretrained(directory)
     return model
@@ -45,19 +45,13 @@ def make_peft_adapter(base: Any, directory: Path, *, targets: list[str] | str, r
 
 def forward_with(model: Transformer, slots: AdapterSlots, ids: torch.Tensor,
                  names: list[str | None]) -> torch.Tensor:
-    """Logits (B, T, V) of right-aligned equal-length rows, row i with adapter names[i],
-    as one flat batch (B=1, every row's tokens side by side) through the dense path."""
+    """Logits (B, T, V) of equal-length rows, row i with adapter names[i] (None: the
+    base), through the dense path."""
     B, T = ids.shape
     slot_of = slots.activate(names)
-    step: LoraStep | None = slots.step(slot_of, [T] * B)
     outs = []
-    # The dense reference attention cannot mix rows in one flat batch; run each row with
-    # its own slice of the step (the mask rows of that row).
-    for row in range(B):
-        lora = None
-        if step is not None:
-            lora = LoraStep(step.mask[:, row * T:(row + 1) * T], step.layers)
-        positions = torch.arange(T)[None]
-        hidden = model(ids[row:row + 1], positions, None, lora)
+    for row in range(B):  # the dense reference attention takes one sequence a row
+        lora: LoraStep | None = slots.step([slot_of[row]], [T])
+        hidden = model(ids[row:row + 1], torch.arange(T)[None], None, lora)
         outs.append(model.logits(hidden)[0])
     return torch.stack(outs)

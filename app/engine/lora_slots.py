@@ -26,6 +26,8 @@ class AdapterSlots:
         self.config = model.config
         self.max_loras, self.max_rank = max_loras, max_rank
         self._known: dict[str, LoraAdapter] = {}
+        # SEQ_CLS adapters' own classification heads, in the model's dtype and device
+        self._heads: dict[str, Tensor] = {}
         self._slots: OrderedDict[str, int] = OrderedDict()  # resident, least recent first
         sizes = fused_sizes(self.config)
         # rank capacity per module: max_rank for each projection it fuses
@@ -40,22 +42,17 @@ class AdapterSlots:
             a_layer, b_layer = {}, {}
             for m in MODULES:
                 outs, fan_in = sizes[m]
-                width = max_loras * self.capacity[m]
-                a_layer[m] = torch.zeros(width, fan_in, dtype=dtype, device=device)
-                b_layer[m] = torch.zeros(sum(outs), width, dtype=dtype, device=device)
+                cap = self.capacity[m]
+                a_layer[m] = torch.zeros(max_loras, cap, fan_in, dtype=dtype, device=device)
+                b_layer[m] = torch.zeros(max_loras, sum(outs), cap, dtype=dtype,
+                                         device=device)
             self._a.append(a_layer)
             self._b.append(b_layer)
-        self._all_views = tuple(self._views(i, 0, max_loras) for i in range(len(self._a)))
-        self._slot_views = [tuple(self._views(i, s, s + 1) for i in range(len(self._a)))
+        # per layer, (A, B) of each module in LayerLora's order: every slot, or one
+        self._all_views = tuple(tuple(t for m in MODULES for t in (a[m], b[m]))
+                                for a, b in zip(self._a, self._b, strict=True))
+        self._slot_views = [tuple(tuple(t[s] for t in layer) for layer in self._all_views)
                             for s in range(max_loras)]
-
-    def _views(self, layer: int, first: int, end: int) -> tuple[Tensor, ...]:
-        views: list[Tensor] = []
-        for m in MODULES:
-            cap = self.capacity[m]
-            views += [self._a[layer][m][first * cap:end * cap],
-                      self._b[layer][m][:, first * cap:end * cap]]
-        return tuple(views)
 
     # ---- the known adapters ----
 
@@ -76,12 +73,19 @@ class AdapterSlots:
                     raise AdapterError(f"adapter {adapter.name!r} has rank {a.shape[0]} on "
                                        f"{m}, above what --max-lora-rank {self.max_rank} "
                                        "leaves room for")
+        if adapter.score is not None and self.model.score is not None:
+            labels = self.model.score.weight.shape[0]
+            if adapter.score.shape[0] != labels:
+                raise AdapterError(f"adapter {adapter.name!r} has a head of "
+                                   f"{adapter.score.shape[0]} labels, this model {labels}")
+            self._heads[adapter.name] = adapter.score.to(self.model.score.weight)
         self._known[adapter.name] = adapter
 
     def unregister(self, name: str) -> None:
         if name not in self._known:
             raise AdapterError(f"no adapter named {name!r} is loaded")
         del self._known[name]
+        self._heads.pop(name, None)
         self._slots.pop(name, None)
 
     def names(self) -> list[str]:
@@ -92,6 +96,11 @@ class AdapterSlots:
             return self._known[name]
         except KeyError:
             raise AdapterError(f"no adapter named {name!r} is loaded") from None
+
+    def head(self, name: str | None) -> Tensor | None:
+        """The adapter's own classification head (labels, H), if it brought one and the
+        model classifies; None: the model's head."""
+        return None if name is None else self._heads.get(name)
 
     def resident(self) -> list[str]:
         """Resident adapters, least recently used first."""
@@ -126,9 +135,7 @@ class AdapterSlots:
             slot = self._slots.pop(victim)
         for i, layer in enumerate(adapter.weights):
             for m in MODULES:
-                cap = self.capacity[m]
-                a_buf = self._a[i][m][slot * cap:(slot + 1) * cap]
-                b_buf = self._b[i][m][:, slot * cap:(slot + 1) * cap]
+                a_buf, b_buf = self._a[i][m][slot], self._b[i][m][slot]
                 a_buf.zero_()
                 b_buf.zero_()
                 if m in layer:
@@ -138,17 +145,24 @@ class AdapterSlots:
         self._slots[name] = slot
 
     def step(self, slots: Sequence[int], lengths: Sequence[int]) -> LoraStep | None:
-        """The LoRA inputs for items with these slots (-1: base) and token counts; None
-        when no item has an adapter (the plain forward)."""
+        """The LoRA inputs for items with these slots (-1: base) and token counts, in the
+        step's order; None when no item has an adapter (the plain forward)."""
         used = sorted({s for s in slots if s >= 0})
         if not used:
             return None
-        per_token = torch.repeat_interleave(torch.tensor(slots), torch.tensor(lengths))
         weight = self.model.embed.weight
         if len(used) == 1:
-            mask = (per_token >= 0)[None, :, None]
-            layers = self._slot_views[used[0]]
-        else:
-            mask = (per_token[:, None] == torch.arange(self.max_loras))[None]
-            layers = self._all_views
-        return LoraStep(mask.to(device=weight.device, dtype=weight.dtype), layers)
+            per_token = torch.repeat_interleave(torch.tensor(slots), torch.tensor(lengths))
+            mask = (per_token >= 0)[None, :, None].to(device=weight.device, dtype=weight.dtype)
+            return LoraStep(mask, self._slot_views[used[0]])
+        # per slot, its token rows; padded to the longest with the zero row's index
+        rows: list[list[int]] = [[] for _ in range(self.max_loras)]
+        offset = 0
+        for slot, n in zip(slots, lengths, strict=True):
+            if slot >= 0:
+                rows[slot].extend(range(offset, offset + n))
+            offset += n
+        longest = max(len(r) for r in rows)
+        index = torch.tensor([r + [offset] * (longest - len(r)) for r in rows],
+                             dtype=torch.int64, device=weight.device)
+        return LoraStep(index, self._all_views)

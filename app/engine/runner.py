@@ -338,7 +338,13 @@ class ModelRunner:
         if not last_rows:
             return
         index = torch.tensor([row for _, row in last_rows], device=self.device)
-        scores = label_scores(self.model.classify(hidden[index]), self.config.problem_type)
+        pooled = hidden[index]
+        logits = self.model.classify(pooled)
+        for k, (item, _) in enumerate(last_rows):
+            head = self.adapters.head(item.adapter)
+            if head is not None:  # a SEQ_CLS adapter's own head (PEFT modules_to_save)
+                logits[k] = pooled[k] @ head.t()
+        scores = label_scores(logits, self.config.problem_type)
         for (item, _), row in zip(last_rows, scores.cpu().tolist(), strict=True):
             result.class_scores[item.seq_id] = row
 

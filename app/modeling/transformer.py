@@ -99,7 +99,7 @@ class Attention(nn.Module):
         B, T, _ = x.shape
         qkv = dense(x, self.qkv, gemv)
         if lora is not None:
-            qkv = qkv + lora_delta(x, lora.qkv_a, lora.qkv_b, lora.mask)
+            qkv = qkv + lora_delta(x, lora.qkv_a, lora.qkv_b, lora.mask, gemv)
         q, k, v = qkv.split(
             [self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], -1)
         q = q.view(B, T, self.nh, self.hd)  # (B, T, nh, hd)
@@ -122,7 +122,7 @@ class MLP(nn.Module):
     def forward(self, x: Tensor, gemv: bool = False, lora: LayerLora | None = None) -> Tensor:
         h = dense(x, self.up, gemv)
         if lora is not None:
-            h = h + lora_delta(x, lora.up_a, lora.up_b, lora.mask)
+            h = h + lora_delta(x, lora.up_a, lora.up_b, lora.mask, gemv)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
             h = self.act(gate) * up
@@ -130,7 +130,7 @@ class MLP(nn.Module):
             h = self.act(h)
         y = dense(h, self.down, gemv)
         if lora is not None:
-            y = y + lora_delta(h, lora.down_a, lora.down_b, lora.mask)
+            y = y + lora_delta(h, lora.down_a, lora.down_b, lora.mask, gemv)
         return y
 
 
@@ -155,7 +155,7 @@ class Block(nn.Module):
         y = y.reshape(B, T, -1)
         o = dense(y, self.attn.o, gemv)
         if lora is not None:
-            o = o + lora_delta(y, lora.o_a, lora.o_b, lora.mask)
+            o = o + lora_delta(y, lora.o_a, lora.o_b, lora.mask, gemv)
         x = x + o
         return x + self.mlp(self.mlp_norm(x), gemv, lora)
 
@@ -253,7 +253,12 @@ class Transformer(nn.Module):
             if inv_freq is None:
                 raise RuntimeError("rotary frequencies missing after init_rope")
             rope = rope_cos_sin(positions, inv_freq, x.dtype)
-        gemv = ops.mark_dynamic(1, x, *(rope or ()), *(() if lora is None else (lora.mask,)))
+        # a one-adapter mask follows the tokens (B, T, 1); rows per slot (max_loras, n)
+        # have their own length, symbolic above one (one graph for every n > 1)
+        per_token = () if lora is None or lora.mask.dim() != 3 else (lora.mask,)
+        gemv = ops.mark_dynamic(1, x, *(rope or ()), *per_token)
+        if ops.compiled and lora is not None and lora.mask.dim() == 2 and lora.mask.shape[1] > 1:
+            torch._dynamo.mark_dynamic(lora.mask, 1)
         for layer, block in enumerate(self.layers):
             if lora is None:
                 q, k, v = ops.pre_attention(block, x, rope, gemv)

@@ -54,6 +54,29 @@ def encode_rows(tokenizer: Tokenizer, rows: list[LabelledText], max_length: int)
     return [tokenizer.encode(r.text)[-max_length:] or [tokenizer.eos_ids[0]] for r in rows]
 
 
+def split_labelled(
+    data: str, test_file: str | None, val_fraction: float, seed: int,
+    text_column: str = "text", label_column: str = "label",
+) -> tuple[list[LabelledText], list[LabelledText], tuple[str, ...]]:
+    """Training rows, test rows (TEST_FILE's, or a seeded split of DATA) and the sorted
+    labels; DataError when fewer than two labels or a test label is never trained on."""
+    rows = read_labelled(data, text_column, label_column)
+    if test_file:
+        train_rows, test_rows = rows, read_labelled(test_file, text_column, label_column)
+    else:
+        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(seed))
+        n_test = max(1, round(len(rows) * val_fraction))
+        test_rows = [rows[i] for i in sorted(order[:n_test].tolist())]
+        train_rows = [rows[i] for i in sorted(order[n_test:].tolist())]
+    labels = tuple(sorted({r.label for r in train_rows}))
+    if len(labels) < 2:
+        raise DataError(f"{data}: need at least two distinct labels, found {list(labels)}")
+    unknown = sorted({r.label for r in test_rows} - set(labels))
+    if unknown:
+        raise DataError(f"test labels never seen in training: {unknown}")
+    return train_rows, test_rows, labels
+
+
 def train_classifier(
     data: str,
     base_dir: str,
@@ -66,20 +89,8 @@ def train_classifier(
     label_column: str = "label",
     resume: bool = False,
 ) -> ClassificationReport:
-    rows = read_labelled(data, text_column, label_column)
-    if test_file:
-        train_rows, test_rows = rows, read_labelled(test_file, text_column, label_column)
-    else:
-        order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(train_cfg.seed))
-        n_test = max(1, round(len(rows) * val_fraction))
-        test_rows = [rows[i] for i in sorted(order[:n_test].tolist())]
-        train_rows = [rows[i] for i in sorted(order[n_test:].tolist())]
-    labels = tuple(sorted({r.label for r in train_rows}))
-    if len(labels) < 2:
-        raise DataError(f"{data}: need at least two distinct labels, found {list(labels)}")
-    unknown = sorted({r.label for r in test_rows} - set(labels))
-    if unknown:
-        raise DataError(f"test labels never seen in training: {unknown}")
+    train_rows, test_rows, labels = split_labelled(data, test_file, val_fraction, train_cfg.seed,
+                                                   text_column, label_column)
     index = {label: i for i, label in enumerate(labels)}
 
     tokenizer = Tokenizer.from_dir(base_dir)

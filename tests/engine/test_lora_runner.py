@@ -161,3 +161,30 @@ def test_lora_off_costs_nothing_and_refuses_adapters(hf_checkpoint: Any) -> None
     tokens = list(range(3, 9))
     with pytest.raises(RuntimeError, match="LoRA is off"):
         run_steps(runner, {0: (tokens, "x")}, [6])
+
+
+def test_seq_cls_adapter_brings_its_own_head(hf_checkpoint: Any, tmp_path: Path) -> None:
+    """A SEQ_CLS adapter (PEFT saves the trained `score` head beside the LoRA weights)
+    classifies with its head and LoRA; a base row beside it with the model's own."""
+    directory, ref = hf_checkpoint("gpt2_cls")
+    peft_model = make_peft_adapter(ref, tmp_path, targets=["c_attn", "c_fc"], r=4,
+                                   alpha=8.0, task_type="SEQ_CLS")
+    loaded = load_model(directory, dtype="float32", device="cpu")
+    adapter = read_peft_adapter(tmp_path, loaded.config, name="cls", max_rank=8)
+    assert adapter.score is not None
+    assert not torch.equal(adapter.score, ref.score.weight)  # randomised: its own head
+    runner = ModelRunner(loaded, num_blocks=64, block_size=BLOCK, max_loras=1,
+                         max_lora_rank=8)
+    runner.prepare()
+    runner.adapters.register(adapter)
+    pad = loaded.config.pad_token_id
+    tokens = [t for t in range(5, 40) if t != pad][:13]
+    items = tuple(seq_step(s, tokens, 0, a)._replace(kind=RequestKind.CLASSIFY)
+                  for s, a in ((0, "cls"), (1, None)))
+    out = runner.execute(SchedulerOutput(items), SamplingPlan())
+    with torch.no_grad():
+        expected_adapter = torch.softmax(peft_model(torch.tensor([tokens])).logits[0], -1)
+        expected_base = torch.softmax(ref(torch.tensor([tokens])).logits[0], -1)
+    assert (torch.tensor(out.class_scores[0]) - expected_adapter).abs().max() <= 1e-5
+    assert (torch.tensor(out.class_scores[1]) - expected_base).abs().max() <= 1e-5
+    assert (expected_adapter - expected_base).abs().max() > 0.01
