@@ -44,8 +44,10 @@ def ours(prompts: list[list[int]], speculative: bool, rounds: int, compile_mode:
             "model": "default-lm", "prompt": p, "max_tokens": TOKENS, "temperature": 0,
             "ignore_eos": True}, timeout=120).json()["usage"]["completion_tokens"],
             prompts, rounds)
-        info = httpx.get(live.url + "/v1/info").json()["models"][0]["spec_acceptance_rate"]
-    return rate, info
+        model = httpx.get(live.url + "/v1/info").json()["models"][0]
+        if speculative:  # on or off by its startup check, with the step timings
+            print(f"ours ({compile_mode}): {model['speculative']}")
+    return rate, model["spec_acceptance_rate"]
 
 
 def llama(server: str, gguf: Path, prompts: list[list[int]], speculative: bool,
