@@ -29,7 +29,10 @@ from app.modeling.quant_kernels import cpp_ops
 from app.modeling.timing import median_seconds
 from app.modeling.transformer import Transformer
 
-CANDIDATE_ROWS = (2, 4, 8)  # tried in turn at startup; the largest that wins is kept
+# Tried in turn at startup; the largest that wins is kept. Never 2 alone: compiled graphs
+# with a symbolic row count above one would then be specialised to exactly 2 rows by the
+# branch (a constraint violation when tracing), where 2..4 stays a range.
+CANDIDATE_ROWS = (4, 8)
 MIN_GAIN = 1.15  # must beat the product it replaces by this much
 
 

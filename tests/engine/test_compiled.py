@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import torch
 
+from app.engine import runner as runner_module
 from app.engine.engine import Engine
 from app.engine.request import RequestKind
 from app.engine.speculative import SpeculativeConfig
@@ -38,12 +39,14 @@ def transformers_greedy(ref: Any, prompt: list[int], n: int) -> list[int]:
 
 @pytest.mark.parametrize("arch", ["llama_gqa_llama3", "gpt2"])
 def test_compiled_engine_matches_transformers_and_eager(with_engine: Any, hf_checkpoint: Any,
-                                                        arch: str) -> None:
+                                                        arch: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     _, ref = hf_checkpoint(arch)
 
     async def body(engine: Engine) -> None:
         assert engine.runner.model.ops.compiled, engine.runner.compile_reason
         assert engine.runner.pack_reason.startswith("packed")
+        assert "few rows: 2-4 rows (test)" in engine.runner.pack_reason
         assert engine.core.proposer is not None  # no startup check asked for: on
         vocab = engine.model_config.vocab_size
         # Next-token distributions of several prompt lengths (one row, a few, many).
@@ -75,6 +78,8 @@ def test_compiled_engine_matches_transformers_and_eager(with_engine: Any, hf_che
             assert out.completions[0].token_ids == transformers_greedy(ref, p, 12)
         assert proposer.num_draft_tokens > 0, "nothing was guessed: nothing tested"
 
+    # few-row products through the C++ kernel whatever they measure here, to trace them
+    monkeypatch.setattr(runner_module, "choose_few_rows", lambda *_: (4, "2-4 rows (test)"))
     # no startup check: speculation on whatever it measures, to test it compiled
     with_engine(arch, body, compile="on", prepack="on",
                 speculative=SpeculativeConfig(prompt_lookup_min=1, cooldown=0,
