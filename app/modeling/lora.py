@@ -42,9 +42,10 @@ data-dependent shapes. The grouped form is never far from the best and has a fix
 number of operations whatever the mix, which under load (each operation waits for
 both threads) counts as much as the arithmetic.
 
-In the engine (bench/lora.py, default-lm, 4 adapters of rank 16 on every projection,
-1 thread, same machine and load; --compile auto: compiled): 32 concurrent requests over
-4 adapters 0.85x the base's tokens/s (eager: 0.71x), batch-1 0.92x (eager: 0.80x).
+In the engine (bench/lora.py: default-lm, 4 adapters of rank 16 on every projection,
+compiled, 1 thread, same machine under load; docs/PERFORMANCE.md has the table): 32
+concurrent requests over 4 adapters 0.77-0.92x the base's tokens/s (CPU time 0.71-0.84x),
+batch-1 with an adapter 0.68-0.92x (CPU time 0.79-0.86x).
 """
 
 from __future__ import annotations
