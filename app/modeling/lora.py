@@ -14,8 +14,10 @@ that also says which of two forms runs (`lora_delta`), picked per step by Adapte
     compiled few-row graphs, multiply-and-reduce that inductor fuses, like the base);
   - several adapters: every slot's A and B, and (max_loras, n) token rows per slot
     (padded with an index of a zero row): each slot's rows are gathered, go through two
-    batched products, and are added back (a custom op under torch.compile, its row count
-    symbolic above one, so the step's mix never recompiles).
+    batched products, and are added back (traced into the compiled graph with the rows
+    per slot symbolic above one, so the step's mix never recompiles; as an opaque custom
+    op instead, bench/lora.py measured 0.71-0.75x where traced gives 0.78x: inductor
+    fuses the gather and the scatter).
 A step without adapter rows passes no LoraStep: the model runs exactly the graphs it
 runs without LoRA. The base product underneath can be anything (float, int8/int4,
 prepacked): the delta is added to its output.
@@ -40,9 +42,10 @@ data-dependent shapes. The grouped form is never far from the best and has a fix
 number of operations whatever the mix, which under load (each operation waits for
 both threads) counts as much as the arithmetic.
 
-In the engine (bench/lora.py, default-lm, 4 adapters of rank 16 on every projection,
-1 thread, same machine and load; --compile auto: compiled): 32 concurrent requests over
-4 adapters 0.85x the base's tokens/s (eager: 0.71x), batch-1 0.92x (eager: 0.80x).
+In the engine (bench/lora.py: default-lm, 4 adapters of rank 16 on every projection,
+compiled, 1 thread, same machine under load; docs/PERFORMANCE.md has the table): 32
+concurrent requests over 4 adapters 0.77-0.92x the base's tokens/s (CPU time 0.71-0.84x),
+batch-1 with an adapter 0.68-0.92x (CPU time 0.79-0.86x).
 """
 
 from __future__ import annotations
@@ -93,10 +96,6 @@ def lora_delta(x: Tensor, a: Tensor, b: Tensor, mask: Tensor, gemv: bool = False
     `transformer.dense`): the one-slot form as multiply-and-reduce, which inductor fuses
     into the graph instead of calling two tiny matrix products."""
     if mask.dtype == torch.int64:
-        # eager: the function itself (a custom op call costs tens of microseconds, and
-        # this runs four times a layer); compiled: the opaque op (fixed shapes outside)
-        if torch.compiler.is_compiling():
-            return torch.ops.llm.lora_grouped(x, a, b, mask)
         return grouped_delta(x, a, b, mask)
     if gemv:
         h = (x.float()[..., None, :] * a.float()).sum(-1) * mask  # (B, T, R)
@@ -117,16 +116,6 @@ def grouped_delta(x: Tensor, a: Tensor, b: Tensor, rows: Tensor) -> Tensor:
     out = flat.new_zeros(tokens + 1, b.shape[1])
     out.index_add_(0, rows.flatten(), y.flatten(0, 1))
     return out[:tokens].view(*x.shape[:-1], b.shape[1])
-
-
-@torch.library.custom_op("llm::lora_grouped", mutates_args=())
-def lora_grouped(x: Tensor, a: Tensor, b: Tensor, rows: Tensor) -> Tensor:
-    return grouped_delta(x, a, b, rows).clone()  # a custom op's output owns its storage
-
-
-@lora_grouped.register_fake
-def _lora_grouped_shape(x: Tensor, a: Tensor, b: Tensor, rows: Tensor) -> Tensor:
-    return x.new_empty((*x.shape[:-1], b.shape[1]))
 
 
 def masked_delta(x: Tensor, a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
