@@ -30,7 +30,6 @@ from app.api.routes import playground
 from app.api.state import Phase, ServedModel, ServerState
 from app.api.telemetry import ObservabilityMiddleware, attach, snapshots
 from app.checkpoint import load_model
-from app.checkpoint.lora import AdapterError
 from app.config import Settings, lora_specs, model_specs
 from app.engine.compute import compute_thread
 from app.engine.engine import Engine, EngineConfig
@@ -39,6 +38,7 @@ from app.engine.scheduler import SchedulerConfig
 from app.engine.speculative import SpeculativeConfig
 from app.kv_event_publisher import KVEventPublisher
 from app.metrics import Metrics
+from app.modeling.lora import AdapterError
 from app.tokenizer import Tokenizer
 
 log = logging.getLogger("app")

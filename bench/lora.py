@@ -26,7 +26,7 @@ import torch
 from safetensors.torch import save_file
 
 from app.checkpoint import load_model
-from app.checkpoint.lora import PARTS
+from app.checkpoint.lora import PARTS, read_peft_adapter
 from app.engine.engine import Engine, EngineConfig
 from app.modeling.config import ModelConfig
 from app.modeling.lora import fused_sizes
@@ -118,7 +118,8 @@ async def main() -> None:
             for k, name in enumerate(names):
                 write_random_adapter(Path(tmp) / name, loaded.config, args.rank, seed=k,
                                      only=QV if args.targets == "qv" else ())
-                await engine.load_adapter(name, Path(tmp) / name)
+                await engine.load_adapter(read_peft_adapter(
+                    Path(tmp) / name, loaded.config, name=name, max_rank=args.rank))
         params = SamplingParams(max_tokens=args.tokens, temperature=0.0, ignore_eos=True)
         encoded = [tokenizer.encode(p) for p in PROMPTS]
         many = [encoded[i % len(encoded)] + [5 + i] for i in range(32)]

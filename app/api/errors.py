@@ -28,7 +28,6 @@ from app.chat.errors import (
     ContinuationError,
     ToolChoiceError,
 )
-from app.checkpoint.lora import AdapterError
 from app.engine.errors import (
     AdapterNotFound,
     EngineDead,
@@ -47,6 +46,7 @@ from app.engine.validation import (
     TooManySequences,
     WrongModelTask,
 )
+from app.modeling.lora import AdapterError
 from app.tokenizer import TokenizerError
 
 log = logging.getLogger("app.api")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from app.api.errors import BadRequest, NotFound
 from app.api.state import ServedModel, ServerState
+from app.checkpoint.lora import read_peft_adapter
 from app.config import check_name
 from app.engine.adapters import AdapterEntry
 
@@ -82,7 +83,11 @@ async def load_adapter(state: ServerState, name: str, path: Path, base: str | No
 
     async def load() -> AdapterEntry:
         try:
-            return await model.engine.load_adapter(name, path)
+            # read off the event loop and off the compute thread (steps go on meanwhile)
+            adapter = await asyncio.to_thread(
+                read_peft_adapter, path, model.loaded.config, name=name,
+                max_rank=model.engine.config.max_lora_rank)
+            return await model.engine.load_adapter(adapter)
         except BaseException:
             state.adapters.pop(name, None)
             raise

@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +36,11 @@ from safetensors import SafetensorError, safe_open
 from torch import Tensor
 
 from app.modeling.config import ModelConfig
-from app.modeling.lora import fused_sizes
+from app.modeling.lora import AdapterError, LoraAdapter, fused_sizes
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 LEGACY_WEIGHTS_FILE = "adapter_model.bin"
-
-
-class AdapterError(ValueError):
-    """An adapter that cannot be used with this model; the message says what to fix."""
 
 
 @dataclass(frozen=True)
@@ -75,27 +71,6 @@ LAYER_PATTERNS: dict[str, re.Pattern[str]] = {
 }
 TENSOR_NAME = re.compile(r"base_model\.model\.(.+)\.(lora_A|lora_B)(?:\.default)?\.weight")
 SCORE_NAME = re.compile(r"base_model\.model\.score(?:\.modules_to_save\.default)?\.weight")
-
-
-LayerWeights = dict[str, tuple[Tensor, Tensor]]
-
-
-@dataclass
-class LoraAdapter:
-    """An adapter in our layout. `weights[layer][module]` = (A (r_eff, in), B (out, r_eff))
-    with the scaling folded into B; modules without a LoRA are absent."""
-
-    name: str
-    path: Path
-    rank: int
-    alpha: float
-    use_rslora: bool
-    scaling: float
-    weights: list[LayerWeights] = field(default_factory=list)
-    target_modules: tuple[str, ...] = ()  # the Hugging Face projections it adapts
-    score: Tensor | None = None  # SEQ_CLS adapters: the classification head (labels, H)
-    base_model: str | None = None  # `base_model_name_or_path`, informational
-    max_part_rank: int = 0  # the largest rank of any one projection (--max-lora-rank bounds it)
 
 
 def _scaling(alpha: float, rank: int, rslora: bool) -> float:

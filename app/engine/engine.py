@@ -27,10 +27,8 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from app.checkpoint.lora import LoraAdapter, read_peft_adapter
 from app.engine.adapters import AdapterEntry, EngineAdapters
 from app.engine.compute import compute_thread
 from app.engine.config import EngineConfig
@@ -55,6 +53,7 @@ from app.engine.stream import RequestStream
 from app.engine.validation import InvalidPrompt, check_request, classified_tokens
 from app.modeling.config import Task
 from app.modeling.loaded import LoadedModel
+from app.modeling.lora import LoraAdapter
 from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
 
@@ -167,30 +166,24 @@ class Engine:
         except RuntimeError:  # changed by the compute thread while read: read again later
             return []
 
-    async def load_adapter(self, name: str, path: Path) -> AdapterEntry:
-        """Read a PEFT adapter and register it with the runner, on the compute thread (the
-        steps' thread: never beside a forward). Raises AdapterError (from app.checkpoint.
-        lora) for anything wrong with it, with a message that says what."""
+    async def load_adapter(self, adapter: LoraAdapter) -> AdapterEntry:
+        """Register an adapter (read by app.checkpoint.lora.read_peft_adapter) with the
+        runner, on the compute thread (the steps' thread: never beside a forward). Raises
+        AdapterError (app.modeling.lora) for anything wrong with it, saying what."""
+        name = adapter.name
         if not self.config.max_loras:
             raise InvalidRequest(f"model {self.name!r} serves no LoRA adapters (started "
                                  "without --lora and --allow-runtime-lora)")
         if name in self.adapters:
             raise InvalidRequest(f"LoRA adapter {name!r} is already loaded")
         loop = asyncio.get_running_loop()
-        adapter = await loop.run_in_executor(self._executor, self._register_adapter, name,
-                                             path)
+        await loop.run_in_executor(self._executor, self.runner.adapters.register, adapter)
         entry = AdapterEntry(name, adapter.path, adapter.rank)
         self.adapters.add(entry)
         log.info("LoRA adapter loaded", extra={"model": self.name, "adapter": name,
                                                "path": str(adapter.path),
                                                "rank": adapter.rank})
         return entry
-
-    def _register_adapter(self, name: str, path: Path) -> LoraAdapter:
-        adapter = read_peft_adapter(path, self.model_config, name=name,
-                                    max_rank=self.config.max_lora_rank)
-        self.runner.adapters.register(adapter)
-        return adapter
 
     async def unload_adapter(self, name: str) -> None:
         """New requests for the adapter are refused at once (AdapterNotFound); those in

@@ -10,8 +10,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from app.checkpoint.lora import AdapterError, LoraAdapter
-from app.modeling.lora import MODULES, LoraStep, fused_sizes
+from app.modeling.lora import MODULES, AdapterError, LoraAdapter, LoraStep, fused_sizes
 from app.modeling.transformer import Transformer
 
 

@@ -50,13 +50,40 @@ batch-1 with an adapter 0.68-0.92x (CPU time 0.79-0.86x).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from app.modeling.config import ModelConfig
+
+
+class AdapterError(ValueError):
+    """An adapter that cannot be used with this model; the message says what to fix."""
+
+
+LayerWeights = dict[str, tuple[Tensor, Tensor]]
+
+
+@dataclass
+class LoraAdapter:
+    """An adapter in our layout. `weights[layer][module]` = (A (r_eff, in), B (out, r_eff))
+    with the scaling folded into B; modules without a LoRA are absent."""
+
+    name: str
+    path: Path
+    rank: int
+    alpha: float
+    use_rslora: bool
+    scaling: float
+    weights: list[LayerWeights] = field(default_factory=list)
+    target_modules: tuple[str, ...] = ()  # the Hugging Face projections it adapts
+    score: Tensor | None = None  # SEQ_CLS adapters: the classification head (labels, H)
+    base_model: str | None = None  # `base_model_name_or_path`, informational
+    max_part_rank: int = 0  # the largest rank of any one projection (--max-lora-rank bounds it)
+
 
 MODULES = ("qkv", "o", "up", "down")  # our fused modules that can carry a LoRA
 

@@ -13,11 +13,12 @@ import torch
 from torch._dynamo.utils import counters
 
 from app.checkpoint import load_model
-from app.checkpoint.lora import AdapterError, read_peft_adapter
+from app.checkpoint.lora import read_peft_adapter
 from app.engine.request import RequestKind
 from app.engine.runner import ModelRunner
 from app.engine.sampling_plan import SamplingPlan
 from app.engine.scheduler import ScheduledSeq, SchedulerOutput
+from app.modeling.lora import AdapterError
 from tests.helpers import require_cpp_compiler
 from tests.lora_helpers import ALL_LINEAR, QV, make_peft_adapter
 

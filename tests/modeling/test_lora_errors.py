@@ -14,8 +14,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from app.checkpoint import load_model
-from app.checkpoint.lora import AdapterError, read_peft_adapter
+from app.checkpoint.lora import read_peft_adapter
 from app.engine.lora_slots import AdapterSlots
+from app.modeling.lora import AdapterError
 from app.modeling.quantized_model import quantize_model
 from tests.lora_helpers import ALL_LINEAR, QV, forward_with, make_peft_adapter
 
