@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from app.engine.compute import compute_thread
 from app.engine.config import EngineConfig
 from app.engine.core import EngineCore
+from app.engine.draft_runner import DraftModel
 from app.engine.errors import (
     EngineDead,
     EngineError,
@@ -64,15 +65,17 @@ T = TypeVar("T")
 
 class Engine:
     def __init__(self, loaded: LoadedModel, tokenizer: Tokenizer, config: EngineConfig,
-                 name: str = "default", executor: ThreadPoolExecutor | None = None) -> None:
+                 name: str = "default", executor: ThreadPoolExecutor | None = None,
+                 draft: DraftModel | None = None) -> None:
         """`executor`: the one thread that runs torch work (see app.engine.compute); an
-        engine without one makes its own."""
+        engine without one makes its own. `draft`: the draft model, for speculative
+        decoding's draft_model method (DraftMismatch when it cannot serve this model)."""
         self.name = name
         self.loaded = loaded
         self.tokenizer = tokenizer
         self.config = config
         self.model_config = loaded.config
-        self.core = EngineCore(loaded, tokenizer, config, name)
+        self.core = EngineCore(loaded, tokenizer, config, name, draft)
         # The core's parts, named here for the server and tests that read them.
         self.max_model_len, self.limits = self.core.max_model_len, self.core.limits
         self.blocks, self.scheduler = self.core.blocks, self.core.scheduler
@@ -129,9 +132,7 @@ class Engine:
         if proposer is None:
             return {"speculative": self.speculation_off} if self.speculation_off else {}
         c = proposer.config
-        return {"speculative": f"{c.method}: {c.num_speculative_tokens} tokens, lookup "
-                              f"{c.prompt_lookup_min}-{c.prompt_lookup_max}, up to "
-                              f"{c.max_batch} decoding sequences",
+        return {"speculative": c.describe(),
                 "spec_drafts": proposer.num_drafts,
                 "spec_draft_tokens": proposer.num_draft_tokens,
                 "spec_accepted_tokens": proposer.num_accepted_tokens,
@@ -149,6 +150,9 @@ class Engine:
                                     "verification steps (--compile off to speculate)")
             log.warning("speculative decoding %s", self.speculation_off)
             self.core.proposer = self.scheduler.proposer = None
+            self.core.drafter = None
+        if self.core.drafter is not None:
+            await loop.run_in_executor(self._executor, self.core.drafter.prepare)
         self._task = asyncio.create_task(self._loop(), name=f"engine-{self.name}")
         self._task.add_done_callback(self._loop_ended)
 
@@ -303,7 +307,10 @@ class Engine:
     def _execute(self, out: SchedulerOutput, plan: SamplingPlan) -> RunnerOutput:
         if self.fault_hook is not None:
             self.fault_hook(out)
-        return self.runner.execute(out, plan)
+        result = self.runner.execute(out, plan)
+        if self.core.drafter is not None:  # the draft model's guesses for the next step
+            self.core.drafter.step(out, plan, result)
+        return result
 
     def _unschedulable(self) -> None:
         # Nothing could run: with nothing running, the head of the queue cannot fit even
