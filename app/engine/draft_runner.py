@@ -23,6 +23,7 @@ Runs eager (no compiled graphs): a step costs k draft forwards whatever --compil
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 import torch
@@ -104,6 +105,8 @@ class DraftRunner:
         # beyond its table (k positions span at most k // block_size + 2 blocks)
         self.spare_per_seq = k // block_size + 2
         self._cache: PagedKVCache | None = None
+        # what the draft costs (bench/speculative.py reads them): its steps, forwards, time
+        self.steps, self.forwards, self.seconds = 0, 0, 0.0
 
     @property
     def cache(self) -> PagedKVCache:
@@ -124,6 +127,14 @@ class DraftRunner:
     def step(self, out: SchedulerOutput, plan: SamplingPlan, result: RunnerOutput) -> None:
         """After the target's step: compute the draft's K/V of what the step kept, and
         put the guesses of each sequence that asked for them in result.guesses."""
+        started = time.perf_counter()
+        try:
+            self._step(out, plan, result)
+        finally:
+            self.steps += 1
+            self.seconds += time.perf_counter() - started
+
+    def _step(self, out: SchedulerOutput, plan: SamplingPlan, result: RunnerOutput) -> None:
         spans = self._spans(out, plan, result)
         if not spans:
             return
@@ -179,6 +190,7 @@ class DraftRunner:
     def _forward(self, spans: list[_Span], wanted: list[_Span]) -> list[int]:
         """One batched draft forward over `spans`; the argmax after the last token of
         each span in `wanted` (a subset, in order)."""
+        self.forwards += 1
         ids: list[int] = []
         positions: list[int] = []
         for s in spans:
