@@ -4,7 +4,7 @@ model and its own compiled graphs (one speculating, one not), requests alternati
 between them, medians of rounds; the CPU named first.
 
     python -m bench.speculative [--rounds 5] [--tokens 160] [--compile auto]
-        [--draft models/default-lm-draft] [--draft-k 3]
+        [--draft models/default-lm-draft] [--draft-k 4]
 
 Workloads:
   - grounded: the prompt holds a passage and asks for it again (input-grounded: what
@@ -144,7 +144,7 @@ async def main() -> None:
     parser.add_argument("--prepack", default="auto", choices=["auto", "off"])
     parser.add_argument("--draft", type=Path, default=DRAFT,
                         help="draft model checkpoint (its rows are left out if it is absent)")
-    parser.add_argument("--draft-k", type=int, default=3,
+    parser.add_argument("--draft-k", type=int, default=4,
                         help="num_speculative_tokens of the draft model")
     parser.add_argument("--only", nargs="*", default=None,
                         choices=["grounded", "ordinary", "nothing_to_look_up", "concurrent_32",
