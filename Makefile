@@ -183,13 +183,19 @@ image-cuda-check: $(BIN)/.installed-dev
 	$(BIN)/python -m tests.image.cuda_wheel --index-url '$(TORCH_INDEX_URL)'
 
 # ---------------------------------------------------------------- shipped models
-# Re-creates the shipped checkpoints and the example LoRA adapter from scratch (about 55
-# minutes on 2 cores).
+# Re-creates the shipped checkpoints, the speculative draft and the example LoRA adapter
+# from scratch (about 70 minutes on 2 cores).
 # Data: Debian's fortunes package (BSD licence), see models/*/README.md.
 DATA := data/fortunes
 LM_TRAIN_FLAGS := --vocab-size 8192 --family llama --hidden 256 --layers 6 --heads 8 \
 	--kv-heads 4 --intermediate 704 --context 256 --steps 1200 --batch-size 16 --lr 1e-3 \
 	--warmup 100 --eval-every 200 --save-every 200 --precision bf16 --threads 2 --seed 0
+# the speculative draft (models/default-lm-draft), distilled from default-lm's own greedy
+# continuations of 1,500 training-split openings
+DRAFT_TRAIN_FLAGS := --val-fraction 0.05 --teacher models/default-lm --distill-weight 0.5 \
+	--family llama --hidden 128 --layers 2 --heads 4 --kv-heads 2 --intermediate 384 \
+	--context 256 --steps 250 --batch-size 12 --lr 3e-3 --warmup 20 --eval-every 125 \
+	--save-every 125 --precision bf16 --threads 2 --seed 0
 CLF_TRAIN_FLAGS := --steps 500 --batch-size 32 --lr 2e-4 --warmup 30 --eval-every 100 \
 	--max-length 128 --precision bf16 --threads 2 --seed 0
 LORA_TRAIN_FLAGS := --rank 8 --alpha 16 --dropout 0.05 --steps 40 --batch-size 16 --lr 2e-3 \
@@ -219,6 +225,10 @@ models: model-data
 		--general $(DATA)/lm/val.jsonl --base models/default-lm \
 		--out models/default-lm-lora-python $(LORA_TRAIN_FLAGS) \
 		--description "$(LORA_DESCRIPTION)"
+	$(BIN)/python -m bench.greedy_corpus $(DATA)/lm/train.jsonl --out $(DATA)/lm/greedy.jsonl \
+		--prompts 1500 --tokens 112
+	$(BIN)/python -m app train lm $(DATA)/lm/greedy.jsonl --out models/default-lm-draft \
+		$(DRAFT_TRAIN_FLAGS)
 
 # ---------------------------------------------------------------- long suites, benchmarks
 # ~10 minutes of mixed load with disconnects; writes docs/soak.json.

@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     lm.add_argument("--val-fraction", type=float, default=0.05)
     lm.add_argument("--tokenizer", help="reuse this directory's tokenizer.json")
     lm.add_argument("--vocab-size", type=int, default=8192)
+    lm.add_argument("--teacher", help="distill from this checkpoint (its tokenizer is used): "
+                    "the loss adds KL(teacher || student) at every position")
+    lm.add_argument("--distill-weight", type=float, default=1.0,
+                    help="with --teacher: weight of the KL term; 1 - weight goes to "
+                    "cross-entropy on the text")
     shape = lm.add_argument_group("model shape")
     shape.add_argument("--family", choices=["llama", "gpt2"], default="llama")
     shape.add_argument("--hidden", type=int, default=256)
@@ -205,7 +210,8 @@ def run_train(args: argparse.Namespace) -> int:
                            intermediate_size=args.intermediate, context=args.context)
         summary = train_lm(args.inputs, args.out, shape, cfg, vocab_size=args.vocab_size,
                            val_inputs=args.val, val_fraction=args.val_fraction,
-                           tokenizer_dir=args.tokenizer, resume=args.resume)
+                           tokenizer_dir=args.tokenizer, resume=args.resume,
+                           teacher_dir=args.teacher, distill_weight=args.distill_weight)
         for key, value in summary.items():
             _out(f"{key}: {value:.6g}")
         return 0

@@ -135,7 +135,9 @@ class Settings(BaseSettings):
         None, description="speculative decoding, vLLM's JSON: {\"method\": \"ngram\", "
                           "\"num_speculative_tokens\": 4, \"prompt_lookup_min\": 2, "
                           "\"prompt_lookup_max\": 4, \"max_batch\": 4, \"cooldown\": 2, "
-                          "\"max_verify_cost\": 2.0}; off when unset (see README)")
+                          "\"max_verify_cost\": 2.0}, or {\"method\": \"draft_model\", "
+                          "\"model\": DIR or a served model's name, "
+                          "\"num_speculative_tokens\": 4}; off when unset (see README)")
     # --- LoRA adapters (README "LoRA adapters")
     lora: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -190,8 +192,10 @@ class Settings(BaseSettings):
             raise ValueError("max_num_batched_tokens must be >= max_num_seqs")
         if self.default_max_tokens > self.max_tokens_limit:
             raise ValueError("default_max_tokens must be <= max_tokens_limit")
-        if self.speculative_config:
-            SpeculativeConfig.parse(self.speculative_config)  # a clear error at startup
+        if self.speculative_config:  # a clear error at startup
+            spec = SpeculativeConfig.parse(self.speculative_config)
+            if spec.uses_draft_model and spec.model is not None:
+                draft_path(self, spec.model)
         for entry in self.quantization:
             method = entry.partition("=")[2] if "=" in entry else entry
             if method not in QUANTIZATION_METHODS:
@@ -286,6 +290,19 @@ def lora_specs(settings: Settings) -> list[LoraSpec]:
             raise ValueError(f"adapter name {name!r} is given twice")
         specs.append(LoraSpec(name, Path(path), base if slash else None))
     return specs
+
+
+def draft_path(settings: Settings, model: str) -> tuple[Path, str | None]:
+    """A speculative draft named by --speculative-config's "model": a served model's name
+    (its directory, and that name), else a checkpoint directory."""
+    for spec in model_specs(settings):
+        if spec.name == model:
+            return spec.path, spec.name
+    path = Path(model)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"speculative draft model {model!r} is neither a served model's "
+                         "name nor a checkpoint directory (no config.json there)")
+    return path, None
 
 
 def _quantization_for(settings: Settings, name: str) -> str:

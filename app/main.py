@@ -14,6 +14,8 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
 
 import torch
 from fastapi import FastAPI
@@ -30,8 +32,9 @@ from app.api.routes import playground
 from app.api.state import Phase, ServedModel, ServerState
 from app.api.telemetry import ObservabilityMiddleware, attach, snapshots
 from app.checkpoint import load_model
-from app.config import Settings, lora_specs, model_specs
+from app.config import Settings, draft_path, lora_specs, model_specs
 from app.engine.compute import compute_thread
+from app.engine.draft_runner import DraftModel
 from app.engine.engine import Engine, EngineConfig
 from app.engine.errors import EngineError
 from app.engine.scheduler import SchedulerConfig
@@ -77,6 +80,16 @@ def engine_config(settings: Settings) -> EngineConfig:
     )
 
 
+async def _load_draft(path: Path, settings: Settings, compute: ThreadPoolExecutor
+                      ) -> DraftModel:
+    """A speculative draft model, loaded like the served ones (unquantized)."""
+    log.info("loading speculative draft model", extra={"path": str(path)})
+    loaded = await asyncio.get_running_loop().run_in_executor(
+        compute, load_model, path, settings.dtype, settings.device)
+    tokenizer = await asyncio.to_thread(Tokenizer.from_dir, path, loaded.eos_token_ids)
+    return DraftModel(loaded, tokenizer)
+
+
 def _set_threads(threads: int) -> None:
     if threads:
         torch.set_num_threads(threads)
@@ -89,6 +102,7 @@ async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[
     all their steps."""
     settings = state.settings
     loop = asyncio.get_running_loop()
+    drafts: dict[Path, DraftModel] = {}  # speculative drafts, loaded once for all models
     try:
         await loop.run_in_executor(compute, _set_threads, settings.threads)
         for spec in model_specs(settings):
@@ -98,8 +112,17 @@ async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[
                                                 settings.int4_group_size)
             tokenizer = await asyncio.to_thread(Tokenizer.from_dir, spec.path,
                                                 loaded.eos_token_ids)
-            engine = Engine(loaded, tokenizer, engine_config(settings), name=spec.name,
-                            executor=compute)
+            config = engine_config(settings)
+            draft = None
+            if config.speculative is not None and config.speculative.uses_draft_model:
+                path, served = draft_path(settings, config.speculative.model or "")
+                if served == spec.name:  # the draft itself, also served: plain decoding
+                    config = replace(config, speculative=None)
+                else:
+                    draft = drafts.get(path) or await _load_draft(path, settings, compute)
+                    drafts[path] = draft
+            engine = Engine(loaded, tokenizer, config, name=spec.name, executor=compute,
+                            draft=draft)
             engine.death_observers.append(on_fatal)
             attach(metrics, engine)
             if kv_events is not None:

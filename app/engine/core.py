@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from app.engine.block_manager import BlockManager
 from app.engine.config import EngineConfig
+from app.engine.draft_runner import DraftModel, DraftRunner, check_draft
 from app.engine.output import RequestOutput, RequestSummary
 from app.engine.output_processor import OutputProcessor, RequestProgress
 from app.engine.request import EngineRequest, RequestKind
@@ -37,7 +38,7 @@ if TYPE_CHECKING:
 
 class EngineCore:
     def __init__(self, loaded: LoadedModel, tokenizer: Tokenizer, config: EngineConfig,
-                 name: str) -> None:
+                 name: str, draft: DraftModel | None = None) -> None:
         self.max_model_len = min(config.max_model_len or loaded.config.max_model_len,
                                  loaded.config.max_model_len)
         sched = config.scheduler
@@ -52,6 +53,7 @@ class EngineCore:
         self.runner = ModelRunner(loaded, num_blocks, config.block_size, config.compile,
                                   config.prepack, max_loras=config.max_loras,
                                   max_lora_rank=config.max_lora_rank)
+        self.drafter = self._drafter(loaded, tokenizer, config, draft, num_blocks)
         eos_ids = tuple(dict.fromkeys((*tokenizer.eos_ids, *loaded.eos_token_ids)))
         self.processor = OutputProcessor(tokenizer, eos_ids, self.max_model_len)
         self.planner = SamplingPlanner(eos_ids)
@@ -61,6 +63,22 @@ class EngineCore:
             kv_cache_tokens=num_blocks * config.block_size, block_size=config.block_size,
             max_top_logprobs=config.max_top_logprobs, max_num_seqs=sched.max_num_seqs)
         self.requests: dict[str, EngineRequest] = {}
+
+    def _drafter(self, loaded: LoadedModel, tokenizer: Tokenizer, config: EngineConfig,
+                 draft: DraftModel | None, num_blocks: int) -> DraftRunner | None:
+        """The draft model's runner (speculative method draft_model), its fit checked."""
+        spec = config.speculative
+        if spec is None or not spec.uses_draft_model:
+            if draft is not None:
+                raise ValueError("a draft model was given, but the speculative method is "
+                                 f"{spec.method if spec else 'off'!r}")
+            return None
+        if draft is None:
+            raise ValueError(f"speculative method {spec.method!r}: the draft model "
+                             f"{spec.model} was not loaded")
+        check_draft(loaded, tokenizer, draft, self.max_model_len)
+        return DraftRunner(draft, num_blocks, config.block_size, spec.num_speculative_tokens,
+                           spec.max_batch, self.max_model_len)
 
     def add(self, request: EngineRequest, progress: RequestProgress,
             constraint: Constraint | None = None) -> None:

@@ -33,6 +33,7 @@ from app.engine.adapters import AdapterEntry, EngineAdapters
 from app.engine.compute import compute_thread
 from app.engine.config import EngineConfig
 from app.engine.core import EngineCore
+from app.engine.draft_runner import DraftModel
 from app.engine.errors import (
     EngineDead,
     EngineError,
@@ -67,15 +68,17 @@ T = TypeVar("T")
 
 class Engine:
     def __init__(self, loaded: LoadedModel, tokenizer: Tokenizer, config: EngineConfig,
-                 name: str = "default", executor: ThreadPoolExecutor | None = None) -> None:
+                 name: str = "default", executor: ThreadPoolExecutor | None = None,
+                 draft: DraftModel | None = None) -> None:
         """`executor`: the one thread that runs torch work (see app.engine.compute); an
-        engine without one makes its own."""
+        engine without one makes its own. `draft`: the draft model, for speculative
+        decoding's draft_model method (DraftMismatch when it cannot serve this model)."""
         self.name = name
         self.loaded = loaded
         self.tokenizer = tokenizer
         self.config = config
         self.model_config = loaded.config
-        self.core = EngineCore(loaded, tokenizer, config, name)
+        self.core = EngineCore(loaded, tokenizer, config, name, draft)
         # The core's parts, named here for the server and tests that read them.
         self.max_model_len, self.limits = self.core.max_model_len, self.core.limits
         self.blocks, self.scheduler = self.core.blocks, self.core.scheduler
@@ -205,9 +208,7 @@ class Engine:
         if proposer is None:
             return {"speculative": self.speculation_off} if self.speculation_off else {}
         c = proposer.config
-        return {"speculative": f"{c.method}: {c.num_speculative_tokens} tokens, lookup "
-                              f"{c.prompt_lookup_min}-{c.prompt_lookup_max}, up to "
-                              f"{c.max_batch} decoding sequences"
+        return {"speculative": c.describe()
                               + (f" ({self.speculation_cost})" if self.speculation_cost else ""),
                 "spec_drafts": proposer.num_drafts,
                 "spec_draft_tokens": proposer.num_draft_tokens,
@@ -218,28 +219,35 @@ class Engine:
         """Prepare the model (compile and warm up, in the worker thread) and start the loop."""
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self.runner.prepare)
+        if self.core.drafter is not None:
+            await loop.run_in_executor(self._executor, self.core.drafter.prepare)
         if self.core.proposer is not None and self.model_config.task is Task.CAUSAL_LM:
             await loop.run_in_executor(self._executor, self._check_speculation)
         self._task = asyncio.create_task(self._loop(), name=f"engine-{self.name}")
         self._task.add_done_callback(self._loop_ended)
 
     def _check_speculation(self) -> None:
-        """Keep speculative decoding only where a verification step costs little more
+        """Keep speculative decoding only where a speculative step costs little more
         than a plain one on this model, CPU and execution mode. Measured: with MKL's
         products of a few rows and one SDPA call per sequence, a step scoring 5 tokens
         cost 3x a compiled one-token step, and n-gram speculation lost (0.85x). A step
         pays when the tokens it keeps outnumber its cost in one-token steps; prompt
         lookup keeps 1.5-2.5 per step where it helps (docs/PERFORMANCE.md), hence the
-        default limit of 2 (`max_verify_cost`). Off, and said with the figures, above."""
+        default limit of 2 (`max_verify_cost`). A draft model's k forwards (eager) count
+        too. Off, and said with the figures, above the limit."""
         proposer = self.core.proposer
         if proposer is None or proposer.config.max_verify_cost is None:
             return
         limit = proposer.config.max_verify_cost
-        plain, verify = self.runner.verification_cost(proposer.config.num_speculative_tokens)
-        ratio = verify / plain
-        measured = (f"a step scoring {proposer.config.num_speculative_tokens + 1} tokens "
-                    f"costs {ratio:.2f}x a one-token step ({verify * 1e3:.2f} vs "
-                    f"{plain * 1e3:.2f} ms)")
+        k = proposer.config.num_speculative_tokens
+        plain, verify = self.runner.verification_cost(k)
+        drafter = self.core.drafter
+        guessing = k * drafter.forward_cost() if drafter is not None else 0.0
+        ratio = (verify + guessing) / plain
+        measured = (f"a step scoring {k + 1} tokens"
+                    + (f" after {k} draft forwards" if drafter is not None else "")
+                    + f" costs {ratio:.2f}x a one-token step ({(verify + guessing) * 1e3:.2f} "
+                    f"vs {plain * 1e3:.2f} ms)")
         if ratio <= limit:
             self.speculation_cost = measured
             log.info("speculative decoding on: %s", measured)
@@ -247,6 +255,7 @@ class Engine:
         self.speculation_off = f"off: {measured}, above max_verify_cost {limit}"
         log.warning("speculative decoding %s", self.speculation_off)
         self.core.proposer = self.scheduler.proposer = None
+        self.core.drafter = None
 
     def _loop_ended(self, task: asyncio.Task[None]) -> None:
         if task.cancelled() or task.exception() is None:
@@ -409,7 +418,10 @@ class Engine:
     def _execute(self, out: SchedulerOutput, plan: SamplingPlan) -> RunnerOutput:
         if self.fault_hook is not None:
             self.fault_hook(out)
-        return self.runner.execute(out, plan)
+        result = self.runner.execute(out, plan)
+        if self.core.drafter is not None:  # the draft model's guesses for the next step
+            self.core.drafter.step(out, plan, result)
+        return result
 
     def _unschedulable(self) -> None:
         # Nothing could run: with nothing running, the head of the queue cannot fit even

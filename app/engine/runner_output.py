@@ -15,6 +15,9 @@ class RunnerOutput:
     # guesses but the first, and the target's own last token), and (guesses, kept).
     extra_tokens: dict[int, list[Sampled]] = field(default_factory=dict)
     drafts: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Speculative decoding with a draft model: seq_id -> (the number of tokens the
+    # sequence holds after this step, the draft's guesses of the tokens after them).
+    guesses: dict[int, tuple[int, tuple[int, ...]]] = field(default_factory=dict)
     # PREDICT: seq_id -> [(token_id, prob, logprob)], most likely first.
     distributions: dict[int, list[tuple[int, float, float]]] = field(default_factory=dict)
     # CLASSIFY: seq_id -> scores of finished-prefill sequences.

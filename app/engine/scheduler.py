@@ -71,6 +71,9 @@ class ScheduledSeq(NamedTuple):
     # (scored in this step, kept only as far as the model agrees: app/spec_verify.py)
     draft: tuple[int, ...] = ()
     adapter: str | None = None  # the LoRA adapter this sequence runs with; None: the base
+    # speculative decoding with a draft model: guesses for the sequence's next step are
+    # wanted once this step's tokens are sampled (app/engine/draft_runner.py)
+    guess_next: bool = False
 
     @property
     def num_new_tokens(self) -> int:
@@ -95,8 +98,8 @@ class SchedulerOutput:
         return not self.scheduled
 
 
-def snapshot(seq: TokenSequence, num_new_tokens: int, draft: tuple[int, ...] = ()
-             ) -> ScheduledSeq:
+def snapshot(seq: TokenSequence, num_new_tokens: int, draft: tuple[int, ...] = (),
+             guess_next: bool = False) -> ScheduledSeq:
     start = seq.num_computed
     end = start + num_new_tokens - len(draft)
     scoring = seq.kind is RequestKind.SCORE
@@ -107,7 +110,8 @@ def snapshot(seq: TokenSequence, num_new_tokens: int, draft: tuple[int, ...] = (
         completes_prefill=end == len(seq.token_ids),
         score_from=seq.score_from if scoring else None,
         next_token=seq.token_ids[end] if scoring and end < len(seq.token_ids) else None,
-        score_top=seq.params.top_logprobs if scoring else 0, adapter=seq.adapter)
+        score_top=seq.params.top_logprobs if scoring else 0, adapter=seq.adapter,
+        guess_next=guess_next)
 
 
 class _LoraGate:
@@ -312,8 +316,28 @@ class Scheduler:
             picked.append((seq, chunk, ()))
             budget -= chunk
         self._in_flight = [seq for seq, _, _ in picked]
-        return SchedulerOutput(tuple(snapshot(seq, chunk + len(draft), draft)
+        guessing = self._guess_next(picked)
+        return SchedulerOutput(tuple(snapshot(seq, chunk + len(draft), draft,
+                                              seq.seq_id in guessing)
                                      for seq, chunk, draft in picked), preempted)
+
+    def _guess_next(self, picked: list[tuple[TokenSequence, int, tuple[int, ...]]]
+                    ) -> set[int]:
+        """draft_model: the sequences the draft should guess for after this step (those
+        that will decode next and may speculate; none when more than max_batch will,
+        as _drafts will then take no guesses)."""
+        proposer = self.proposer
+        if proposer is None or not proposer.config.uses_draft_model:
+            return set()
+        sampling = [seq for seq, chunk, draft in picked
+                    if seq.kind is RequestKind.GENERATE
+                    and seq.num_computed + chunk == len(seq.token_ids)]
+        if len(sampling) > proposer.config.max_batch:
+            return set()
+        return {seq.seq_id for seq in sampling
+                if seq.speculate and not seq.pending_forks
+                and seq.num_output_tokens + 1 >= seq.params.min_tokens
+                and proposer.wants_guesses(seq.seq_id)}
 
     def _drafts(self, decodes: list[TokenSequence], budget: int
                 ) -> dict[int, tuple[int, ...]]:

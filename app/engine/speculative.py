@@ -1,6 +1,13 @@
 """Speculative decoding's proposer side (pure Python, no torch): which tokens to guess
 next for a decoding sequence, and when guessing is worth it.
 
+Two methods (vLLM's names):
+  - `ngram`: prompt lookup, below;
+  - `draft_model` (alias `draft`): a small model with the target's tokenizer guesses the
+    next k tokens greedily, after each step, on the compute thread
+    (app/engine/draft_runner.py); the step's output carries them here (`offer`), and the
+    next schedule() takes them as the sequence's guesses.
+
 n-gram prompt lookup (vLLM's `ngram`, transformers' `prompt_lookup_num_tokens`): find the
 most recent earlier occurrence of the sequence's last n tokens (n from prompt_lookup_max
 down to prompt_lookup_min) in its own prompt + output, and propose the k tokens that
@@ -23,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+METHODS = ("ngram", "draft_model", "draft")  # "draft": vLLM's older name of draft_model
+
 
 @dataclass(frozen=True)
 class SpeculativeConfig:
@@ -35,11 +44,20 @@ class SpeculativeConfig:
     # Startup check (app/engine/engine.py): speculation stays on only where a step scoring
     # k + 1 tokens costs at most this many one-token steps, measured; null: no check.
     max_verify_cost: float | None = 2.0
+    # draft_model: the draft's checkpoint directory, or the name of another model this
+    # server serves (resolved to its directory at startup: app.main)
+    model: str | None = None
 
     def __post_init__(self) -> None:
-        if self.method != "ngram":
+        if self.method not in METHODS:
             raise ValueError(f"speculative method {self.method!r} is not supported "
-                             "(only \"ngram\")")
+                             f"(one of {list(METHODS)})")
+        if self.uses_draft_model and not self.model:
+            raise ValueError(f"speculative method {self.method!r} needs \"model\": the "
+                             "draft's checkpoint directory (or a served model's name)")
+        if not self.uses_draft_model and self.model:
+            raise ValueError("\"model\" is for the draft_model method (method "
+                             f"{self.method!r} needs no model)")
         if not 1 <= self.num_speculative_tokens <= 16:
             raise ValueError("num_speculative_tokens must be in [1, 16]")
         if not 1 <= self.prompt_lookup_min <= self.prompt_lookup_max:
@@ -64,7 +82,21 @@ class SpeculativeConfig:
         if unknown:
             raise ValueError(f"--speculative-config: unknown field(s) {unknown} "
                              f"(known: {sorted(known)})")
+        if "model" in fields and "method" not in fields:  # vLLM infers it the same way
+            fields["method"] = "draft_model"
         return cls(**fields)
+
+    @property
+    def uses_draft_model(self) -> bool:
+        return self.method in ("draft_model", "draft")
+
+    def describe(self) -> str:
+        """One line for the log and /v1/info."""
+        k = self.num_speculative_tokens
+        how = (f"draft model {self.model}" if self.uses_draft_model
+               else f"lookup {self.prompt_lookup_min}-{self.prompt_lookup_max}")
+        return (f"{'draft_model' if self.uses_draft_model else self.method}: {k} tokens, "
+                f"{how}, up to {self.max_batch} decoding sequences")
 
 
 def propose_ngram(tokens: Sequence[int], k: int, n_min: int, n_max: int) -> list[int]:
@@ -90,6 +122,9 @@ class SpecState:
 
     wait: int = 0  # steps left before the next proposal
     penalty: int = 0  # the next wait after a full rejection
+    # draft_model: the draft's guesses, made when the sequence held `offered_at` tokens
+    offered: tuple[int, ...] = ()
+    offered_at: int = -1
 
 
 @dataclass
@@ -106,14 +141,30 @@ class Proposer:
         """At most `room` guesses for sequence `seq_id` (room: tokens it may still take
         beyond the next one)."""
         state = self.states.setdefault(seq_id, SpecState())
+        offered, offered_at = state.offered, state.offered_at
+        state.offered, state.offered_at = (), -1
         if state.wait > 0:
             state.wait -= 1
             return []
         k = min(self.config.num_speculative_tokens, room)
         if k <= 0:
             return []
+        if self.config.uses_draft_model:
+            # guesses made for exactly these tokens (not before a preemption, say)
+            return list(offered[:k]) if offered_at == len(tokens) else []
         return propose_ngram(tokens, k, self.config.prompt_lookup_min,
                              self.config.prompt_lookup_max)
+
+    def wants_guesses(self, seq_id: int) -> bool:
+        """Whether a draft model should guess for this sequence after this step: not
+        while it waits out a back-off (the guesses would be thrown away)."""
+        state = self.states.get(seq_id)
+        return state is None or state.wait == 0
+
+    def offer(self, seq_id: int, num_tokens: int, guesses: tuple[int, ...]) -> None:
+        """The draft model's guesses for the sequence once it holds `num_tokens` tokens."""
+        state = self.states.setdefault(seq_id, SpecState())
+        state.offered, state.offered_at = guesses, num_tokens
 
     def observe(self, seq_id: int, proposed: int, accepted: int) -> None:
         self.num_drafts += 1

@@ -107,6 +107,8 @@ class StepUpdater:
                     self.blocks.commit(seq)
             if delta.finish_reason is not None:
                 self.scheduler.finish(seq)
+            elif seq.seq_id in result.guesses and self.scheduler.proposer is not None:
+                self.scheduler.proposer.offer(seq.seq_id, *result.guesses[seq.seq_id])
         for request, progress, completions in moved.values():
             output = self.processor.output(progress, completions)
             if request.is_done:

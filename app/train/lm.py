@@ -15,11 +15,13 @@ from typing import Any
 
 import torch
 
-from app.checkpoint import build_model, save_model
+from app.checkpoint import build_model, load_model, save_model
 from app.modeling.config import ModelConfig, config_from_hf
+from app.modeling.transformer import Transformer
 from app.tokenizer import Tokenizer
 from app.train.bpe import train_bpe
 from app.train.data import pack_tokens, read_documents, split_documents
+from app.train.distill import distill_loss
 from app.train.evaluate import block_loss, lm_metrics, unigram_perplexity
 from app.train.loop import TrainConfig, Trainer, batch_indices
 
@@ -76,6 +78,8 @@ def train_lm(
     val_fraction: float = 0.05,
     tokenizer_dir: str | None = None,
     resume: bool = False,
+    teacher_dir: str | None = None,
+    distill_weight: float = 1.0,
 ) -> dict[str, float]:
     docs = read_documents(inputs)
     if val_inputs:
@@ -84,8 +88,10 @@ def train_lm(
         train_docs, val_docs = split_documents(docs, val_fraction, train_cfg.seed)
     log.info("%d training documents, %d validation documents", len(train_docs), len(val_docs))
 
-    if tokenizer_dir:
-        tokenizer = Tokenizer.from_dir(tokenizer_dir)
+    if teacher_dir and not 0.0 <= distill_weight <= 1.0:
+        raise ValueError("distill_weight must be in [0, 1]")
+    if tokenizer_dir or teacher_dir:  # a student reads the teacher's tokens
+        tokenizer = Tokenizer.from_dir(tokenizer_dir or str(teacher_dir))
     elif resume and (out_dir / "tokenizer.json").exists():
         tokenizer = Tokenizer.from_dir(out_dir)
     else:
@@ -102,11 +108,15 @@ def train_lm(
     model = build_model(cfg, seed=train_cfg.seed)
     n_params = sum(p.numel() for p in model.parameters())
     log.info("model: %s, %.2fM parameters", cfg.architecture, n_params / 1e6)
+    teacher = _teacher(teacher_dir, cfg) if teacher_dir else None
 
     def loss_fn(step: int) -> tuple[torch.Tensor, int]:
         chosen = batch_indices(step, train_cfg.batch_size, len(train_rows), train_cfg.seed)
         rows = train_rows[chosen]
-        loss, _ = block_loss(model, rows)
+        if teacher is not None:
+            loss = distill_loss(model, teacher, rows, distill_weight)
+        else:
+            loss, _ = block_loss(model, rows)
         return loss, rows.numel() - rows.shape[0]
 
     def evaluate() -> dict[str, float]:
@@ -132,8 +142,22 @@ def train_lm(
         "train_tokens": float(sum(len(r) + 1 for r in train_tokens)),
         "val_tokens": float(len(flat_val)),
     }
+    distill = ({"teacher": str(teacher_dir), "weight": distill_weight} if teacher_dir
+               else None)
     (out_dir / "training_summary.json").write_text(json.dumps(
         {"metrics": summary, "shape": asdict(shape), "train": asdict(train_cfg),
+         **({"distill": distill} if distill else {}),
          "history": trainer.history, "threads": torch.get_num_threads()},
         indent=2) + "\n")
     return summary
+
+
+def _teacher(directory: str, student: ModelConfig) -> Transformer:
+    """The teacher, frozen, on the CPU in float32; its vocabulary must be the student's."""
+    loaded = load_model(directory, dtype="float32", device="cpu")
+    if loaded.config.vocab_size != student.vocab_size:
+        raise ValueError(f"teacher {directory} has {loaded.config.vocab_size} tokens, the "
+                         f"student {student.vocab_size}")
+    teacher = loaded.model.eval()
+    teacher.requires_grad_(False)
+    return teacher

@@ -151,3 +151,41 @@ def test_bad_jsonl_names_the_line(tmp_path: Path) -> None:
     path.write_text('{"text": "a", "label": "x"}\n{"text": "b"\n')
     with pytest.raises(DataError, match=r"rows\.jsonl:2: not valid JSON"):
         read_labelled(path)
+
+
+def test_distilling_a_smaller_student(trained: tuple[Path, dict], corpus_file: Path,
+                                      tmp_path: Path) -> None:
+    """--teacher: the student reads the teacher's tokenizer, and the KL term pulls its
+    next-token distributions toward the teacher's (less than before training, and zero
+    for the teacher itself); the summary records the teacher."""
+    from app.tokenizer import Tokenizer
+    from app.train.data import pack_tokens, read_documents
+    from app.train.distill import distill_loss
+
+    teacher_dir, _ = trained
+    out = tmp_path / "student"
+    small = ModelShape(family="llama", hidden_size=16, num_layers=1, num_heads=2,
+                       num_kv_heads=1, intermediate_size=32, context=32)
+    tokenizer = Tokenizer.from_dir(teacher_dir)
+    rows = pack_tokens([tokenizer.encode(d, add_special_tokens=False)
+                        for d in read_documents([str(corpus_file)])[:8]],
+                       tokenizer.eos_ids[0], 32)[:4]
+    teacher = load_model(teacher_dir, dtype="float32", device="cpu").model
+    assert float(distill_loss(teacher, teacher, rows, 1.0)) == pytest.approx(0.0, abs=1e-5)
+
+    def kl(directory: Path) -> float:
+        student = load_model(directory, dtype="float32", device="cpu").model
+        with torch.no_grad():
+            return float(distill_loss(student, teacher, rows, 1.0))
+
+    train_lm([str(corpus_file)], tmp_path / "untrained", small, tiny_cfg(max_steps=1, lr=1e-9),
+             val_fraction=0.2, teacher_dir=str(teacher_dir))
+    train_lm([str(corpus_file)], out, small, tiny_cfg(max_steps=40), val_fraction=0.2,
+             teacher_dir=str(teacher_dir), distill_weight=0.9)
+    assert (out / "tokenizer.json").read_text() == (teacher_dir / "tokenizer.json").read_text()
+    assert kl(out) < 0.8 * kl(tmp_path / "untrained")
+    summary = json.loads((out / "training_summary.json").read_text())
+    assert summary["distill"] == {"teacher": str(teacher_dir), "weight": 0.9}
+    with pytest.raises(ValueError, match="distill_weight"):
+        train_lm([str(corpus_file)], tmp_path / "bad", small, tiny_cfg(),
+                 teacher_dir=str(teacher_dir), distill_weight=1.5)
