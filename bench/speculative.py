@@ -153,7 +153,8 @@ async def main() -> None:
     print(cpu_line(cpu_info()))
     torch.set_num_threads(args.threads)
     tokenizer = Tokenizer.from_dir(MODEL)
-    spec = SpeculativeConfig(num_speculative_tokens=args.k)
+    # speculation on whatever the engine's startup check measures (its verdict is printed)
+    spec = SpeculativeConfig(num_speculative_tokens=args.k, max_verify_cost=None)
     engines = tuple(
         Engine(load_model(MODEL, dtype="float32", device="cpu"), tokenizer,
                EngineConfig(compile=args.compile, prepack=args.prepack,
@@ -162,7 +163,7 @@ async def main() -> None:
     pair_of: tuple[Engine, Engine] = (engines[0], engines[1])
     drafting: Engine | None = None
     draft_spec = SpeculativeConfig(method="draft_model", model=str(args.draft),
-                                   num_speculative_tokens=args.draft_k)
+                                   num_speculative_tokens=args.draft_k, max_verify_cost=None)
     wants_draft = args.only is None or any(n.startswith("draft") for n in args.only)
     if wants_draft and (args.draft / "config.json").is_file():
         draft = DraftModel(load_model(args.draft, dtype="float32", device="cpu"),
@@ -172,6 +173,14 @@ async def main() -> None:
                                        speculative=draft_spec), draft=draft)
     for e in (*pair_of, *([drafting] if drafting else [])):
         await e.start()
+    # what the engine's startup check (max_verify_cost) measures here: a verification
+    # step against a one-token step, on the speculating engine's own graphs
+    loop = asyncio.get_running_loop()
+    plain_s, verify_s = await loop.run_in_executor(
+        pair_of[0]._executor, pair_of[0].runner.verification_cost, args.k)
+    print(f"startup check: a step scoring {args.k + 1} tokens costs "
+          f"{verify_s / plain_s:.2f}x a one-token step ({verify_s * 1e3:.2f} vs "
+          f"{plain_s * 1e3:.2f} ms; speculation stays on up to 2.0x by default)")
     try:
         encode = tokenizer.encode
         greedy = SamplingParams(max_tokens=args.tokens, temperature=0.0, ignore_eos=True)

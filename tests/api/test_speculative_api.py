@@ -67,7 +67,8 @@ def test_draft_model_by_served_name_and_refusals(hf_checkpoint: Any, checkpoints
 
     draft_dir = hf_checkpoint("qwen2")[0]
     models = [f"lm={checkpoints['lm']}", f"small={draft_dir}"]
-    spec = '{"method": "draft_model", "model": "small", "num_speculative_tokens": 3}'
+    spec = ('{"method": "draft_model", "model": "small", "num_speculative_tokens": 3, '
+            '"max_verify_cost": null}')
 
     async def answers(config: str | None) -> tuple[list[str], dict[str, Any]]:
         async with running_app(settings_for(*models, speculative_config=config)) as (_, client):

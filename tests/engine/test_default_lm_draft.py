@@ -23,7 +23,7 @@ def test_shipped_draft_guesses_for_default_lm() -> None:
     tokenizer = Tokenizer.from_dir(target_dir)
     params = SamplingParams(max_tokens=48, temperature=0.0, ignore_eos=True)
     spec = SpeculativeConfig(method="draft_model", model=str(draft_dir),
-                             num_speculative_tokens=3)
+                             num_speculative_tokens=3, max_verify_cost=None)
 
     async def outputs(speculative: SpeculativeConfig | None) -> tuple[list[list[int]], float]:
         draft = None if speculative is None else DraftModel(
