@@ -116,8 +116,8 @@ class ModelRunner:
             if pack:
                 pack_model(self.model)
             rows, few = choose_few_rows(self.model, self.device)
-            if rows:
-                use_few_rows(self.model, rows)
+            if rows.blocks or rows.head:
+                use_few_rows(self.model, rows.blocks, rows.head)
             self.pack_reason += f"; products of a few rows: {few}"
         log.info("weights: %s", self.pack_reason)
         compiled = compile_model(self.model, self.device, self.compile_mode)

@@ -14,6 +14,7 @@ from app.engine import runner as runner_module
 from app.engine.engine import Engine
 from app.engine.request import RequestKind
 from app.engine.speculative import SpeculativeConfig
+from app.modeling.few_rows import FewRows
 from app.sampling_params import SamplingParams
 from tests.engine.test_engine import prompts
 from tests.helpers import require_cpp_compiler
@@ -79,7 +80,8 @@ def test_compiled_engine_matches_transformers_and_eager(with_engine: Any, hf_che
         assert proposer.num_draft_tokens > 0, "nothing was guessed: nothing tested"
 
     # few-row products through the C++ kernel whatever they measure here, to trace them
-    monkeypatch.setattr(runner_module, "choose_few_rows", lambda *_: (4, "2-4 rows (test)"))
+    monkeypatch.setattr(runner_module, "choose_few_rows",
+                        lambda *_: (FewRows(4, 4), "2-4 rows (test)"))
     # no startup check: speculation on whatever it measures, to test it compiled
     with_engine(arch, body, compile="on", prepack="on",
                 speculative=SpeculativeConfig(prompt_lookup_min=1, cooldown=0,
