@@ -228,17 +228,18 @@ class Engine:
 
     def _check_speculation(self) -> None:
         """Keep speculative decoding only where a speculative step costs little more
-        than a plain one on this model, CPU and execution mode. Measured: with MKL's
-        products of a few rows and one SDPA call per sequence, a step scoring 5 tokens
-        cost 3x a compiled one-token step, and n-gram speculation lost (0.85x). A step
-        pays when the tokens it keeps outnumber its cost in one-token steps; prompt
-        lookup keeps 1.5-2.5 per step where it helps (docs/PERFORMANCE.md), hence the
-        default limit of 2 (`max_verify_cost`). A draft model's k forwards (eager) count
-        too. Off, and said with the figures, above the limit."""
+        than a plain one on this model, CPU and execution mode. A step pays when the
+        tokens it keeps outnumber its cost in one-token steps. Measured on the shipped
+        model (AMD Zen 5, docs/PERFORMANCE.md): n-gram lookup kept about 1.9 tokens per
+        step on ordinary prompts; compiled, a step scoring 5 tokens cost 2.0x a one-token
+        step and speculation lost (0.94x); eager it cost 1.24x and won (1.6-1.9x). Hence
+        the limits (`max_verify_cost`, per method by default: DEFAULT_VERIFY_COST), with a
+        margin. A draft model's k forwards (eager) count too. Off, and said with the
+        figures, above the limit."""
         proposer = self.core.proposer
-        if proposer is None or proposer.config.max_verify_cost is None:
+        limit = None if proposer is None else proposer.config.verify_cost_limit()
+        if proposer is None or limit is None:
             return
-        limit = proposer.config.max_verify_cost
         k = proposer.config.num_speculative_tokens
         plain, verify = self.runner.verification_cost(k)
         drafter = self.core.drafter

@@ -33,6 +33,14 @@ from typing import Any
 METHODS = ("ngram", "draft_model", "draft")  # "draft": vLLM's older name of draft_model
 
 
+# The startup check's default limit per method, in one-token steps: a speculative step
+# pays when it keeps more tokens than it costs. Measured on the shipped model (AMD Zen 5,
+# docs/PERFORMANCE.md): n-gram lookup kept about 1.9 tokens a step on ordinary prompts
+# (at a cost of 2.0x it lost, 0.94x), the distilled draft about 3 (at 1.9x it won,
+# 1.63x): each limit leaves a margin below what its method keeps.
+DEFAULT_VERIFY_COST = {"ngram": 1.5, "draft_model": 2.5}
+
+
 @dataclass(frozen=True)
 class SpeculativeConfig:
     method: str = "ngram"
@@ -42,8 +50,9 @@ class SpeculativeConfig:
     max_batch: int = 4  # no proposals when more sequences than this decode in a step
     cooldown: int = 2  # steps a sequence waits after a fully rejected proposal (doubling)
     # Startup check (app/engine/engine.py): speculation stays on only where a step scoring
-    # k + 1 tokens costs at most this many one-token steps, measured; null: no check.
-    max_verify_cost: float | None = 2.0
+    # k + 1 tokens (and a draft's k forwards) costs at most this many one-token steps,
+    # measured; null: no check; unset: the method's own (DEFAULT_VERIFY_COST).
+    max_verify_cost: float | None = -1.0
     # draft_model: the draft's checkpoint directory, or the name of another model this
     # server serves (resolved to its directory at startup: app.main)
     model: str | None = None
@@ -64,7 +73,8 @@ class SpeculativeConfig:
             raise ValueError("need 1 <= prompt_lookup_min <= prompt_lookup_max")
         if self.max_batch < 1 or self.cooldown < 0:
             raise ValueError("max_batch must be >= 1 and cooldown >= 0")
-        if self.max_verify_cost is not None and self.max_verify_cost <= 0:
+        if self.max_verify_cost is not None and self.max_verify_cost <= 0 and (
+                self.max_verify_cost != -1.0):
             raise ValueError("max_verify_cost must be > 0 (or null: no startup check)")
 
     @classmethod
@@ -85,6 +95,12 @@ class SpeculativeConfig:
         if "model" in fields and "method" not in fields:  # vLLM infers it the same way
             fields["method"] = "draft_model"
         return cls(**fields)
+
+    def verify_cost_limit(self) -> float | None:
+        """max_verify_cost, or the method's default when it was not given."""
+        if self.max_verify_cost == -1.0:
+            return DEFAULT_VERIFY_COST["draft_model" if self.uses_draft_model else "ngram"]
+        return self.max_verify_cost
 
     @property
     def uses_draft_model(self) -> bool:

@@ -80,7 +80,10 @@ def choose_gemv_rows(model: Transformer) -> tuple[int, dict[int, float]]:
     product the model would otherwise run (BLAS, or prepacked oneDNN) on this CPU,
     measured on the model's own MLP weights (every layer's, so the weights stream from
     memory as in a decode step); 0 if it never does."""
-    layers = [block.mlp.up for block in model.blocks()]
+    # the product one row would otherwise run: a few-rows wrapper's own (it passes one row
+    # on; timed through the wrapper, its Python call would count against BLAS here, where
+    # in a compiled graph it costs nothing)
+    layers = [getattr(block.mlp.up, "many", block.mlp.up) for block in model.blocks()]
     reduce = torch.compile(lambda x, w: (x.float()[:, None, :] * w.float()).sum(-1).to(x.dtype),
                            dynamic=False)
     gains: dict[int, float] = {}
