@@ -20,6 +20,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -27,6 +28,7 @@ from safetensors.torch import save_file
 
 from app.checkpoint import load_model
 from app.checkpoint.lora import PARTS, read_peft_adapter
+from app.engine.compute import compute_thread
 from app.engine.engine import Engine, EngineConfig
 from app.modeling.config import ModelConfig
 from app.modeling.lora import fused_sizes
@@ -67,7 +69,7 @@ def write_random_adapter(directory: Path, config: ModelConfig, rank: int, seed: 
         "lora_dropout": 0.0, "base_model_name_or_path": str(MODEL)}))
 
 
-async def rate(engine: Engine, prompts: list[list[int]], adapters: list[str | None],
+async def rate(engine: Engine, prompts: list[list[int]], adapters: Sequence[str | None],
                params: SamplingParams) -> tuple[float, float]:
     """Tokens per second of wall time, and per second of this process's CPU time (all
     threads: on a shared machine the second is the steadier of the two)."""
@@ -78,7 +80,7 @@ async def rate(engine: Engine, prompts: list[list[int]], adapters: list[str | No
     return (tokens / (time.perf_counter() - start), tokens / (time.process_time() - cpu))
 
 
-async def compare(engine: Engine, prompts: list[list[int]], adapters: list[str | None],
+async def compare(engine: Engine, prompts: list[list[int]], adapters: Sequence[str | None],
                   params: SamplingParams, rounds: int) -> dict[str, object]:
     base: list[tuple[float, float]] = []
     lora: list[tuple[float, float]] = []
@@ -108,9 +110,13 @@ async def main() -> None:
     print(cpu_line(cpu_info()))
     torch.set_num_threads(args.threads)
     tokenizer = Tokenizer.from_dir(MODEL)
-    loaded = load_model(MODEL, dtype="float32", device="cpu")
+    # loaded on the engine's compute thread, as the server does: torch work on a second
+    # thread would start a second OpenMP team on the same cores (app/engine/compute.py)
+    compute = compute_thread("bench")
+    loaded = compute.submit(load_model, MODEL, dtype="float32", device="cpu").result()
     engine = Engine(loaded, tokenizer, EngineConfig(
-        compile=args.compile, prepack=args.prepack, max_loras=4, max_lora_rank=args.rank))
+        compile=args.compile, prepack=args.prepack, max_loras=4, max_lora_rank=args.rank),
+        executor=compute)
     await engine.start()
     names = [f"random-{k}" for k in range(4)]
     try:

@@ -33,9 +33,11 @@ from pathlib import Path
 import torch
 
 from app.checkpoint import load_model
+from app.engine.compute import compute_thread
 from app.engine.draft_runner import DraftModel
 from app.engine.engine import Engine, EngineConfig, StepStats
 from app.engine.speculative import SpeculativeConfig
+from app.modeling.loaded import LoadedModel
 from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
 from bench.machine import cpu_info, cpu_line
@@ -155,10 +157,18 @@ async def main() -> None:
     tokenizer = Tokenizer.from_dir(MODEL)
     # speculation on whatever the engine's startup check measures (its verdict is printed)
     spec = SpeculativeConfig(num_speculative_tokens=args.k, max_verify_cost=None)
+    # every model loaded and run on one compute thread, as the server does: torch work on
+    # a second thread would start a second OpenMP team on the same cores
+    # (app/engine/compute.py; in-process figures before 2026-12-07 ran that way)
+    compute = compute_thread("bench")
+
+    def load(path: Path) -> LoadedModel:
+        return compute.submit(load_model, path, dtype="float32", device="cpu").result()
+
     engines = tuple(
-        Engine(load_model(MODEL, dtype="float32", device="cpu"), tokenizer,
+        Engine(load(MODEL), tokenizer,
                EngineConfig(compile=args.compile, prepack=args.prepack,
-                           speculative=config))
+                           speculative=config), executor=compute)
         for config in (spec, None))
     pair_of: tuple[Engine, Engine] = (engines[0], engines[1])
     drafting: Engine | None = None
@@ -166,18 +176,18 @@ async def main() -> None:
                                    num_speculative_tokens=args.draft_k, max_verify_cost=None)
     wants_draft = args.only is None or any(n.startswith("draft") for n in args.only)
     if wants_draft and (args.draft / "config.json").is_file():
-        draft = DraftModel(load_model(args.draft, dtype="float32", device="cpu"),
-                           Tokenizer.from_dir(args.draft))
-        drafting = Engine(load_model(MODEL, dtype="float32", device="cpu"), tokenizer,
+        draft = DraftModel(load(args.draft), Tokenizer.from_dir(args.draft))
+        drafting = Engine(load(MODEL), tokenizer,
                           EngineConfig(compile=args.compile, prepack=args.prepack,
-                                       speculative=draft_spec), draft=draft)
+                                       speculative=draft_spec), draft=draft,
+                          executor=compute)
     for e in (*pair_of, *([drafting] if drafting else [])):
         await e.start()
     # what the engine's startup check (max_verify_cost) measures here: a verification
     # step against a one-token step, on the speculating engine's own graphs
     loop = asyncio.get_running_loop()
     plain_s, verify_s = await loop.run_in_executor(
-        pair_of[0]._executor, pair_of[0].runner.verification_cost, args.k)
+        compute, pair_of[0].runner.verification_cost, args.k)
     print(f"startup check: a step scoring {args.k + 1} tokens costs "
           f"{verify_s / plain_s:.2f}x a one-token step ({verify_s * 1e3:.2f} vs "
           f"{plain_s * 1e3:.2f} ms; n-gram speculation stays on up to 1.5x by default)")
