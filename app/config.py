@@ -135,7 +135,7 @@ class Settings(BaseSettings):
         None, description="speculative decoding, vLLM's JSON: {\"method\": \"ngram\", "
                           "\"num_speculative_tokens\": 4, \"prompt_lookup_min\": 2, "
                           "\"prompt_lookup_max\": 4, \"max_batch\": 4, \"cooldown\": 2, "
-                          "\"max_verify_cost\": 1.5}, or {\"method\": \"draft_model\", "
+                          "\"max_verify_cost\": 2.0}, or {\"method\": \"draft_model\", "
                           "\"model\": DIR or a served model's name, "
                           "\"num_speculative_tokens\": 4}; off when unset (see README)")
     # --- LoRA adapters (README "LoRA adapters")

@@ -190,7 +190,7 @@ async def main() -> None:
         compute, pair_of[0].runner.verification_cost, args.k)
     print(f"startup check: a step scoring {args.k + 1} tokens costs "
           f"{verify_s / plain_s:.2f}x a one-token step ({verify_s * 1e3:.2f} vs "
-          f"{plain_s * 1e3:.2f} ms; n-gram speculation stays on up to 1.5x by default)")
+          f"{plain_s * 1e3:.2f} ms; n-gram speculation stays on up to 2.0x by default)")
     try:
         encode = tokenizer.encode
         greedy = SamplingParams(max_tokens=args.tokens, temperature=0.0, ignore_eos=True)

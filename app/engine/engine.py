@@ -229,13 +229,10 @@ class Engine:
     def _check_speculation(self) -> None:
         """Keep speculative decoding only where a speculative step costs little more
         than a plain one on this model, CPU and execution mode. A step pays when the
-        tokens it keeps outnumber its cost in one-token steps. Measured on the shipped
-        model (AMD Zen 5, docs/PERFORMANCE.md): n-gram lookup kept about 1.9 tokens per
-        step on ordinary prompts; compiled, a step scoring 5 tokens cost 2.0x a one-token
-        step and speculation lost (0.94x); eager it cost 1.24x and won (1.6-1.9x). Hence
-        the limits (`max_verify_cost`, per method by default: DEFAULT_VERIFY_COST), with a
-        margin. A draft model's k forwards (eager) count too. Off, and said with the
-        figures, above the limit."""
+        tokens it keeps outnumber its cost in one-token steps; the limits per method
+        (`max_verify_cost`, DEFAULT_VERIFY_COST by default) come from measurements on the
+        shipped model (docs/PERFORMANCE.md). A draft model's k forwards (eager) count
+        too. Off, and said with the figures, above the limit."""
         proposer = self.core.proposer
         limit = None if proposer is None else proposer.config.verify_cost_limit()
         if proposer is None or limit is None:
