@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import statistics
 import tempfile
@@ -124,8 +125,9 @@ async def main() -> None:
             for k, name in enumerate(names):
                 write_random_adapter(Path(tmp) / name, loaded.config, args.rank, seed=k,
                                      only=QV if args.targets == "qv" else ())
-                await engine.load_adapter(read_peft_adapter(
-                    Path(tmp) / name, loaded.config, name=name, max_rank=args.rank))
+                await engine.load_adapter(name, functools.partial(
+                    read_peft_adapter, Path(tmp) / name, loaded.config, name=name,
+                    max_rank=args.rank))
         params = SamplingParams(max_tokens=args.tokens, temperature=0.0, ignore_eos=True)
         encoded = [tokenizer.encode(p) for p in PROMPTS]
         many = [encoded[i % len(encoded)] + [5 + i] for i in range(32)]

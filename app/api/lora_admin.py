@@ -6,6 +6,7 @@ models and adapters, and (at run time) that its folder lies inside --lora-dir.
 from __future__ import annotations
 
 import asyncio
+import functools
 from pathlib import Path
 
 from app.api.errors import BadRequest, NotFound
@@ -83,11 +84,9 @@ async def load_adapter(state: ServerState, name: str, path: Path, base: str | No
 
     async def load() -> AdapterEntry:
         try:
-            # read off the event loop and off the compute thread (steps go on meanwhile)
-            adapter = await asyncio.to_thread(
+            return await model.engine.load_adapter(name, functools.partial(
                 read_peft_adapter, path, model.loaded.config, name=name,
-                max_rank=model.engine.config.max_lora_rank)
-            return await model.engine.load_adapter(adapter)
+                max_rank=model.engine.config.max_lora_rank))
         except BaseException:
             state.adapters.pop(name, None)
             raise

@@ -169,18 +169,25 @@ class Engine:
         except RuntimeError:  # changed by the compute thread while read: read again later
             return []
 
-    async def load_adapter(self, adapter: LoraAdapter) -> AdapterEntry:
-        """Register an adapter (read by app.checkpoint.lora.read_peft_adapter) with the
-        runner, on the compute thread (the steps' thread: never beside a forward). Raises
-        AdapterError (app.modeling.lora) for anything wrong with it, saying what."""
-        name = adapter.name
+    async def load_adapter(self, name: str, read: Callable[[], LoraAdapter]) -> AdapterEntry:
+        """Read an adapter with `read` (the server's: app.checkpoint.lora.read_peft_adapter
+        bound to its path) and register it with the runner, both on the compute thread:
+        never beside a forward, and its tensor work in the one OpenMP team
+        (app/engine/compute.py). Raises AdapterError (app.modeling.lora) for anything
+        wrong with it, saying what."""
         if not self.config.max_loras:
             raise InvalidRequest(f"model {self.name!r} serves no LoRA adapters (started "
                                  "without --lora and --allow-runtime-lora)")
         if name in self.adapters:
             raise InvalidRequest(f"LoRA adapter {name!r} is already loaded")
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._executor, self.runner.adapters.register, adapter)
+
+        def read_and_register() -> LoraAdapter:
+            adapter = read()
+            self.runner.adapters.register(adapter)
+            return adapter
+
+        adapter = await asyncio.get_running_loop().run_in_executor(self._executor,
+                                                                   read_and_register)
         entry = AdapterEntry(name, adapter.path, adapter.rank)
         self.adapters.add(entry)
         log.info("LoRA adapter loaded", extra={"model": self.name, "adapter": name,

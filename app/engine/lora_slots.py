@@ -33,8 +33,20 @@ class AdapterSlots:
         self.capacity = {m: max_rank * len(sizes[m][0]) for m in MODULES}
         self._a: list[dict[str, Tensor]] = []
         self._b: list[dict[str, Tensor]] = []
-        if max_loras == 0:
+        self._all_views: tuple[tuple[Tensor, ...], ...] = ()
+        self._slot_views: list[tuple[tuple[Tensor, ...], ...]] = []
+
+    def allocate(self) -> None:
+        """The slot buffers, zeroed: called by the runner's prepare(), on the compute
+        thread. Filling them is a parallel op, and on any other thread it would start a
+        second OpenMP team on the same cores (app/engine/compute.py; measured: every
+        base-model decode step 3.5x slower with the buffers made on the event loop's
+        thread)."""
+        if self.max_loras == 0 or self._a:
             return
+        max_loras = self.max_loras
+        sizes = fused_sizes(self.config)
+        model = self.model
         weight = model.embed.weight
         dtype, device = weight.dtype, weight.device
         for _ in range(self.config.num_layers):
@@ -116,6 +128,7 @@ class AdapterSlots:
         if len(wanted) > self.max_loras:
             raise RuntimeError(f"{len(wanted)} adapters in one step, at most "
                                f"{self.max_loras} resident (the scheduler must not do that)")
+        self.allocate()  # done by the runner's prepare(); here for slots used without one
         for name in wanted:
             if name in self._slots:
                 self._slots.move_to_end(name)

@@ -96,6 +96,7 @@ class ModelRunner:
         thread, like every step (see app.engine.compute)."""
         started = time.monotonic()
         cfg = self.config
+        self.adapters.allocate()
         self._cache = PagedKVCache(cfg.num_layers, self.num_blocks, self.block_size,
                                    cfg.num_kv_heads, cfg.head_dim, self.loaded.dtype,
                                    self.device)
