@@ -41,6 +41,7 @@ from app.engine.scheduler import SchedulerConfig
 from app.engine.speculative import SpeculativeConfig
 from app.kv_event_publisher import KVEventPublisher
 from app.metrics import Metrics
+from app.modeling.config import Task
 from app.modeling.lora import AdapterError
 from app.tokenizer import Tokenizer
 
@@ -113,6 +114,8 @@ async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[
             tokenizer = await asyncio.to_thread(Tokenizer.from_dir, spec.path,
                                                 loaded.eos_token_ids)
             config = engine_config(settings)
+            if loaded.config.task is not Task.CAUSAL_LM:  # a classifier never generates
+                config = replace(config, speculative=None)
             draft = None
             if config.speculative is not None and config.speculative.uses_draft_model:
                 path, served = draft_path(settings, config.speculative.model or "")
