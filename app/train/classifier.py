@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -77,6 +78,55 @@ def split_labelled(
     return train_rows, test_rows, labels
 
 
+@dataclass(frozen=True)
+class EncodedLabels:
+    """Labelled rows as the training objective reads them: token ids (the end of each
+    text), label indices, the pad id, and inverse-frequency class weights (so rare
+    labels are not ignored)."""
+
+    labels: tuple[str, ...]
+    pad: int
+    train_ids: list[list[int]]
+    test_ids: list[list[int]]
+    train_y: torch.Tensor
+    test_y: list[int]
+    class_weight: torch.Tensor
+
+
+def encode_labelled(tokenizer: Tokenizer, train_rows: list[LabelledText],
+                    test_rows: list[LabelledText], labels: tuple[str, ...],
+                    max_length: int) -> EncodedLabels:
+    index = {label: i for i, label in enumerate(labels)}
+    train_y = torch.tensor([index[r.label] for r in train_rows])
+    counts = torch.bincount(train_y, minlength=len(labels)).float()
+    return EncodedLabels(
+        labels, tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_ids[0],
+        encode_rows(tokenizer, train_rows, max_length),
+        encode_rows(tokenizer, test_rows, max_length), train_y,
+        [index[r.label] for r in test_rows], counts.sum() / (len(labels) * counts.clamp(min=1)))
+
+
+def classification_objective(model: Transformer, data: EncodedLabels, train_cfg: TrainConfig
+                             ) -> tuple[Callable[[int], tuple[torch.Tensor, int]],
+                                        Callable[[], dict[str, float]]]:
+    """The Trainer's loss (weighted cross-entropy on a seeded batch, pooled on each
+    text's last token) and evaluation (test accuracy and macro-F1)."""
+
+    def loss_fn(step: int) -> tuple[torch.Tensor, int]:
+        chosen = batch_indices(step, train_cfg.batch_size, len(data.train_ids), train_cfg.seed)
+        ids, lengths = pad_batch([data.train_ids[i] for i in chosen.tolist()], data.pad)
+        logits = classifier_logits(model, ids, lengths)
+        return F.cross_entropy(logits.float(), data.train_y[chosen],
+                               weight=data.class_weight), int(lengths.sum())
+
+    def evaluate() -> dict[str, float]:
+        report = classification_report(data.test_y, predict_labels(model, data.test_ids,
+                                                                   data.pad), data.labels)
+        return {"test_accuracy": report.accuracy, "test_macro_f1": report.macro_f1}
+
+    return loss_fn, evaluate
+
+
 def train_classifier(
     data: str,
     base_dir: str,
@@ -91,30 +141,10 @@ def train_classifier(
 ) -> ClassificationReport:
     train_rows, test_rows, labels = split_labelled(data, test_file, val_fraction, train_cfg.seed,
                                                    text_column, label_column)
-    index = {label: i for i, label in enumerate(labels)}
-
     tokenizer = Tokenizer.from_dir(base_dir)
-    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_ids[0]
-    train_ids = encode_rows(tokenizer, train_rows, max_length)
-    test_ids = encode_rows(tokenizer, test_rows, max_length)
-    train_y = torch.tensor([index[r.label] for r in train_rows])
-    test_y = [index[r.label] for r in test_rows]
-
+    encoded = encode_labelled(tokenizer, train_rows, test_rows, labels, max_length)
     model = classifier_from_lm(base_dir, labels, train_cfg.seed)
-    # Inverse-frequency class weights, so rare topics are not ignored.
-    counts = torch.bincount(train_y, minlength=len(labels)).float()
-    class_weight = counts.sum() / (len(labels) * counts.clamp(min=1))
-
-    def loss_fn(step: int) -> tuple[torch.Tensor, int]:
-        chosen = batch_indices(step, train_cfg.batch_size, len(train_ids), train_cfg.seed)
-        ids, lengths = pad_batch([train_ids[i] for i in chosen.tolist()], pad)
-        logits = classifier_logits(model, ids, lengths)
-        return F.cross_entropy(logits.float(), train_y[chosen], weight=class_weight), int(
-            lengths.sum())
-
-    def evaluate() -> dict[str, float]:
-        report = classification_report(test_y, predict_labels(model, test_ids, pad), labels)
-        return {"test_accuracy": report.accuracy, "test_macro_f1": report.macro_f1}
+    loss_fn, evaluate = classification_objective(model, encoded, train_cfg)
 
     def save() -> None:
         save_model(model, out_dir)
@@ -124,7 +154,8 @@ def train_classifier(
     trainer = Trainer(model, train_cfg, out_dir, loss_fn, evaluate, save)
     trainer.run(resume=resume)
     with torch.no_grad():
-        report = classification_report(test_y, predict_labels(model, test_ids, pad), labels)
+        report = classification_report(encoded.test_y, predict_labels(
+            model, encoded.test_ids, encoded.pad), labels)
     (out_dir / "training_summary.json").write_text(json.dumps(
         {"report": asdict(report), "train": asdict(train_cfg), "history": trainer.history,
          "train_rows": len(train_rows), "test_rows": len(test_rows),

@@ -19,23 +19,25 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from app.checkpoint import load_config, load_model
 from app.modeling.config import ProblemType, Task
 from app.modeling.transformer import Transformer
 from app.tokenizer import Tokenizer
-from app.train.classifier import classifier_from_lm, encode_rows, split_labelled
+from app.train.classifier import (
+    classification_objective,
+    classifier_from_lm,
+    encode_labelled,
+    split_labelled,
+)
 from app.train.data import DataError
 from app.train.evaluate import (
     ClassificationReport,
     classification_report,
-    classifier_logits,
-    pad_batch,
     predict_labels,
 )
-from app.train.loop import TrainConfig, Trainer, batch_indices
+from app.train.loop import TrainConfig, Trainer
 from app.train.lora import LoraSettings, attach_lora, save_lora
 from app.train.lora_card import LoraCard, write_card
 
@@ -80,13 +82,8 @@ def train_lora_classifier(
     train_rows, test_rows, data_labels = split_labelled(
         data, test_file, val_fraction, train_cfg.seed, text_column, label_column)
     model, labels = _start_model(base_dir, data_labels, train_cfg.seed)
-    index = {label: i for i, label in enumerate(labels)}
     tokenizer = Tokenizer.from_dir(base_dir)
-    pad = tokenizer.pad_id if tokenizer.pad_id is not None else tokenizer.eos_ids[0]
-    train_ids = encode_rows(tokenizer, train_rows, max_length)
-    test_ids = encode_rows(tokenizer, test_rows, max_length)
-    train_y = torch.tensor([index[r.label] for r in train_rows])
-    test_y = [index[r.label] for r in test_rows]
+    encoded = encode_labelled(tokenizer, train_rows, test_rows, labels, max_length)
 
     model.eval()  # no dropout in the body; the LoRA parts' own dropout follows the trainer
     lora = attach_lora(model, settings, torch.Generator().manual_seed(train_cfg.seed))
@@ -95,25 +92,14 @@ def train_lora_classifier(
     model.score.weight = nn.Parameter(model.score.weight.detach().clone())
     lora.heads["score"] = model.score
     n_trainable = sum(p.numel() for p in lora.parameters())
-    counts = torch.bincount(train_y, minlength=len(labels)).float()
-    class_weight = counts.sum() / (len(labels) * counts.clamp(min=1))
-
-    def loss_fn(step: int) -> tuple[Tensor, int]:
-        chosen = batch_indices(step, train_cfg.batch_size, len(train_ids), train_cfg.seed)
-        ids, lengths = pad_batch([train_ids[i] for i in chosen.tolist()], pad)
-        logits = classifier_logits(model, ids, lengths)
-        return (F.cross_entropy(logits.float(), train_y[chosen], weight=class_weight),
-                int(lengths.sum()))
-
-    def evaluate() -> dict[str, float]:
-        report = classification_report(test_y, predict_labels(model, test_ids, pad), labels)
-        return {"test_accuracy": report.accuracy, "test_macro_f1": report.macro_f1}
+    loss_fn, evaluate = classification_objective(model, encoded, train_cfg)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = Trainer(lora, train_cfg, out_dir, loss_fn, evaluate,
                       lambda: save_lora(lora, model, out_dir, str(base_dir)))
     trainer.run(resume=resume)
-    report = classification_report(test_y, predict_labels(model, test_ids, pad), labels)
+    report = classification_report(encoded.test_y, predict_labels(
+        model, encoded.test_ids, encoded.pad), labels)
     summary = {"trainable_parameters": float(n_trainable), "test_accuracy": report.accuracy,
                "test_macro_f1": report.macro_f1,
                "majority_baseline": report.majority_baseline,
