@@ -38,8 +38,8 @@ def main() -> None:
     blocks_needed = [-(-n // block) for n in lens]
     cache = PagedKVCache(1, sum(blocks_needed) + 8, block, nh, hd, torch.float32,
                          torch.device("cpu"))
-    cache.k.normal_()
-    cache.v.normal_()
+    cache.k[0].normal_()
+    cache.v[0].normal_()
     free = list(range(cache.num_blocks))
     rng.shuffle(free)
     tables = [[free.pop() for _ in range(n)] for n in blocks_needed]

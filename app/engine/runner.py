@@ -24,6 +24,7 @@ from app.engine.scheduler import ScheduledSeq, SchedulerOutput
 from app.modeling.attention import DecodeFn, PagedAttention, PagedKVCache, build_paged_batch
 from app.modeling.compile import CompileError, compile_model
 from app.modeling.config import Task
+from app.modeling.decode_step import DecodeRows, StepFn, decode_rows, run_decode_step
 from app.modeling.few_rows import choose_few_rows, drop_few_rows, use_few_rows
 from app.modeling.heads import label_scores
 from app.modeling.kernel_choice import choose_kernels
@@ -81,6 +82,7 @@ class ModelRunner:
         self.pack_reason = "not packed (not prepared)"
         self.quantization = describe_quantization(self.model)
         self.decode: DecodeFn | None = None
+        self.step: StepFn | None = None  # a decode step as one graph, when compiled
         # LoRA adapters (app.engine.lora_slots); max_loras 0: none, nothing on the hot path
         self.adapters = AdapterSlots(self.model, max_loras, max_lora_rank)
 
@@ -125,10 +127,11 @@ class ModelRunner:
         self.compile_reason = compiled.reason
         if compiled.ops.compiled:
             self.model.ops, self.decode = compiled.ops, compiled.decode
+            self.step = compiled.step
             try:
                 self._warm_up()
             except Exception as exc:
-                self.model.ops, self.decode = EAGER, None
+                self.model.ops, self.decode, self.step = EAGER, None, None
                 if self.compile_mode == "on":
                     raise CompileError(f"--compile on, but tracing failed: {exc}") from exc
                 self.compile_reason = f"off: tracing failed ({type(exc).__name__}: {exc})"
@@ -164,8 +167,16 @@ class ModelRunner:
                  [seq(i, 2 * bs + 1, 1) for i in range(5)],
                  # more rows than the few-rows kernel takes (app.modeling.few_rows)
                  [seq(i, 0, 1) for i in range(2, 12)]]
+        # Decode steps run as one graph (app.modeling.decode_step) where they can; the
+        # piecewise graphs still serve the steps that cannot (decodes far apart in
+        # length, decodes beside a prompt chunk), so both are traced.
+        step, self.step = self.step, None
         for scheduled in steps:
             self.execute(SchedulerOutput(tuple(scheduled)), SamplingPlan())
+        self.step = step
+        if step is not None:
+            for scheduled in steps:
+                self.execute(SchedulerOutput(tuple(scheduled)), SamplingPlan())
         if self.adapters.max_loras == 0:
             return
         # The LoRA graphs (their weights are whatever the slots hold: zeros now): one
@@ -216,6 +227,13 @@ class ModelRunner:
         for item in items:
             ids.extend(item.token_ids)
             positions.extend(range(item.start, item.start + item.num_new_tokens))
+        if self.step is not None and lora is None and self._decode_rows_only(items):
+            rows = decode_rows([i.num_new_tokens for i in items],
+                               [i.start + i.num_new_tokens for i in items],
+                               [list(i.block_table) for i in items], self.block_size,
+                               self.device)
+            if rows is not None:
+                return self._execute_step(items, ids, positions, rows, plan)
         batch = build_paged_batch(
             [i.num_new_tokens for i in items],
             [i.start + i.num_new_tokens for i in items],
@@ -256,6 +274,36 @@ class ModelRunner:
         for k, item in enumerate(items):
             if item.kind is RequestKind.SCORE:
                 self._score(hidden[offsets[k]:offsets[k + 1]], item, result)
+        return result
+
+    def _decode_rows_only(self, items: tuple[ScheduledSeq, ...]) -> bool:
+        """Whether every new token of the step is a row whose logits are sampled (a decode,
+        or a verification's last token and guesses): the one-graph step's case."""
+        return self.config.task is Task.CAUSAL_LM and all(
+            item.kind in (RequestKind.GENERATE, RequestKind.PREDICT)
+            and item.completes_prefill and item.num_new_tokens == 1 + len(item.draft)
+            for item in items)
+
+    def _execute_step(self, items: tuple[ScheduledSeq, ...], ids: list[int],
+                      positions: list[int], rows: DecodeRows, plan: SamplingPlan
+                      ) -> RunnerOutput:
+        """A step of decode rows through the one compiled graph (app.modeling.decode_step);
+        the same logits rows, in the same order, as the piecewise path's."""
+        if self.step is None:
+            raise RuntimeError("no compiled decode step")
+        if self.model.pos_embed is None and self.model.inv_freq is None:
+            self.model.init_rope(self.device)
+        logits = run_decode_step(
+            self.step, self.model, torch.tensor(ids, device=self.device),
+            torch.tensor(positions, device=self.device), self.cache, rows,
+            self.model.ops.gemv_rows)
+        first_rows: dict[int, int] = {}
+        offset = 0
+        for item in items:
+            first_rows[item.seq_id] = offset
+            offset += item.num_new_tokens
+        result = RunnerOutput()
+        self._sample(logits.float().cpu(), first_rows, plan, result, self.loaded.eos_token_ids)
         return result
 
     @staticmethod

@@ -73,9 +73,12 @@ class PagedBatch:
 
 
 class PagedKVCache:
-    """K and V tensors for every layer: (num_layers, num_slots, nkv, hd) each.
+    """K and V of every layer: one (num_slots, nkv, hd) tensor per layer for each.
 
     A slot is one token position; slot = block_id * block_size + offset_in_block.
+    Each layer has a tensor of its own, not a view into one big tensor: a compiled
+    decode step (app.modeling.decode_step) writes new keys into them in place, and
+    inductor only does that in place for a graph input that is not a view of another.
     """
 
     def __init__(
@@ -88,15 +91,20 @@ class PagedKVCache:
         dtype: torch.dtype,
         device: torch.device,
     ) -> None:
-        shape = (num_layers, num_blocks * block_size, num_kv_heads, head_dim)
+        shape = (num_blocks * block_size, num_kv_heads, head_dim)
         self.block_size = block_size
         self.num_blocks = num_blocks
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(num_layers)]
 
     @property
     def nbytes(self) -> int:
-        return self.k.nbytes + self.v.nbytes
+        return sum(t.nbytes for t in (*self.k, *self.v))
+
+    def blocks(self, which: list[Tensor], layer: int) -> Tensor:
+        """One layer's K or V seen by block: (num_blocks, block_size, nkv, hd)."""
+        t = which[layer]
+        return t.view(-1, self.block_size, *t.shape[1:])
 
     @staticmethod
     def bytes_per_block(
@@ -239,12 +247,11 @@ class PagedAttention:
         self.batch = batch
         self.decode = decode
 
-    def _blocks(self, layer: int, which: Tensor, index: Tensor) -> Tensor:
+    def _blocks(self, layer: int, which: list[Tensor], index: Tensor) -> Tensor:
         """Blocks `index` (any shape S) of one layer's K or V -> (*S, block_size, nkv, hd)."""
-        bs = self.cache.block_size
-        by_block = which[layer].view(-1, bs, *which.shape[2:])  # (num_blocks, bs, nkv, hd)
+        by_block = self.cache.blocks(which, layer)  # (num_blocks, bs, nkv, hd)
         picked = by_block.index_select(0, index.flatten())
-        return picked.view(*index.shape, bs, *which.shape[2:])
+        return picked.view(*index.shape, *by_block.shape[1:])
 
     def __call__(self, layer: int, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         # q (1, N, nh, hd); k, v (1, N, nkv, hd)
@@ -273,9 +280,8 @@ class PagedAttention:
     def _decode(self, layer: int, q: Tensor, group: DecodeGroup) -> Tensor:
         # q (D, nh, hd) -> (D, nh, hd): one query per sequence over its gathered blocks.
         if self.decode is not None:
-            bs = self.cache.block_size
-            k_blocks = self.cache.k[layer].view(-1, bs, *self.cache.k.shape[2:])
-            v_blocks = self.cache.v[layer].view(-1, bs, *self.cache.v.shape[2:])
+            k_blocks = self.cache.blocks(self.cache.k, layer)
+            v_blocks = self.cache.blocks(self.cache.v, layer)
             # Sequence count and width vary every step: symbolic, not one graph each
             # (a single sequence, or a single block, keeps a graph of its own).
             if q.shape[0] > 1:

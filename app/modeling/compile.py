@@ -1,7 +1,8 @@
 """Compiling the dense pieces of the forward pass with torch.compile (inductor).
 
 What is compiled: each block's `pre_attention` and `post_attention` (one graph shared by
-every layer), the LM head, and single-token decode attention. Attention over prompt
+every layer), the LM head, and single-token decode attention; and, for a step of decode
+rows only, the whole step as one graph (app.modeling.decode_step). Attention over prompt
 chunks stays eager (SDPA), so a step of any mix of prompt chunks and decodes runs the
 same graphs (vLLM's piecewise compilation). The token dimension is symbolic: one graph
 serves every token count above one, and a single token (batch-1 decode) has its own.
@@ -28,6 +29,8 @@ from functools import cache
 import torch
 
 from app.modeling.attention import DecodeFn, decode_attention
+from app.modeling.config import Task
+from app.modeling.decode_step import StepFn, compile_decode_step
 from app.modeling.timing import median_seconds
 from app.modeling.transformer import Block, ForwardOps, Transformer, dense, lm_logits
 
@@ -49,6 +52,7 @@ class CompiledModel:
     ops: ForwardOps
     decode: DecodeFn | None
     reason: str  # why compiled or not, for the startup log and /v1/info
+    step: StepFn | None = None  # a whole decode step as one graph (app.modeling.decode_step)
 
 
 def _configure_dynamo() -> None:
@@ -128,9 +132,10 @@ def compile_model(model: Transformer, device: torch.device, mode: str) -> Compil
         logits=torch.compile(lm_logits, dynamic=None),
         gemv_rows=gemv_rows, compiled=True)
     decode = torch.compile(decode_attention, dynamic=None)
+    step = compile_decode_step() if model.config.task is Task.CAUSAL_LM else None
     measured = ", ".join(f"{rows} row{'s' * (rows > 1)} {gain:.2f}x"
                          for rows, gain in gains.items())
     reason = (f"on: inductor; multiply-and-reduce products up to {gemv_rows} rows "
               f"(measured against the plain product: {measured or 'not measured'})"
               if measure_gemv else "on: inductor; quantized products as custom ops")
-    return CompiledModel(ops, decode, reason)
+    return CompiledModel(ops, decode, reason, step)

@@ -78,7 +78,19 @@ def test_compiled_engine_matches_transformers_and_eager(with_engine: Any, hf_che
             out = await engine.generate(p, params)
             assert out.completions[0].token_ids == transformers_greedy(ref, p, 12)
         assert proposer.num_draft_tokens > 0, "nothing was guessed: nothing tested"
+        # decodes alone went through the one-graph step; the batch's lengths (3 to 14
+        # tokens of context, too far apart for one padded call) through the pieces
+        assert step_calls["decode"] > 0 and step_calls["rows"] > 0, step_calls
 
+    step_calls = {"decode": 0, "rows": 0}
+    run_step = runner_module.run_decode_step
+
+    def counted(*args: Any) -> torch.Tensor:
+        rows = args[5]
+        step_calls["rows" if rows.lens.numel() > 1 else "decode"] += 1
+        return run_step(*args)
+
+    monkeypatch.setattr(runner_module, "run_decode_step", counted)
     # few-row products through the C++ kernel whatever they measure here, to trace them
     monkeypatch.setattr(runner_module, "choose_few_rows",
                         lambda *_: (FewRows(4, 4), "2-4 rows (test)"))

@@ -1,0 +1,120 @@
+"""A whole decode step as one compiled graph: embedding -> every layer (with its KV-cache
+write and paged attention) -> final norm -> LM head.
+
+Why: a step of a small model is mostly per-call cost, not arithmetic. The piecewise path
+(app.modeling.compile) calls three compiled graphs per layer and runs the KV writes, the
+row gathers and the Python between them eagerly: for the shipped 6-layer default-lm,
+19 compiled calls (each with its guard checks) and about 60 small eager ops a token.
+Here the same work is one call. llama.cpp reuses one compute graph across tokens for
+the same reason.
+
+When: every new token of the step is a decode row (app.modeling.attention: one new
+token over a cached context, or a verification step's last token and guesses) of a
+language model, every row's logits are wanted, no LoRA adapter is in the step, and the
+rows' context lengths fit one decode group (`DECODE_BUCKET_RATIO`, so padding the
+attention to the longest row costs no more than the piecewise path's grouping would).
+Any other step (prompt chunks, scoring, embeddings, adapters) runs the piecewise path.
+
+The row dimension is symbolic above the multiply-and-reduce row count (`gemv_rows`), as
+in the piecewise graphs, and so is the block-table width above one block: a handful of
+graphs, all traced by the runner's warm-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from app.modeling.attention import (
+    DECODE_BUCKET_RATIO,
+    DECODE_ROWS_SPAN,
+    PagedKVCache,
+    decode_attention,
+    slots_for,
+)
+from app.modeling.rope import rope_cos_sin
+from app.modeling.transformer import Transformer, lm_logits
+
+
+@dataclass(frozen=True)
+class DecodeRows:
+    """Index tensors of a step whose new tokens are all decode rows, in batch order."""
+
+    slots: Tensor  # (N,) the cache slot each new token's K/V is written to
+    tables: Tensor  # (N, W) each row's block table, padded with block 0
+    lens: Tensor  # (N,) each row's context length, itself included
+
+
+def decode_rows(query_lens: list[int], context_lens: list[int], block_tables: list[list[int]],
+                block_size: int, device: torch.device) -> DecodeRows | None:
+    """The step's rows for the one-graph path, or None where it does not apply (a
+    sequence with nothing cached or more new tokens than a verification brings, or
+    context lengths too far apart for one padded attention call)."""
+    slots: list[int] = []
+    tables: list[list[int]] = []
+    lens: list[int] = []
+    for q_len, ctx, table in zip(query_lens, context_lens, block_tables, strict=True):
+        if not 0 < q_len <= DECODE_ROWS_SPAN or ctx <= q_len:
+            return None
+        slots.extend(slots_for(table, ctx - q_len, ctx, block_size))
+        for j in range(q_len):
+            row_ctx = ctx - q_len + j + 1
+            tables.append(table[: -(-row_ctx // block_size)])
+            lens.append(row_ctx)
+    if max(lens) > DECODE_BUCKET_RATIO * min(lens):
+        return None
+    width = max(len(t) for t in tables)
+    return DecodeRows(
+        slots=torch.tensor(slots, dtype=torch.long, device=device),
+        tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], device=device),
+        lens=torch.tensor(lens, device=device))
+
+
+def decode_step(model: Transformer, input_ids: Tensor, positions: Tensor, k_layers: list[Tensor],
+                v_layers: list[Tensor], slots: Tensor, tables: Tensor, lens: Tensor,
+                block_size: int, gemv: bool) -> Tensor:
+    """input_ids, positions, slots, lens (N,); tables (N, W); k_layers / v_layers one
+    (num_slots, nkv, hd) tensor per layer, written in place -> logits (N, vocab)."""
+    x = model.embed(input_ids)[None]  # (1, N, H)
+    rope = None
+    if model.pos_embed is not None:
+        x = x + model.pos_embed(positions)[None]
+    else:
+        if model.inv_freq is None:
+            raise RuntimeError("rotary frequencies missing: call init_rope first")
+        rope = rope_cos_sin(positions[None], model.inv_freq, x.dtype)
+    for layer, block in enumerate(model.blocks()):
+        q, k, v = block.pre_attention(x, rope, gemv)  # q (1, N, nh, hd); k, v (1, N, nkv, hd)
+        k_layers[layer].index_copy_(0, slots, k[0])  # every row's key before any row reads
+        v_layers[layer].index_copy_(0, slots, v[0])
+        k_blocks = k_layers[layer].view(-1, block_size, *k_layers[layer].shape[1:])
+        v_blocks = v_layers[layer].view(-1, block_size, *v_layers[layer].shape[1:])
+        y = decode_attention(q[0], k_blocks, v_blocks, tables, lens)[None]  # (1, N, nh, hd)
+        x = block.post_attention(x, y, gemv)
+    return lm_logits(model, model.norm(x)[0], gemv)  # (N, vocab)
+
+
+StepFn = Callable[..., Tensor]
+
+
+def compile_decode_step() -> StepFn:
+    return torch.compile(decode_step, dynamic=None)
+
+
+def run_decode_step(step: StepFn, model: Transformer, input_ids: Tensor, positions: Tensor,
+                    cache: PagedKVCache, rows: DecodeRows, gemv_rows: int) -> Tensor:
+    """Call the compiled step with its symbolic dimensions marked: the row count above
+    `gemv_rows` (below it each count has a graph of its own, as the multiply-and-reduce
+    form is chosen per count) and the table width above one block."""
+    n, width = rows.tables.shape
+    gemv = n <= gemv_rows
+    if not gemv and n > 1:
+        for t in (input_ids, positions, rows.slots, rows.tables, rows.lens):
+            torch._dynamo.mark_dynamic(t, 0)
+    if width > 1:
+        torch._dynamo.mark_dynamic(rows.tables, 1)
+    return step(model, input_ids, positions, cache.k, cache.v, rows.slots, rows.tables,
+                rows.lens, cache.block_size, gemv)
