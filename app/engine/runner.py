@@ -29,6 +29,7 @@ from app.modeling.few_rows import choose_few_rows, drop_few_rows, use_few_rows
 from app.modeling.heads import label_scores
 from app.modeling.kernel_choice import choose_kernels
 from app.modeling.loaded import LoadedModel
+from app.modeling.lora import LoraStep
 from app.modeling.packed import choose_packing, pack_model, unpack_model
 from app.modeling.quantized_model import describe as describe_quantization
 from app.modeling.quantized_model import quantized_layers
@@ -170,13 +171,14 @@ class ModelRunner:
         # Decode steps run as one graph (app.modeling.decode_step) where they can; the
         # piecewise graphs still serve the steps that cannot (decodes far apart in
         # length, decodes beside a prompt chunk), so both are traced.
-        step, self.step = self.step, None
+        step = self.step
+        for self.step in (None, step) if step is not None else (None,):
+            self._warm_up_steps(steps)
+        self.step = step
+
+    def _warm_up_steps(self, steps: list[list[ScheduledSeq]]) -> None:
         for scheduled in steps:
             self.execute(SchedulerOutput(tuple(scheduled)), SamplingPlan())
-        self.step = step
-        if step is not None:
-            for scheduled in steps:
-                self.execute(SchedulerOutput(tuple(scheduled)), SamplingPlan())
         if self.adapters.max_loras == 0:
             return
         # The LoRA graphs (their weights are whatever the slots hold: zeros now): one
@@ -227,13 +229,13 @@ class ModelRunner:
         for item in items:
             ids.extend(item.token_ids)
             positions.extend(range(item.start, item.start + item.num_new_tokens))
-        if self.step is not None and lora is None and self._decode_rows_only(items):
+        if self.step is not None and self._decode_rows_only(items):
             rows = decode_rows([i.num_new_tokens for i in items],
                                [i.start + i.num_new_tokens for i in items],
                                [list(i.block_table) for i in items], self.block_size,
                                self.device)
             if rows is not None:
-                return self._execute_step(items, ids, positions, rows, plan)
+                return self._execute_step(items, ids, positions, rows, plan, lora)
         batch = build_paged_batch(
             [i.num_new_tokens for i in items],
             [i.start + i.num_new_tokens for i in items],
@@ -285,8 +287,8 @@ class ModelRunner:
             for item in items)
 
     def _execute_step(self, items: tuple[ScheduledSeq, ...], ids: list[int],
-                      positions: list[int], rows: DecodeRows, plan: SamplingPlan
-                      ) -> RunnerOutput:
+                      positions: list[int], rows: DecodeRows, plan: SamplingPlan,
+                      lora: LoraStep | None) -> RunnerOutput:
         """A step of decode rows through the one compiled graph (app.modeling.decode_step);
         the same logits rows, in the same order, as the piecewise path's."""
         if self.step is None:
@@ -296,7 +298,7 @@ class ModelRunner:
         logits = run_decode_step(
             self.step, self.model, torch.tensor(ids, device=self.device),
             torch.tensor(positions, device=self.device), self.cache, rows,
-            self.model.ops.gemv_rows)
+            self.model.ops.gemv_rows, lora)
         first_rows: dict[int, int] = {}
         offset = 0
         for item in items:

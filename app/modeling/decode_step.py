@@ -10,14 +10,14 @@ the same reason.
 
 When: every new token of the step is a decode row (app.modeling.attention: one new
 token over a cached context, or a verification step's last token and guesses) of a
-language model, every row's logits are wanted, no LoRA adapter is in the step, and the
-rows' context lengths fit one decode group (`DECODE_BUCKET_RATIO`, so padding the
+language model, every row's logits are wanted, and the rows' context lengths fit one
+decode group (`DECODE_BUCKET_RATIO`, so padding the
 attention to the longest row costs no more than the piecewise path's grouping would).
-Any other step (prompt chunks, scoring, embeddings, adapters) runs the piecewise path.
+Any other step (prompt chunks, scoring, embeddings) runs the piecewise path. LoRA
+adapters ride along as in `Transformer.forward`.
 
-The row dimension is symbolic above the multiply-and-reduce row count (`gemv_rows`), as
-in the piecewise graphs, and so is the block-table width above one block: a handful of
-graphs, all traced by the runner's warm-up.
+The row count is symbolic above one, and so is the block-table width above one block:
+four graphs (eight or so with adapters), all traced by the runner's warm-up.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from app.modeling.attention import (
     decode_attention,
     slots_for,
 )
+from app.modeling.lora import LoraStep
 from app.modeling.rope import rope_cos_sin
 from app.modeling.transformer import Transformer, lm_logits
 
@@ -75,9 +76,10 @@ def decode_rows(query_lens: list[int], context_lens: list[int], block_tables: li
 
 def decode_step(model: Transformer, input_ids: Tensor, positions: Tensor, k_layers: list[Tensor],
                 v_layers: list[Tensor], slots: Tensor, tables: Tensor, lens: Tensor,
-                block_size: int, gemv: bool) -> Tensor:
+                block_size: int, gemv: bool, lora: LoraStep | None = None) -> Tensor:
     """input_ids, positions, slots, lens (N,); tables (N, W); k_layers / v_layers one
-    (num_slots, nkv, hd) tensor per layer, written in place -> logits (N, vocab)."""
+    (num_slots, nkv, hd) tensor per layer, written in place -> logits (N, vocab).
+    `lora`: the rows' adapters (app.modeling.lora), as in `Transformer.forward`."""
     x = model.embed(input_ids)[None]  # (1, N, H)
     rope = None
     if model.pos_embed is not None:
@@ -87,13 +89,14 @@ def decode_step(model: Transformer, input_ids: Tensor, positions: Tensor, k_laye
             raise RuntimeError("rotary frequencies missing: call init_rope first")
         rope = rope_cos_sin(positions[None], model.inv_freq, x.dtype)
     for layer, block in enumerate(model.blocks()):
-        q, k, v = block.pre_attention(x, rope, gemv)  # q (1, N, nh, hd); k, v (1, N, nkv, hd)
+        adapters = lora.layer(layer) if lora is not None else None
+        q, k, v = block.pre_attention(x, rope, gemv, adapters)  # q (1, N, nh, hd); k, v nkv
         k_layers[layer].index_copy_(0, slots, k[0])  # every row's key before any row reads
         v_layers[layer].index_copy_(0, slots, v[0])
         k_blocks = k_layers[layer].view(-1, block_size, *k_layers[layer].shape[1:])
         v_blocks = v_layers[layer].view(-1, block_size, *v_layers[layer].shape[1:])
         y = decode_attention(q[0], k_blocks, v_blocks, tables, lens)[None]  # (1, N, nh, hd)
-        x = block.post_attention(x, y, gemv)
+        x = block.post_attention(x, y, gemv, adapters)
     return lm_logits(model, model.norm(x)[0], gemv)  # (N, vocab)
 
 
@@ -105,16 +108,22 @@ def compile_decode_step() -> StepFn:
 
 
 def run_decode_step(step: StepFn, model: Transformer, input_ids: Tensor, positions: Tensor,
-                    cache: PagedKVCache, rows: DecodeRows, gemv_rows: int) -> Tensor:
+                    cache: PagedKVCache, rows: DecodeRows, gemv_rows: int,
+                    lora: LoraStep | None = None) -> Tensor:
     """Call the compiled step with its symbolic dimensions marked: the row count above
-    `gemv_rows` (below it each count has a graph of its own, as the multiply-and-reduce
-    form is chosen per count) and the table width above one block."""
+    one, and the table width above one block (one row, or one block, keeps a graph of its
+    own). Only one row takes the multiply-and-reduce form (when `gemv_rows` allows it):
+    a graph of its own for each of 2-4 rows would mean a whole-model compile each, and
+    a few rows have their own kernel (app.modeling.few_rows)."""
     n, width = rows.tables.shape
-    gemv = n <= gemv_rows
-    if not gemv and n > 1:
+    if n > 1:
         for t in (input_ids, positions, rows.slots, rows.tables, rows.lens):
             torch._dynamo.mark_dynamic(t, 0)
+        if lora is not None and lora.mask.dim() == 3:
+            torch._dynamo.mark_dynamic(lora.mask, 1)  # (1, N, 1): follows the rows
+    if lora is not None and lora.mask.dim() == 2 and lora.mask.shape[1] > 1:
+        torch._dynamo.mark_dynamic(lora.mask, 1)  # rows per slot
     if width > 1:
         torch._dynamo.mark_dynamic(rows.tables, 1)
     return step(model, input_ids, positions, cache.k, cache.v, rows.slots, rows.tables,
-                rows.lens, cache.block_size, gemv)
+                rows.lens, cache.block_size, n == 1 and gemv_rows >= 1, lora)
