@@ -17,7 +17,10 @@ scratch: they are written at positions the sequence has not computed (slots of i
 unshared blocks, or spare blocks past the target's for positions beyond its table), and
 rewritten by a later step before anything reads them.
 
-Runs eager (no compiled graphs): a step costs k draft forwards whatever --compile says.
+Where the target is compiled, the draft's forwards whose new tokens are all decode rows
+(the k - 1 single-token guesses, and a first forward over cached context) run as one
+compiled graph each (app.modeling.decode_step), traced in `prepare`; the rest (prompt
+chunks) run eager.
 """
 
 from __future__ import annotations
@@ -33,7 +36,9 @@ from app.engine.runner_output import RunnerOutput
 from app.engine.sampling_plan import SamplingPlan
 from app.engine.scheduler import SchedulerOutput
 from app.modeling.attention import PagedAttention, PagedKVCache, build_paged_batch
+from app.modeling.compile import choose_gemv_rows
 from app.modeling.config import Task
+from app.modeling.decode_step import StepFn, compile_decode_step, decode_rows, run_decode_step
 from app.modeling.loaded import LoadedModel
 from app.modeling.timing import median_seconds
 from app.tokenizer import Tokenizer
@@ -106,6 +111,8 @@ class DraftRunner:
         # beyond its table (k positions span at most k // block_size + 2 blocks)
         self.spare_per_seq = k // block_size + 2
         self._cache: PagedKVCache | None = None
+        self.graph: StepFn | None = None  # decode forwards as one compiled graph
+        self.gemv_rows = 0
         # what the draft costs (bench/speculative.py reads them): its steps, forwards, time
         self.steps, self.forwards, self.seconds = 0, 0, 0.0
 
@@ -115,7 +122,9 @@ class DraftRunner:
             raise RuntimeError("DraftRunner.prepare() has not run")
         return self._cache
 
-    def prepare(self) -> None:
+    def prepare(self, compiled: bool = False) -> None:
+        """Allocate the KV cache; with `compiled` (the target's decode step compiled),
+        compile the draft's decode forwards too and trace their graphs now."""
         cfg = self.loaded.config
         spare = self.max_guessing * self.spare_per_seq
         self._cache = PagedKVCache(cfg.num_layers, self.num_blocks + spare, self.block_size,
@@ -123,6 +132,22 @@ class DraftRunner:
                                    self.device)
         log.info("draft model %s: KV cache of %d + %d spare blocks, %.1f MiB", self.loaded.path,
                  self.num_blocks, spare, self._cache.nbytes / 2**20)
+        if compiled and self.device.type == "cpu":
+            self.gemv_rows, _ = choose_gemv_rows(self.model)
+            self.graph = compile_decode_step()
+            self._warm_up()
+
+    @torch.inference_mode()
+    def _warm_up(self) -> None:
+        """Trace the decode graphs (one row and several, over one block and several)
+        on blocks nothing holds yet: prepare runs before the first request."""
+        bs, blocks = self.block_size, self.num_blocks
+        for rows, context in ((1, 3), (1, bs + 3), (3, 3), (3, bs + 3)):
+            spans = [_Span(-1 - i, [1], context, [(2 * i + b) % blocks
+                                                  for b in range(-(-(context + 1) // bs))], 0)
+                     for i in range(rows)]
+            self._forward(spans, spans)
+        self.forwards = 0
 
     @torch.inference_mode()
     def forward_cost(self, context: int = 48) -> float:
@@ -130,11 +155,10 @@ class DraftRunner:
         each of a step's guesses costs: for the engine's startup check."""
         bs = self.block_size
         table = [b % self.num_blocks for b in range(-(-(context + 1) // bs))]
-        batch = build_paged_batch([1], [context + 1], [table], bs, self.device)
-        ids = torch.ones(1, 1, dtype=torch.long, device=self.device)
-        pos = torch.full((1, 1), context, device=self.device)
-        return median_seconds(lambda: self.model.logits(
-            self.model(ids, pos, PagedAttention(self.cache, batch))[0]), 7)
+        span = _Span(-1, [1], context, table, 0)
+        seconds = median_seconds(lambda: self._forward([span], [span]), 7)
+        self.forwards = 0  # counts the serving forwards only
+        return seconds
 
     @torch.inference_mode()
     def step(self, out: SchedulerOutput, plan: SamplingPlan, result: RunnerOutput) -> None:
@@ -209,6 +233,21 @@ class DraftRunner:
         for s in spans:
             ids.extend(s.tokens)
             positions.extend(range(s.start, s.start + len(s.tokens)))
+        ends: dict[int, int] = {}
+        offset = 0
+        for s in spans:
+            offset += len(s.tokens)
+            ends[s.seq_id] = offset - 1
+        index = torch.tensor([ends[s.seq_id] for s in wanted], device=self.device)
+        rows = None if self.graph is None else decode_rows(
+            [len(s.tokens) for s in spans], [s.start + len(s.tokens) for s in spans],
+            [s.table for s in spans], self.block_size, self.device)
+        if self.graph is not None and rows is not None:
+            logits: Tensor = run_decode_step(
+                self.graph, self.model, torch.tensor(ids, device=self.device),
+                torch.tensor(positions, device=self.device), self.cache, rows,
+                self.gemv_rows)[index]
+            return [int(t) for t in logits.argmax(-1).tolist()]
         batch = build_paged_batch([len(s.tokens) for s in spans],
                                   [s.start + len(s.tokens) for s in spans],
                                   [s.table for s in spans], self.block_size, self.device)
@@ -217,11 +256,5 @@ class DraftRunner:
         hidden = self.model(input_ids, pos, PagedAttention(self.cache, batch))[0]
         if not wanted:
             return []
-        ends: dict[int, int] = {}
-        offset = 0
-        for s in spans:
-            offset += len(s.tokens)
-            ends[s.seq_id] = offset - 1
-        index = torch.tensor([ends[s.seq_id] for s in wanted], device=self.device)
-        logits: Tensor = self.model.logits(hidden[index])
+        logits = self.model.logits(hidden[index])
         return [int(t) for t in logits.argmax(-1).tolist()]

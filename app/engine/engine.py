@@ -227,7 +227,8 @@ class Engine:
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(self._executor, self.runner.prepare)
         if self.core.drafter is not None:
-            await loop.run_in_executor(self._executor, self.core.drafter.prepare)
+            await loop.run_in_executor(self._executor, self.core.drafter.prepare,
+                                       self.runner.step is not None)
         if self.core.proposer is not None and self.model_config.task is Task.CAUSAL_LM:
             await loop.run_in_executor(self._executor, self._check_speculation)
         self._task = asyncio.create_task(self._loop(), name=f"engine-{self.name}")

@@ -25,7 +25,7 @@ from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
 from tests.engine.conftest import reference_greedy
 from tests.engine.test_speculative import repetitive
-from tests.helpers import build_hf_checkpoint
+from tests.helpers import build_hf_checkpoint, require_cpp_compiler
 
 T = TypeVar("T")
 TARGET = "llama_gqa_llama3"
@@ -89,9 +89,14 @@ def test_config_names_and_errors() -> None:
         SpeculativeConfig.parse('{"method": "ngram", "model": "m"}')
 
 
-def test_target_as_its_own_draft_keeps_everything(with_draft: Any) -> None:
+@pytest.mark.parametrize("compile_mode", ["off", "on"])
+def test_target_as_its_own_draft_keeps_everything(compile_mode: str, with_draft: Any) -> None:
     """Each guess is what the target would pick: all kept, so a step keeps k + 1 tokens;
-    the output is the reference's."""
+    the output is the reference's. Compiled, the target's decode and verification steps
+    and the draft's single-token forwards run as one graph each
+    (app.modeling.decode_step): the same tokens."""
+    if compile_mode == "on":
+        require_cpp_compiler()
 
     async def body(engine: Engine) -> None:
         vocab = engine.model_config.vocab_size
@@ -101,8 +106,10 @@ def test_target_as_its_own_draft_keeps_everything(with_draft: Any) -> None:
         proposer = engine.core.proposer
         assert proposer is not None and proposer.num_draft_tokens > 0
         assert proposer.num_accepted_tokens == proposer.num_draft_tokens
+        drafter = engine.core.drafter
+        assert drafter is not None and (drafter.graph is not None) is (compile_mode == "on")
 
-    with_draft(TARGET, body)
+    with_draft(TARGET, body, compile=compile_mode)
 
 
 @pytest.mark.parametrize("draft_arch", [TARGET, "qwen2"])
