@@ -7,7 +7,9 @@ the medians printed (one JSON line per run):
 
 Batch-1 greedy decode (ms/token, median of 3 runs of 64 tokens) and 16 concurrent
 requests (tokens/s, median of 2), with --compile and --prepack on auto. Uses only the
-engine API that has been stable across versions (load_model, Engine, generate).
+engine API that has been stable across versions (load_model, compute_thread, Engine,
+generate); the model loads and runs on one compute thread, as in the server (trees
+before 2026-12-07 lack compute_thread: check those out with this file from a later one).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 import torch
 
 from app.checkpoint import load_model
+from app.engine.compute import compute_thread
 from app.engine.engine import Engine, EngineConfig
 from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
@@ -55,10 +58,14 @@ async def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    loaded = load_model(MODEL, dtype=args.dtype, device=args.device,
-                        quantization=args.quantization)
+    # loaded and run on one compute thread, as the server does (torch work on a second
+    # thread starts a second OpenMP team on the same cores: app/engine/compute.py)
+    compute = compute_thread("bench")
+    loaded = compute.submit(load_model, MODEL, dtype=args.dtype, device=args.device,
+                            quantization=args.quantization).result()
     tokenizer = Tokenizer.from_dir(MODEL)
-    engine = Engine(loaded, tokenizer, EngineConfig(compile="auto", prepack="auto"))
+    engine = Engine(loaded, tokenizer, EngineConfig(compile="auto", prepack="auto"),
+                    executor=compute)
     await engine.start()
     try:
         result = await measure(engine, tokenizer.encode("The meaning of life is"))

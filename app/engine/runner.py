@@ -33,7 +33,7 @@ from app.modeling.lora import LoraStep
 from app.modeling.packed import choose_packing, pack_model, unpack_model
 from app.modeling.quantized_model import describe as describe_quantization
 from app.modeling.quantized_model import quantized_layers
-from app.modeling.timing import median_seconds
+from app.modeling.timing import paired_seconds
 from app.modeling.transformer import EAGER
 from app.sampling import (
     allowed_tokens,
@@ -207,8 +207,8 @@ class ModelRunner:
                 completes_prefill=True, draft=draft),))
 
         plain, verify = step(()), step(tuple(range(2, guesses + 2)))
-        return (median_seconds(lambda: self.execute(plain, SamplingPlan()), 7),
-                median_seconds(lambda: self.execute(verify, SamplingPlan()), 7))
+        return paired_seconds(lambda: self.execute(plain, SamplingPlan()),
+                              lambda: self.execute(verify, SamplingPlan()), 7)
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, plan: SamplingPlan, *,

@@ -31,7 +31,7 @@ import torch
 from app.modeling.attention import DecodeFn, decode_attention
 from app.modeling.config import Task
 from app.modeling.decode_step import StepFn, compile_decode_step
-from app.modeling.timing import median_seconds
+from app.modeling.timing import speedup
 from app.modeling.transformer import Block, ForwardOps, Transformer, dense, lm_logits
 
 log = logging.getLogger(__name__)
@@ -96,9 +96,8 @@ def choose_gemv_rows(model: Transformer) -> tuple[int, dict[int, float]]:
         for rows in GEMV_CANDIDATE_ROWS:
             w0 = layers[0].weight
             x = torch.randn(rows, w0.shape[1], dtype=w0.dtype, device=w0.device)
-            blas = median_seconds(lambda: [dense(x, m) for m in layers], 7)  # noqa: B023
-            ours = median_seconds(lambda: [reduce(x, m.weight) for m in layers], 7)  # noqa: B023
-            gains[rows] = blas / ours
+            gains[rows] = speedup(lambda: [dense(x, m) for m in layers],  # noqa: B023
+                                  lambda: [reduce(x, m.weight) for m in layers])  # noqa: B023
             if gains[rows] < GEMV_MIN_GAIN:
                 break
             chosen = rows

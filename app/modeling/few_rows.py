@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from app.modeling.heads import LMHead
 from app.modeling.packed import packable
 from app.modeling.quant_kernels import cpp_ops
-from app.modeling.timing import median_seconds
+from app.modeling.timing import speedup
 from app.modeling.transformer import Transformer
 
 # Tried in turn at startup; the largest that wins is kept. Never 2 alone: compiled graphs
@@ -96,8 +96,7 @@ def _largest_winner(today: Callable[[Tensor], object], ours: Callable[[Tensor], 
     chosen, parts = 0, []
     for rows in CANDIDATE_ROWS:
         x = torch.randn(rows, features, dtype=dtype)
-        gain = (median_seconds(lambda: today(x), 7)  # noqa: B023
-                / median_seconds(lambda: ours(x), 7))  # noqa: B023
+        gain = speedup(lambda: today(x), lambda: ours(x))  # noqa: B023
         parts.append(f"{rows} rows {gain:.2f}x")
         if gain < MIN_GAIN:
             break

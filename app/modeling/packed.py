@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from app.modeling.heads import LMHead
-from app.modeling.timing import median_seconds
+from app.modeling.timing import speedup
 from app.modeling.transformer import Transformer
 
 PACK_MIN_GAIN = 1.1  # must beat the plain product by this much on both batch sizes
@@ -131,9 +131,8 @@ def choose_packing(model: Transformer, device: torch.device, measure: bool = Tru
             packed = [PackedLinear(layer, 32) for layer in layers]
             for rows in (8, 32):
                 x = torch.randn(rows, layers[0].in_features, dtype=layers[0].weight.dtype)
-                plain = median_seconds(lambda: [F.linear(x, m.weight) for m in layers])  # noqa: B023
-                fast = median_seconds(lambda: [m(x) for m in packed])  # noqa: B023
-                gains.append(plain / fast)
+                gains.append(speedup(lambda: [F.linear(x, m.weight) for m in layers],  # noqa: B023
+                                     lambda: [m(x) for m in packed], 5))  # noqa: B023
     except RuntimeError as exc:  # a dtype or ISA oneDNN cannot pack here
         return False, f"not packed: oneDNN refused ({str(exc).splitlines()[0][:120]})"
     measured = f"8 rows {gains[0]:.2f}x, 32 rows {gains[1]:.2f}x"
