@@ -16,8 +16,8 @@ attention to the longest row costs no more than the piecewise path's grouping wo
 Any other step (prompt chunks, scoring, embeddings) runs the piecewise path. LoRA
 adapters ride along as in `Transformer.forward`.
 
-The row count is symbolic above one, and so is the block-table width above one block:
-four graphs (eight or so with adapters), all traced by the runner's warm-up.
+The row count is symbolic above one, and so is the block-table width: two graphs (a few
+more with adapters), all traced by the runner's warm-up.
 """
 
 from __future__ import annotations
@@ -67,7 +67,10 @@ def decode_rows(query_lens: list[int], context_lens: list[int], block_tables: li
             lens.append(row_ctx)
     if max(lens) > DECODE_BUCKET_RATIO * min(lens):
         return None
-    width = max(len(t) for t in tables)
+    # at least two blocks wide: a one-block width would be a graph of its own (a size-1
+    # dimension is never symbolic), one more whole-model compile for the few steps whose
+    # contexts all fit one block; its padding is masked like any row's shorter table
+    width = max(2, *(len(t) for t in tables))
     return DecodeRows(
         slots=torch.tensor(slots, dtype=torch.long, device=device),
         tables=torch.tensor([t + [0] * (width - len(t)) for t in tables], device=device),
@@ -111,11 +114,11 @@ def run_decode_step(step: StepFn, model: Transformer, input_ids: Tensor, positio
                     cache: PagedKVCache, rows: DecodeRows, gemv_rows: int,
                     lora: LoraStep | None = None) -> Tensor:
     """Call the compiled step with its symbolic dimensions marked: the row count above
-    one, and the table width above one block (one row, or one block, keeps a graph of its
-    own). Only one row takes the multiply-and-reduce form (when `gemv_rows` allows it):
+    one (one row keeps a graph of its own) and the table width. Only one row takes
+    the multiply-and-reduce form (when `gemv_rows` allows it):
     a graph of its own for each of 2-4 rows would mean a whole-model compile each, and
     a few rows have their own kernel (app.modeling.few_rows)."""
-    n, width = rows.tables.shape
+    n = rows.tables.shape[0]
     if n > 1:
         for t in (input_ids, positions, rows.slots, rows.tables, rows.lens):
             torch._dynamo.mark_dynamic(t, 0)
@@ -123,7 +126,6 @@ def run_decode_step(step: StepFn, model: Transformer, input_ids: Tensor, positio
             torch._dynamo.mark_dynamic(lora.mask, 1)  # (1, N, 1): follows the rows
     if lora is not None and lora.mask.dim() == 2 and lora.mask.shape[1] > 1:
         torch._dynamo.mark_dynamic(lora.mask, 1)  # rows per slot
-    if width > 1:
-        torch._dynamo.mark_dynamic(rows.tables, 1)
+    torch._dynamo.mark_dynamic(rows.tables, 1)  # at least 2 (decode_rows)
     return step(model, input_ids, positions, cache.k, cache.v, rows.slots, rows.tables,
                 rows.lens, cache.block_size, n == 1 and gemv_rows >= 1, lora)
