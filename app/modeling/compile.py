@@ -137,4 +137,6 @@ def compile_model(model: Transformer, device: torch.device, mode: str) -> Compil
     reason = (f"on: inductor; multiply-and-reduce products up to {gemv_rows} rows "
               f"(measured against the plain product: {measured or 'not measured'})"
               if measure_gemv else "on: inductor; quantized products as custom ops")
+    if step is not None:
+        reason += "; decode steps as one graph"
     return CompiledModel(ops, decode, reason, step)
