@@ -249,29 +249,67 @@ void halves_to_floats(const c10::Half* src, int64_t count, float* dst) {
 
 // ------------------------------------------------------------------------ int8 weights
 
+#if defined(IDOT_VECTOR)
+// Runs `tile.template run<XR>(i0)` for the activation rows in chunks of up to 4: the
+// chunk size a compile-time constant, so the XR x 4 accumulators stay in registers.
+template <typename Tile>
+void in_row_chunks(int64_t xr, const Tile& tile) {
+  for (int64_t i0 = 0; i0 < xr; i0 += 4) {
+    switch (std::min<int64_t>(4, xr - i0)) {
+      case 1: tile.template run<1>(i0); break;
+      case 2: tile.template run<2>(i0); break;
+      case 3: tile.template run<3>(i0); break;
+      default: tile.template run<4>(i0); break;
+    }
+  }
+}
+
+// XR activation rows (from `row`) against 4 weight rows; a tile of fewer weight rows
+// repeats its last one (computed, not stored) so the loops keep their constant bounds.
+struct Int8Tile {
+  const Activations& a;
+  int64_t x_row;
+  const int8_t* w[kRowTile];
+  int64_t wr;
+  const float* w_scale;
+  float* y;
+  int64_t ys;
+
+  template <int XR>
+  void run(int64_t i0) const {
+    const int64_t k = a.k;
+    const int8_t* xq[XR];
+    const float* xs[XR];
+    for (int i = 0; i < XR; ++i) {
+      xq[i] = a.q.data() + (x_row + i0 + i) * k;
+      xs[i] = a.lane_scale.data() + (x_row + i0 + i) * a.lanes;
+    }
+    vf total[XR][kRowTile];
+    for (int i = 0; i < XR; ++i)
+      for (int j = 0; j < kRowTile; ++j) total[i][j] = zero_f();
+    for (int64_t p = 0; p < k; p += kV) {
+      W8 wv[kRowTile];
+      for (int j = 0; j < kRowTile; ++j) wv[j] = prep8(load_i(w[j] + p));
+      for (int i = 0; i < XR; ++i) {
+        const vi xv = load_i(xq[i] + p);
+        const vf scale = load_f(xs[i] + p / 4);
+        for (int j = 0; j < kRowTile; ++j) total[i][j] = fma_i(dot8(wv[j], xv), scale, total[i][j]);
+      }
+    }
+    for (int i = 0; i < XR; ++i)
+      for (int64_t j = 0; j < wr; ++j) y[(i0 + i) * ys + j] = hsum(total[i][j]) * w_scale[j];
+  }
+};
+#endif
+
 // y[i * ys + j] for rows i < xr of the activations from x_row, weight rows j < wr.
 void int8_tile(const Activations& a, int64_t x_row, int64_t xr, const int8_t* w, int64_t wr,
                const float* w_scale, float* y, int64_t ys) {
   const int64_t k = a.k;
 #if defined(IDOT_VECTOR)
-  for (int64_t i0 = 0; i0 < xr; i0 += 4) {
-    const int64_t xn = std::min<int64_t>(4, xr - i0);
-    vf total[4][kRowTile];
-    for (auto& row : total)
-      for (vf& t : row) t = zero_f();
-    for (int64_t p = 0; p < k; p += kV) {
-      W8 wv[kRowTile];
-      for (int64_t j = 0; j < wr; ++j) wv[j] = prep8(load_i(w + j * k + p));
-      for (int64_t i = 0; i < xn; ++i) {
-        const int64_t row = x_row + i0 + i;
-        const vi xv = load_i(a.q.data() + row * k + p);
-        const vf scale = load_f(a.lane_scale.data() + row * a.lanes + p / 4);
-        for (int64_t j = 0; j < wr; ++j) total[i][j] = fma_i(dot8(wv[j], xv), scale, total[i][j]);
-      }
-    }
-    for (int64_t i = 0; i < xn; ++i)
-      for (int64_t j = 0; j < wr; ++j) y[(i0 + i) * ys + j] = hsum(total[i][j]) * w_scale[j];
-  }
+  Int8Tile tile{a, x_row, {}, wr, w_scale, y, ys};
+  for (int64_t j = 0; j < kRowTile; ++j) tile.w[j] = w + std::min(j, wr - 1) * k;
+  in_row_chunks(xr, tile);
 #else
   for (int64_t i = 0; i < xr; ++i) {
     const int64_t row = x_row + i;
@@ -317,38 +355,66 @@ struct RowScales {
   }
 };
 
-void int4_tile(const Activations& a, int64_t x_row, int64_t xr, const uint8_t* w, int64_t wr,
-               const RowScales* scales, int64_t g, float* y, int64_t ys) {
-  const int64_t k = a.k, bytes = k / 2, half = g / 2, groups = k / g;
 #if defined(IDOT_VECTOR)
-  const GroupLanes lanes(g);
-  const vi index = lane_index(lanes.index);
-  for (int64_t i0 = 0; i0 < xr; i0 += 4) {
-    const int64_t xn = std::min<int64_t>(4, xr - i0);
-    vf total[4][kRowTile];
-    for (auto& row : total)
-      for (vf& t : row) t = zero_f();
+struct Int4Tile {
+  const Activations& a;
+  int64_t x_row;
+  const uint8_t* w[kRowTile];
+  const RowScales* scales[kRowTile];
+  int64_t wr, g;
+  float* y;
+  int64_t ys;
+
+  template <int XR>
+  void run(int64_t i0) const {
+    const int64_t bytes = a.k / 2, half = g / 2, groups = a.k / g;
+    const GroupLanes lanes(g);
+    const vi index = lane_index(lanes.index);
+    const int8_t* xlo[XR];
+    const int8_t* xhi[XR];
+    const float* xs[XR];
+    for (int i = 0; i < XR; ++i) {
+      xlo[i] = a.q.data() + (x_row + i0 + i) * bytes;
+      xhi[i] = a.hi.data() + (x_row + i0 + i) * bytes;
+      xs[i] = a.lane_scale.data() + (x_row + i0 + i) * a.lanes;
+    }
+    vf total[XR][kRowTile];
+    for (int i = 0; i < XR; ++i)
+      for (int j = 0; j < kRowTile; ++j) total[i][j] = zero_f();
     for (int64_t p = 0; p < bytes; p += kV) {
       W4 wv[kRowTile];
       vf ws[kRowTile];
-      for (int64_t j = 0; j < wr; ++j) {
-        wv[j] = prep4(load_i(w + j * bytes + p));
-        ws[j] = expand(scales[j].scale.data() + p / half, index);
+      for (int j = 0; j < kRowTile; ++j) {
+        wv[j] = prep4(load_i(w[j] + p));
+        ws[j] = expand(scales[j]->scale.data() + p / half, index);
       }
-      for (int64_t i = 0; i < xn; ++i) {
-        const int64_t row = x_row + i0 + i;
-        const vi xlo = load_i(a.q.data() + row * bytes + p);
-        const vi xhi = load_i(a.hi.data() + row * bytes + p);
-        const vf xs = load_f(a.lane_scale.data() + row * a.lanes + p / 4);
-        for (int64_t j = 0; j < wr; ++j)
-          total[i][j] = fma_i(dot4(wv[j], xlo, xhi), mul_f(xs, ws[j]), total[i][j]);
+      for (int i = 0; i < XR; ++i) {
+        const vi lo = load_i(xlo[i] + p), hi = load_i(xhi[i] + p);
+        const vf x_scale = load_f(xs[i] + p / 4);
+        for (int j = 0; j < kRowTile; ++j)
+          total[i][j] = fma_i(dot4(wv[j], lo, hi), mul_f(x_scale, ws[j]), total[i][j]);
       }
     }
-    for (int64_t i = 0; i < xn; ++i)
+    for (int i = 0; i < XR; ++i)
       for (int64_t j = 0; j < wr; ++j)
-        y[(i0 + i) * ys + j] = hsum(total[i][j]) + scales[j].min_term(a, x_row + i0 + i, groups);
+        y[(i0 + i) * ys + j] =
+            hsum(total[i][j]) + scales[j]->min_term(a, x_row + i0 + i, groups);
   }
+};
+#endif
+
+void int4_tile(const Activations& a, int64_t x_row, int64_t xr, const uint8_t* w, int64_t wr,
+               const RowScales* scales, int64_t g, float* y, int64_t ys) {
+  const int64_t k = a.k, bytes = k / 2;
+#if defined(IDOT_VECTOR)
+  Int4Tile tile{a, x_row, {}, {}, wr, g, y, ys};
+  for (int64_t j = 0; j < kRowTile; ++j) {
+    tile.w[j] = w + std::min(j, wr - 1) * bytes;
+    tile.scales[j] = scales + std::min(j, wr - 1);
+  }
+  in_row_chunks(xr, tile);
 #else
+  const int64_t half = g / 2, groups = k / g;
   for (int64_t i = 0; i < xr; ++i) {
     const int64_t row = x_row + i;
     for (int64_t j = 0; j < wr; ++j) {
