@@ -10,7 +10,8 @@ AVX2's `vpmaddubsw`). The ISA is part of the build's name, so a
 cache directory shared between machines of different kinds (an image built on one,
 run on another) never hands one CPU the other's binary. The build takes 20-60 s on 2
 cores; the result is cached under `LLM_KERNEL_CACHE` (default
-`~/.cache/llm-inference/kernels`), so later starts load it in well under a second. A
+`~/.cache/llm-inference/kernels`), so later starts load it in well under a second.
+`LLM_KERNEL_ISA` builds a narrower ISA than the CPU's (see `NARROWER`; for tests). A
 build found under `<venv>/share/llm-inference/kernels` (`python -m app.kernels.build
 --prebuilt`, which the Docker image runs) is loaded as is, without a compiler or a
 writable directory; a CPU of another kind builds its own into the cache.
@@ -63,10 +64,23 @@ def _vector_isa() -> tuple[str, list[str]]:
     return "baseline", []
 
 
+# Narrower builds `LLM_KERNEL_ISA` may ask for (the other vector paths of the kernels, on
+# a CPU that also has them: how the tests check the AVX2, AVX-VNNI and scalar paths on a
+# CPU with AVX-512).
+NARROWER = {"baseline": [], "avx2": ["-mavx2", "-mfma", "-mf16c"],
+            "avx2_avxvnni": ["-mavx2", "-mfma", "-mf16c", "-mavxvnni"]}
+
+
 def cpu_isa() -> tuple[str, list[str]]:
     """(name, compiler flags) of the widest vector ISA torch's cpuinfo reports here, with
     the integer dot-product extensions /proc/cpuinfo reports: AVX512-VNNI (only with
-    AVX-512 itself) and AVX-VNNI (the 256-bit form, on CPUs with or without AVX-512)."""
+    AVX-512 itself) and AVX-VNNI (the 256-bit form, on CPUs with or without AVX-512).
+    `LLM_KERNEL_ISA` (baseline, avx2, avx2_avxvnni) builds a narrower one instead."""
+    asked = os.environ.get("LLM_KERNEL_ISA", "")
+    if asked:
+        if asked not in NARROWER:
+            raise ValueError(f"LLM_KERNEL_ISA={asked!r}: one of {', '.join(NARROWER)}")
+        return asked, NARROWER[asked]
     name, flags = _vector_isa()
     features = cpu_flags()
     if name.startswith("avx512") and "avx512_vnni" in features:

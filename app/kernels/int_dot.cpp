@@ -249,6 +249,21 @@ void halves_to_floats(const c10::Half* src, int64_t count, float* dst) {
 
 // ------------------------------------------------------------------------ int8 weights
 
+// One block of int8 codes (32 weights against 32 activations), in plain C++: the scalar
+// build's loop, and the vector builds' tail where K is no whole number of vectors.
+inline int32_t block_dot8(const int8_t* w, const int8_t* x) {
+  int32_t acc = 0;
+  for (int64_t t = 0; t < kBlock; ++t) acc += static_cast<int32_t>(w[t]) * x[t];
+  return acc;
+}
+
+// One 16-byte run of int4 codes against its activation block (low and high columns).
+inline int32_t run_dot4(const uint8_t* w, const int8_t* lo, const int8_t* hi) {
+  int32_t acc = 0;
+  for (int64_t t = 0; t < 16; ++t) acc += (w[t] & 0x0F) * lo[t] + (w[t] >> 4) * hi[t];
+  return acc;
+}
+
 #if defined(IDOT_VECTOR)
 // Runs `tile.template run<XR>(i0)` for the activation rows in chunks of up to 4: the
 // chunk size a compile-time constant, so the XR x 4 accumulators stay in registers.
@@ -287,7 +302,8 @@ struct Int8Tile {
     vf total[XR][kRowTile];
     for (int i = 0; i < XR; ++i)
       for (int j = 0; j < kRowTile; ++j) total[i][j] = zero_f();
-    for (int64_t p = 0; p < k; p += kV) {
+    const int64_t whole = k - k % kV;
+    for (int64_t p = 0; p < whole; p += kV) {
       W8 wv[kRowTile];
       for (int j = 0; j < kRowTile; ++j) wv[j] = prep8(load_i(w[j] + p));
       for (int i = 0; i < XR; ++i) {
@@ -297,7 +313,12 @@ struct Int8Tile {
       }
     }
     for (int i = 0; i < XR; ++i)
-      for (int64_t j = 0; j < wr; ++j) y[(i0 + i) * ys + j] = hsum(total[i][j]) * w_scale[j];
+      for (int64_t j = 0; j < wr; ++j) {
+        float sum = hsum(total[i][j]);
+        for (int64_t b = whole; b < k; b += kBlock)  // the tail: blocks short of a vector
+          sum += static_cast<float>(block_dot8(w[j] + b, xq[i] + b)) * xs[i][b / 4];
+        y[(i0 + i) * ys + j] = sum * w_scale[j];
+      }
   }
 };
 #endif
@@ -315,12 +336,9 @@ void int8_tile(const Activations& a, int64_t x_row, int64_t xr, const int8_t* w,
     const int64_t row = x_row + i;
     for (int64_t j = 0; j < wr; ++j) {
       float total = 0.f;
-      for (int64_t b = 0; b < k; b += kBlock) {
-        int32_t acc = 0;
-        for (int64_t t = 0; t < kBlock; ++t)
-          acc += static_cast<int32_t>(w[j * k + b + t]) * a.q[row * k + b + t];
-        total += static_cast<float>(acc) * a.lane_scale[row * a.lanes + b / 4];
-      }
+      for (int64_t b = 0; b < k; b += kBlock)
+        total += static_cast<float>(block_dot8(w + j * k + b, a.q.data() + row * k + b)) *
+                 a.lane_scale[row * a.lanes + b / 4];
       y[i * ys + j] = total * w_scale[j];
     }
   }
@@ -381,7 +399,8 @@ struct Int4Tile {
     vf total[XR][kRowTile];
     for (int i = 0; i < XR; ++i)
       for (int j = 0; j < kRowTile; ++j) total[i][j] = zero_f();
-    for (int64_t p = 0; p < bytes; p += kV) {
+    const int64_t whole = bytes - bytes % kV;
+    for (int64_t p = 0; p < whole; p += kV) {
       W4 wv[kRowTile];
       vf ws[kRowTile];
       for (int j = 0; j < kRowTile; ++j) {
@@ -396,9 +415,13 @@ struct Int4Tile {
       }
     }
     for (int i = 0; i < XR; ++i)
-      for (int64_t j = 0; j < wr; ++j)
-        y[(i0 + i) * ys + j] =
-            hsum(total[i][j]) + scales[j]->min_term(a, x_row + i0 + i, groups);
+      for (int64_t j = 0; j < wr; ++j) {
+        float sum = hsum(total[i][j]);
+        for (int64_t p = whole; p < bytes; p += 16)  // the tail: runs short of a vector
+          sum += static_cast<float>(run_dot4(w[j] + p, xlo[i] + p, xhi[i] + p)) *
+                 xs[i][p / 4] * scales[j]->scale[p / half];
+        y[(i0 + i) * ys + j] = sum + scales[j]->min_term(a, x_row + i0 + i, groups);
+      }
   }
 };
 #endif
@@ -419,15 +442,10 @@ void int4_tile(const Activations& a, int64_t x_row, int64_t xr, const uint8_t* w
     const int64_t row = x_row + i;
     for (int64_t j = 0; j < wr; ++j) {
       float total = 0.f;
-      for (int64_t p = 0; p < bytes; p += 16) {
-        int32_t acc = 0;
-        for (int64_t t = 0; t < 16; ++t) {
-          const uint8_t b = w[j * bytes + p + t];
-          acc += (b & 0x0F) * a.q[row * bytes + p + t] + (b >> 4) * a.hi[row * bytes + p + t];
-        }
-        total += static_cast<float>(acc) * a.lane_scale[row * a.lanes + p / 4] *
-                 scales[j].scale[p / half];
-      }
+      for (int64_t p = 0; p < bytes; p += 16)
+        total += static_cast<float>(run_dot4(w + j * bytes + p, a.q.data() + row * bytes + p,
+                                             a.hi.data() + row * bytes + p)) *
+                 a.lane_scale[row * a.lanes + p / 4] * scales[j].scale[p / half];
       y[i * ys + j] = total + scales[j].min_term(a, row, groups);
     }
   }
@@ -466,15 +484,15 @@ void for_row_tiles(int64_t n, int64_t row_bytes, const Tile& tile) {
 }  // namespace
 
 // x (..., K) float32/bfloat16/float16; q (N, K) int8; scale (N) float32 -> (..., N) in
-// x's dtype. K a multiple of idot_width().
+// x's dtype. K a multiple of 32.
 torch::Tensor idot_int8_linear(const torch::Tensor& x, const torch::Tensor& q,
                                const torch::Tensor& scale) {
   TORCH_CHECK(q.scalar_type() == torch::kChar && q.dim() == 2 && q.is_contiguous(),
               "q must be a contiguous (N, K) int8 tensor");
   const int64_t n = q.size(0), k = q.size(1);
   check_x(x, k, {q, scale});
-  TORCH_CHECK(k % kV == 0 && k % kBlock == 0, "the integer kernel needs K a multiple of ",
-              std::max(kV, kBlock), ", not ", k);
+  TORCH_CHECK(k % kBlock == 0, "the integer kernel needs K a multiple of ", kBlock,
+              ", not ", k);
   TORCH_CHECK(scale.scalar_type() == torch::kFloat && scale.is_contiguous() &&
                   scale.dim() == 1 && scale.size(0) == n,
               "scale must be a contiguous float32 tensor of ", n, " values");
@@ -492,7 +510,7 @@ torch::Tensor idot_int8_linear(const torch::Tensor& x, const torch::Tensor& q,
 }
 
 // x (..., K); q (N, K/2) uint8 (quantize.py's layout); scale, mins (N, K/G) float16 ->
-// (..., N) in x's dtype. K/2 a multiple of idot_width(), G in 32..256, a multiple of 32.
+// (..., N) in x's dtype. G in 32..256, a multiple of 32.
 torch::Tensor idot_int4_linear(const torch::Tensor& x, const torch::Tensor& q,
                                const torch::Tensor& scale, const torch::Tensor& mins,
                                int64_t group) {
@@ -502,8 +520,8 @@ torch::Tensor idot_int4_linear(const torch::Tensor& x, const torch::Tensor& q,
               "group size must be a multiple of 32, at most 256, not ", group);
   const int64_t n = q.size(0), k = q.size(1) * 2, groups = k / group;
   check_x(x, k, {q, scale, mins});
-  TORCH_CHECK(k % group == 0 && (k / 2) % kV == 0, "the integer kernel needs K/2 a multiple"
-              " of ", kV, " and of the group size's half, not K = ", k);
+  TORCH_CHECK(k % group == 0, "the group size ", group, " does not divide ", k,
+              " input features");
   TORCH_CHECK(scale.scalar_type() == torch::kHalf && mins.scalar_type() == torch::kHalf &&
                   scale.is_contiguous() && mins.is_contiguous() && scale.dim() == 2 &&
                   mins.dim() == 2 && scale.size(0) == n && mins.size(0) == n &&
@@ -529,8 +547,8 @@ torch::Tensor idot_int4_linear(const torch::Tensor& x, const torch::Tensor& q,
   return result_for(x, n, y);
 }
 
-// The vector width the kernels step by (bytes of weight codes per vector) and the ISA
-// they were built for: Python offers the kernel only for shapes it takes.
+// The vector width the kernels step by (bytes of weight codes per vector; a row's bytes
+// past the last whole vector run through a scalar tail) and the ISA they were built for.
 int64_t idot_width() { return kV; }
 std::string idot_isa() { return kIsa; }
 

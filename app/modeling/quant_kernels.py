@@ -6,8 +6,7 @@ Candidates (each listed only where it is correct for the product's shape and dty
            int8 and int4, every shape our formats produce, float32/bfloat16/float16
   idot     app/kernels/int_dot.cpp, in the same extension: activations quantized to int8
            per block of 32, integer dot products (AVX512-VNNI / AVX-VNNI `vpdpbusd`, AVX2
-           `vpmaddubsw`); int8 and int4, input widths a multiple of the kernel's vector
-           (64 weight bytes with AVX-512, 32 with AVX2; the 134M Llama's 768 and 3072 are),
+           `vpmaddubsw`); int8 and int4, input widths a multiple of 32,
            float32/bfloat16/float16. Its error is the activations' rounding (1/254 of a
            block's largest |x| at most), the trade llama.cpp's q8_0 / q4_0 products make
   aten     torch's own CPU kernels: int8 `aten._weight_int8pack_mm`; int4
@@ -89,13 +88,10 @@ def idot_isa() -> str:
 
 
 def idot_takes(shape: Shape) -> bool:
-    """Whether the integer kernels take `shape`: every vector of weight bytes whole (int8:
-    K bytes a row, int4: K/2)."""
-    width = idot_width()
-    if not width:
-        return False
-    row_bytes = shape.in_features if shape.method == "int8" else shape.in_features // 2
-    return shape.in_features % 32 == 0 and row_bytes % width == 0
+    """Whether the integer kernels take `shape`: activations in whole blocks of 32 (int4:
+    every group size is a multiple of 32). A row's bytes past its last whole vector run
+    through the kernels' scalar tail."""
+    return cpp_ops() and shape.in_features % 32 == 0
 
 
 def _float_shape(x: Tensor, w: Tensor) -> Tensor:

@@ -93,7 +93,9 @@ def test_the_integer_kernels_are_built_for_this_cpus_isa() -> None:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16],
                          ids=["fp32", "bf16", "fp16"])
-@pytest.mark.parametrize("n, k", [(40, 128), (37, 256), (8, 768)])
+# Widths of whole vectors, and ones with a tail short of a vector (96, 704: the shipped
+# default-lm's MLP width) or no whole vector at all (96 with int4 on AVX-512).
+@pytest.mark.parametrize("n, k", [(40, 128), (37, 256), (8, 768), (8, 96), (5, 704)])
 def test_int8_kernel_equals_the_reference_of_the_same_quantized_operands(
         n: int, k: int, dtype: torch.dtype) -> None:
     w8 = quantize_int8(_weights(n, k))
@@ -110,9 +112,12 @@ def test_int8_kernel_equals_the_reference_of_the_same_quantized_operands(
         assert _relative_error(got, exact) < 8e-2, rows
 
 
+INT4_PRODUCTS = [(40, 256, 32), (40, 256, 64), (40, 256, 128), (13, 768, 32), (13, 768, 64),
+                 (13, 768, 128), (9, 704, 64), (9, 96, 32)]
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("group", [32, 64, 128])
-@pytest.mark.parametrize("n, k", [(40, 256), (13, 768)])
+@pytest.mark.parametrize("n, k, group", INT4_PRODUCTS, ids=lambda p: str(p))
 def test_int4_kernel_equals_the_reference_of_the_same_quantized_operands(
         n: int, k: int, group: int, dtype: torch.dtype) -> None:
     w4 = quantize_int4(_weights(n, k), group)
@@ -130,7 +135,7 @@ def test_int4_kernel_equals_the_reference_of_the_same_quantized_operands(
         # its group's int4 step on purpose, left out).
         exact = F.linear(x.float(), _weights(n, k))
         keep = torch.arange(n) != 2
-        assert _relative_error(got[..., keep], exact[..., keep]) < 0.15, rows
+        assert _relative_error(got[..., keep], exact[..., keep]) < 0.2, rows
 
 
 def test_a_wrong_int4_layout_is_caught_by_the_reference() -> None:
@@ -145,16 +150,15 @@ def test_a_wrong_int4_layout_is_caught_by_the_reference() -> None:
 
 
 def test_odd_widths_are_refused_and_the_layer_falls_back() -> None:
-    """A width that is no whole number of the kernel's vectors: the kernel raises, the
+    """A width that is no whole number of activation blocks: the kernel raises, the
     candidate is not offered, and a layer asked for it keeps another kernel."""
-    width = idot_width()
-    k = 96 if width == 64 else 48  # a multiple of 32 but not of the vector
+    k = 40
     w8 = quantize_int8(_weights(8, k))
-    with pytest.raises(RuntimeError, match="needs K a multiple"):
+    with pytest.raises(RuntimeError, match="needs K a multiple of 32"):
         torch.ops.llm_quant.idot_int8_linear(torch.randn(1, k), w8.q, w8.scale)
     assert not supported("idot", Shape("int8", k, 8, 0, torch.float32))
-    assert not supported("idot", Shape("int8", 40, 8, 0, torch.float32))
-    assert supported("idot", Shape("int8", 2 * width, 8, 0, torch.float32))
+    assert supported("idot", Shape("int8", 96, 8, 0, torch.float32))
+    assert supported("idot", Shape("int4", 704, 8, 64, torch.bfloat16))
     layer = QuantizedLinear.from_weight(_weights(8, k), None, "int8")
     assert "idot" not in candidates(layer.shape(torch.float32))
     with pytest.raises(ValueError, match="does not support"):
@@ -199,3 +203,24 @@ def test_compiled_graphs_call_the_integer_kernel() -> None:
         torch.testing.assert_close(compiled(x), expected)
         reference = reference_int4(x, layer.qweight, layer.scale, layer.mins, 32)
         assert _relative_error(compiled(x), torch.relu(reference) * 2) < 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isa, path", [("avx2_avxvnni", "avxvnni"), ("avx2", "avx2"),
+                                       ("baseline", "scalar")])
+def test_the_narrower_vector_paths_equal_the_reference(isa: str, path: str) -> None:
+    """The AVX-VNNI, AVX2 and scalar paths, built on this CPU with LLM_KERNEL_ISA (a build
+    of its own, 30-60 s), pass this module's reference tests in a process of their own."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LLM_KERNEL_ISA": isa}
+    check = [sys.executable, "-c", "from app.modeling.quant_kernels import idot_isa; "
+             "print(idot_isa())"]
+    built = subprocess.run(check, env=env, capture_output=True, text=True, timeout=600)
+    assert built.stdout.strip().splitlines()[-1:] == [path], built.stderr[-2000:]
+    run = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                          __file__, "-k", "reference or refused or layer"],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stdout[-3000:]
