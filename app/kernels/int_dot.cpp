@@ -41,6 +41,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <memory>
 #include <vector>
 
 namespace {
@@ -180,15 +181,22 @@ inline float quantize_block(const At& at, const Put& put, int64_t& sum) {
   return amax / 127.f;
 }
 
-// x as float rows: a pointer into x when it is contiguous float32, else a converted copy.
-const float* float_rows(const torch::Tensor& x, std::vector<float>& copy) {
-  if (x.scalar_type() == torch::kFloat && x.is_contiguous()) return x.data_ptr<float>();
-  const torch::Tensor xf = x.to(torch::kFloat).contiguous();
-  copy.assign(xf.data_ptr<float>(), xf.data_ptr<float>() + xf.numel());
-  return copy.data();
+// Runs `body(pointer)` on x's data as its own element type (float, BFloat16, Half): the
+// activations are read once, by the quantization, with no converted copy (a torch op
+// for the conversion costs microseconds, ~50 times a decode step).
+template <typename Body>
+void with_rows(const torch::Tensor& x, const Body& body) {
+  if (x.scalar_type() == torch::kBFloat16) {
+    body(x.data_ptr<c10::BFloat16>());
+  } else if (x.scalar_type() == torch::kHalf) {
+    body(x.data_ptr<c10::Half>());
+  } else {
+    body(x.data_ptr<float>());
+  }
 }
 
-Activations quantize_int8_rows(const float* x, int64_t m, int64_t k) {
+template <typename T>
+Activations quantize_int8_rows(const T* x, int64_t m, int64_t k) {
   Activations a;
   a.m = m;
   a.k = k;
@@ -197,17 +205,18 @@ Activations quantize_int8_rows(const float* x, int64_t m, int64_t k) {
   a.lane_scale.resize(m * a.lanes);
   for (int64_t r = 0; r < m; ++r)
     for (int64_t b = 0; b < k / kBlock; ++b) {
-      const float* src = x + r * k + b * kBlock;
+      const T* src = x + r * k + b * kBlock;
       int8_t* dst = a.q.data() + r * k + b * kBlock;
       int64_t sum = 0;
-      const float s = quantize_block([&](int64_t t) { return src[t]; },
+      const float s = quantize_block([&](int64_t t) { return static_cast<float>(src[t]); },
                                      [&](int64_t t, int8_t c) { dst[t] = c; }, sum);
       for (int64_t l = 0; l < kBlock / 4; ++l) a.lane_scale[r * a.lanes + b * 8 + l] = s;
     }
   return a;
 }
 
-Activations quantize_int4_rows(const float* x, int64_t m, int64_t k, int64_t g) {
+template <typename T>
+Activations quantize_int4_rows(const T* x, int64_t m, int64_t k, int64_t g) {
   Activations a;
   a.m = m;
   a.k = k;
@@ -223,13 +232,13 @@ Activations quantize_int4_rows(const float* x, int64_t m, int64_t k, int64_t g) 
         // Bytes p .. p + 15 of the row: columns gi*g + run*16 + t (low nibbles) and
         // gi*g + half + run*16 + t (high nibbles).
         const int64_t p = gi * half + run * 16;
-        const float* lo = x + r * k + gi * g + run * 16;
-        const float* hi = lo + half;
+        const T* lo = x + r * k + gi * g + run * 16;
+        const T* hi = lo + half;
         int8_t* qlo = a.q.data() + r * k / 2 + p;
         int8_t* qhi = a.hi.data() + r * k / 2 + p;
         int64_t sum = 0;
         const float s = quantize_block(
-            [&](int64_t t) { return t < 16 ? lo[t] : hi[t - 16]; },
+            [&](int64_t t) { return static_cast<float>(t < 16 ? lo[t] : hi[t - 16]); },
             [&](int64_t t, int8_t c) { (t < 16 ? qlo[t] : qhi[t - 16]) = c; }, sum);
         a.group_sum[r * groups + gi] += s * static_cast<float>(sum);
         for (int64_t l = 0; l < 4; ++l) a.lane_scale[r * a.lanes + p / 4 + l] = s;
@@ -464,13 +473,38 @@ void check_x(const torch::Tensor& x, int64_t k, std::initializer_list<torch::Ten
               "x must be float32, bfloat16 or float16, not ", x.scalar_type());
 }
 
-torch::Tensor result_for(const torch::Tensor& x, int64_t n, const std::vector<float>& y) {
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
-  shape.back() = n;
-  torch::Tensor out = torch::empty(shape, x.options().dtype(torch::kFloat));
-  std::copy(y.begin(), y.end(), out.data_ptr<float>());
-  return x.scalar_type() == torch::kFloat ? out : out.to(x.scalar_type());
-}
+// The result (..., n) in x's dtype, and where the kernels write it as float: straight
+// into a float32 result, else into `buffer`, which `finish` converts (a plain loop, not
+// another torch op).
+struct Output {
+  torch::Tensor out;
+  std::unique_ptr<float[]> buffer;
+  float* data = nullptr;
+
+  Output(const torch::Tensor& x, int64_t n) {
+    std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end());
+    shape.back() = n;
+    out = torch::empty(shape, x.options());
+    if (out.scalar_type() == torch::kFloat) {
+      data = out.data_ptr<float>();
+    } else {
+      buffer.reset(new float[out.numel()]);
+      data = buffer.get();
+    }
+  }
+
+  torch::Tensor finish() {
+    const int64_t count = out.numel();
+    if (out.scalar_type() == torch::kBFloat16) {
+      c10::BFloat16* p = out.data_ptr<c10::BFloat16>();
+      for (int64_t i = 0; i < count; ++i) p[i] = c10::BFloat16(data[i]);
+    } else if (out.scalar_type() == torch::kHalf) {
+      c10::Half* p = out.data_ptr<c10::Half>();
+      for (int64_t i = 0; i < count; ++i) p[i] = c10::Half(data[i]);
+    }
+    return out;
+  }
+};
 
 // Splits the weight rows between threads, tiles of kRowTile rows each.
 template <typename Tile>
@@ -496,17 +530,18 @@ torch::Tensor idot_int8_linear(const torch::Tensor& x, const torch::Tensor& q,
   TORCH_CHECK(scale.scalar_type() == torch::kFloat && scale.is_contiguous() &&
                   scale.dim() == 1 && scale.size(0) == n,
               "scale must be a contiguous float32 tensor of ", n, " values");
-  std::vector<float> copy;
-  const float* xf = float_rows(x, copy);
+  const torch::Tensor xc = x.contiguous();
   const int64_t m = x.numel() / k;
-  const Activations a = quantize_int8_rows(xf, m, k);
-  std::vector<float> y(m * n);
+  Activations a;
+  with_rows(xc, [&](const auto* rows) { a = quantize_int8_rows(rows, m, k); });
+  Output result(x, n);
+  float* y = result.data;
   const int8_t* qp = q.data_ptr<int8_t>();
   const float* sp = scale.data_ptr<float>();
   for_row_tiles(n, k, [&](int64_t r0, int64_t rows) {
-    int8_tile(a, 0, m, qp + r0 * k, rows, sp + r0, y.data() + r0, n);
+    int8_tile(a, 0, m, qp + r0 * k, rows, sp + r0, y + r0, n);
   });
-  return result_for(x, n, y);
+  return result.finish();
 }
 
 // x (..., K); q (N, K/2) uint8 (quantize.py's layout); scale, mins (N, K/G) float16 ->
@@ -527,11 +562,12 @@ torch::Tensor idot_int4_linear(const torch::Tensor& x, const torch::Tensor& q,
                   mins.dim() == 2 && scale.size(0) == n && mins.size(0) == n &&
                   scale.size(1) == groups && mins.size(1) == groups,
               "scale and mins must be contiguous float16 (", n, ", ", groups, ")");
-  std::vector<float> copy;
-  const float* xf = float_rows(x, copy);
+  const torch::Tensor xc = x.contiguous();
   const int64_t m = x.numel() / k;
-  const Activations a = quantize_int4_rows(xf, m, k, group);
-  std::vector<float> y(m * n);
+  Activations a;
+  with_rows(xc, [&](const auto* rows) { a = quantize_int4_rows(rows, m, k, group); });
+  Output result(x, n);
+  float* y = result.data;
   const uint8_t* qp = q.data_ptr<uint8_t>();
   const c10::Half* sp = scale.data_ptr<c10::Half>();
   const c10::Half* mp = mins.data_ptr<c10::Half>();
@@ -542,9 +578,9 @@ torch::Tensor idot_int4_linear(const torch::Tensor& x, const torch::Tensor& q,
       scales.assign(kRowTile, RowScales(groups));
     for (int64_t j = 0; j < rows; ++j)
       scales[j].load(sp + (r0 + j) * groups, mp + (r0 + j) * groups, groups);
-    int4_tile(a, 0, m, qp + r0 * (k / 2), rows, scales.data(), group, y.data() + r0, n);
+    int4_tile(a, 0, m, qp + r0 * (k / 2), rows, scales.data(), group, y + r0, n);
   });
-  return result_for(x, n, y);
+  return result.finish();
 }
 
 // The vector width the kernels step by (bytes of weight codes per vector; a row's bytes
