@@ -254,9 +254,17 @@ Activations quantize_int4_rows(const T* x, int64_t m, int64_t k, int64_t g) {
   return a;
 }
 
+// float16 -> float32 for a row's group scales and mins (a dozen values at a 134M model's
+// widths: a scalar tail would cost as much as the vectors, so AVX-512 masks it instead).
 void halves_to_floats(const c10::Half* src, int64_t count, float* dst) {
   int64_t i = 0;
-#if defined(__F16C__)
+#if defined(__AVX512F__) && defined(__AVX512BW__)
+  for (; i < count; i += 16) {
+    const __mmask16 mask = count - i >= 16 ? 0xFFFF : static_cast<__mmask16>((1u << (count - i)) - 1);
+    const __m256i h = _mm256_maskz_loadu_epi16(mask, src + i);
+    _mm512_mask_storeu_ps(dst + i, mask, _mm512_cvtph_ps(h));
+  }
+#elif defined(__F16C__)
   for (; i + 8 <= count; i += 8)
     _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(
                                   reinterpret_cast<const __m128i*>(src + i))));
@@ -396,6 +404,7 @@ struct Int4Tile {
   int64_t x_row;
   const uint8_t* w[kRowTile];
   const RowScales* scales[kRowTile];
+  const GroupLanes* lanes;  // made once per product: 16 integer divisions
   int64_t wr, g;
   float* y;
   int64_t ys;
@@ -403,8 +412,7 @@ struct Int4Tile {
   template <int XR>
   void run(int64_t i0) const {
     const int64_t bytes = a.k / 2, half = g / 2, groups = a.k / g;
-    const GroupLanes lanes(g);
-    const vi index = lane_index(lanes.index);
+    const vi index = lane_index(lanes->index);
     const int8_t* xlo[XR];
     const int8_t* xhi[XR];
     const float* xs[XR];
@@ -444,16 +452,18 @@ struct Int4Tile {
 #endif
 
 void int4_tile(const Activations& a, int64_t x_row, int64_t xr, const uint8_t* w, int64_t wr,
-               const RowScales* scales, int64_t g, float* y, int64_t ys) {
+               const RowScales* scales, const GroupLanes& lanes, int64_t g, float* y,
+               int64_t ys) {
   const int64_t k = a.k, bytes = k / 2;
 #if defined(IDOT_VECTOR)
-  Int4Tile tile{a, x_row, {}, {}, wr, g, y, ys};
+  Int4Tile tile{a, x_row, {}, {}, &lanes, wr, g, y, ys};
   for (int64_t j = 0; j < kRowTile; ++j) {
     tile.w[j] = w + std::min(j, wr - 1) * bytes;
     tile.scales[j] = scales + std::min(j, wr - 1);
   }
   in_row_chunks(xr, tile);
 #else
+  (void)lanes;  // the vector loop's lane map
   const int64_t half = g / 2, groups = k / g;
   for (int64_t i = 0; i < xr; ++i) {
     const int64_t row = x_row + i;
@@ -579,6 +589,7 @@ torch::Tensor idot_int4_linear(const torch::Tensor& x, const torch::Tensor& q,
   const uint8_t* qp = q.data_ptr<uint8_t>();
   const c10::Half* sp = scale.data_ptr<c10::Half>();
   const c10::Half* mp = mins.data_ptr<c10::Half>();
+  const GroupLanes lanes(group);
   for_row_tiles(n, k / 2, [&](int64_t r0, int64_t rows) {
     thread_local std::vector<RowScales> scales;
     if (scales.size() != static_cast<size_t>(kRowTile) ||
@@ -586,7 +597,7 @@ torch::Tensor idot_int4_linear(const torch::Tensor& x, const torch::Tensor& q,
       scales.assign(kRowTile, RowScales(groups));
     for (int64_t j = 0; j < rows; ++j)
       scales[j].load(sp + (r0 + j) * groups, mp + (r0 + j) * groups, groups);
-    int4_tile(a, 0, m, qp + r0 * (k / 2), rows, scales.data(), group, y + r0, n);
+    int4_tile(a, 0, m, qp + r0 * (k / 2), rows, scales.data(), lanes, group, y + r0, n);
   });
   return result.finish();
 }
