@@ -33,7 +33,7 @@ import torch.nn.functional as F
 
 from app.checkpoint import CheckpointError, load_model
 from app.modeling import quantized_linear
-from app.modeling.quant_kernels import candidates
+from app.modeling.quant_kernels import candidates, offer_integer_kernels, supported
 from app.modeling.quantized_linear import KernelPlan, QuantizedLinear
 from app.modeling.quantized_model import block_products, quantized_layers
 from app.tokenizer import Tokenizer
@@ -75,7 +75,7 @@ def force_kernel(model: Any, kernel: str | None) -> Any:
     if kernel is None:
         return model
     for layer in quantized_layers(model):
-        if kernel in candidates(layer.shape(torch.float32)):
+        if supported(kernel, layer.shape(torch.float32)):
             layer.use_kernels(KernelPlan(kernel, kernel), torch.float32)
     return model
 
@@ -187,6 +187,7 @@ def main() -> int:
     parser.add_argument("--kernel", default=None,
                         help="force this kernel (e.g. idot) in the accuracy part")
     args = parser.parse_args()
+    offer_integer_kernels(True)  # the kernel table lists idot beside the others
     cpu = cpu_info()
     print(f"{cpu_line(cpu)}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")

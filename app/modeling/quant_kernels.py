@@ -87,6 +87,19 @@ def idot_isa() -> str:
     return str(torch.ops.llm_quant.idot_isa()) if cpp_ops() else "none"
 
 
+# Whether the startup choice times `idot` (`--integer-kernels`). Off by default: it rounds
+# the activations, so one row (idot) and a prompt chunk (dequant) of the same request see
+# different products, and greedy tokens can change with the batch a request lands in (the
+# batch-invariance tests caught it); the other kernels differ by float rounding only.
+_OFFER_INTEGER = [False]
+
+
+def offer_integer_kernels(on: bool) -> None:
+    """Let the startup choice consider the integer kernels (a server setting, process-wide
+    like the extension it comes from)."""
+    _OFFER_INTEGER[0] = on
+
+
 def idot_takes(shape: Shape) -> bool:
     """Whether the integer kernels take `shape`: activations in whole blocks of 32 (int4:
     every group size is a multiple of 32). A row's bytes past its last whole vector run
@@ -127,8 +140,9 @@ def supported(name: str, shape: Shape) -> bool:
 
 
 def candidates(shape: Shape) -> list[str]:
-    """Every kernel that supports `shape`, dequant first."""
-    return [name for name in ("dequant", "aten", "cpp", "idot") if supported(name, shape)]
+    """Every kernel that supports `shape`, dequant first; idot only when offered."""
+    names = ("dequant", "aten", "cpp") + (("idot",) if _OFFER_INTEGER[0] else ())
+    return [name for name in names if supported(name, shape)]
 
 
 # ---------------------------------------------------------------------------- int8

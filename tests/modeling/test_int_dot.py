@@ -167,6 +167,26 @@ def test_odd_widths_are_refused_and_the_layer_falls_back() -> None:
     assert "idot" not in (layer.kernels.one, layer.kernels.few)
 
 
+def test_the_choice_offers_idot_only_with_integer_kernels_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Off by default (the server's --integer-kernels): rounding the activations would make
+    a request's tokens depend on its batch. On, the startup choice times it like the
+    others and reports it."""
+    from app.modeling import quant_kernels
+
+    shape = Shape("int4", 256, 64, 64, torch.float32)
+    assert supported("idot", shape) and "idot" not in candidates(shape)
+    layer = QuantizedLinear.from_weight(_weights(64, 256), None, "int4", 64)
+    assert "idot" not in kernel_choice.choose_kernels([layer], torch.float32)
+    monkeypatch.setattr(quant_kernels, "_OFFER_INTEGER", [True])
+    assert candidates(shape)[-1] == "idot"
+    monkeypatch.setattr(kernel_choice, "_time", lambda name, probes, x: 0.5 if name == "idot"
+                        else 1.0)
+    report = kernel_choice.choose_kernels([layer], torch.float32)
+    assert layer.kernels == KernelPlan("idot", "idot")
+    assert "1 row idot (" in report and "idot 2.00x" in report
+
+
 def test_inconsistent_inputs_are_refused() -> None:
     w4 = quantize_int4(_weights(8, 256), 64)
     x = torch.randn(2, 256)

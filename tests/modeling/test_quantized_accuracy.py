@@ -91,7 +91,7 @@ def test_default_lm_within_bounds_with_the_integer_kernels_forced(splits: Path) 
     from unittest import mock
 
     from app.modeling import quantized_linear
-    from app.modeling.quant_kernels import candidates
+    from app.modeling.quant_kernels import supported
     from app.modeling.quantized_linear import KernelPlan
     from app.modeling.quantized_model import quantized_layers
     from tests.helpers import require_cpp_kernels
@@ -108,7 +108,7 @@ def test_default_lm_within_bounds_with_the_integer_kernels_forced(splits: Path) 
         quant = load_model(directory, dtype="float32", device="cpu", quantization=method)
         layers = quantized_layers(quant.model)
         for layer in layers:
-            assert "idot" in candidates(layer.shape(torch.float32)), layer
+            assert supported("idot", layer.shape(torch.float32)), layer
             layer.use_kernels(KernelPlan("idot", "idot"), torch.float32)
         with mock.patch.object(quantized_linear, "row_class", lambda x: "few"):
             nll, argmax = nll_and_argmax(quant.model, rows)
