@@ -65,6 +65,11 @@ class Settings(BaseSettings):
                     "int4 in groups (see docs/PERFORMANCE.md for when to use which)")
     int4_group_size: Literal[32, 64, 128] = Field(
         64, description="weights per int4 group (one float16 scale and min each)")
+    integer_kernels: bool = Field(
+        False, description="offer the integer dot-product kernels (activations rounded to "
+                           "int8 per block of 32, as llama.cpp's q8_0 / q4_0 do) to the "
+                           "startup choice of quantized products; off: a request's tokens "
+                           "would otherwise depend on the rows it is batched with")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: torch's default)")
 
     # --- HTTP

@@ -43,6 +43,7 @@ from app.kv_event_publisher import KVEventPublisher
 from app.metrics import Metrics
 from app.modeling.config import Task
 from app.modeling.lora import AdapterError
+from app.modeling.quant_kernels import offer_integer_kernels
 from app.tokenizer import Tokenizer
 
 log = logging.getLogger("app")
@@ -106,6 +107,7 @@ async def load_models(state: ServerState, metrics: Metrics, on_fatal: Callable[[
     drafts: dict[Path, DraftModel] = {}  # speculative drafts, loaded once for all models
     try:
         await loop.run_in_executor(compute, _set_threads, settings.threads)
+        offer_integer_kernels(settings.integer_kernels)
         for spec in model_specs(settings):
             log.info("loading model", extra={"model": spec.name, "path": str(spec.path)})
             loaded = await loop.run_in_executor(compute, load_model, spec.path, settings.dtype,

@@ -1,11 +1,15 @@
 """Quantization: accuracy on the shipped models and kernel speed, in one run.
 
     python -m bench.quantization            # needs Debian's fortunes package (make model-data)
+    python -m bench.quantization --kernel idot --skip-speed   # accuracy with that kernel forced
 
 Accuracy (default-lm on its validation split, fortune-classifier on its test split):
 perplexity and greedy next-token agreement with fp32 for int8, int4 at each group size,
 and int4 without zero points (symmetric, q - 8 times a scale: the form llama.cpp's Q4_0
-uses), which shows whether the zero points pay for their 16 bits a group.
+uses), which shows whether the zero points pay for their 16 bits a group. With
+`--kernel NAME` every quantized product that kernel takes runs on it at every row count
+(the server runs it for up to 64 rows where the startup choice picks it): the accuracy
+of a kernel that rounds more than the weights (idot quantizes the activations).
 
 Speed: the products of the 134M Llama-style layout (768 -> 3072, cold: 12 different
 weights, as a decode step streams them) at 1, 16 and 32 rows, each kernel available here
@@ -18,17 +22,20 @@ import argparse
 import math
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 import torch.nn.functional as F
 
 from app.checkpoint import CheckpointError, load_model
-from app.modeling.quant_kernels import candidates
+from app.modeling import quantized_linear
+from app.modeling.quant_kernels import candidates, offer_integer_kernels, supported
 from app.modeling.quantized_linear import KernelPlan, QuantizedLinear
-from app.modeling.quantized_model import block_products
+from app.modeling.quantized_model import block_products, quantized_layers
 from app.tokenizer import Tokenizer
 from app.train.data import pack_tokens, read_documents, read_labelled
 from app.train.evaluate import nll_and_argmax, predict_labels
@@ -54,7 +61,34 @@ def lm_figures(model: torch.nn.Module, rows: torch.Tensor) -> tuple[float, torch
     return math.exp(nll), argmax
 
 
-def accuracy(data: Path) -> list[str]:
+@contextmanager
+def every_row_count() -> Iterator[None]:
+    """Layers run their planned kernel at every row count (the server's layers run
+    dequant above 64 rows), so a forced kernel sees the evaluation's long sequences."""
+    with mock.patch.object(quantized_linear, "row_class", lambda x: "few"):
+        yield
+
+
+def force_kernel(model: Any, kernel: str | None) -> Any:
+    """Put every quantized product of `model` that `kernel` takes on it; the rest keep
+    dequant (counted in the table's note)."""
+    if kernel is None:
+        return model
+    for layer in quantized_layers(model):
+        if supported(kernel, layer.shape(torch.float32)):
+            layer.use_kernels(KernelPlan(kernel, kernel), torch.float32)
+    return model
+
+
+def forced_note(model: Any, kernel: str | None) -> str:
+    if kernel is None:
+        return ""
+    layers = quantized_layers(model)
+    on = sum(1 for m in layers if m.kernels.one == kernel)
+    return f" ({on}/{len(layers)} products on {kernel})"
+
+
+def accuracy(data: Path, kernel: str | None = None) -> list[str]:
     lm_dir = ROOT / "models" / "default-lm"
     tokenizer = Tokenizer.from_dir(lm_dir)
     docs = read_documents([data / "lm" / "val.jsonl"])
@@ -66,12 +100,13 @@ def accuracy(data: Path) -> list[str]:
              "|---|---|---|---|---|",
              f"| fp32 | 32 | {base_ppl:.2f} | 1.0000x | 100 % |"]
     variants: list[tuple[str, Callable[[], Any], float]] = [
-        ("int8", lambda: load_model(lm_dir, "float32", "cpu", "int8").model, 8 + 32 / 256)]
+        ("int8", lambda: force_kernel(load_model(lm_dir, "float32", "cpu", "int8").model,
+                                      kernel), 8 + 32 / 256)]
     for group in (32, 64, 128):
-        variants.append((f"int4, groups of {group}",
-                         lambda g=group: load_model(lm_dir, "float32", "cpu", "int4", g).model,
-                         4 + 32 / group))
-    for group in (32, 64):
+        def int4(g: int = group) -> Any:
+            return force_kernel(load_model(lm_dir, "float32", "cpu", "int4", g).model, kernel)
+        variants.append((f"int4, groups of {group}", int4, 4 + 32 / group))
+    for group in (32, 64) if kernel is None else ():  # float weights: no kernel to force
         def sym(g: int = group) -> Any:
             model = load_model(lm_dir, "float32", "cpu").model
             symmetric_int4(model, g)
@@ -84,10 +119,11 @@ def accuracy(data: Path) -> list[str]:
         except CheckpointError as exc:  # a group size the model's widths do not divide
             lines.append(f"| {name} | {bits:.2f} | n/a: {str(exc).split(': ', 1)[-1]} | | |")
             continue
-        ppl, argmax = lm_figures(model, rows)
+        with every_row_count():
+            ppl, argmax = lm_figures(model, rows)
         agree = float((argmax == base_argmax).float().mean())
-        lines.append(f"| {name} | {bits:.2f} | {ppl:.2f} | {ppl / base_ppl:.4f}x | "
-                     f"{agree:.2%} |")
+        lines.append(f"| {name}{forced_note(model, kernel)} | {bits:.2f} | {ppl:.2f} | "
+                     f"{ppl / base_ppl:.4f}x | {agree:.2%} |")
     lines.append(f"\n({rows.numel() - rows.shape[0]} validation tokens; the LM head int8 in "
                  "every quantized row.)\n")
     clf_dir = ROOT / "models" / "fortune-classifier"
@@ -98,9 +134,11 @@ def accuracy(data: Path) -> list[str]:
     lines += ["| fortune-classifier | test accuracy |", "|---|---|"]
     for method in ("none", "int8", "int4"):
         loaded = load_model(clf_dir, "float32", "cpu", method)
+        force_kernel(loaded.model, kernel)
         index = {label: i for i, label in enumerate(loaded.config.id2label)}
         gold = [index[r.label] for r in labelled]
-        predicted = predict_labels(loaded.model, ids, pad)
+        with every_row_count():
+            predicted = predict_labels(loaded.model, ids, pad)
         acc = sum(p == g for p, g in zip(predicted, gold, strict=True)) / len(gold)
         lines.append(f"| {'fp32' if method == 'none' else method} | {acc:.2%} "
                      f"({len(gold)} rows) |")
@@ -145,11 +183,16 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--skip-speed", action="store_true")
+    parser.add_argument("--kernel", default=None,
+                        help="force this kernel (e.g. idot) in the accuracy part")
     args = parser.parse_args()
+    offer_integer_kernels(True)  # the kernel table lists idot beside the others
     cpu = cpu_info()
     print(f"{cpu_line(cpu)}; torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
-    print("\n".join(speed()))
+    if not args.skip_speed:
+        print("\n".join(speed()))
     if not args.skip_accuracy:
         fortunes = Path("/usr/share/games/fortunes")
         if not fortunes.is_dir():
@@ -159,7 +202,7 @@ def main() -> int:
 
         with tempfile.TemporaryDirectory() as tmp:
             prepare(Path(tmp))
-            print("\n".join(accuracy(Path(tmp))))
+            print("\n".join(accuracy(Path(tmp), args.kernel)))
     return 0
 
 

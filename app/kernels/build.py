@@ -1,13 +1,17 @@
-"""Building the C++ kernels (`quant_linear.cpp`) for the CPU at hand, once, on first use.
+"""Building the C++ kernels (`quant_linear.cpp`, the widening kernels, and `int_dot.cpp`,
+the integer dot-product kernels) for the CPU at hand, once, on first use.
 
-The source ships in the package and is compiled with torch's extension builder (a C++
-compiler and ninja, as `--compile` needs) with the vector ISA this CPU has: AVX-512 with
-AVX512-BF16 (adds the bf16 dot-product path for decode batches), AVX-512, AVX2 + FMA, or
-the compiler's baseline. The ISA is part of the build's name, so a
+The sources ship in the package and are compiled into one extension with torch's
+extension builder (a C++ compiler and ninja, as `--compile` needs) with the vector ISA
+this CPU has: AVX-512 with AVX512-BF16 (adds the bf16 dot-product path for decode
+batches), AVX-512, AVX2 + FMA, or the compiler's baseline; plus AVX512-VNNI or AVX-VNNI
+where the CPU has them (`vpdpbusd` for the integer kernels; without either they use
+AVX2's `vpmaddubsw`). The ISA is part of the build's name, so a
 cache directory shared between machines of different kinds (an image built on one,
 run on another) never hands one CPU the other's binary. The build takes 20-60 s on 2
 cores; the result is cached under `LLM_KERNEL_CACHE` (default
-`~/.cache/llm-inference/kernels`), so later starts load it in well under a second. A
+`~/.cache/llm-inference/kernels`), so later starts load it in well under a second.
+`LLM_KERNEL_ISA` builds a narrower ISA than the CPU's (see `NARROWER`; for tests). A
 build found under `<venv>/share/llm-inference/kernels` (`python -m app.kernels.build
 --prebuilt`, which the Docker image runs) is loaded as is, without a compiler or a
 writable directory; a CPU of another kind builds its own into the cache.
@@ -32,12 +36,23 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("quant_linear.cpp")
+SOURCES = (Path(__file__).with_name("quant_linear.cpp"), Path(__file__).with_name("int_dot.cpp"))
 _LOCK = threading.Lock()
 
 
-def cpu_isa() -> tuple[str, list[str]]:
-    """(name, compiler flags) of the widest vector ISA torch's cpuinfo reports here."""
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux reports them (empty where /proc/cpuinfo is not)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            return set(line.partition(":")[2].split())
+    return set()
+
+
+def _vector_isa() -> tuple[str, list[str]]:
     avx512 = ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mavx2", "-mfma",
               "-mf16c"]
     if torch.cpu._is_avx512_bf16_supported():
@@ -47,6 +62,32 @@ def cpu_isa() -> tuple[str, list[str]]:
     if torch.cpu._is_avx2_supported():
         return "avx2", ["-mavx2", "-mfma", "-mf16c"]
     return "baseline", []
+
+
+# Narrower builds `LLM_KERNEL_ISA` may ask for (the other vector paths of the kernels, on
+# a CPU that also has them: how the tests check the AVX2, AVX-VNNI and scalar paths on a
+# CPU with AVX-512).
+NARROWER = {"baseline": [], "avx2": ["-mavx2", "-mfma", "-mf16c"],
+            "avx2_avxvnni": ["-mavx2", "-mfma", "-mf16c", "-mavxvnni"]}
+
+
+def cpu_isa() -> tuple[str, list[str]]:
+    """(name, compiler flags) of the widest vector ISA torch's cpuinfo reports here, with
+    the integer dot-product extensions /proc/cpuinfo reports: AVX512-VNNI (only with
+    AVX-512 itself) and AVX-VNNI (the 256-bit form, on CPUs with or without AVX-512).
+    `LLM_KERNEL_ISA` (baseline, avx2, avx2_avxvnni) builds a narrower one instead."""
+    asked = os.environ.get("LLM_KERNEL_ISA", "")
+    if asked:
+        if asked not in NARROWER:
+            raise ValueError(f"LLM_KERNEL_ISA={asked!r}: one of {', '.join(NARROWER)}")
+        return asked, NARROWER[asked]
+    name, flags = _vector_isa()
+    features = cpu_flags()
+    if name.startswith("avx512") and "avx512_vnni" in features:
+        name, flags = f"{name}_vnni", [*flags, "-mavx512vnni"]
+    if name != "baseline" and "avx_vnni" in features:
+        name, flags = f"{name}_avxvnni", [*flags, "-mavxvnni"]
+    return name, flags
 
 
 def cache_root() -> Path:
@@ -63,7 +104,7 @@ def prebuilt_root() -> Path:
 def build_name() -> tuple[str, str]:
     """(the build's name: ISA and a digest of the source, its folder under a root)."""
     isa, _ = cpu_isa()
-    digest = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:12]
+    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:12]
     version = torch.__version__.replace("+", "_").replace(".", "_")
     name = f"llm_quant_{isa}_{digest}"
     return name, f"torch_{version}/{name}"
@@ -100,7 +141,7 @@ def _build(root: Path) -> ModuleType:
     directory = root / folder
     directory.mkdir(parents=True, exist_ok=True)
     return cpp_extension.load(
-        name=name, sources=[str(SOURCE)], build_directory=str(directory),
+        name=name, sources=[str(source) for source in SOURCES], build_directory=str(directory),
         extra_cflags=["-O3", "-ffast-math", "-fopenmp", *flags],
         extra_ldflags=["-fopenmp"], verbose=False)
 

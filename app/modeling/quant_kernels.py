@@ -4,6 +4,11 @@ dtypes each one supports.
 Candidates (each listed only where it is correct for the product's shape and dtype):
   cpp      app/kernels/quant_linear.cpp, built for this CPU's vector ISA (when it builds):
            int8 and int4, every shape our formats produce, float32/bfloat16/float16
+  idot     app/kernels/int_dot.cpp, in the same extension: activations quantized to int8
+           per block of 32, integer dot products (AVX512-VNNI / AVX-VNNI `vpdpbusd`, AVX2
+           `vpmaddubsw`); int8 and int4, input widths a multiple of 32,
+           float32/bfloat16/float16. Its error is the activations' rounding (1/254 of a
+           block's largest |x| at most), the trade llama.cpp's q8_0 / q4_0 products make
   aten     torch's own CPU kernels: int8 `aten._weight_int8pack_mm`; int4
            `aten._weight_int4pack_mm_for_cpu` on a weight repacked by
            `aten._convert_weight_to_int4pack_for_cpu`
@@ -65,7 +70,41 @@ def cpp_ops() -> bool:
     torch.library.register_fake("llm_quant::int8_linear", _int8_shape)
     torch.library.register_fake("llm_quant::int4_linear", _int4_shape)
     torch.library.register_fake("llm_quant::float_linear", _float_shape)
+    torch.library.register_fake("llm_quant::idot_int8_linear", _int8_shape)
+    torch.library.register_fake("llm_quant::idot_int4_linear", _int4_shape)
     return True
+
+
+@functools.cache
+def idot_width() -> int:
+    """Bytes of weight codes the integer kernels step by (0 where they are not built)."""
+    return int(torch.ops.llm_quant.idot_width()) if cpp_ops() else 0
+
+
+def idot_isa() -> str:
+    """The vector path the integer kernels were built with (avx512vnni, avxvnni, avx2,
+    scalar), or "none"."""
+    return str(torch.ops.llm_quant.idot_isa()) if cpp_ops() else "none"
+
+
+# Whether the startup choice times `idot` (`--integer-kernels`). Off by default: it rounds
+# the activations, so one row (idot) and a prompt chunk (dequant) of the same request see
+# different products, and greedy tokens can change with the batch a request lands in (the
+# batch-invariance tests caught it); the other kernels differ by float rounding only.
+_OFFER_INTEGER = [False]
+
+
+def offer_integer_kernels(on: bool) -> None:
+    """Let the startup choice consider the integer kernels (a server setting, process-wide
+    like the extension it comes from)."""
+    _OFFER_INTEGER[0] = on
+
+
+def idot_takes(shape: Shape) -> bool:
+    """Whether the integer kernels take `shape`: activations in whole blocks of 32 (int4:
+    every group size is a multiple of 32). A row's bytes past its last whole vector run
+    through the kernels' scalar tail."""
+    return cpp_ops() and shape.in_features % 32 == 0
 
 
 def _float_shape(x: Tensor, w: Tensor) -> Tensor:
@@ -88,6 +127,8 @@ def supported(name: str, shape: Shape) -> bool:
         return False
     if name == "cpp":
         return cpp_ops()
+    if name == "idot":
+        return idot_takes(shape)
     if name == "aten" and shape.method == "int8":
         return (shape.dtype == torch.float32
                 or shape.in_features % ATEN_INT8_REDUCED_WIDTH == 0)
@@ -99,8 +140,9 @@ def supported(name: str, shape: Shape) -> bool:
 
 
 def candidates(shape: Shape) -> list[str]:
-    """Every kernel that supports `shape`, dequant first."""
-    return [name for name in ("dequant", "aten", "cpp") if supported(name, shape)]
+    """Every kernel that supports `shape`, dequant first; idot only when offered."""
+    names = ("dequant", "aten", "cpp") + (("idot",) if _OFFER_INTEGER[0] else ())
+    return [name for name in names if supported(name, shape)]
 
 
 # ---------------------------------------------------------------------------- int8
@@ -120,8 +162,12 @@ def int8_cpp(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
     return torch.ops.llm_quant.int8_linear(x, q, scale)
 
 
+def int8_idot(x: Tensor, q: Tensor, scale: Tensor) -> Tensor:
+    return torch.ops.llm_quant.idot_int8_linear(x, q, scale)
+
+
 INT8_KERNELS: dict[str, Callable[[Tensor, Tensor, Tensor], Tensor]] = {
-    "dequant": int8_dequant, "aten": int8_aten, "cpp": int8_cpp}
+    "dequant": int8_dequant, "aten": int8_aten, "cpp": int8_cpp, "idot": int8_idot}
 
 
 # ---------------------------------------------------------------------------- int4
@@ -167,8 +213,12 @@ def int4_cpp(x: Tensor, w: Int4Operands) -> Tensor:
     return torch.ops.llm_quant.int4_linear(x, w.q, w.scale, w.mins, w.group)
 
 
+def int4_idot(x: Tensor, w: Int4Operands) -> Tensor:
+    return torch.ops.llm_quant.idot_int4_linear(x, w.q, w.scale, w.mins, w.group)
+
+
 INT4_KERNELS: dict[str, Callable[[Tensor, Int4Operands], Tensor]] = {
-    "dequant": int4_dequant, "aten": int4_aten, "cpp": int4_cpp}
+    "dequant": int4_dequant, "aten": int4_aten, "cpp": int4_cpp, "idot": int4_idot}
 
 
 def row_class(x: Tensor) -> str | None:

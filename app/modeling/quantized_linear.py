@@ -14,7 +14,7 @@ bytes of weights streamed) and for a few rows (2-64: a decode batch). Above 64 r
 once for all rows and the product is the fastest GEMM torch has. Until a choice is made
 every layer runs `dequant`, which is correct for every shape.
 
-A one-row product whose choice is `cpp` calls the C++ op (`llm_quant::*`, registered by
+A one-row product whose choice is `cpp` or `idot` calls the C++ op (`llm_quant::*`, registered by
 the extension) directly: a Python custom op costs tens of microseconds a call, which at
 ~50 products a batch-1 decode step is a tenth of the step.
 """
@@ -173,13 +173,17 @@ class QuantizedLinear(nn.Module):
         # One row and the C++ kernel chosen for it: the C++ op itself, no Python between.
         # (In a compiled graph the row count here is static: a symbolic row dimension is
         # never 1, so this does not add a guard.)
-        direct = plan.one == "cpp" and x.device.type == "cpu" and x.numel() == x.shape[-1]
-        if self.method == "int8":
-            y = (torch.ops.llm_quant.int8_linear(x, self.qweight, self.scale) if direct else
-                 torch.ops.llm.int8_linear(x, self.qweight, self.scale, plan.one, plan.few))
+        direct = (plan.one in ("cpp", "idot") and x.device.type == "cpu"
+                  and x.numel() == x.shape[-1])
+        ops = torch.ops.llm_quant
+        if self.method == "int8" and direct:
+            op8 = ops.int8_linear if plan.one == "cpp" else ops.idot_int8_linear
+            y = op8(x, self.qweight, self.scale)
+        elif self.method == "int8":
+            y = torch.ops.llm.int8_linear(x, self.qweight, self.scale, plan.one, plan.few)
         elif direct:
-            y = torch.ops.llm_quant.int4_linear(x, self.qweight, self.scale, self.mins,
-                                                self.group_size)
+            op4 = ops.int4_linear if plan.one == "cpp" else ops.idot_int4_linear
+            y = op4(x, self.qweight, self.scale, self.mins, self.group_size)
         else:
             y = torch.ops.llm.int4_linear(x, self.qweight, self.scale, self.mins,
                                           self.group_size, plan.one, plan.few,

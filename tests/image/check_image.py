@@ -292,7 +292,7 @@ def run_quantized(image: str, config: dict[str, Any]) -> None:
         print(f"  ready in {server.wait_ready():.0f} s (--quantization int8, no compiler)")
         check_serving(server)
         lm = model_info(server)["default-lm"]
-        expect(" cpp " in lm["quantization"],
+        expect(" cpp " in lm["quantization"] or " idot " in lm["quantization"],
                f"int8 runs none of the C++ kernels: {lm['quantization']}")
         # Which build the server loaded: the same call, in the same container and env.
         probe = subprocess.run(container.command(

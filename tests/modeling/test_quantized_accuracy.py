@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from app.checkpoint import load_model
 from app.tokenizer import Tokenizer
@@ -80,3 +81,39 @@ def test_fortune_classifier_accuracy(splits: Path) -> None:
           + ", ".join(f"{m} {a:.2%}" for m, a in accuracy.items()))
     assert abs(accuracy["int8"] - accuracy["none"]) <= 0.01
     assert accuracy["int4"] >= accuracy["none"] - 0.02
+
+
+@pytest.mark.slow
+def test_default_lm_within_bounds_with_the_integer_kernels_forced(splits: Path) -> None:
+    """The integer kernels (`idot`) also round the activations to int8 per block of 32:
+    with them forced on every product at every row count (the server runs them for up to
+    64 rows, where the startup choice picks them), the same bounds hold."""
+    from unittest import mock
+
+    from app.modeling import quantized_linear
+    from app.modeling.quant_kernels import supported
+    from app.modeling.quantized_linear import KernelPlan
+    from app.modeling.quantized_model import quantized_layers
+    from tests.helpers import require_cpp_kernels
+
+    require_cpp_kernels()
+    directory = ROOT / "models" / "default-lm"
+    tokenizer = Tokenizer.from_dir(directory)
+    docs = read_documents([splits / "lm" / "val.jsonl"])
+    fp32 = load_model(directory, dtype="float32", device="cpu")
+    rows = pack_tokens((tokenizer.encode(d, add_special_tokens=False) for d in docs),
+                       tokenizer.eos_ids[0], fp32.config.max_model_len)
+    base_nll, base_argmax = nll_and_argmax(fp32.model, rows)
+    for method, limit, agree in (("int8", 1.01, 0.98), ("int4", 1.05, 0.90)):
+        quant = load_model(directory, dtype="float32", device="cpu", quantization=method)
+        layers = quantized_layers(quant.model)
+        for layer in layers:
+            assert supported("idot", layer.shape(torch.float32)), layer
+            layer.use_kernels(KernelPlan("idot", "idot"), torch.float32)
+        with mock.patch.object(quantized_linear, "row_class", lambda x: "few"):
+            nll, argmax = nll_and_argmax(quant.model, rows)
+        ratio = math.exp(nll) / math.exp(base_nll)
+        agreement = float((argmax == base_argmax).float().mean())
+        print(f"default-lm {method} on idot ({len(layers)} products): perplexity "
+              f"{ratio:.4f}x of fp32, greedy agreement {agreement:.2%}")
+        assert ratio <= limit and agreement >= agree, (method, ratio, agreement)
