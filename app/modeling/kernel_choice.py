@@ -14,14 +14,14 @@ independently.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 from torch import Tensor
 
 from app.modeling.quant_kernels import Shape, candidates
 from app.modeling.quantized_linear import KernelPlan, QuantizedLinear
-from app.modeling.timing import median_seconds
+from app.modeling.timing import round_robin_seconds
 
 log = logging.getLogger(__name__)
 
@@ -41,11 +41,31 @@ def shape_groups(layers: Iterable[QuantizedLinear], dtype: torch.dtype
     return groups
 
 
-def _time(name: str, probes: list[QuantizedLinear], x: Tensor) -> float:
-    for layer in probes:
-        layer.use_kernels(KernelPlan(name, name), x.dtype)
+def _runner(name: str, probes: list[QuantizedLinear], x: Tensor) -> Callable[[], object]:
+    def run() -> object:
+        for layer in probes:
+            layer.use_kernels(KernelPlan(name, name), x.dtype)
+        return [layer(x) for layer in probes]
+    return run
+
+
+def _timings(shape: Shape, names: list[str], probes: list[QuantizedLinear], x: Tensor
+             ) -> dict[str, float]:
+    """Seconds of each candidate that accepts `x` on the probe layers."""
+    runs: dict[str, Callable[[], object]] = {}
     with torch.inference_mode():
-        return median_seconds(lambda: [layer(x) for layer in probes])
+        for name in names:
+            run = _runner(name, probes, x)
+            try:
+                run()  # a first call that may refuse, and may allocate
+            except RuntimeError as exc:  # a stock kernel refusing what we thought it took
+                log.warning("%s kernel %s refused %s: %s", shape.method, name, shape,
+                            str(exc)[:200])
+                continue
+            runs[name] = run
+        # every candidate once a round, in turn: a burst of other work on a shared
+        # machine then slows them all alike instead of deciding the choice
+        return round_robin_seconds(runs, warmup=0)
 
 
 def choose_for_shape(shape: Shape, layers: list[QuantizedLinear]) -> tuple[KernelPlan, str]:
@@ -57,13 +77,7 @@ def choose_for_shape(shape: Shape, layers: list[QuantizedLinear]) -> tuple[Kerne
     parts = []
     for cls, rows in ROW_CLASSES:
         x = torch.randn(rows, shape.in_features, dtype=shape.dtype)
-        timings: dict[str, float] = {}
-        for name in names:
-            try:
-                timings[name] = _time(name, probes, x)
-            except RuntimeError as exc:  # a stock kernel refusing what we thought it took
-                log.warning("%s kernel %s refused %s: %s", shape.method, name, shape,
-                            str(exc)[:200])
+        timings = _timings(shape, names, probes, x)
         best = min(timings, key=timings.__getitem__)
         chosen[cls] = best
         base = timings["dequant"]

@@ -63,3 +63,20 @@ def speedup(baseline: Callable[[], Any], candidate: Callable[[], Any], repeats: 
                 cand = elapsed
         ratios.append(base / cand)
     return statistics.median(ratios)
+
+
+def round_robin_seconds(fns: dict[str, Callable[[], Any]], repeats: int = 5,
+                        warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each of several functions, each round running every one once
+    in a rotated order, so that a burst of other work lands on all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    names = list(fns)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeats):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            start = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}

@@ -222,8 +222,8 @@ def test_bfloat16_int8_serves_widths_torchs_kernel_cannot_read(
     batch = prompts(quant.config.vocab_size, [3, 9], seed=7)
     expected = [reference_greedy(quant.model, p, 6) for p in batch]  # every layer dequant
     monkeypatch.setattr(quant_kernels, "cpp_ops", lambda: False)
-    monkeypatch.setattr(kernel_choice, "_time",
-                        lambda name, probes, x: {"aten": 1.0, "dequant": 2.0}[name])
+    monkeypatch.setattr(kernel_choice, "_timings", lambda shape, names, probes, x: {
+        name: {"aten": 1.0, "dequant": 2.0}[name] for name in names})
 
     async def body() -> list[list[int]]:
         engine = make_engine(quant, tokenizer)

@@ -202,8 +202,9 @@ def test_torch_int4_kernel_uses_our_scale_and_min_exactly_in_float32() -> None:
 
 def _prefer(order: tuple[str, ...]) -> object:
     """A stand-in for the timing: kernels earlier in `order` are faster."""
-    def fake(name: str, probes: list[QuantizedLinear], x: torch.Tensor) -> float:
-        return float(order.index(name) + 1)
+    def fake(shape: object, names: list[str], probes: list[QuantizedLinear],
+             x: torch.Tensor) -> dict[str, float]:
+        return {name: float(order.index(name) + 1) for name in names}
     return fake
 
 
@@ -211,7 +212,7 @@ def test_the_choice_is_per_shape_and_never_an_unsupported_kernel(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """Defect 1: with torch's int8 kernel the fastest, bfloat16 products whose width it
     cannot read still get a kernel that is correct (the issue's 24x40 weight, 3 rows)."""
-    monkeypatch.setattr(kernel_choice, "_time", _prefer(("aten", "cpp", "dequant", "idot")))
+    monkeypatch.setattr(kernel_choice, "_timings", _prefer(("aten", "cpp", "dequant", "idot")))
     odd = _layer("int8", 24, 36, 0)
     even = _layer("int8", 24, 64, 0)
     report = kernel_choice.choose_kernels([odd, even], torch.bfloat16)
@@ -241,9 +242,9 @@ def test_two_models_in_one_process_choose_independently(
         monkeypatch: pytest.MonkeyPatch) -> None:
     first = [_layer("int8", 24, 64, 0), _layer("int4", 32, 128, 32)]
     second = [_layer("int8", 24, 64, 0), _layer("int4", 32, 128, 32)]
-    monkeypatch.setattr(kernel_choice, "_time", _prefer(("dequant", "aten", "cpp", "idot")))
+    monkeypatch.setattr(kernel_choice, "_timings", _prefer(("dequant", "aten", "cpp", "idot")))
     kernel_choice.choose_kernels(first, torch.float32)
-    monkeypatch.setattr(kernel_choice, "_time", _prefer(("aten", "dequant", "cpp", "idot")))
+    monkeypatch.setattr(kernel_choice, "_timings", _prefer(("aten", "dequant", "cpp", "idot")))
     kernel_choice.choose_kernels(second, torch.float32)
     assert [m.kernels for m in first] == [KernelPlan("dequant", "dequant")] * 2
     assert [m.kernels for m in second] == [KernelPlan("aten", "aten")] * 2
