@@ -60,6 +60,11 @@ def kind(cpu: dict[str, Any]) -> str:
     return f"{vendor}, {widest}"
 
 
+def slug(machine_kind: str) -> str:
+    """A machine kind as a file name's part: amd-epyc-avx-512-avx512-bf16."""
+    return machine_kind.lower().replace(",", "").replace(" ", "-").replace("+", "")
+
+
 def wait_idle(threshold: float = 12.0, timeout: float = 180.0) -> float:
     """Wait until other processes use less than `threshold` % of the CPUs; return it."""
     me = psutil.Process()
