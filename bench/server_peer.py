@@ -159,8 +159,8 @@ async def measure(send: Send, levels: tuple[int, ...], rounds: int, vocab: int,
 
 
 def run_ours(row: Row, directory: Path, levels: tuple[int, ...], rounds: int, vocab: int,
-             threads: int, compile_mode: str = "auto", new: int = NEW
-             ) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
+             threads: int, idle_timeout: float = 30, compile_mode: str = "auto",
+             new: int = NEW) -> tuple[dict[int, dict[str, Any]], dict[str, Any]]:
     """The measurements, and what the server says it chose at startup (compiled or not,
     prepacked or not, the quantized kernels)."""
     args = ["--model", f"{row.model}={directory}", "--threads", str(threads), "--dtype",
@@ -173,16 +173,17 @@ def run_ours(row: Row, directory: Path, levels: tuple[int, ...], rounds: int, vo
         info = httpx.get(live.url + "/v1/info").json()["models"][0]
         chosen = {k: info.get(k) for k in ("dtype", "compile", "weights", "quantization")}
         return asyncio.run(measure(ours_send(live.url, row.model), levels, rounds, vocab,
-                                   new)), chosen
+                                   new, idle_timeout)), chosen
 
 
 def run_llama(binary: Path, gguf: Path, levels: tuple[int, ...], rounds: int, vocab: int,
-              threads: int) -> dict[int, dict[str, Any]]:
+              threads: int, idle_timeout: float = 30) -> dict[int, dict[str, Any]]:
     """A llama-server per level, with as many slots as concurrent requests."""
     out = {}
     for level in levels:
         with LlamaServer(binary, gguf, threads, level, level * SLOT_CONTEXT) as live:
-            out.update(asyncio.run(measure(llama_send(live.url), (level,), rounds, vocab)))
+            out.update(asyncio.run(measure(llama_send(live.url), (level,), rounds, vocab,
+                                           NEW, idle_timeout)))
     return out
 
 
@@ -200,10 +201,16 @@ def verdicts(ours: dict[int, dict[str, Any]], theirs: dict[int, dict[str, Any]]
     return out
 
 
+def busy(measured: dict[str, Any]) -> float:
+    """The most the other processes used of the CPUs before any of its rounds."""
+    return max(r.get("others_busy_pct", 0.0) for r in measured["rounds"])
+
+
 def table(results: list[dict[str, Any]]) -> str:
     lines = ["| model | ours / llama.cpp | concurrent | ours tok/s | llama.cpp tok/s | "
-             "ours ms/token | llama.cpp ms/token | ours vs llama.cpp | target |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "ours ms/token | llama.cpp ms/token | ours vs llama.cpp | target | "
+             "others' CPU % (ours / llama.cpp) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for level, v in r["verdicts"].items():
             o, t = r["ours"][level], r["llama.cpp"][level]
@@ -212,7 +219,7 @@ def table(results: list[dict[str, Any]]) -> str:
             lines.append(f"| {r['row']['model']} | {r['row']['label']} / {r['row']['gguf']} "
                          f"| {level} | {o['tok_s']:.1f} | {t['tok_s']:.1f} "
                          f"| {o['ms_per_token']:.1f} | {t['ms_per_token']:.1f} "
-                         f"| {v['ratio']:.2f}x | {met} |")
+                         f"| {v['ratio']:.2f}x | {met} | {busy(o):.0f} / {busy(t):.0f} |")
     return "\n".join(lines)
 
 
@@ -225,13 +232,13 @@ def bench_row(row: Row, directory: Path, binary: Path, args: argparse.Namespace,
     result: dict[str, Any] = {"row": asdict(row)}
     log.info("%s %s: ours", row.model, row.label)
     result["ours"], result["ours_startup"] = run_ours(row, directory, levels, args.rounds,
-                                                      vocab, args.threads)
+                                                      vocab, args.threads, args.idle_timeout)
     log.info("ours chose: %s", result["ours_startup"])
     log.info("%s %s: llama-server (%s)", row.model, row.label, row.gguf)
     with tempfile.TemporaryDirectory() as tmp:
         gguf = export_llama(directory, Path(tmp), row.gguf)
         result["llama.cpp"] = run_llama(binary, gguf, levels, args.rounds, vocab,
-                                        args.threads)
+                                        args.threads, args.idle_timeout)
     result["verdicts"] = verdicts(result["ours"], result["llama.cpp"])
     return result
 
@@ -248,6 +255,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="134M rows: native (bf16 or f32), int8 (vs q8_0), int4 (vs q4_0)")
     parser.add_argument("--levels", default=",".join(map(str, LEVELS)))
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--idle-timeout", type=float, default=30,
+                        help="seconds each timed round waits at most for the other "
+                             "processes to leave the CPUs (their share is recorded)")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(message)s", stream=sys.stderr)
@@ -277,6 +287,7 @@ def main(argv: list[str] | None = None) -> None:
     out.write_text(json.dumps({"machine": {"cpu": cpu, "kind": kind(cpu), **environment(),
                                            "threads": args.threads},
                                "llama_server": str(binary), "rounds": args.rounds,
+                               "idle_timeout_s": args.idle_timeout,
                                "prompt_tokens": PROMPT, "new_tokens": NEW,
                                "results": results, "date": time.strftime("%Y-%m-%d")},
                               indent=2) + "\n")

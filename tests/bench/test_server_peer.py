@@ -72,6 +72,12 @@ def test_verdicts_and_rows() -> None:
     v = server_peer.verdicts(ours, theirs)
     assert v[1] == {"ratio": 0.9, "target": 1.0, "met": False}
     assert v[8]["met"] and v[32] == {"ratio": 3.0, "target": 3.0, "met": True}
+    figures = {"tok_s": 1.0, "ms_per_token": 2.0, "rounds": [{"others_busy_pct": 40.0}]}
+    printed = server_peer.table([{
+        "row": {"model": "m", "label": "bf16", "gguf": "bf16"}, "verdicts": v,
+        "ours": {level: figures for level in v}, "llama.cpp": {level: figures for level in v}}])
+    assert "| m | bf16 / bf16 | 1 | 1.0 | 1.0 | 2.0 | 2.0 | 0.90x | 1.0x missed | 40 / 40 |" \
+        in printed.splitlines()
     rows = server_peer.rows_for(["llama-134m", "default-lm"], ["native", "int8", "int4"],
                                 "float32")
     assert [(r.label, r.quantization, r.gguf) for r in rows] == [
