@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 
 from bench.llama_server import LlamaServer, default_binary
-from bench.machine import cpu_info, cpu_line, environment, kind, slug, wait_idle
+from bench.machine import OthersBusy, cpu_info, cpu_line, environment, kind, slug, wait_idle
 from tests.live import LiveServer
 
 log = logging.getLogger("bench")
@@ -134,8 +134,10 @@ def summarize(rounds: list[dict[str, float]]) -> dict[str, Any]:
 
 
 async def measure(send: Send, levels: tuple[int, ...], rounds: int, vocab: int,
-                  new: int = NEW, idle_timeout: float = 30) -> dict[int, dict[str, Any]]:
-    """Warm-up, then each concurrency level `rounds` times, on one running server."""
+                  new: int = NEW, idle_timeout: float = 30, server_pid: int | None = None
+                  ) -> dict[int, dict[str, Any]]:
+    """Warm-up, then each concurrency level `rounds` times, on one running server (its
+    process `server_pid`: what it uses of the CPUs is not counted as other processes')."""
     limits = httpx.Limits(max_connections=max(levels) + 4)
     async with httpx.AsyncClient(timeout=900, limits=limits) as client:
         # Prompts of their own (seeds no round uses): one whole request, then a short
@@ -147,11 +149,14 @@ async def measure(send: Send, levels: tuple[int, ...], rounds: int, vocab: int,
         for level in levels:
             measured = []
             for r in range(rounds):
-                # Other processes' share of the CPUs, recorded beside the figure.
-                busy = wait_idle(timeout=idle_timeout)
-                measured.append({**await concurrent(client, send,
-                                                    prompts_for(level, r, vocab), new),
-                                 "others_busy_pct": busy})
+                # Other processes' share of the CPUs, before and during the round,
+                # recorded beside the figure.
+                before = wait_idle(timeout=idle_timeout)
+                during = OthersBusy(server_pid)
+                during.start()
+                figures = await concurrent(client, send, prompts_for(level, r, vocab), new)
+                measured.append({**figures, "others_busy_pct": before,
+                                 "others_busy_during_pct": during.stop()})
             out[level] = summarize(measured)
             log.info("  %d concurrent: %.1f tok/s, %.1f ms/token", level,
                      out[level]["tok_s"], out[level]["ms_per_token"])
@@ -173,7 +178,7 @@ def run_ours(row: Row, directory: Path, levels: tuple[int, ...], rounds: int, vo
         info = httpx.get(live.url + "/v1/info").json()["models"][0]
         chosen = {k: info.get(k) for k in ("dtype", "compile", "weights", "quantization")}
         return asyncio.run(measure(ours_send(live.url, row.model), levels, rounds, vocab,
-                                   new, idle_timeout)), chosen
+                                   new, idle_timeout, live.proc.pid)), chosen
 
 
 def run_llama(binary: Path, gguf: Path, levels: tuple[int, ...], rounds: int, vocab: int,
@@ -182,8 +187,9 @@ def run_llama(binary: Path, gguf: Path, levels: tuple[int, ...], rounds: int, vo
     out = {}
     for level in levels:
         with LlamaServer(binary, gguf, threads, level, level * SLOT_CONTEXT) as live:
+            pid = live.proc.pid if live.proc else None
             out.update(asyncio.run(measure(llama_send(live.url), (level,), rounds, vocab,
-                                           NEW, idle_timeout)))
+                                           NEW, idle_timeout, pid)))
     return out
 
 
@@ -202,14 +208,16 @@ def verdicts(ours: dict[int, dict[str, Any]], theirs: dict[int, dict[str, Any]]
 
 
 def busy(measured: dict[str, Any]) -> float:
-    """The most the other processes used of the CPUs before any of its rounds."""
-    return max(r.get("others_busy_pct", 0.0) for r in measured["rounds"])
+    """The most the other processes used of the CPUs during (or, in older results,
+    before) any of its rounds."""
+    return max(r.get("others_busy_during_pct", r.get("others_busy_pct", 0.0))
+               for r in measured["rounds"])
 
 
 def table(results: list[dict[str, Any]]) -> str:
     lines = ["| model | ours / llama.cpp | concurrent | ours tok/s | llama.cpp tok/s | "
              "ours ms/token | llama.cpp ms/token | ours vs llama.cpp | target | "
-             "others' CPU % (ours / llama.cpp) |",
+             "others' CPU % during (ours / llama.cpp) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         for level, v in r["verdicts"].items():

@@ -27,7 +27,8 @@ def test_concurrent_requests_through_our_server() -> None:
     with LiveServer("--model", f"default-lm={server_peer.DEFAULT_LM}", "--threads", "1",
                     ready_timeout=120) as live:
         send = server_peer.ours_send(live.url, "default-lm")
-        out = asyncio.run(server_peer.measure(send, (2,), 2, 8192, new=6, idle_timeout=0))
+        out = asyncio.run(server_peer.measure(send, (2,), 2, 8192, new=6, idle_timeout=0,
+                                              server_pid=live.proc.pid))
 
         async def short() -> dict[str, float]:
             async with httpx.AsyncClient(timeout=60) as client:
@@ -42,6 +43,7 @@ def test_concurrent_requests_through_our_server() -> None:
         assert r["tok_s"] == pytest.approx(12 / r["wall_s"])
         assert r["ms_per_token"] <= 1000 * r["wall_s"] / 6 * 1.001
         assert r["ms_per_token"] >= 1000 * r["wall_s"] / 6 / 2
+        assert 0 <= r["others_busy_during_pct"] <= 100
     assert single["tok_s"] == pytest.approx(6 / single["wall_s"])
 
 
@@ -72,7 +74,8 @@ def test_verdicts_and_rows() -> None:
     v = server_peer.verdicts(ours, theirs)
     assert v[1] == {"ratio": 0.9, "target": 1.0, "met": False}
     assert v[8]["met"] and v[32] == {"ratio": 3.0, "target": 3.0, "met": True}
-    figures = {"tok_s": 1.0, "ms_per_token": 2.0, "rounds": [{"others_busy_pct": 40.0}]}
+    figures = {"tok_s": 1.0, "ms_per_token": 2.0, "rounds": [{"others_busy_pct": 10.0,
+                                                                "others_busy_during_pct": 40.0}]}
     printed = server_peer.table([{
         "row": {"model": "m", "label": "bf16", "gguf": "bf16"}, "verdicts": v,
         "ours": {level: figures for level in v}, "llama.cpp": {level: figures for level in v}}])
