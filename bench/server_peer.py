@@ -15,7 +15,10 @@ per-request ms/token (each request's latency over its 128 tokens, prefill and qu
 included), medians over --rounds; each round sends fresh prompts (no prefix-cache hits on
 either side), the same ones to both servers. A warm-up request (and a short concurrent
 burst) first on each server. Ratios are ours over theirs (tokens/s); the targets of issue
-27 (>= 1.0x at 1, >= 1.5x at 8, >= 3x at 32) are marked met or missed per row.
+27 (>= 1.0x at 1, >= 1.5x at 8, >= 3x at 32) are marked met or missed per row. Other
+processes' share of the CPUs is measured during every round (a busy neighbour stalls a
+2-thread team on 2 vCPUs many times over); a round disturbed by more than 12 % is run
+again (--retries), and the share is printed beside each row.
 llama-server: `make install-peers` builds it (bench/build_llama_server.sh).
 """
 
