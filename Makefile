@@ -245,13 +245,20 @@ fuzz: $(BIN)/.installed-dev
 bench: $(BIN)/.installed-dev
 	$(BIN)/python -m bench.engine
 
-# llama.cpp for bench-peers (optional): llama-cpp-python built from source for this CPU.
+# llama.cpp for bench-peers (optional): llama-cpp-python built from source for this CPU
+# (6-25 min on 2 cores), then llama.cpp's own server, llama-server, from the source vendored
+# in that package's sdist, into .peers/ (about 25 min more on 2 cores; skipped when built).
+# Its build is tried on q8_0 / q4_0 weights and made again without AMX where it dies with
+# SIGILL (VMs that report AMX but refuse its tiles); LLAMA_NO_AMX=1 skips the native try.
 install-peers: $(BIN)/.installed-dev
 	CMAKE_ARGS="-DGGML_NATIVE=ON" MAKEFLAGS=-j$$(nproc) CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
 		$(BIN)/pip install --quiet -r requirements-peers.txt
+	bash bench/build_llama_server.sh .peers/llama-server $(BIN)/python
 
 # Ours against transformers (eager, compiled) and llama.cpp (if installed) in one run, on
-# this machine (about 80 minutes on 2 cores); JSON in docs/, tables in docs/PERFORMANCE.md.
+# this machine (about 80 minutes on 2 cores), then our server against llama-server through
+# HTTP at 1, 8 and 32 concurrent requests (bench.server_peer, where make install-peers built
+# it: about 20 min more); JSON in docs/, tables in docs/PERFORMANCE.md.
 bench-peers: $(BIN)/.installed-dev
 	$(BIN)/python -m bench.peers
 

@@ -60,6 +60,11 @@ def kind(cpu: dict[str, Any]) -> str:
     return f"{vendor}, {widest}"
 
 
+def slug(machine_kind: str) -> str:
+    """A machine kind as a file name's part: amd-epyc-avx-512-avx512-bf16."""
+    return machine_kind.lower().replace(",", "").replace(" ", "-").replace("+", "")
+
+
 def wait_idle(threshold: float = 12.0, timeout: float = 180.0) -> float:
     """Wait until other processes use less than `threshold` % of the CPUs; return it."""
     me = psutil.Process()
@@ -75,6 +80,30 @@ def wait_idle(threshold: float = 12.0, timeout: float = 180.0) -> float:
     log.warning("machine still busy (%.0f%% by others) after %.0fs; measuring anyway",
                 busy, timeout)
     return busy
+
+
+class OthersBusy:
+    """The share of the CPUs that processes other than this one and `pid` (the server
+    being measured) used between start() and stop(), in %: the contention a timed block
+    met, which wait_idle() can only check before it starts."""
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.procs = [psutil.Process()] + ([psutil.Process(pid)] if pid else [])
+        self.begin = (0.0, 0.0, 0.0)
+
+    def _now(self) -> tuple[float, float, float]:
+        t = psutil.cpu_times()
+        busy = sum(t) - t.idle - getattr(t, "iowait", 0.0)
+        ours = sum(sum(p.cpu_times()[:2]) for p in self.procs)
+        return time.monotonic(), busy, ours
+
+    def start(self) -> None:
+        self.begin = self._now()
+
+    def stop(self) -> float:
+        wall, busy, ours = (b - a for a, b in zip(self.begin, self._now(), strict=True))
+        cpus = psutil.cpu_count() or 1
+        return max(0.0, 100 * (busy - ours) / (wall * cpus)) if wall > 0 else 0.0
 
 
 def ceilings(native_bf16: bool) -> dict[str, float]:

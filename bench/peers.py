@@ -5,6 +5,7 @@ llama.cpp, in one run, on the same weights and dtype, on the machine at hand.
     python -m bench.peers --quick         # fewer tokens and repeats (a smoke run)
     python -m bench.peers --skip hf-compile,http
     python -m bench.peers --models llama-134m --quantized   # + int8/int4 and llama.cpp q8_0/q4_0
+    python -m bench.peers --skip llama-server   # without the server-against-server section
 
 Models: a random Llama-style 134M (12 layers x 768, 32k vocabulary: the shape of the
 peer baselines the project started from) and a random GPT-2 124M, both written as
@@ -27,6 +28,8 @@ requests submitted concurrently to the engine in process (and batch-1 decode als
 through HTTP, streamed from a real server).
 The CPU (model, ISA flags), torch and threads, memory bandwidth and GEMM rate are
 measured in the same run; every timed block first waits for the machine to be idle.
+Last, where llama.cpp's own server is built (`make install-peers`), bench.server_peer:
+our server against llama-server through HTTP at 1, 8 and 32 concurrent requests.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ from app.modeling.config import config_from_hf
 from app.sampling_params import SamplingParams
 from app.tokenizer import Tokenizer
 from bench.engine import make_workloads
-from bench.machine import ceilings, cpu_info, environment, kind, median_seconds, wait_idle
+from bench.machine import ceilings, cpu_info, environment, kind, median_seconds, slug, wait_idle
 
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parents[1]
@@ -461,7 +464,10 @@ def main() -> None:
     parser.add_argument("--compile", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--prepack", default="auto", choices=["auto", "on", "off"])
     parser.add_argument("--skip", default="", help="comma list of: ours-http, hf-eager, "
-                                                   "hf-compile, llama.cpp")
+                                                   "hf-compile, llama.cpp, llama-server")
+    parser.add_argument("--llama-server", type=Path, default=None,
+                        help="llama-server binary for the server-against-server section "
+                             "(default: $LLAMA_SERVER, else what make install-peers built)")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved rounds of batch-1 decode per engine")
@@ -500,8 +506,7 @@ def main() -> None:
                 model_dtype = dtype
             results.append(bench_model(name, directory, model_dtype, args))
     report = table(results)
-    slug = machine["kind"].lower().replace(",", "").replace(" ", "-").replace("+", "")
-    out = args.out or ROOT / "docs" / f"bench-peers-{slug}.json"
+    out = args.out or ROOT / "docs" / f"bench-peers-{slug(machine['kind'])}.json"
     out.write_text(json.dumps({"machine": machine, "results": results, "quick": args.quick,
                                "date": time.strftime("%Y-%m-%d")}, indent=2) + "\n")
     sys.stdout.write(f"Machine: {machine['kind']} ({cpu['model']}, family {cpu['family']} "
@@ -509,6 +514,27 @@ def main() -> None:
                      f"{machine['torch']}, {machine['threads']} threads; "
                      + ", ".join(f"{k} {v:.1f}" for k, v in machine["ceilings"].items())
                      + "\n\n" + report + "\n")
+    if "llama-server" not in args.skip.split(","):
+        server_section(args)
+
+
+def server_section(args: argparse.Namespace) -> None:
+    """Ours against llama.cpp's own server, both through HTTP (bench.server_peer), in a
+    process of its own, after every in-process engine is gone."""
+    from bench.llama_server import default_binary
+
+    binary = args.llama_server or default_binary()
+    models = [m for m in args.models.split(",") if m in ("llama-134m", "default-lm")]
+    if binary is None or not models:
+        reason = ("llama-server is not built (make install-peers builds it, about 25 min)"
+                  if binary is None else "no llama-134m or default-lm among --models")
+        sys.stdout.write(f"\nServer against server: skipped: {reason}\n")
+        return
+    sys.stdout.write("\nServer against server (bench.server_peer):\n")
+    sys.stdout.flush()
+    subprocess.run([sys.executable, "-m", "bench.server_peer", "--llama-server", str(binary),
+                    "--rounds", str(args.rounds), "--models", ",".join(models),
+                    "--threads", str(args.threads or 2)], cwd=ROOT, check=False)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -26,9 +25,10 @@ import httpx
 
 from app.tokenizer import Tokenizer
 from bench.gguf_export import export_llama
+from bench.llama_server import LlamaServer
 from bench.machine import cpu_info, cpu_line
 from bench.speculative import ORDINARY
-from tests.live import LiveServer, free_port
+from tests.live import LiveServer
 
 MODEL = Path(__file__).resolve().parent.parent / "models" / "default-lm"
 TOKENS = 160
@@ -62,27 +62,15 @@ def ours(prompts: list[list[int]], speculative: bool, rounds: int, compile_mode:
 
 def llama(server: str, gguf: Path, prompts: list[list[int]], speculative: bool,
           rounds: int) -> tuple[float, object]:
-    port = free_port()
-    cmd = [server, "-m", str(gguf), "--port", str(port), "--host", "127.0.0.1", "-t", "2",
-           "-np", "1", "-c", "256", "--no-warmup"]
+    args = ["--no-warmup"]
     if speculative:
-        cmd += ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3",
-                "--spec-ngram-simple-size-m", "4"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+        args += ["--spec-type", "ngram-simple", "--spec-ngram-simple-size-n", "3",
+                 "--spec-ngram-simple-size-m", "4"]
     drafted = accepted = 0
-    try:
-        for _ in range(600):
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-
+    with LlamaServer(server, gguf, 2, 1, 256, *args, ready_timeout=60) as live:
         def one(p: list[int]) -> int:
             nonlocal drafted, accepted
-            out = httpx.post(url + "/completion", json={
+            out = httpx.post(live.url + "/completion", json={
                 "prompt": p, "n_predict": TOKENS, "temperature": 0, "ignore_eos": True,
                 "cache_prompt": False}, timeout=120).json()
             timings = out.get("timings", {})
@@ -91,9 +79,6 @@ def llama(server: str, gguf: Path, prompts: list[list[int]], speculative: bool,
             return int(timings.get("predicted_n") or out.get("tokens_predicted") or 0)
 
         rate = timed(one, prompts, rounds)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
     return rate, (round(accepted / drafted, 3) if drafted else None)
 
 
