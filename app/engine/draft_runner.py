@@ -238,7 +238,8 @@ class DraftRunner:
         for s in spans:
             offset += len(s.tokens)
             ends[s.seq_id] = offset - 1
-        index = torch.tensor([ends[s.seq_id] for s in wanted], device=self.device)
+        index = torch.tensor([ends[s.seq_id] for s in wanted], dtype=torch.long,
+                             device=self.device)
         rows = None if self.graph is None else decode_rows(
             [len(s.tokens) for s in spans], [s.start + len(s.tokens) for s in spans],
             [s.table for s in spans], self.block_size, self.device)
@@ -246,7 +247,7 @@ class DraftRunner:
             logits: Tensor = run_decode_step(
                 self.graph, self.model, torch.tensor(ids, device=self.device),
                 torch.tensor(positions, device=self.device), self.cache, rows,
-                self.gemv_rows)[index]
+                self.gemv_rows)[index]  # (spans computing K/V only: no rows wanted)
             return [int(t) for t in logits.argmax(-1).tolist()]
         batch = build_paged_batch([len(s.tokens) for s in spans],
                                   [s.start + len(s.tokens) for s in spans],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -108,6 +109,11 @@ def test_target_as_its_own_draft_keeps_everything(compile_mode: str, with_draft:
         assert proposer.num_accepted_tokens == proposer.num_draft_tokens
         drafter = engine.core.drafter
         assert drafter is not None and (drafter.graph is not None) is (compile_mode == "on")
+        # a request that does not speculate: the draft computes its K/V and guesses nothing
+        prompt = repetitive(vocab, 1, 5)[0]
+        alone = replace(GREEDY, speculate=False)
+        out = (await engine.generate(prompt, alone)).completions[0].token_ids
+        assert out == reference_greedy(engine.loaded.model, prompt, 24)
 
     with_draft(TARGET, body, compile=compile_mode)
 
