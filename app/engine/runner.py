@@ -166,6 +166,9 @@ class ModelRunner:
                  [seq(i, 0, 1) for i in range(2, 7)], [seq(i, 1, 1) for i in range(2, 7)],
                  [seq(0, bs + 1, 1)], [seq(i, bs + 1, 1) for i in range(5)],
                  [seq(i, 2 * bs + 1, 1) for i in range(5)],
+                 # decodes of as many rows as each few-rows range holds (2-4, 5-8, more):
+                 # a graph's row count is symbolic within the kernel's range only
+                 [seq(i, bs + 1, 1) for i in range(3)], [seq(i, bs + 1, 1) for i in range(10)],
                  # more rows than the few-rows kernel takes (app.modeling.few_rows)
                  [seq(i, 0, 1) for i in range(2, 12)]]
         # Decode steps run as one graph (app.modeling.decode_step) where they can; the

@@ -9,10 +9,14 @@ from typing import Any
 
 import pytest
 import torch
+from torch._dynamo.utils import counters
 
+from app.checkpoint import load_model
 from app.engine import runner as runner_module
 from app.engine.engine import Engine
 from app.engine.request import RequestKind
+from app.engine.sampling_plan import SamplingPlan
+from app.engine.scheduler import ScheduledSeq, SchedulerOutput
 from app.engine.speculative import SpeculativeConfig
 from app.modeling.few_rows import FewRows
 from app.sampling_params import SamplingParams
@@ -109,3 +113,28 @@ def test_speculation_measured_too_costly_is_off_and_said(with_engine: Any) -> No
     said = with_engine("llama_gqa_llama3", body, compile="on",
                        speculative=SpeculativeConfig(max_verify_cost=0.5))
     assert said is not None and said.startswith("off: a step scoring 5 tokens costs")
+
+
+def test_the_warm_up_traces_every_decode_step_graph(hf_checkpoint: Any,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Decode steps of any row count (each few-rows kernel's range, and past it) and any
+    context run graphs the warm-up traced: nothing compiles while serving."""
+    monkeypatch.setattr(runner_module, "choose_few_rows",
+                        lambda *_: (FewRows(4, 8), "2-4 / 2-8 rows (test)"))
+    loaded = load_model(hf_checkpoint("llama_gqa_llama3")[0], dtype="float32", device="cpu")
+    runner = runner_module.ModelRunner(loaded, 256, 4, compile_mode="on", prepack="on")
+    runner.prepare()
+    assert runner.step is not None
+    graphs = dict(counters["stats"])
+    ran = 0
+    for rows in (1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 20):
+        for context in (2, 9, 30):
+            blocks = -(-(context + 1) // 4)
+            step = SchedulerOutput(tuple(ScheduledSeq(
+                seq_id=i, request_id=str(i), kind=RequestKind.GENERATE, token_ids=(5,),
+                start=context, block_table=tuple(range(i * blocks, (i + 1) * blocks)),
+                num_prompt_tokens=context, completes_prefill=True) for i in range(rows)))
+            runner.execute(step, SamplingPlan())  # (an empty plan: nothing sampled)
+            ran += 1
+    assert dict(counters["stats"]) == graphs, "a decode step compiled while serving"
+    assert ran == 33
