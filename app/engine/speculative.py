@@ -30,6 +30,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.engine.ngram_index import NgramIndex
+
 METHODS = ("ngram", "draft_model", "draft")  # "draft": vLLM's older name of draft_model
 
 
@@ -117,7 +119,9 @@ class SpeculativeConfig:
 
 def propose_ngram(tokens: Sequence[int], k: int, n_min: int, n_max: int) -> list[int]:
     """Up to k tokens that followed the most recent earlier occurrence of the longest
-    suffix of `tokens` (n_max down to n_min tokens) that occurred before; [] if none."""
+    suffix of `tokens` (n_max down to n_min tokens) that occurred before; [] if none.
+    The definition, as a scan; the engine proposes through an incremental index that
+    gives the same answer (app.engine.ngram_index)."""
     size = len(tokens)
     for n in range(min(n_max, size - 1), n_min - 1, -1):
         suffix = list(tokens[size - n:])
@@ -138,6 +142,7 @@ class SpecState:
 
     wait: int = 0  # steps left before the next proposal
     penalty: int = 0  # the next wait after a full rejection
+    index: NgramIndex | None = None  # ngram: the sequence's n-grams (app.engine.ngram_index)
     # draft_model: the draft's guesses, made when the sequence held `offered_at` tokens
     offered: tuple[int, ...] = ()
     offered_at: int = -1
@@ -168,8 +173,10 @@ class Proposer:
         if self.config.uses_draft_model:
             # guesses made for exactly these tokens (not before a preemption, say)
             return list(offered[:k]) if offered_at == len(tokens) else []
-        return propose_ngram(tokens, k, self.config.prompt_lookup_min,
-                             self.config.prompt_lookup_max)
+        if state.index is None:
+            state.index = NgramIndex(self.config.prompt_lookup_min,
+                                     self.config.prompt_lookup_max)
+        return state.index.propose(tokens, k)
 
     def wants_guesses(self, seq_id: int) -> bool:
         """Whether a draft model should guess for this sequence after this step: not

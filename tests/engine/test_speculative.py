@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from app.engine.engine import Engine
+from app.engine.ngram_index import NgramIndex
 from app.engine.speculative import Proposer, SpeculativeConfig, propose_ngram
 from app.sampling import SampleRow
 from app.sampling_params import SamplingParams
@@ -46,6 +47,30 @@ def test_propose_ngram() -> None:
     with pytest.raises(ValueError, match="not supported"):
         SpeculativeConfig.parse('{"method": "eagle"}')
     assert SpeculativeConfig.parse('{"num_speculative_tokens": 3}').num_speculative_tokens == 3
+
+
+def test_the_ngram_index_proposes_what_the_scan_proposes() -> None:
+    """The engine's incremental index (app.engine.ngram_index) against the scan that
+    defines n-gram lookup, on sequences that grow a few tokens at a time (as accepted
+    guesses arrive) over a small vocabulary (many repeats), every n range."""
+    rng = random.Random(11)
+    compared = found = 0
+    for n_min, n_max in ((1, 1), (1, 3), (2, 4), (3, 3)):
+        for _ in range(20):
+            tokens = [rng.randrange(6) for _ in range(rng.randint(1, 8))]
+            index = NgramIndex(n_min, n_max)
+            for _ in range(30):
+                k = rng.randint(1, 5)
+                expected = propose_ngram(tokens, k, n_min, n_max)
+                assert index.propose(tokens, k) == expected, (tokens, k, n_min, n_max)
+                compared += 1
+                found += bool(expected)
+                tokens.extend(rng.randrange(6) for _ in range(rng.randint(1, 4)))
+    assert compared == 2400 and found > 1000
+    # a shorter sequence than the index has seen (another sequence): it starts over
+    index = NgramIndex(1, 2)
+    assert index.propose([1, 2, 1, 2, 1], 2) == [2, 1]
+    assert index.propose([3, 4, 3], 2) == [4, 3]
 
 
 def test_backoff_after_full_rejections() -> None:
