@@ -36,9 +36,14 @@ from app.engine.runner_output import RunnerOutput
 from app.engine.sampling_plan import SamplingPlan
 from app.engine.scheduler import SchedulerOutput
 from app.modeling.attention import PagedAttention, PagedKVCache, build_paged_batch
-from app.modeling.compile import choose_gemv_rows
 from app.modeling.config import Task
-from app.modeling.decode_step import StepFn, compile_decode_step, decode_rows, run_decode_step
+from app.modeling.decode_step import (
+    StepFn,
+    compile_decode_step,
+    decode_rows,
+    faster_one_row_form,
+    run_decode_step,
+)
 from app.modeling.loaded import LoadedModel
 from app.modeling.timing import median_seconds
 from app.tokenizer import Tokenizer
@@ -112,7 +117,7 @@ class DraftRunner:
         self.spare_per_seq = k // block_size + 2
         self._cache: PagedKVCache | None = None
         self.graph: StepFn | None = None  # decode forwards as one compiled graph
-        self.gemv_rows = 0
+        self.one_row_gemv = False  # the graph's one-row form (measured in prepare)
         # what the draft costs (bench/speculative.py reads them): its steps, forwards, time
         self.steps, self.forwards, self.seconds = 0, 0, 0.0
 
@@ -133,9 +138,23 @@ class DraftRunner:
         log.info("draft model %s: KV cache of %d + %d spare blocks, %.1f MiB", self.loaded.path,
                  self.num_blocks, spare, self._cache.nbytes / 2**20)
         if compiled and self.device.type == "cpu":
-            self.gemv_rows, _ = choose_gemv_rows(self.model)
             self.graph = compile_decode_step()
+            self._choose_one_row_form()
             self._warm_up()
+
+    @torch.inference_mode()
+    def _choose_one_row_form(self, context: int = 48) -> None:
+        bs = self.block_size
+        table = [b % self.num_blocks for b in range(-(-(context + 1) // bs))]
+        span = _Span(-1, [1], context, table, 0)
+
+        def run(gemv: bool) -> None:
+            self.one_row_gemv = gemv
+            self._forward([span], [span])
+
+        self.one_row_gemv, gain = faster_one_row_form(run)
+        log.info("draft model: one-row forwards as %s (multiply-and-reduce measured %.2fx)",
+                 "multiply-and-reduce" if self.one_row_gemv else "plain products", gain)
 
     @torch.inference_mode()
     def _warm_up(self) -> None:
@@ -247,7 +266,7 @@ class DraftRunner:
             logits: Tensor = run_decode_step(
                 self.graph, self.model, torch.tensor(ids, device=self.device),
                 torch.tensor(positions, device=self.device), self.cache, rows,
-                self.gemv_rows)[index]  # (spans computing K/V only: no rows wanted)
+                self.one_row_gemv)[index]  # (spans computing K/V only: no rows wanted)
             return [int(t) for t in logits.argmax(-1).tolist()]
         batch = build_paged_batch([len(s.tokens) for s in spans],
                                   [s.start + len(s.tokens) for s in spans],

@@ -24,7 +24,13 @@ from app.engine.scheduler import ScheduledSeq, SchedulerOutput
 from app.modeling.attention import DecodeFn, PagedAttention, PagedKVCache, build_paged_batch
 from app.modeling.compile import CompileError, compile_model
 from app.modeling.config import Task
-from app.modeling.decode_step import DecodeRows, StepFn, decode_rows, run_decode_step
+from app.modeling.decode_step import (
+    DecodeRows,
+    StepFn,
+    decode_rows,
+    faster_one_row_form,
+    run_decode_step,
+)
 from app.modeling.few_rows import choose_few_rows, drop_few_rows, use_few_rows
 from app.modeling.heads import label_scores
 from app.modeling.kernel_choice import choose_kernels
@@ -84,6 +90,7 @@ class ModelRunner:
         self.quantization = describe_quantization(self.model)
         self.decode: DecodeFn | None = None
         self.step: StepFn | None = None  # a decode step as one graph, when compiled
+        self.one_row_gemv = False  # its one-row form (measured in prepare)
         # LoRA adapters (app.engine.lora_slots); max_loras 0: none, nothing on the hot path
         self.adapters = AdapterSlots(self.model, max_loras, max_lora_rank)
 
@@ -174,10 +181,30 @@ class ModelRunner:
         # Decode steps run as one graph (app.modeling.decode_step) where they can; the
         # piecewise graphs still serve the steps that cannot (decodes far apart in
         # length, decodes beside a prompt chunk), so both are traced.
-        step = self.step
-        for self.step in (None, step) if step is not None else (None,):
-            self._warm_up_steps(steps)
+        step, self.step = self.step, None
+        self._warm_up_steps(steps)
         self.step = step
+        if step is not None:
+            self.compile_reason += "; " + self._choose_one_row_form()
+            self._warm_up_steps(steps)
+
+    def _choose_one_row_form(self, context: int = 48) -> str:
+        """Time one-row decode steps in both forms (app.modeling.decode_step) and keep
+        the faster; a line for the compile reason."""
+        bs, blocks = self.cache.block_size, self.cache.num_blocks
+        table = tuple(b % blocks for b in range(-(-(context + 1) // bs)))
+        one = SchedulerOutput((ScheduledSeq(
+            seq_id=-1, request_id="measure", kind=RequestKind.GENERATE, token_ids=(1,),
+            start=context, block_table=table, num_prompt_tokens=context,
+            completes_prefill=True),))
+
+        def run(gemv: bool) -> None:
+            self.one_row_gemv = gemv
+            self.execute(one, SamplingPlan())
+
+        self.one_row_gemv, gain = faster_one_row_form(run)
+        form = "multiply-and-reduce" if self.one_row_gemv else "plain products"
+        return f"one-row steps as {form} (multiply-and-reduce measured {gain:.2f}x)"
 
     def _warm_up_steps(self, steps: list[list[ScheduledSeq]]) -> None:
         for scheduled in steps:
@@ -301,7 +328,7 @@ class ModelRunner:
         logits = run_decode_step(
             self.step, self.model, torch.tensor(ids, device=self.device),
             torch.tensor(positions, device=self.device), self.cache, rows,
-            self.model.ops.gemv_rows, lora)
+            self.one_row_gemv, lora)
         first_rows: dict[int, int] = {}
         offset = 0
         for item in items:

@@ -37,6 +37,7 @@ from app.modeling.attention import (
 )
 from app.modeling.lora import LoraStep
 from app.modeling.rope import rope_cos_sin
+from app.modeling.timing import speedup
 from app.modeling.transformer import Transformer, lm_logits
 
 
@@ -111,11 +112,11 @@ def compile_decode_step() -> StepFn:
 
 
 def run_decode_step(step: StepFn, model: Transformer, input_ids: Tensor, positions: Tensor,
-                    cache: PagedKVCache, rows: DecodeRows, gemv_rows: int,
+                    cache: PagedKVCache, rows: DecodeRows, one_row_gemv: bool,
                     lora: LoraStep | None = None) -> Tensor:
     """Call the compiled step with its symbolic dimensions marked: the row count above
     one (one row keeps a graph of its own) and the table width. Only one row takes
-    the multiply-and-reduce form (when `gemv_rows` allows it):
+    the multiply-and-reduce form (with `one_row_gemv`: see `faster_one_row_form`):
     a graph of its own for each of 2-4 rows would mean a whole-model compile each, and
     a few rows have their own kernel (app.modeling.few_rows)."""
     n = rows.tables.shape[0]
@@ -128,4 +129,16 @@ def run_decode_step(step: StepFn, model: Transformer, input_ids: Tensor, positio
         torch._dynamo.mark_dynamic(lora.mask, 1)  # rows per slot
     torch._dynamo.mark_dynamic(rows.tables, 1)  # at least 2 (decode_rows)
     return step(model, input_ids, positions, cache.k, cache.v, rows.slots, rows.tables,
-                rows.lens, cache.block_size, n == 1 and gemv_rows >= 1, lora)
+                rows.lens, cache.block_size, n == 1 and one_row_gemv, lora)
+
+
+def faster_one_row_form(run_one_row: Callable[[bool], object]) -> tuple[bool, float]:
+    """Whether one-row steps should take the multiply-and-reduce form, timed on the
+    whole compiled step both ways (`run_one_row(gemv)` runs a one-row step; each form's
+    graph is traced on its first call). The per-product measurement at startup
+    (compile.choose_gemv_rows) times products called one by one, and misses what fusing
+    them into one graph does: on the shipped default-lm its verdict flipped between
+    starts (1.05x, 1.29x) where the whole step ran at 0.65 against 1.2 ms.
+    Returns the choice and the gain of the multiply-and-reduce form."""
+    gain = speedup(lambda: run_one_row(False), lambda: run_one_row(True), 9)
+    return gain > 1.0, gain
