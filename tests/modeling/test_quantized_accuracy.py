@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -41,7 +42,8 @@ def splits(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-def test_default_lm_perplexity_and_greedy_agreement(splits: Path) -> None:
+def default_lm_baseline(splits: Path) -> tuple[Any, float, Any]:
+    """default-lm's held-out rows, and fp32's mean NLL and greedy tokens over them."""
     directory = ROOT / "models" / "default-lm"
     tokenizer = Tokenizer.from_dir(directory)
     docs = read_documents([splits / "lm" / "val.jsonl"])
@@ -49,6 +51,12 @@ def test_default_lm_perplexity_and_greedy_agreement(splits: Path) -> None:
     rows = pack_tokens((tokenizer.encode(d, add_special_tokens=False) for d in docs),
                        tokenizer.eos_ids[0], fp32.config.max_model_len)
     base_nll, base_argmax = nll_and_argmax(fp32.model, rows)
+    return rows, base_nll, base_argmax
+
+
+def test_default_lm_perplexity_and_greedy_agreement(splits: Path) -> None:
+    directory = ROOT / "models" / "default-lm"
+    rows, base_nll, base_argmax = default_lm_baseline(splits)
     figures = {}
     for method, limit in (("int8", 1.01), ("int4", 1.05)):
         quant = load_model(directory, dtype="float32", device="cpu", quantization=method)
@@ -98,12 +106,7 @@ def test_default_lm_within_bounds_with_the_integer_kernels_forced(splits: Path) 
 
     require_cpp_kernels()
     directory = ROOT / "models" / "default-lm"
-    tokenizer = Tokenizer.from_dir(directory)
-    docs = read_documents([splits / "lm" / "val.jsonl"])
-    fp32 = load_model(directory, dtype="float32", device="cpu")
-    rows = pack_tokens((tokenizer.encode(d, add_special_tokens=False) for d in docs),
-                       tokenizer.eos_ids[0], fp32.config.max_model_len)
-    base_nll, base_argmax = nll_and_argmax(fp32.model, rows)
+    rows, base_nll, base_argmax = default_lm_baseline(splits)
     for method, limit, agree in (("int8", 1.01, 0.98), ("int4", 1.05, 0.90)):
         quant = load_model(directory, dtype="float32", device="cpu", quantization=method)
         layers = quantized_layers(quant.model)
