@@ -180,8 +180,8 @@ def test_the_choice_offers_idot_only_with_integer_kernels_on(
     assert "idot" not in kernel_choice.choose_kernels([layer], torch.float32)
     monkeypatch.setattr(quant_kernels, "_OFFER_INTEGER", [True])
     assert candidates(shape)[-1] == "idot"
-    monkeypatch.setattr(kernel_choice, "_time", lambda name, probes, x: 0.5 if name == "idot"
-                        else 1.0)
+    monkeypatch.setattr(kernel_choice, "_timings", lambda shape, names, probes, x: {
+        name: 0.5 if name == "idot" else 1.0 for name in names})
     report = kernel_choice.choose_kernels([layer], torch.float32)
     assert layer.kernels == KernelPlan("idot", "idot")
     assert "1 row idot (" in report and "idot 2.00x" in report
