@@ -36,6 +36,7 @@ from app.checkpoint import load_model
 from app.engine.compute import compute_thread
 from app.engine.draft_runner import DraftModel
 from app.engine.engine import Engine, EngineConfig, StepStats
+from app.engine.runner_warmup import verification_cost
 from app.engine.speculative import SpeculativeConfig
 from app.modeling.loaded import LoadedModel
 from app.sampling_params import SamplingParams
@@ -187,7 +188,7 @@ async def main() -> None:
     # step against a one-token step, on the speculating engine's own graphs
     loop = asyncio.get_running_loop()
     plain_s, verify_s = await loop.run_in_executor(
-        compute, pair_of[0].runner.verification_cost, args.k)
+        compute, verification_cost, pair_of[0].runner, args.k)
     print(f"startup check: a step scoring {args.k + 1} tokens costs "
           f"{verify_s / plain_s:.2f}x a one-token step ({verify_s * 1e3:.2f} vs "
           f"{plain_s * 1e3:.2f} ms; n-gram speculation stays on up to 2.0x by default)")

@@ -259,18 +259,19 @@ class DraftRunner:
             ends[s.seq_id] = offset - 1
         index = torch.tensor([ends[s.seq_id] for s in wanted], dtype=torch.long,
                              device=self.device)
+        query_lens = [len(s.tokens) for s in spans]
+        context_lens = [s.start + len(s.tokens) for s in spans]
+        tables = [s.table for s in spans]
         rows = None if self.graph is None else decode_rows(
-            [len(s.tokens) for s in spans], [s.start + len(s.tokens) for s in spans],
-            [s.table for s in spans], self.block_size, self.device)
+            query_lens, context_lens, tables, self.block_size, self.device)
         if self.graph is not None and rows is not None:
             logits: Tensor = run_decode_step(
                 self.graph, self.model, torch.tensor(ids, device=self.device),
                 torch.tensor(positions, device=self.device), self.cache, rows,
                 self.one_row_gemv)[index]  # (spans computing K/V only: no rows wanted)
             return [int(t) for t in logits.argmax(-1).tolist()]
-        batch = build_paged_batch([len(s.tokens) for s in spans],
-                                  [s.start + len(s.tokens) for s in spans],
-                                  [s.table for s in spans], self.block_size, self.device)
+        batch = build_paged_batch(query_lens, context_lens, tables, self.block_size,
+                                  self.device)
         input_ids = torch.tensor(ids, device=self.device)[None]
         pos = torch.tensor(positions, device=self.device)[None]
         hidden = self.model(input_ids, pos, PagedAttention(self.cache, batch))[0]

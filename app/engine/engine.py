@@ -47,6 +47,7 @@ from app.engine.output import RequestOutput, RequestSummary, RequestTimes, merge
 from app.engine.output_processor import RequestProgress
 from app.engine.request import EngineRequest, RequestKind, SequenceStatus, new_request
 from app.engine.runner_output import RunnerOutput
+from app.engine.runner_warmup import verification_cost
 from app.engine.sampling_plan import SamplingPlan
 from app.engine.scheduler import SchedulerOutput
 from app.engine.stats import EngineStats, StepStats
@@ -246,7 +247,7 @@ class Engine:
         if proposer is None or limit is None:
             return
         k = proposer.config.num_speculative_tokens
-        plain, verify = self.runner.verification_cost(k)
+        plain, verify = verification_cost(self.runner, k)
         drafter = self.core.drafter
         guessing = k * drafter.forward_cost() if drafter is not None else 0.0
         ratio = (verify + guessing) / plain

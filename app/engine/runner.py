@@ -19,6 +19,7 @@ from torch import Tensor
 from app.engine.lora_slots import AdapterSlots
 from app.engine.request import RequestKind
 from app.engine.runner_output import RunnerOutput
+from app.engine.runner_warmup import warm_up
 from app.engine.sampling_plan import Draw, SamplingPlan
 from app.engine.scheduler import ScheduledSeq, SchedulerOutput
 from app.modeling.attention import DecodeFn, PagedAttention, PagedKVCache, build_paged_batch
@@ -28,7 +29,6 @@ from app.modeling.decode_step import (
     DecodeRows,
     StepFn,
     decode_rows,
-    faster_one_row_form,
     run_decode_step,
 )
 from app.modeling.few_rows import choose_few_rows, drop_few_rows, use_few_rows
@@ -39,7 +39,6 @@ from app.modeling.lora import LoraStep
 from app.modeling.packed import choose_packing, pack_model, unpack_model
 from app.modeling.quantized_model import describe as describe_quantization
 from app.modeling.quantized_model import quantized_layers
-from app.modeling.timing import paired_seconds
 from app.modeling.transformer import EAGER
 from app.sampling import (
     allowed_tokens,
@@ -137,7 +136,7 @@ class ModelRunner:
             self.model.ops, self.decode = compiled.ops, compiled.decode
             self.step = compiled.step
             try:
-                self._warm_up()
+                warm_up(self)
             except Exception as exc:
                 self.model.ops, self.decode, self.step = EAGER, None, None
                 if self.compile_mode == "on":
@@ -150,95 +149,6 @@ class ModelRunner:
         """Drop what prepare() added outside the model's own tensors (packed weights)."""
         drop_few_rows(self.model)
         unpack_model(self.model)
-
-    def _warm_up(self) -> None:
-        """Steps that meet every graph: several prompt tokens, two decodes, one decode,
-        five decodes (each a different token count and LM-head row count). They write
-        into free blocks only: nothing is allocated yet, and nothing reads them later."""
-        kind = (RequestKind.GENERATE if self.config.task is Task.CAUSAL_LM
-                else RequestKind.CLASSIFY)
-        bs, blocks = self.cache.block_size, self.cache.num_blocks
-
-        def seq(i: int, start: int, n: int) -> ScheduledSeq:
-            table = tuple((2 * i + b) % blocks for b in range(-(-(start + n) // bs)))
-            return ScheduledSeq(seq_id=-1 - i, request_id="warm-up", kind=kind,
-                                token_ids=tuple(range(1, n + 1)), start=start,
-                                block_table=table, num_prompt_tokens=start + n,
-                                completes_prefill=True)
-
-        # Prompts of several tokens; then decodes of one and of several sequences, over
-        # one block and over several (each a different token count, LM-head row count
-        # and attention width).
-        steps = [[seq(0, 0, 5), seq(1, 0, 3)], [seq(0, 5, 1), seq(1, 3, 1)], [seq(0, 6, 1)],
-                 [seq(i, 0, 1) for i in range(2, 7)], [seq(i, 1, 1) for i in range(2, 7)],
-                 [seq(0, bs + 1, 1)], [seq(i, bs + 1, 1) for i in range(5)],
-                 [seq(i, 2 * bs + 1, 1) for i in range(5)],
-                 # decodes of as many rows as each few-rows range holds (2-4, 5-8, more):
-                 # a graph's row count is symbolic within the kernel's range only
-                 [seq(i, bs + 1, 1) for i in range(3)], [seq(i, bs + 1, 1) for i in range(10)],
-                 # more rows than the few-rows kernel takes (app.modeling.few_rows)
-                 [seq(i, 0, 1) for i in range(2, 12)]]
-        # Decode steps run as one graph (app.modeling.decode_step) where they can; the
-        # piecewise graphs still serve the steps that cannot (decodes far apart in
-        # length, decodes beside a prompt chunk), so both are traced.
-        step, self.step = self.step, None
-        self._warm_up_steps(steps)
-        self.step = step
-        if step is not None:
-            self.compile_reason += "; " + self._choose_one_row_form()
-            self._warm_up_steps(steps)
-
-    def _choose_one_row_form(self, context: int = 48) -> str:
-        """Time one-row decode steps in both forms (app.modeling.decode_step) and keep
-        the faster; a line for the compile reason."""
-        bs, blocks = self.cache.block_size, self.cache.num_blocks
-        table = tuple(b % blocks for b in range(-(-(context + 1) // bs)))
-        one = SchedulerOutput((ScheduledSeq(
-            seq_id=-1, request_id="measure", kind=RequestKind.GENERATE, token_ids=(1,),
-            start=context, block_table=table, num_prompt_tokens=context,
-            completes_prefill=True),))
-
-        def run(gemv: bool) -> None:
-            self.one_row_gemv = gemv
-            self.execute(one, SamplingPlan())
-
-        self.one_row_gemv, gain = faster_one_row_form(run)
-        form = "multiply-and-reduce" if self.one_row_gemv else "plain products"
-        return f"one-row steps as {form} (multiply-and-reduce measured {gain:.2f}x)"
-
-    def _warm_up_steps(self, steps: list[list[ScheduledSeq]]) -> None:
-        for scheduled in steps:
-            self.execute(SchedulerOutput(tuple(scheduled)), SamplingPlan())
-        if self.adapters.max_loras == 0:
-            return
-        # The LoRA graphs (their weights are whatever the slots hold: zeros now): one
-        # adapter beside base rows, and several adapters in one step.
-        for scheduled in steps:
-            one = [0] + [-1] * (len(scheduled) - 1)
-            self.execute(SchedulerOutput(tuple(scheduled)), SamplingPlan(), slots=one)
-            if len(scheduled) > 1 and self.adapters.max_loras > 1:
-                several = [i % 2 for i in range(len(scheduled))]
-                self.execute(SchedulerOutput(tuple(scheduled)), SamplingPlan(), slots=several)
-
-    def verification_cost(self, guesses: int, context: int = 48) -> tuple[float, float]:
-        """Seconds of a batch-1 decode step and of a verification step scoring the last
-        token and `guesses` guesses (medians, on this model's own graphs, at a context of
-        `context` tokens): what speculative decoding's first guess must pay for. Writes
-        into free blocks only, like the warm-up."""
-        kind = RequestKind.GENERATE
-        bs, blocks = self.cache.block_size, self.cache.num_blocks
-        context = min(context, blocks * bs - guesses - 1)
-        table = tuple(b % blocks for b in range(-(-(context + guesses + 1) // bs)))
-
-        def step(draft: tuple[int, ...]) -> SchedulerOutput:
-            return SchedulerOutput((ScheduledSeq(
-                seq_id=-1, request_id="measure", kind=kind, token_ids=(1, *draft),
-                start=context, block_table=table, num_prompt_tokens=context,
-                completes_prefill=True, draft=draft),))
-
-        plain, verify = step(()), step(tuple(range(2, guesses + 2)))
-        return paired_seconds(lambda: self.execute(plain, SamplingPlan()),
-                              lambda: self.execute(verify, SamplingPlan()), 7)
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, plan: SamplingPlan, *,
@@ -259,20 +169,15 @@ class ModelRunner:
         for item in items:
             ids.extend(item.token_ids)
             positions.extend(range(item.start, item.start + item.num_new_tokens))
+        query_lens = [i.num_new_tokens for i in items]
+        context_lens = [i.start + i.num_new_tokens for i in items]
+        tables = [list(i.block_table) for i in items]
         if self.step is not None and self._decode_rows_only(items):
-            rows = decode_rows([i.num_new_tokens for i in items],
-                               [i.start + i.num_new_tokens for i in items],
-                               [list(i.block_table) for i in items], self.block_size,
-                               self.device)
+            rows = decode_rows(query_lens, context_lens, tables, self.block_size, self.device)
             if rows is not None:
                 return self._execute_step(items, ids, positions, rows, plan, lora)
-        batch = build_paged_batch(
-            [i.num_new_tokens for i in items],
-            [i.start + i.num_new_tokens for i in items],
-            [list(i.block_table) for i in items],
-            self.cache.block_size,
-            self.device,
-        )
+        batch = build_paged_batch(query_lens, context_lens, tables, self.block_size,
+                                  self.device)
         input_ids = torch.tensor(ids, device=self.device)[None]
         pos = torch.tensor(positions, device=self.device)[None]
         hidden = self.model(input_ids, pos, PagedAttention(self.cache, batch, self.decode),

@@ -15,7 +15,7 @@ decides where the keys and values of earlier tokens come from:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -150,6 +150,15 @@ def slots_for(block_table: list[int], start: int, end: int, block_size: int) -> 
     return [block_table[p // block_size] * block_size + p % block_size for p in range(start, end)]
 
 
+def decode_rows_of(table: list[int], context_len: int, query_len: int, block_size: int
+                   ) -> Iterator[tuple[list[int], int]]:
+    """A sequence's new tokens as decode rows: each row's block table and context length,
+    the context up to and including itself."""
+    for j in range(query_len):
+        row_ctx = context_len - query_len + j + 1
+        yield table[: -(-row_ctx // block_size)], row_ctx
+
+
 def build_paged_batch(
     query_lens: list[int],
     context_lens: list[int],
@@ -180,10 +189,10 @@ def build_paged_batch(
             # decode row over the context up to itself (every new key is written before
             # any row attends), so they run the decode path, compiled where it is,
             # batched with the other sequences' rows.
-            for j in range(q_len):
-                row_ctx = ctx - q_len + j + 1
+            for j, (row_table, row_ctx) in enumerate(decode_rows_of(table, ctx, q_len,
+                                                                    block_size)):
                 decode_tokens.append(offset + j)
-                decode_tables.append(table[: -(-row_ctx // block_size)])
+                decode_tables.append(row_table)
                 decode_lens.append(row_ctx)
         elif ctx == q_len:
             # Nothing cached yet: attend over the new keys directly, no gather needed.

@@ -33,6 +33,7 @@ from app.modeling.attention import (
     DECODE_ROWS_SPAN,
     PagedKVCache,
     decode_attention,
+    decode_rows_of,
     slots_for,
 )
 from app.modeling.lora import LoraStep
@@ -62,9 +63,8 @@ def decode_rows(query_lens: list[int], context_lens: list[int], block_tables: li
         if not 0 < q_len <= DECODE_ROWS_SPAN or ctx <= q_len:
             return None
         slots.extend(slots_for(table, ctx - q_len, ctx, block_size))
-        for j in range(q_len):
-            row_ctx = ctx - q_len + j + 1
-            tables.append(table[: -(-row_ctx // block_size)])
+        for row_table, row_ctx in decode_rows_of(table, ctx, q_len, block_size):
+            tables.append(row_table)
             lens.append(row_ctx)
     if max(lens) > DECODE_BUCKET_RATIO * min(lens):
         return None
