@@ -230,9 +230,13 @@ def read_peft_adapter(path: Path, config: ModelConfig, *, name: str, max_rank: i
         raise AdapterError(f"{path / WEIGHTS_FILE}: holds no LoRA weights")
     weights = [{module: _fuse(by_index, *sizes[module]) for module, by_index in layer.items()}
                for layer in parts]
+    part_ranks = [{module: tuple(by_index[i][0].shape[0] if i in by_index else 0
+                                 for i in range(len(sizes[module][0])))
+                   for module, by_index in layer.items()} for layer in parts]
     return LoraAdapter(name=name, path=path, rank=rank, alpha=alpha, use_rslora=rslora,
                        scaling=_scaling(alpha, rank, rslora), weights=weights,
-                       target_modules=tuple(sorted(targets)), score=score,
+                       part_ranks=part_ranks, target_modules=tuple(sorted(targets)),
+                       score=score,
                        base_model=raw.get("base_model_name_or_path"),
                        max_part_rank=max_part_rank)
 

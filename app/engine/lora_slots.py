@@ -33,6 +33,7 @@ class AdapterSlots:
         self.capacity = {m: max_rank * len(sizes[m][0]) for m in MODULES}
         self._a: list[dict[str, Tensor]] = []
         self._b: list[dict[str, Tensor]] = []
+        self._stacked: tuple[Tensor, ...] = ()  # every layer's: (L, max_loras, R, in|out)
         self._all_views: tuple[tuple[Tensor, ...], ...] = ()
         self._slot_views: list[tuple[tuple[Tensor, ...], ...]] = []
 
@@ -49,17 +50,20 @@ class AdapterSlots:
         model = self.model
         weight = model.embed.weight
         dtype, device = weight.dtype, weight.device
-        for _ in range(self.config.num_layers):
-            a_layer, b_layer = {}, {}
-            for m in MODULES:
-                outs, fan_in = sizes[m]
-                cap = self.capacity[m]
-                a_layer[m] = torch.zeros(max_loras, cap, fan_in, dtype=dtype, device=device)
-                b_layer[m] = torch.zeros(max_loras, sum(outs), cap, dtype=dtype,
-                                         device=device)
-            self._a.append(a_layer)
-            self._b.append(b_layer)
-        # per layer, (A, B) of each module in LayerLora's order: every slot, or one
+        layers = self.config.num_layers
+        stacked = []
+        for m in MODULES:  # one A and one Bt (B transposed) per module, for every layer
+            outs, fan_in = sizes[m]
+            cap = self.capacity[m]
+            stacked.append(torch.zeros(layers, max_loras, cap, fan_in, dtype=dtype,
+                                       device=device))
+            stacked.append(torch.zeros(layers, max_loras, cap, sum(outs), dtype=dtype,
+                                       device=device))
+        self._stacked = tuple(stacked)
+        for i in range(layers):
+            self._a.append({m: stacked[2 * k][i] for k, m in enumerate(MODULES)})
+            self._b.append({m: stacked[2 * k + 1][i] for k, m in enumerate(MODULES)})
+        # per layer, (A, Bt) of each module in LayerLora's order: every slot, or one
         self._all_views = tuple(tuple(t for m in MODULES for t in (a[m], b[m]))
                                 for a, b in zip(self._a, self._b, strict=True))
         self._slot_views = [tuple(tuple(t[s] for t in layer) for layer in self._all_views)
@@ -145,28 +149,47 @@ class AdapterSlots:
         else:
             victim = next(n for n in self._slots if n not in keep)
             slot = self._slots.pop(victim)
+        sizes = fused_sizes(self.config)
         for i, layer in enumerate(adapter.weights):
             for m in MODULES:
-                a_buf, b_buf = self._a[i][m][slot], self._b[i][m][slot]
+                a_buf, bt_buf = self._a[i][m][slot], self._b[i][m][slot]
                 a_buf.zero_()
-                b_buf.zero_()
-                if m in layer:
-                    a, b = layer[m]
-                    a_buf[:a.shape[0]].copy_(a)
-                    b_buf[:, :b.shape[1]].copy_(b)
+                bt_buf.zero_()
+                if m not in layer:
+                    continue
+                # projection p's ranks to rows [p * max_rank, ...): the fixed blocks the
+                # fused forms multiply (app.modeling.lora); the adapter packs them tightly
+                a, b = layer[m]
+                col = row = 0
+                for p, (rank, out) in enumerate(zip(adapter.part_ranks[i][m], sizes[m][0],
+                                                    strict=True)):
+                    at = p * self.max_rank
+                    a_buf[at:at + rank].copy_(a[col:col + rank])
+                    bt_buf[at:at + rank, row:row + out].copy_(b[row:row + out, col:col + rank].t())
+                    col, row = col + rank, row + out
         self._slots[name] = slot
 
-    def step(self, slots: Sequence[int], lengths: Sequence[int]) -> LoraStep | None:
+    def step(self, slots: Sequence[int], lengths: Sequence[int], compiled: bool = False
+             ) -> LoraStep | None:
         """The LoRA inputs for items with these slots (-1: base) and token counts, in the
-        step's order; None when no item has an adapter (the plain forward)."""
+        step's order; None when no item has an adapter (the plain forward). Several
+        adapters take the per-token form in `compiled` graphs, the grouped one in eager
+        (app.modeling.lora says why)."""
         used = sorted({s for s in slots if s >= 0})
         if not used:
             return None
         weight = self.model.embed.weight
-        if len(used) == 1:
-            per_token = torch.repeat_interleave(torch.tensor(slots), torch.tensor(lengths))
-            mask = (per_token >= 0)[None, :, None].to(device=weight.device, dtype=weight.dtype)
-            return LoraStep(mask, self._slot_views[used[0]])
+        if len(used) == 1 or compiled:
+            # built in Python: a decode step's few rows cost less as lists than as ops
+            per_token = [s for s, n in zip(slots, lengths, strict=True) for _ in range(n)]
+            mask = torch.tensor([[[1.0] if s >= 0 else [0.0] for s in per_token]],
+                                dtype=weight.dtype, device=weight.device)  # (1, T, 1)
+            if not compiled:
+                return LoraStep(mask, self._slot_views[used[0]])
+            # every layer's buffers as 8 graph inputs, not 8 per layer (each input costs
+            # guard checks on every call); base rows read slot 0, the mask zeroes them
+            return LoraStep(mask, (), slots=torch.tensor(
+                [[max(s, 0) for s in per_token]], device=weight.device), stacked=self._stacked)
         # per slot, its token rows; padded to the longest with the zero row's index
         rows: list[list[int]] = [[] for _ in range(self.max_loras)]
         offset = 0

@@ -161,7 +161,8 @@ class ModelRunner:
         if self.adapters.max_loras:
             if slots is None:
                 slots = self.adapters.activate([item.adapter for item in items])
-            lora = self.adapters.step(slots, [item.num_new_tokens for item in items])
+            lora = self.adapters.step(slots, [item.num_new_tokens for item in items],
+                                      compiled=self.model.ops.compiled)
         elif any(item.adapter is not None for item in items):
             raise RuntimeError("a sequence names an adapter but LoRA is off (max_loras 0)")
         ids: list[int] = []

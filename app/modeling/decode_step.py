@@ -125,6 +125,8 @@ def run_decode_step(step: StepFn, model: Transformer, input_ids: Tensor, positio
             torch._dynamo.mark_dynamic(t, 0)
         if lora is not None and lora.mask.dim() == 3:
             torch._dynamo.mark_dynamic(lora.mask, 1)  # (1, N, 1): follows the rows
+            if lora.slots is not None:
+                torch._dynamo.mark_dynamic(lora.slots, 1)  # (1, N)
     if lora is not None and lora.mask.dim() == 2 and lora.mask.shape[1] > 1:
         torch._dynamo.mark_dynamic(lora.mask, 1)  # rows per slot
     torch._dynamo.mark_dynamic(rows.tables, 1)  # at least 2 (decode_rows)

@@ -2,50 +2,47 @@
 
 The resident adapters live in fixed-shape buffers owned by `AdapterSlots`
 (app.engine.lora_slots), one pair per layer and fused module (qkv, o, up, down):
-A (max_loras, R, in) and B (max_loras, out, R), where R is the module's rank capacity
-(--max-lora-rank times the projections it fuses: 3 for Llama's q|k|v, 2 for gate|up; zero
-padded below). Loading an adapter copies into its slot, so no shape ever changes and
+A (max_loras, R, in) and B stored transposed, Bt (max_loras, R, out). R is the module's
+rank capacity: --max-lora-rank for each projection it fuses (3 for Llama's q|k|v, 2 for
+gate|up), and projection p's ranks sit at rows [p * max_rank, (p + 1) * max_rank) of both,
+zero padded. So Bt is block-diagonal at fixed places: projection p's block is
+Bt[p * max_rank:(p + 1) * max_rank, its slice of the output], and the fused forms below
+multiply only those blocks, never the zeros around them (2/3 of q|k|v's expand, 1/2 of
+gate|up's). Loading an adapter copies into its slot, so no shape ever changes and
 compiled graphs stay valid.
 
-A step passes `LoraStep` to `Transformer.forward`: per layer the A/B to use, and a `mask`
-that also says which of two forms runs (`lora_delta`), picked per step by AdapterSlots:
-  - one adapter in the step (batch-1, or one adapter beside base rows): that slot's A and
-    B, and a (1, T, 1) mask that zeroes base rows: two thin products per module (in
-    compiled few-row graphs, multiply-and-reduce that inductor fuses, like the base);
-  - several adapters: every slot's A and B, and (max_loras, n) token rows per slot
-    (padded with an index of a zero row): each slot's rows are gathered, go through two
-    batched products, and are added back (traced into the compiled graph with the rows
-    per slot symbolic above one, so the step's mix never recompiles; as an opaque custom
-    op instead, bench/lora.py measured 0.71-0.75x where traced gives 0.78x: inductor
-    fuses the gather and the scatter).
+A step passes `LoraStep` to `Transformer.forward`; which of three forms runs is picked
+per step by AdapterSlots (`lora_delta` tells them apart):
+  - compiled graphs, any number of adapters: every layer's buffers stacked, (L,
+    max_loras, R, in|out), indexed per layer inside the graph (8 graph inputs, not 8 per
+    layer: each input costs guard checks on every call), each token's slot (1, T) and a
+    (1, T, 1) mask that zeroes base rows. Each token's rows of A and Bt are indexed
+    inside fused multiply-and-reduce loops (punica's BGMV as inductor code: the gathered
+    weights are never materialized), per projection block; at a row or two, the whole
+    block-diagonal Bt in one loop (there the loops cost, not the arithmetic);
+  - eager, one adapter (batch-1, or one adapter beside base rows): that slot's A and Bt,
+    the (1, T, 1) mask, two thin products per module;
+  - eager, several adapters: every slot's A and Bt, and (max_loras, n) token rows per
+    slot (padded with an index of a zero row): each slot's rows are gathered, go through
+    two batched products and are added back (per token would copy each token's weights).
 A step without adapter rows passes no LoraStep: the model runs exactly the graphs it
 runs without LoRA. The base product underneath can be anything (float, int8/int4,
 prepacked): the delta is added to its output.
 
-Why (bench/lora_kernels.py: every layer's qkv, o, up and down, eager, 4 slots of rank 16,
-1 thread, the fastest of 9 interleaved rounds; AMD EPYC Zen 5 with AVX-512 BF16/VNNI,
-2 vCPUs shared with other work, load average ~4.5). Extra time over the base products,
-the rows spread over 4 adapters; "one slot" is every row on one adapter, the floor:
+Why per token when compiled (`python -m bench.lora_kernels --compiled --threads 2`:
+every layer's qkv, o, up and down of default-lm with their base products in one compiled
+graph, rows spread over 4 slots of rank 16; AMD EPYC Zen 5 with AVX-512 BF16/VNNI, 2
+threads, 2026-12-07): time over that graph without deltas, grouped against per token:
+1 row +46 % against +9 %, 32 rows +62 % against +18 %, 256 rows +100 % against +30 %.
+The grouped form's scatter-add and its extern bmm calls cost more than its arithmetic;
+inductor fuses the per-token indexing, the products and the add into the step's own
+loops. In eager, per token would copy each token's weights (+547 % at 32 rows), and the
+grouped form is the cheapest for several adapters (+55 %; every slot masked +79 %, a loop
+per adapter +128 %, segments +74 %); one slot alone costs +32 %.
 
-  shape (dtype)       rows  one slot  grouped  all slots  segments  loop per  gather per
-                                      (served)   masked   (sorted)   adapter     token
-  default-lm (fp32)     32     +26%     +52%      +65%      +52%      +65%       +730%
-                       256     +20%     +33%      +87%      +29%      +26%         -
-  Llama 134M (bf16)     32     +14%     +37%      +35%      +60%      +66%       +606%
-                       256      +9%     +28%      +26%      +22%      +21%         -
-
-Gathering each token's A and B copies T * r * (in + out) elements per module. Every
-token through every slot ("all slots masked") does max_loras times the work, which
-costs most on small models and long prompt chunks. A Python loop over adapters (on
-gathered or on contiguous rows) costs two products per adapter per module, and has
-data-dependent shapes. The grouped form is never far from the best and has a fixed
-number of operations whatever the mix, which under load (each operation waits for
-both threads) counts as much as the arithmetic.
-
-In the engine (bench/lora.py: default-lm, 4 adapters of rank 16 on every projection,
-compiled, 1 thread, same machine under load; docs/PERFORMANCE.md has the table): 32
-concurrent requests over 4 adapters 0.77-0.92x the base's tokens/s (CPU time 0.71-0.84x),
-batch-1 with an adapter 0.68-0.92x (CPU time 0.79-0.86x).
+In the engine (bench/lora.py, docs/PERFORMANCE.md): 32 concurrent requests over 4
+adapters 0.84-0.86x the base's tokens/s with the per-token form (0.67x grouped), batch-1
+with an adapter 0.85-0.87x.
 """
 
 from __future__ import annotations
@@ -79,6 +76,8 @@ class LoraAdapter:
     use_rslora: bool
     scaling: float
     weights: list[LayerWeights] = field(default_factory=list)
+    # per layer and module: each fused projection's rank, in fused order (0: no LoRA on it)
+    part_ranks: list[dict[str, tuple[int, ...]]] = field(default_factory=list)
     target_modules: tuple[str, ...] = ()  # the Hugging Face projections it adapts
     score: Tensor | None = None  # SEQ_CLS adapters: the classification head (labels, H)
     base_model: str | None = None  # `base_model_name_or_path`, informational
@@ -100,7 +99,8 @@ def fused_sizes(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], int]]:
 
 
 class LayerLora(NamedTuple):
-    """What one block needs: the mask or segments (see `lora_delta`), each module's A, B."""
+    """What one block needs: the mask or rows (see `lora_delta`), each module's A and Bt,
+    and each token's slot in the per-token form."""
 
     mask: Tensor
     qkv_a: Tensor
@@ -111,56 +111,91 @@ class LayerLora(NamedTuple):
     up_b: Tensor
     down_a: Tensor
     down_b: Tensor
+    slots: Tensor | None = None
 
 
-def lora_delta(x: Tensor, a: Tensor, b: Tensor, mask: Tensor, gemv: bool = False) -> Tensor:
-    """x (B, T, in) -> (B, T, out): each token's B A x. Two forms (see the module's
-    docstring), told apart by `mask`:
-      - float (B, T, 1): one slot's a (R, in) and b (out, R); the mask zeroes base rows;
-      - int64 (max_loras, n): per slot, the flattened token rows it serves, padded with
-        B*T (a zero row); every slot's a (max_loras, R, in) and b (max_loras, out, R).
-    `gemv` (compiled graphs of a few rows, as for the base products: see
-    `transformer.dense`): the one-slot form as multiply-and-reduce, which inductor fuses
-    into the graph instead of calling two tiny matrix products."""
+def lora_delta(x: Tensor, a: Tensor, bt: Tensor, mask: Tensor, gemv: bool = False,
+               parts: tuple[int, ...] | None = None, slots: Tensor | None = None) -> Tensor:
+    """x (B, T, in) -> (B, T, out): each token's B A x. `parts`: the output sizes of the
+    projections the module fuses, in order (None: one); projection p's ranks are rows
+    [p * R / len(parts), ...) of a and bt (the module's docstring). Three forms:
+      - `slots` (B, T) int64 (compiled graphs): every slot's a (S, R, in) and bt
+        (S, R, out), each token's slot, a float (B, T, 1) mask that zeroes base rows;
+        `gemv` (a graph of a row or two): one loop per product;
+      - mask int64 (S, n) (eager, several adapters): per slot, the flattened token rows it
+        serves, padded with B*T (a zero row); every slot's a and bt;
+      - float mask (B, T, 1) (eager, one adapter): its slot's a (R, in) and bt (R, out)."""
+    if slots is not None:
+        return token_delta(x, a, bt, mask, slots, parts or (bt.shape[-1],), gemv)
     if mask.dtype == torch.int64:
-        return grouped_delta(x, a, b, mask)
-    if gemv:
-        h = (x.float()[..., None, :] * a.float()).sum(-1) * mask  # (B, T, R)
-        return (h[..., None, :] * b.float()).sum(-1).to(x.dtype)
+        return grouped_delta(x, a, bt, mask)
     h = torch.matmul(x, a.t())  # (B, T, R): shrink
-    return torch.matmul(h * mask, b.t())  # (B, T, out): expand
+    return torch.matmul(h * mask, bt)  # (B, T, out): expand
 
 
-def grouped_delta(x: Tensor, a: Tensor, b: Tensor, rows: Tensor) -> Tensor:
-    """x (B, T, in); a (S, R, in), b (S, out, R); rows (S, n): slot s's token rows (of
+def _expand_blocks(h: Tensor, bt: Tensor, parts: tuple[int, ...]) -> Tensor:
+    """h (..., R) float, bt (..., R, out) (one slot's, or each token's gathered lazily) ->
+    (..., out): each projection's rank block times its output block, as multiply-and-
+    reduce over the ranks (out contiguous, so inductor vectorizes along it)."""
+    rank = h.shape[-1] // len(parts)
+    ys, col = [], 0
+    for p, size in enumerate(parts):
+        block = bt[..., p * rank:(p + 1) * rank, col:col + size]  # (..., r, size)
+        ys.append((h[..., p * rank:(p + 1) * rank, None] * block).sum(-2))
+        col += size
+    return ys[0] if len(ys) == 1 else torch.cat(ys, -1)
+
+
+def token_delta(x: Tensor, a: Tensor, bt: Tensor, mask: Tensor, slots: Tensor,
+                parts: tuple[int, ...], gemv: bool = False) -> Tensor:
+    """x (B, T, in); a (S, R, in), bt (S, R, out); mask (B, T, 1) float; slots (B, T):
+    each token through its own slot's A and Bt. Written for inductor, which fuses the
+    indexing into the products' loops (BGMV); eager would copy each token's weights.
+    `gemv` (a row or two): the whole block-diagonal Bt in one loop, zeros included, as
+    the loops, not the arithmetic, cost there."""
+    h = (x.float()[..., None, :] * a[slots].float()).sum(-1) * mask  # (B, T, R)
+    if gemv:
+        return (h[..., :, None] * bt[slots].float()).sum(-2).to(x.dtype)
+    return _expand_blocks(h, bt[slots].float(), parts).to(x.dtype)
+
+
+def grouped_delta(x: Tensor, a: Tensor, bt: Tensor, rows: Tensor) -> Tensor:
+    """x (B, T, in); a (S, R, in), bt (S, R, out); rows (S, n): slot s's token rows (of
     the flattened B*T), padded with B*T. Each slot's rows are gathered (a zero row for the
     padding), go through two batched products, and are added back to their places."""
     flat = x.reshape(-1, x.shape[-1])
     tokens = flat.shape[0]
     padded = torch.cat([flat, flat.new_zeros(1, flat.shape[1])])[rows]  # (S, n, in)
     h = torch.bmm(padded, a.transpose(1, 2))  # (S, n, R): shrink
-    y = torch.bmm(h, b.transpose(1, 2))  # (S, n, out): expand
-    out = flat.new_zeros(tokens + 1, b.shape[1])
+    y = torch.bmm(h, bt)  # (S, n, out): expand
+    out = flat.new_zeros(tokens + 1, bt.shape[2])
     out.index_add_(0, rows.flatten(), y.flatten(0, 1))
-    return out[:tokens].view(*x.shape[:-1], b.shape[1])
+    return out[:tokens].view(*x.shape[:-1], bt.shape[2])
 
 
-def masked_delta(x: Tensor, a: Tensor, b: Tensor, mask: Tensor) -> Tensor:
+def masked_delta(x: Tensor, a: Tensor, bt: Tensor, mask: Tensor) -> Tensor:
     """The all-slots alternative (measured in bench/lora_kernels.py, not served): mask
-    (B, T, k) one-hot per token, a (k*R, in), b (out, k*R): every token through every
+    (B, T, k) one-hot per token, a (k*R, in), bt (k*R, out): every token through every
     slot's product."""
     h = torch.matmul(x, a.t())
     k = mask.shape[-1]
     h = (h.unflatten(-1, (k, -1)) * mask[..., None]).flatten(-2)
-    return torch.matmul(h, b.t())
+    return torch.matmul(h, bt)
 
 
 @dataclass(frozen=True)
 class LoraStep:
-    """The LoRA inputs of one forward: the mask and, per layer, the A/B views."""
+    """The LoRA inputs of one forward (the forms: the module's docstring)."""
 
     mask: Tensor  # (1, T, 1) float, or (max_loras, n) int64 rows per slot: see lora_delta
-    layers: tuple[tuple[Tensor, ...], ...]  # per layer: the 8 views of LayerLora
+    layers: tuple[tuple[Tensor, ...], ...]  # per layer: the 8 A / Bt tensors of LayerLora
+    slots: Tensor | None = None  # (1, T) int64: each token's slot, in the per-token form
+    # the per-token form's A / Bt of every layer, (L, max_loras, R, in|out), in
+    # LayerLora's order (`layers` is empty then): indexed per layer inside the graph
+    stacked: tuple[Tensor, ...] = ()
 
     def layer(self, i: int) -> LayerLora:
+        if self.stacked:
+            qa, qb, oa, ob, ua, ub, da, db = (t[i] for t in self.stacked)
+            return LayerLora(self.mask, qa, qb, oa, ob, ua, ub, da, db, self.slots)
         return LayerLora(self.mask, *self.layers[i])

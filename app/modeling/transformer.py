@@ -37,7 +37,7 @@ from torch import Tensor, nn
 from app.modeling.attention import AttentionBackend, DenseCausalAttention
 from app.modeling.config import ConfigError, ModelConfig, Task
 from app.modeling.heads import ClassificationHead, LMHead
-from app.modeling.lora import LayerLora, LoraStep, lora_delta
+from app.modeling.lora import LayerLora, LoraStep, fused_sizes, lora_delta
 from app.modeling.rope import apply_rope, inverse_frequencies, rope_cos_sin
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
@@ -93,13 +93,15 @@ class Attention(nn.Module):
         self.nh, self.nkv, self.hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         self.qkv = nn.Linear(cfg.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=cfg.qkv_bias)
         self.o = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=cfg.o_bias)
+        self.lora_parts = fused_sizes(cfg)["qkv"][0]  # q|k|v's projections, for LoRA
 
     def project(self, x: Tensor, rope: tuple[Tensor, Tensor] | None, gemv: bool,
                 lora: LayerLora | None = None) -> tuple[Tensor, Tensor, Tensor]:
         B, T, _ = x.shape
         qkv = dense(x, self.qkv, gemv)
         if lora is not None:
-            qkv = qkv + lora_delta(x, lora.qkv_a, lora.qkv_b, lora.mask, gemv)
+            qkv = qkv + lora_delta(x, lora.qkv_a, lora.qkv_b, lora.mask, gemv,
+                                   self.lora_parts, lora.slots)
         q, k, v = qkv.split(
             [self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], -1)
         q = q.view(B, T, self.nh, self.hd)  # (B, T, nh, hd)
@@ -118,11 +120,13 @@ class MLP(nn.Module):
         width = cfg.intermediate_size * (2 if self.gated else 1)
         self.up = nn.Linear(cfg.hidden_size, width, bias=cfg.mlp_bias)  # fc, or gate|up
         self.down = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+        self.lora_parts = fused_sizes(cfg)["up"][0]  # gate|up's projections, for LoRA
 
     def forward(self, x: Tensor, gemv: bool = False, lora: LayerLora | None = None) -> Tensor:
         h = dense(x, self.up, gemv)
         if lora is not None:
-            h = h + lora_delta(x, lora.up_a, lora.up_b, lora.mask, gemv)
+            h = h + lora_delta(x, lora.up_a, lora.up_b, lora.mask, gemv, self.lora_parts,
+                               lora.slots)
         if self.gated:
             gate, up = h.chunk(2, dim=-1)
             h = self.act(gate) * up
@@ -130,7 +134,7 @@ class MLP(nn.Module):
             h = self.act(h)
         y = dense(h, self.down, gemv)
         if lora is not None:
-            y = y + lora_delta(h, lora.down_a, lora.down_b, lora.mask, gemv)
+            y = y + lora_delta(h, lora.down_a, lora.down_b, lora.mask, gemv, None, lora.slots)
         return y
 
 
@@ -155,7 +159,7 @@ class Block(nn.Module):
         y = y.reshape(B, T, -1)
         o = dense(y, self.attn.o, gemv)
         if lora is not None:
-            o = o + lora_delta(y, lora.o_a, lora.o_b, lora.mask, gemv)
+            o = o + lora_delta(y, lora.o_a, lora.o_b, lora.mask, gemv, None, lora.slots)
         x = x + o
         return x + self.mlp(self.mlp_norm(x), gemv, lora)
 
@@ -255,7 +259,9 @@ class Transformer(nn.Module):
             rope = rope_cos_sin(positions, inv_freq, x.dtype)
         # a one-adapter mask follows the tokens (B, T, 1); rows per slot (max_loras, n)
         # have their own length, symbolic above one (one graph for every n > 1)
-        per_token = () if lora is None or lora.mask.dim() != 3 else (lora.mask,)
+        per_token: tuple[Tensor, ...] = ()
+        if lora is not None and lora.mask.dim() == 3:
+            per_token = (lora.mask,) if lora.slots is None else (lora.mask, lora.slots)
         gemv = ops.mark_dynamic(1, x, *(rope or ()), *per_token)
         if ops.compiled and lora is not None and lora.mask.dim() == 2 and lora.mask.shape[1] > 1:
             torch._dynamo.mark_dynamic(lora.mask, 1)
