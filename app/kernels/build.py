@@ -1,5 +1,6 @@
-"""Building the C++ kernels (`quant_linear.cpp`, the widening kernels, and `int_dot.cpp`,
-the integer dot-product kernels) for the CPU at hand, once, on first use.
+"""Building the C++ kernels (`quant_linear.cpp`, the widening kernels, `int_dot.cpp`, the
+integer dot-product kernels, and `paged_attention.cpp`, decode attention over the paged
+KV cache) for the CPU at hand, once, on first use.
 
 The sources ship in the package and are compiled into one extension with torch's
 extension builder (a C++ compiler and ninja, as `--compile` needs) with the vector ISA
@@ -36,7 +37,8 @@ import torch
 
 log = logging.getLogger(__name__)
 
-SOURCES = (Path(__file__).with_name("quant_linear.cpp"), Path(__file__).with_name("int_dot.cpp"))
+SOURCES = tuple(Path(__file__).with_name(name)
+                for name in ("quant_linear.cpp", "int_dot.cpp", "paged_attention.cpp"))
 _LOCK = threading.Lock()
 
 

@@ -22,6 +22,7 @@ more with adapters), all traced by the runner's warm-up.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -36,6 +37,7 @@ from app.modeling.attention import (
     decode_rows_of,
     slots_for,
 )
+from app.modeling.attention_kernel import kernel_decode_attention
 from app.modeling.lora import LoraStep
 from app.modeling.rope import rope_cos_sin
 from app.modeling.timing import speedup
@@ -80,10 +82,14 @@ def decode_rows(query_lens: list[int], context_lens: list[int], block_tables: li
 
 def decode_step(model: Transformer, input_ids: Tensor, positions: Tensor, k_layers: list[Tensor],
                 v_layers: list[Tensor], slots: Tensor, tables: Tensor, lens: Tensor,
-                block_size: int, gemv: bool, lora: LoraStep | None = None) -> Tensor:
+                block_size: int, gemv: bool, lora: LoraStep | None = None,
+                kernel_attention: bool = False) -> Tensor:
     """input_ids, positions, slots, lens (N,); tables (N, W); k_layers / v_layers one
     (num_slots, nkv, hd) tensor per layer, written in place -> logits (N, vocab).
-    `lora`: the rows' adapters (app.modeling.lora), as in `Transformer.forward`."""
+    `lora`: the rows' adapters (app.modeling.lora), as in `Transformer.forward`.
+    `kernel_attention`: attention through the C++ kernel (app.modeling.attention_kernel),
+    else as the compiled reductions."""
+    attend = kernel_decode_attention if kernel_attention else decode_attention
     x = model.embed(input_ids)[None]  # (1, N, H)
     rope = None
     if model.pos_embed is not None:
@@ -99,7 +105,7 @@ def decode_step(model: Transformer, input_ids: Tensor, positions: Tensor, k_laye
         v_layers[layer].index_copy_(0, slots, v[0])
         k_blocks = k_layers[layer].view(-1, block_size, *k_layers[layer].shape[1:])
         v_blocks = v_layers[layer].view(-1, block_size, *v_layers[layer].shape[1:])
-        y = decode_attention(q[0], k_blocks, v_blocks, tables, lens)[None]  # (1, N, nh, hd)
+        y = attend(q[0], k_blocks, v_blocks, tables, lens)[None]  # (1, N, nh, hd)
         x = block.post_attention(x, y, gemv, adapters)
     return lm_logits(model, model.norm(x)[0], gemv)  # (N, vocab)
 
@@ -107,8 +113,9 @@ def decode_step(model: Transformer, input_ids: Tensor, positions: Tensor, k_laye
 StepFn = Callable[..., Tensor]
 
 
-def compile_decode_step() -> StepFn:
-    return torch.compile(decode_step, dynamic=None)
+def compile_decode_step(kernel_attention: bool = False) -> StepFn:
+    return torch.compile(functools.partial(decode_step, kernel_attention=kernel_attention),
+                         dynamic=None)
 
 
 def run_decode_step(step: StepFn, model: Transformer, input_ids: Tensor, positions: Tensor,

@@ -72,6 +72,8 @@ def cpp_ops() -> bool:
     torch.library.register_fake("llm_quant::float_linear", _float_shape)
     torch.library.register_fake("llm_quant::idot_int8_linear", _int8_shape)
     torch.library.register_fake("llm_quant::idot_int4_linear", _int4_shape)
+    torch.library.register_fake("llm_quant::paged_decode_attention",
+                                lambda q, k_blocks, v_blocks, tables, lens: torch.empty_like(q))
     return True
 
 
