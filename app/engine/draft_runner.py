@@ -36,7 +36,6 @@ from app.engine.runner_output import RunnerOutput
 from app.engine.sampling_plan import SamplingPlan
 from app.engine.scheduler import SchedulerOutput
 from app.modeling.attention import PagedAttention, PagedKVCache, build_paged_batch
-from app.modeling.attention_kernel import faster_decode_attention
 from app.modeling.config import Task
 from app.modeling.decode_step import (
     StepFn,
@@ -139,10 +138,7 @@ class DraftRunner:
         log.info("draft model %s: KV cache of %d + %d spare blocks, %.1f MiB", self.loaded.path,
                  self.num_blocks, spare, self._cache.nbytes / 2**20)
         if compiled and self.device.type == "cpu":
-            kernel, attention = faster_decode_attention(cfg.num_heads, cfg.num_kv_heads,
-                                                        cfg.head_dim, self.loaded.dtype)
-            log.info("draft model: %s", attention)
-            self.graph = compile_decode_step(kernel)
+            self.graph = compile_decode_step()
             self._choose_one_row_form()
             self._warm_up()
 

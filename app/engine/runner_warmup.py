@@ -9,18 +9,22 @@ allocated, and nothing reads what they wrote.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from app.engine.request import RequestKind
 from app.engine.sampling_plan import SamplingPlan
 from app.engine.scheduler import ScheduledSeq, SchedulerOutput
 from app.modeling.attention import PagedKVCache
+from app.modeling.attention_kernel import kernel_decode_attention, kernel_serves
 from app.modeling.config import Task
-from app.modeling.decode_step import faster_one_row_form
-from app.modeling.timing import paired_seconds
+from app.modeling.decode_step import StepFn, compile_decode_step, faster_one_row_form
+from app.modeling.timing import paired_seconds, speedup
 
 if TYPE_CHECKING:
     from app.engine.runner import ModelRunner
+
+KERNEL_MIN_GAIN = 1.05  # the attention kernel must beat the reductions by this much
 
 
 def measuring_step(cache: PagedKVCache, context: int, draft: tuple[int, ...] = ()
@@ -71,6 +75,8 @@ def warm_up(runner: ModelRunner) -> None:
     runner.step = step
     if step is not None:
         runner.compile_reason += "; " + _choose_one_row_form(runner)
+        runner.compile_reason += "; " + _choose_decode_attention(runner, [
+            seq(i, 0, 1) for i in range(2, 10)])
         _warm_up_steps(runner, steps)
 
 def _choose_one_row_form(runner: ModelRunner, context: int = 48) -> str:
@@ -85,6 +91,36 @@ def _choose_one_row_form(runner: ModelRunner, context: int = 48) -> str:
     runner.one_row_gemv, gain = faster_one_row_form(run)
     form = "multiply-and-reduce" if runner.one_row_gemv else "plain products"
     return f"one-row steps as {form} (multiply-and-reduce measured {gain:.2f}x)"
+
+def _choose_decode_attention(runner: ModelRunner, rows: list[ScheduledSeq],
+                             context: int = 96) -> str:
+    """Time a decode step of `rows` (placed at `context` cached tokens) with attention as
+    the compiled reductions and through our C++ kernel (app.modeling.attention_kernel),
+    each in its own step graph, and keep the faster for the step and the piecewise
+    decode path alike; a line for the compile reason."""
+    if not kernel_serves(runner.device, runner.loaded.dtype):
+        return "decode attention: compiled reductions (the C++ kernel cannot serve here)"
+    bs, blocks = runner.cache.block_size, runner.cache.num_blocks
+    at = [item._replace(start=context, block_table=tuple(
+        (i * 16 + b) % blocks for b in range(-(-(context + 1) // bs))))
+        for i, item in enumerate(rows)]
+    out = SchedulerOutput(tuple(at))
+    reductions, kernel = runner.step, compile_decode_step(kernel_attention=True)
+
+    def run(step: StepFn | None) -> Callable[[], object]:
+        def go() -> None:
+            runner.step = step
+            runner.execute(out, SamplingPlan())
+        return go
+
+    gain = speedup(run(reductions), run(kernel), 7)
+    chosen = gain >= KERNEL_MIN_GAIN
+    runner.step = kernel if chosen else reductions
+    if chosen:
+        runner.decode = kernel_decode_attention
+    return (f"decode attention: {'C++ kernel' if chosen else 'compiled reductions'} (the "
+            f"kernel measured {gain:.2f}x on a step of {len(rows)} rows)")
+
 
 def _warm_up_steps(runner: ModelRunner, steps: list[list[ScheduledSeq]]) -> None:
     for scheduled in steps:

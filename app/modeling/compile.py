@@ -29,7 +29,6 @@ from functools import cache
 import torch
 
 from app.modeling.attention import DecodeFn, decode_attention
-from app.modeling.attention_kernel import faster_decode_attention, kernel_decode_attention
 from app.modeling.config import Task
 from app.modeling.decode_step import StepFn, compile_decode_step
 from app.modeling.timing import speedup
@@ -131,12 +130,10 @@ def compile_model(model: Transformer, device: torch.device, mode: str) -> Compil
         post_attention=torch.compile(Block.post_attention, dynamic=None),
         logits=torch.compile(lm_logits, dynamic=None),
         gemv_rows=gemv_rows, compiled=True)
-    cfg = model.config
-    kernel, attention = (faster_decode_attention(cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
-                                                 model.embed.weight.dtype)
-                         if device.type == "cpu" else (False, "decode attention: compiled"))
-    decode = kernel_decode_attention if kernel else torch.compile(decode_attention, dynamic=None)
-    step = compile_decode_step(kernel) if cfg.task is Task.CAUSAL_LM else None
+    # decode attention: the compiled reductions here; the runner's warm-up may measure
+    # our kernel faster in its step and switch (app.engine.runner_warmup)
+    decode = torch.compile(decode_attention, dynamic=None)
+    step = compile_decode_step() if model.config.task is Task.CAUSAL_LM else None
     measured = ", ".join(f"{rows} row{'s' * (rows > 1)} {gain:.2f}x"
                          for rows, gain in gains.items())
     reason = (f"on: inductor; multiply-and-reduce products up to {gemv_rows} rows "
@@ -144,5 +141,4 @@ def compile_model(model: Transformer, device: torch.device, mode: str) -> Compil
               if measure_gemv else "on: inductor; quantized products as custom ops")
     if step is not None:
         reason += "; decode steps as one graph"
-    reason += f"; {attention}"
     return CompiledModel(ops, decode, reason, step)

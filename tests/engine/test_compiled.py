@@ -13,6 +13,7 @@ from torch._dynamo.utils import counters
 
 from app.checkpoint import load_model
 from app.engine import runner as runner_module
+from app.engine import runner_warmup
 from app.engine.engine import Engine
 from app.engine.request import RequestKind
 from app.engine.sampling_plan import SamplingPlan
@@ -115,16 +116,21 @@ def test_speculation_measured_too_costly_is_off_and_said(with_engine: Any) -> No
     assert said is not None and said.startswith("off: a step scoring 5 tokens costs")
 
 
-def test_the_warm_up_traces_every_decode_step_graph(hf_checkpoint: Any,
+@pytest.mark.parametrize("attention", ["C++ kernel", "compiled reductions"])
+def test_the_warm_up_traces_every_decode_step_graph(hf_checkpoint: Any, attention: str,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """Decode steps of any row count (each few-rows kernel's range, and past it) and any
-    context run graphs the warm-up traced: nothing compiles while serving."""
+    context run graphs the warm-up traced: nothing compiles while serving, whichever
+    decode attention the warm-up's measurement keeps (forced here both ways)."""
     monkeypatch.setattr(runner_module, "choose_few_rows",
                         lambda *_: (FewRows(4, 8), "2-4 / 2-8 rows (test)"))
+    monkeypatch.setattr(runner_warmup, "KERNEL_MIN_GAIN",
+                        0.0 if attention == "C++ kernel" else float("inf"))
     loaded = load_model(hf_checkpoint("llama_gqa_llama3")[0], dtype="float32", device="cpu")
     runner = runner_module.ModelRunner(loaded, 256, 4, compile_mode="on", prepack="on")
     runner.prepare()
     assert runner.step is not None
+    assert f"decode attention: {attention}" in runner.compile_reason
     graphs = dict(counters["stats"])
     ran = 0
     for rows in (1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 20):

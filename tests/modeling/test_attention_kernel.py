@@ -1,8 +1,8 @@
 """Decode attention through the C++ kernel (app/kernels/paged_attention.cpp): the same
 results as the reductions it replaces (`attention.decode_attention`), for float32 and
 bfloat16, grouped and plain heads, every context length around block boundaries, one row
-and many; each row's result independent of the batch; bad tables refused; and the
-startup choice measured and reported."""
+and many; each row's result independent of the batch; bad tables refused. The startup
+choice between the two is tested with the runner (tests/engine/test_compiled.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from app.modeling.attention import decode_attention
-from app.modeling.attention_kernel import faster_decode_attention, kernel_decode_attention
+from app.modeling.attention_kernel import kernel_decode_attention, kernel_serves
 from app.modeling.quant_kernels import cpp_ops
 from tests.helpers import require_cpp_kernels
 
@@ -25,7 +25,8 @@ def cache(blocks: int, block_size: int, kv_heads: int, head_dim: int, dtype: tor
           seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     gen = torch.Generator().manual_seed(seed)
     shape = (blocks, block_size, kv_heads, head_dim)
-    return (torch.randn(shape, generator=gen).to(dtype), torch.randn(shape, generator=gen).to(dtype))
+    k = torch.randn(shape, generator=gen).to(dtype)
+    return k, torch.randn(shape, generator=gen).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -69,8 +70,8 @@ def test_a_table_too_short_is_refused() -> None:
                                 torch.tensor([6]))
 
 
-def test_choice_is_measured_and_reported() -> None:
-    chosen, line = faster_decode_attention(8, 4, 32, torch.float32)
-    assert isinstance(chosen, bool)
-    assert line.startswith("decode attention: ") and "the kernel measured" in line
-    assert faster_decode_attention(8, 4, 32, torch.float16)[0] is False
+def test_kernel_serves_float_caches_on_a_cpu() -> None:
+    cpu = torch.device("cpu")
+    assert kernel_serves(cpu, torch.float32) and kernel_serves(cpu, torch.bfloat16)
+    assert not kernel_serves(cpu, torch.float16)
+    assert not kernel_serves(torch.device("cuda"), torch.float32)
