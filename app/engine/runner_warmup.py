@@ -74,9 +74,11 @@ def warm_up(runner: ModelRunner) -> None:
     _warm_up_steps(runner, steps)
     runner.step = step
     if step is not None:
-        runner.compile_reason += "; " + _choose_one_row_form(runner)
+        # attention first: the one-row graphs are then traced once, with the attention
+        # kept (each choice traces a graph per candidate; the second pass the rest)
         runner.compile_reason += "; " + _choose_decode_attention(runner, [
             seq(i, 0, 1) for i in range(2, 10)])
+        runner.compile_reason += "; " + _choose_one_row_form(runner)
         _warm_up_steps(runner, steps)
 
 def _choose_one_row_form(runner: ModelRunner, context: int = 48) -> str:
