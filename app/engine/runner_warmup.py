@@ -103,9 +103,9 @@ def _choose_decode_attention(runner: ModelRunner, rows: list[ScheduledSeq],
     if not kernel_serves(runner.device, runner.loaded.dtype):
         return "decode attention: compiled reductions (the C++ kernel cannot serve here)"
     bs, blocks = runner.cache.block_size, runner.cache.num_blocks
+    width = -(-(context + 1) // bs)  # each row's own blocks, side by side
     at = [item._replace(start=context, block_table=tuple(
-        (i * 16 + b) % blocks for b in range(-(-(context + 1) // bs))))
-        for i, item in enumerate(rows)]
+        (i * width + b) % blocks for b in range(width))) for i, item in enumerate(rows)]
     out = SchedulerOutput(tuple(at))
     reductions, kernel = runner.step, compile_decode_step(kernel_attention=True)
 
