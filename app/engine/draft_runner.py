@@ -38,7 +38,7 @@ from app.engine.scheduler import SchedulerOutput
 from app.modeling.attention import PagedAttention, PagedKVCache, build_paged_batch
 from app.modeling.config import Task
 from app.modeling.decode_step import (
-    StepFn,
+    CompiledStep,
     compile_decode_step,
     decode_rows,
     faster_one_row_form,
@@ -116,7 +116,7 @@ class DraftRunner:
         # beyond its table (k positions span at most k // block_size + 2 blocks)
         self.spare_per_seq = k // block_size + 2
         self._cache: PagedKVCache | None = None
-        self.graph: StepFn | None = None  # decode forwards as one compiled graph
+        self.graph: CompiledStep | None = None  # decode forwards as one compiled graph
         self.one_row_gemv = False  # the graph's one-row form (measured in prepare)
         # what the draft costs (bench/speculative.py reads them): its steps, forwards, time
         self.steps, self.forwards, self.seconds = 0, 0, 0.0

@@ -26,8 +26,8 @@ from app.modeling.attention import DecodeFn, PagedAttention, PagedKVCache, build
 from app.modeling.compile import CompileError, compile_model
 from app.modeling.config import Task
 from app.modeling.decode_step import (
+    CompiledStep,
     DecodeRows,
-    StepFn,
     decode_rows,
     run_decode_step,
 )
@@ -88,7 +88,7 @@ class ModelRunner:
         self.pack_reason = "not packed (not prepared)"
         self.quantization = describe_quantization(self.model)
         self.decode: DecodeFn | None = None
-        self.step: StepFn | None = None  # a decode step as one graph, when compiled
+        self.step: CompiledStep | None = None  # a decode step as one graph, when compiled
         self.one_row_gemv = False  # its one-row form (measured in prepare)
         # LoRA adapters (app.engine.lora_slots); max_loras 0: none, nothing on the hot path
         self.adapters = AdapterSlots(self.model, max_loras, max_lora_rank)

@@ -18,7 +18,7 @@ from app.engine.scheduler import ScheduledSeq, SchedulerOutput
 from app.modeling.attention import PagedKVCache
 from app.modeling.attention_kernel import kernel_decode_attention, kernel_serves
 from app.modeling.config import Task
-from app.modeling.decode_step import StepFn, compile_decode_step, faster_one_row_form
+from app.modeling.decode_step import CompiledStep, compile_decode_step, faster_one_row_form
 from app.modeling.timing import paired_seconds, speedup
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def _choose_decode_attention(runner: ModelRunner, rows: list[ScheduledSeq],
     out = SchedulerOutput(tuple(at))
     reductions, kernel = runner.step, compile_decode_step(kernel_attention=True)
 
-    def run(step: StepFn | None) -> Callable[[], object]:
+    def run(step: CompiledStep | None) -> Callable[[], object]:
         def go() -> None:
             runner.step = step
             runner.execute(out, SamplingPlan())

@@ -30,7 +30,7 @@ import torch
 
 from app.modeling.attention import DecodeFn, decode_attention
 from app.modeling.config import Task
-from app.modeling.decode_step import StepFn, compile_decode_step
+from app.modeling.decode_step import CompiledStep, compile_decode_step
 from app.modeling.timing import speedup
 from app.modeling.transformer import Block, ForwardOps, Transformer, dense, lm_logits
 
@@ -52,7 +52,7 @@ class CompiledModel:
     ops: ForwardOps
     decode: DecodeFn | None
     reason: str  # why compiled or not, for the startup log and /v1/info
-    step: StepFn | None = None  # a whole decode step as one graph (app.modeling.decode_step)
+    step: CompiledStep | None = None  # a whole decode step as one graph (app.modeling.decode_step)
 
 
 def _configure_dynamo() -> None:

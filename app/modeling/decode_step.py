@@ -22,8 +22,7 @@ more with adapters), all traced by the runner's warm-up.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 
 import torch
@@ -38,6 +37,7 @@ from app.modeling.attention import (
     slots_for,
 )
 from app.modeling.attention_kernel import kernel_decode_attention
+from app.modeling.direct_call import DirectCompiled
 from app.modeling.lora import LoraStep
 from app.modeling.rope import rope_cos_sin
 from app.modeling.timing import speedup
@@ -110,23 +110,50 @@ def decode_step(model: Transformer, input_ids: Tensor, positions: Tensor, k_laye
     return lm_logits(model, model.norm(x)[0], gemv)  # (N, vocab)
 
 
-StepFn = Callable[..., Tensor]
+class CompiledStep:
+    """`decode_step` compiled, with its decode attention fixed; called without Dynamo's
+    guards once each kind of step has been traced (app.modeling.direct_call)."""
+
+    def __init__(self, kernel_attention: bool = False) -> None:
+        self.kernel_attention = kernel_attention
+        self.graph = DirectCompiled(decode_step, dynamic=None)
 
 
-def compile_decode_step(kernel_attention: bool = False) -> StepFn:
-    return torch.compile(functools.partial(decode_step, kernel_attention=kernel_attention),
-                         dynamic=None)
+def compile_decode_step(kernel_attention: bool = False) -> CompiledStep:
+    return CompiledStep(kernel_attention)
 
 
-def run_decode_step(step: StepFn, model: Transformer, input_ids: Tensor, positions: Tensor,
-                    cache: PagedKVCache, rows: DecodeRows, one_row_gemv: bool,
-                    lora: LoraStep | None = None) -> Tensor:
+def step_kind(rows: int, gemv: bool, lora: LoraStep | None) -> Hashable:
+    """What picks one traced graph of the step over another: one row or several (a size
+    of 1 is never symbolic), the product form, the adapters' inputs (which are present,
+    their ranks, which sizes are 1), and the autograd mode."""
+    adapters = None if lora is None else (
+        tuple(min(d, 2) for d in lora.mask.shape), lora.mask.dtype, lora.slots is None,
+        len(lora.stacked), len(lora.layers))
+    return rows == 1, gemv, adapters, torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+
+
+def run_decode_step(step: CompiledStep, model: Transformer, input_ids: Tensor,
+                    positions: Tensor, cache: PagedKVCache, rows: DecodeRows,
+                    one_row_gemv: bool, lora: LoraStep | None = None) -> Tensor:
     """Call the compiled step with its symbolic dimensions marked: the row count above
     one (one row keeps a graph of its own) and the table width. Only one row takes
     the multiply-and-reduce form (with `one_row_gemv`: see `faster_one_row_form`):
     a graph of its own for each of 2-4 rows would mean a whole-model compile each, and
-    a few rows have their own kernel (app.modeling.few_rows)."""
+    a few rows have their own kernel (app.modeling.few_rows). A kind of step already
+    traced runs its graph directly (the marks only matter to tracing)."""
     n = rows.tables.shape[0]
+    gemv = n == 1 and one_row_gemv
+    kind = step_kind(n, gemv, lora)
+    if not step.graph.ready(kind):
+        _mark_dynamic(n, rows, input_ids, positions, lora)
+    return step.graph(kind, model, input_ids, positions, cache.k, cache.v, rows.slots,
+                      rows.tables, rows.lens, cache.block_size, gemv, lora,
+                      kernel_attention=step.kernel_attention)
+
+
+def _mark_dynamic(n: int, rows: DecodeRows, input_ids: Tensor, positions: Tensor,
+                  lora: LoraStep | None) -> None:
     if n > 1:
         for t in (input_ids, positions, rows.slots, rows.tables, rows.lens):
             torch._dynamo.mark_dynamic(t, 0)
@@ -137,8 +164,6 @@ def run_decode_step(step: StepFn, model: Transformer, input_ids: Tensor, positio
     if lora is not None and lora.mask.dim() == 2 and lora.mask.shape[1] > 1:
         torch._dynamo.mark_dynamic(lora.mask, 1)  # rows per slot
     torch._dynamo.mark_dynamic(rows.tables, 1)  # at least 2 (decode_rows)
-    return step(model, input_ids, positions, cache.k, cache.v, rows.slots, rows.tables,
-                rows.lens, cache.block_size, n == 1 and one_row_gemv, lora)
 
 
 def faster_one_row_form(run_one_row: Callable[[bool], object]) -> tuple[bool, float]:

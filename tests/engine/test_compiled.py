@@ -132,6 +132,7 @@ def test_the_warm_up_traces_every_decode_step_graph(hf_checkpoint: Any, attentio
     assert runner.step is not None
     assert f"decode attention: {attention}" in runner.compile_reason
     graphs = dict(counters["stats"])
+    guarded, direct = runner.step.graph.guarded_calls, runner.step.graph.direct_calls
     ran = 0
     for rows in (1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 20):
         for context in (2, 9, 30):
@@ -144,3 +145,7 @@ def test_the_warm_up_traces_every_decode_step_graph(hf_checkpoint: Any, attentio
             ran += 1
     assert dict(counters["stats"]) == graphs, "a decode step compiled while serving"
     assert ran == 33
+    # and every step that took the graph called it directly, past Dynamo's guards
+    # (app.modeling.direct_call): each kind of step was identified in the warm-up
+    assert runner.step.graph.guarded_calls == guarded
+    assert runner.step.graph.direct_calls == direct + ran
