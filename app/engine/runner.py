@@ -149,6 +149,8 @@ class ModelRunner:
         """Drop what prepare() added outside the model's own tensors (packed weights)."""
         drop_few_rows(self.model)
         unpack_model(self.model)
+        if self.step is not None:  # its direct calls read modules that are gone now
+            self.step.graph.forget()
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput, plan: SamplingPlan, *,

@@ -123,14 +123,20 @@ def compile_decode_step(kernel_attention: bool = False) -> CompiledStep:
     return CompiledStep(kernel_attention)
 
 
-def step_kind(rows: int, gemv: bool, lora: LoraStep | None) -> Hashable:
-    """What picks one traced graph of the step over another: one row or several (a size
-    of 1 is never symbolic), the product form, the adapters' inputs (which are present,
-    their ranks, which sizes are 1), and the autograd mode."""
+def step_kind(model: Transformer, rows: DecodeRows, block_size: int, gemv: bool,
+              lora: LoraStep | None) -> Hashable:
+    """Everything about a step's arguments that may pick one traced graph over another:
+    every size that varies between steps (the row count, the table width, the adapters'
+    shapes: a size range, such as the few-rows kernel's 2-4 rows, is a guard of its own),
+    the flags, which optional inputs are present, and the autograd mode. Each new kind's
+    first call is a guarded one (app.modeling.direct_call), so a kind too fine costs one
+    guard evaluation, where one too coarse would call the wrong graph."""
     adapters = None if lora is None else (
-        tuple(min(d, 2) for d in lora.mask.shape), lora.mask.dtype, lora.slots is None,
-        len(lora.stacked), len(lora.layers))
-    return rows == 1, gemv, adapters, torch.is_inference_mode_enabled(), torch.is_grad_enabled()
+        lora.mask.shape, lora.mask.dtype, None if lora.slots is None else lora.slots.shape,
+        tuple(t.shape for t in lora.stacked),
+        len(lora.layers), tuple(t.shape for t in lora.layers[0]) if lora.layers else ())
+    return (id(model), rows.tables.shape, block_size, gemv, adapters,
+            torch.is_inference_mode_enabled(), torch.is_grad_enabled())
 
 
 def run_decode_step(step: CompiledStep, model: Transformer, input_ids: Tensor,
@@ -144,7 +150,7 @@ def run_decode_step(step: CompiledStep, model: Transformer, input_ids: Tensor,
     traced runs its graph directly (the marks only matter to tracing)."""
     n = rows.tables.shape[0]
     gemv = n == 1 and one_row_gemv
-    kind = step_kind(n, gemv, lora)
+    kind = step_kind(model, rows, cache.block_size, gemv, lora)
     if not step.graph.ready(kind):
         _mark_dynamic(n, rows, input_ids, positions, lora)
     return step.graph(kind, model, input_ids, positions, cache.k, cache.v, rows.slots,

@@ -8,14 +8,18 @@ threads; `python -m bench.engine_pair`, docs/PERFORMANCE.md). vLLM skips it the 
 once a graph is traced, its transformed bytecode is called directly.
 
 How: the caller names each call's kind with a key that holds everything about the
-arguments which picks one traced graph over another (row count 1 or more, the flags, which
-optional inputs are present). The first call of a key goes through `torch.compile` as
-usual (tracing if needed); then the cache entry whose guards pass for those arguments is
-looked up and its bytecode bound as a plain function, which later calls of that key run
-directly. What the key leaves out still fails loudly, never silently: the graph checks
-every tensor's size and stride on entry (inductor's size asserts: such a call is then
-answered by the guarded path), and every `CHECK_EVERY` direct calls of a key its graph's
-guards run once; a failing check drops the key back to the guarded path and logs why.
+arguments which may pick one traced graph over another: every tensor size that varies
+between calls (a symbolic size still picks a graph when the code branches on a range of
+it), the flags, which optional inputs are present. The first call of a key goes through
+`torch.compile` as usual (tracing if needed); then the cache entry whose guards pass for
+those arguments is looked up and its bytecode bound as a plain function, which later
+calls of that key run directly. The key is the caller's contract: a key too fine costs
+one guard evaluation per new key, one too coarse would run a graph traced for other
+arguments. Two nets under it: the graph checks every tensor's size and stride on entry
+(inductor's size asserts; such a call is answered by the guarded path), and every
+`CHECK_EVERY` direct calls of a key its guards run once, a failing check dropping the key
+back to the guarded path with a warning. The decode step's test calls every direct call
+through the guards as well and compares the two bit for bit.
 
 Falls back to the guarded call, for good, where no entry can be identified (a graph break
 split the function, or a torch without the introspection used here).
@@ -47,6 +51,7 @@ class DirectCompiled:
         # key -> (the traced bytecode as a function, its guards), or None: guarded calls
         self._direct: dict[Hashable, tuple[Callable[..., Any], Any] | None] = {}
         self._since_check: dict[Hashable, int] = {}
+        self._bound: dict[types.CodeType, Callable[..., Any]] = {}  # one per graph
         self.direct_calls = 0  # for tests and the curious
         self.guarded_calls = 0
 
@@ -83,6 +88,7 @@ class DirectCompiled:
         """Drop every key (the model's structure changed: a later call re-identifies)."""
         self._direct.clear()
         self._since_check.clear()
+        self._bound.clear()
 
     def _locals(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         bound = self._signature.bind(*args, **kwargs)
@@ -112,9 +118,12 @@ class DirectCompiled:
                     log.info("%s: a graph break splits it; calls stay guarded",
                              self.fn.__name__)
                     return None
-                fn = types.FunctionType(code, self.fn.__globals__, self.fn.__name__,
-                                        self.fn.__defaults__, self.fn.__closure__)
-                fn.__kwdefaults__ = self.fn.__kwdefaults__
+                fn = self._bound.get(code)
+                if fn is None:
+                    fn = types.FunctionType(code, self.fn.__globals__, self.fn.__name__,
+                                            self.fn.__defaults__, self.fn.__closure__)
+                    fn.__kwdefaults__ = self.fn.__kwdefaults__
+                    self._bound[code] = fn
                 return fn, entry.guard_manager
         except Exception as exc:  # torch without this introspection: stay guarded
             log.info("%s: no direct call (%r); calls stay guarded", self.fn.__name__, exc)
