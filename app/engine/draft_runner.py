@@ -263,7 +263,8 @@ class DraftRunner:
         context_lens = [s.start + len(s.tokens) for s in spans]
         tables = [s.table for s in spans]
         rows = None if self.graph is None else decode_rows(
-            query_lens, context_lens, tables, self.block_size, self.device)
+            query_lens, context_lens, tables, self.block_size, self.device,
+            any_lengths=self.graph.kernel_attention)
         if self.graph is not None and rows is not None:
             logits: Tensor = run_decode_step(
                 self.graph, self.model, torch.tensor(ids, device=self.device),

@@ -176,7 +176,8 @@ class ModelRunner:
         context_lens = [i.start + i.num_new_tokens for i in items]
         tables = [list(i.block_table) for i in items]
         if self.step is not None and self._decode_rows_only(items):
-            rows = decode_rows(query_lens, context_lens, tables, self.block_size, self.device)
+            rows = decode_rows(query_lens, context_lens, tables, self.block_size, self.device,
+                               any_lengths=self.step.kernel_attention)
             if rows is not None:
                 return self._execute_step(items, ids, positions, rows, plan, lora)
         batch = build_paged_batch(query_lens, context_lens, tables, self.block_size,

@@ -10,9 +10,11 @@ the same reason.
 
 When: every new token of the step is a decode row (app.modeling.attention: one new
 token over a cached context, or a verification step's last token and guesses) of a
-language model, every row's logits are wanted, and the rows' context lengths fit one
-decode group (`DECODE_BUCKET_RATIO`, so padding the
-attention to the longest row costs no more than the piecewise path's grouping would).
+language model, every row's logits are wanted, and either the decode attention is the
+C++ kernel (which reads each row's own length: rows of any lengths share the step) or
+the rows' context lengths fit one decode group (`DECODE_BUCKET_RATIO`, so padding the
+compiled reductions to the longest row costs no more than the piecewise path's grouping
+would).
 Any other step (prompt chunks, scoring, embeddings) runs the piecewise path. LoRA
 adapters ride along as in `Transformer.forward`.
 
@@ -54,10 +56,13 @@ class DecodeRows:
 
 
 def decode_rows(query_lens: list[int], context_lens: list[int], block_tables: list[list[int]],
-                block_size: int, device: torch.device) -> DecodeRows | None:
+                block_size: int, device: torch.device, any_lengths: bool = False
+                ) -> DecodeRows | None:
     """The step's rows for the one-graph path, or None where it does not apply (a
     sequence with nothing cached or more new tokens than a verification brings, or
-    context lengths too far apart for one padded attention call)."""
+    context lengths too far apart for one padded attention call). `any_lengths`: the
+    step's attention reads each row's own length and no padding (the C++ kernel), so
+    rows of any lengths share the call."""
     slots: list[int] = []
     tables: list[list[int]] = []
     lens: list[int] = []
@@ -68,7 +73,7 @@ def decode_rows(query_lens: list[int], context_lens: list[int], block_tables: li
         for row_table, row_ctx in decode_rows_of(table, ctx, q_len, block_size):
             tables.append(row_table)
             lens.append(row_ctx)
-    if max(lens) > DECODE_BUCKET_RATIO * min(lens):
+    if not any_lengths and max(lens) > DECODE_BUCKET_RATIO * min(lens):
         return None
     # at least two blocks wide: a one-block width would be a graph of its own (a size-1
     # dimension is never symbolic), one more whole-model compile for the few steps whose
