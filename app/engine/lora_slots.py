@@ -13,6 +13,8 @@ from torch import Tensor
 from app.modeling.lora import MODULES, AdapterError, LoraAdapter, LoraStep, fused_sizes
 from app.modeling.transformer import Transformer
 
+PER_TOKEN_KEPT = 256  # compiled-form inputs kept for reuse (the step's slots and lengths)
+
 
 class AdapterSlots:
     """The adapters known to one model, and the at most `max_loras` resident in its slots.
@@ -36,6 +38,9 @@ class AdapterSlots:
         self._stacked: tuple[Tensor, ...] = ()  # every layer's: (L, max_loras, R, in|out)
         self._all_views: tuple[tuple[Tensor, ...], ...] = ()
         self._slot_views: list[tuple[tuple[Tensor, ...], ...]] = []
+        # the compiled form's inputs, by (slots, token counts): decode steps repeat them
+        # token after token, and the graph only reads them
+        self._per_token: dict[tuple[tuple[int, ...], tuple[int, ...]], LoraStep] = {}
 
     def allocate(self) -> None:
         """The slot buffers, zeroed: called by the runner's prepare(), on the compute
@@ -180,6 +185,9 @@ class AdapterSlots:
             return None
         weight = self.model.embed.weight
         if len(used) == 1 or compiled:
+            key = (tuple(slots), tuple(lengths))
+            if compiled and key in self._per_token:
+                return self._per_token[key]
             # built in Python: a decode step's few rows cost less as lists than as ops
             per_token = [s for s, n in zip(slots, lengths, strict=True) for _ in range(n)]
             mask = torch.tensor([[[1.0] if s >= 0 else [0.0] for s in per_token]],
@@ -188,8 +196,12 @@ class AdapterSlots:
                 return LoraStep(mask, self._slot_views[used[0]])
             # every layer's buffers as 8 graph inputs, not 8 per layer (each input costs
             # guard checks on every call); base rows read slot 0, the mask zeroes them
-            return LoraStep(mask, (), slots=torch.tensor(
+            step = LoraStep(mask, (), slots=torch.tensor(
                 [[max(s, 0) for s in per_token]], device=weight.device), stacked=self._stacked)
+            if len(self._per_token) >= PER_TOKEN_KEPT:
+                self._per_token.clear()
+            self._per_token[key] = step
+            return step
         # per slot, its token rows; padded to the longest with the zero row's index
         rows: list[list[int]] = [[] for _ in range(self.max_loras)]
         offset = 0
