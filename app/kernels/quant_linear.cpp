@@ -133,26 +133,39 @@ inline float dot_i4(const float* x, const float* xsum, const uint8_t* q,
   return hsum(total) + offset;
 }
 
-// y[i][j] = x_i . w_j for 4 rows of x and 4 rows of (widened) w at once: 16 vector
-// accumulators, 8 vector loads per 16 multiply-adds.
-// x: xr rows (<= 4) of k floats, stride k; w: wr rows (<= 4) of k floats, stride k;
+// y[i][j] = x_i . w_j for XR (<= 4) rows of x and 4 rows of (widened) w at once: up to 16
+// vector accumulators, 4 + XR vector loads per 4 * XR multiply-adds. A block's row count
+// is a template argument so that 5 rows cost a block of 4 and a block of 1, not two of 4
+// (a speculative verification step scores 5): each output's sum is the same whatever its
+// block's row count, so a row's result does not depend on its batch.
+// x: XR rows of k floats, stride k; w: wr rows (<= 4) of k floats, stride k;
 // out[i * out_stride + j]. k must be a multiple of kVec (checked by the caller).
-inline void block_4x4(const float* x, int xr, const float* w, int wr, int64_t k, float* out,
-                      int64_t out_stride) {
-  vfloat acc[4][4] = {};
-  const float* xp[4];
+template <int XR>
+inline void block_rows(const float* x, const float* w, int wr, int64_t k, float* out,
+                       int64_t out_stride) {
+  vfloat acc[XR][4] = {};
   const float* wp[4];
-  for (int i = 0; i < 4; ++i) xp[i] = x + std::min(i, xr - 1) * k;
   for (int j = 0; j < 4; ++j) wp[j] = w + std::min(j, wr - 1) * k;
   for (int64_t c = 0; c < k; c += kVec) {
-    vfloat xv[4], wv[4];
-    for (int i = 0; i < 4; ++i) xv[i] = load(xp[i] + c);
+    vfloat wv[4];
     for (int j = 0; j < 4; ++j) wv[j] = load(wp[j] + c);
-    for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 4; ++j) acc[i][j] += xv[i] * wv[j];
+    for (int i = 0; i < XR; ++i) {
+      const vfloat xv = load(x + i * k + c);
+      for (int j = 0; j < 4; ++j) acc[i][j] += xv * wv[j];
+    }
   }
-  for (int i = 0; i < xr; ++i)
+  for (int i = 0; i < XR; ++i)
     for (int j = 0; j < wr; ++j) out[i * out_stride + j] = hsum(acc[i][j]);
+}
+
+inline void block_4x4(const float* x, int xr, const float* w, int wr, int64_t k, float* out,
+                      int64_t out_stride) {
+  switch (xr) {
+    case 1: block_rows<1>(x, w, wr, k, out, out_stride); break;
+    case 2: block_rows<2>(x, w, wr, k, out, out_stride); break;
+    case 3: block_rows<3>(x, w, wr, k, out, out_stride); break;
+    default: block_rows<4>(x, w, wr, k, out, out_stride); break;
+  }
 }
 
 // Several rows of x against a tile of widened weight rows.
@@ -278,25 +291,36 @@ inline __m512bh load_bh(const uint16_t* p) {
   return out;
 }
 
-// x: xr (<= 4) rows of k bf16; w: wr (<= 4) rows of k bf16; k a multiple of 32.
-inline void block_4x4_bf16(const uint16_t* x, int xr, const uint16_t* w, int wr, int64_t k,
-                           float* out, int64_t out_stride) {
-  __m512 acc[4][4];
-  for (int i = 0; i < 4; ++i)
+// x: XR (<= 4) rows of k bf16; w: wr (<= 4) rows of k bf16; k a multiple of 32. The row
+// count is a template argument, as in block_rows.
+template <int XR>
+inline void block_rows_bf16(const uint16_t* x, const uint16_t* w, int wr, int64_t k,
+                            float* out, int64_t out_stride) {
+  __m512 acc[XR][4];
+  for (int i = 0; i < XR; ++i)
     for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_setzero_ps();
-  const uint16_t* xp[4];
   const uint16_t* wp[4];
-  for (int i = 0; i < 4; ++i) xp[i] = x + std::min(i, xr - 1) * k;
   for (int j = 0; j < 4; ++j) wp[j] = w + std::min(j, wr - 1) * k;
   for (int64_t c = 0; c < k; c += 32) {
-    __m512bh xv[4], wv[4];
-    for (int i = 0; i < 4; ++i) xv[i] = load_bh(xp[i] + c);
+    __m512bh wv[4];
     for (int j = 0; j < 4; ++j) wv[j] = load_bh(wp[j] + c);
-    for (int i = 0; i < 4; ++i)
-      for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv[i], wv[j]);
+    for (int i = 0; i < XR; ++i) {
+      const __m512bh xv = load_bh(x + i * k + c);
+      for (int j = 0; j < 4; ++j) acc[i][j] = _mm512_dpbf16_ps(acc[i][j], xv, wv[j]);
+    }
   }
-  for (int i = 0; i < xr; ++i)
+  for (int i = 0; i < XR; ++i)
     for (int j = 0; j < wr; ++j) out[i * out_stride + j] = _mm512_reduce_add_ps(acc[i][j]);
+}
+
+inline void block_4x4_bf16(const uint16_t* x, int xr, const uint16_t* w, int wr, int64_t k,
+                           float* out, int64_t out_stride) {
+  switch (xr) {
+    case 1: block_rows_bf16<1>(x, w, wr, k, out, out_stride); break;
+    case 2: block_rows_bf16<2>(x, w, wr, k, out, out_stride); break;
+    case 3: block_rows_bf16<3>(x, w, wr, k, out, out_stride); break;
+    default: block_rows_bf16<4>(x, w, wr, k, out, out_stride); break;
+  }
 }
 
 // y (m, n) = x (m, k, bf16) . W^T, W's rows widened to bf16 a tile at a time by
