@@ -40,10 +40,11 @@ loops. In eager, per token would copy each token's weights (+547 % at 32 rows), 
 grouped form is the cheapest for several adapters (+55 %; every slot masked +79 %, a loop
 per adapter +128 %, segments +74 %); one slot alone costs +32 %.
 
-In the engine (bench/lora.py, docs/PERFORMANCE.md, nine runs): 32 concurrent requests
-over 4 adapters 0.83-0.87x the base's tokens/s with the per-token form (0.67x grouped),
-batch-1 with an adapter 0.79-0.91x (median 0.82x: there each adapted module's two loops
-cost more than their arithmetic).
+In the engine (bench/lora.py, docs/PERFORMANCE.md, five runs on AMD EPYC Zen 5): 32
+concurrent requests over 4 adapters 0.82-0.90x the base's tokens/s with the per-token
+form (0.67x grouped), median 0.87x; batch-1 with an adapter 0.84-0.92x, median 0.87x,
+once the step is called past Dynamo's guards and its LoRA inputs are reused (0.82x
+before: each adapted module's two loops still cost more than their arithmetic).
 """
 
 from __future__ import annotations
