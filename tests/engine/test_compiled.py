@@ -19,6 +19,7 @@ from app.engine.request import RequestKind
 from app.engine.sampling_plan import SamplingPlan
 from app.engine.scheduler import ScheduledSeq, SchedulerOutput
 from app.engine.speculative import SpeculativeConfig
+from app.modeling.attention import DECODE_BUCKET_RATIO
 from app.modeling.few_rows import FewRows
 from app.sampling_params import SamplingParams
 from tests.engine.test_engine import prompts
@@ -53,6 +54,7 @@ def test_compiled_engine_matches_transformers_and_eager(with_engine: Any, hf_che
         assert engine.runner.model.ops.compiled, engine.runner.compile_reason
         assert engine.runner.pack_reason.startswith("packed")
         assert "few rows: 2-4 rows (test)" in engine.runner.pack_reason
+        assert "decode attention: C++ kernel" in engine.runner.compile_reason
         assert engine.core.proposer is not None  # no startup check asked for: on
         vocab = engine.model_config.vocab_size
         # Next-token distributions of several prompt lengths (one row, a few, many).
@@ -83,19 +85,25 @@ def test_compiled_engine_matches_transformers_and_eager(with_engine: Any, hf_che
             out = await engine.generate(p, params)
             assert out.completions[0].token_ids == transformers_greedy(ref, p, 12)
         assert proposer.num_draft_tokens > 0, "nothing was guessed: nothing tested"
-        # decodes alone and batched went through the one-graph step (batched rows of
-        # lengths far apart too where the attention is the C++ kernel)
+        # decodes alone and batched went through the one-graph step, batched rows of
+        # lengths far apart too (the attention is the C++ kernel here: it reads each
+        # row's own length), and gave a full forward pass's greedy tokens above
         assert step_calls["decode"] > 0 and step_calls["rows"] > 0, step_calls
+        assert step_calls["far apart"] > 0, step_calls
 
-    step_calls = {"decode": 0, "rows": 0}
+    step_calls = {"decode": 0, "rows": 0, "far apart": 0}
     run_step = runner_module.run_decode_step
 
     def counted(*args: Any) -> torch.Tensor:
         rows = args[5]
         step_calls["rows" if rows.lens.numel() > 1 else "decode"] += 1
+        lens = rows.lens.tolist()
+        if max(lens) > DECODE_BUCKET_RATIO * min(lens):
+            step_calls["far apart"] += 1
         return run_step(*args)
 
     monkeypatch.setattr(runner_module, "run_decode_step", counted)
+    monkeypatch.setattr(runner_warmup, "REDUCTIONS_MIN_GAIN", float("inf"))  # the kernel
     # few-row products through the C++ kernel whatever they measure here, to trace them
     monkeypatch.setattr(runner_module, "choose_few_rows",
                         lambda *_: (FewRows(4, 4), "2-4 rows (test)"))
