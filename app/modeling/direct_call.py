@@ -39,6 +39,10 @@ from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 log = logging.getLogger(__name__)
 
 CHECK_EVERY = 1024  # direct calls of a key between two evaluations of its guards
+# Keys kept at most; past it they are all dropped and identified again as they recur (one
+# guarded call each). Exact keys (row count x table width x adapters) are many only on a
+# long-running server with long contexts; this bounds their memory.
+KEYS_KEPT = 4096
 
 
 class DirectCompiled:
@@ -80,6 +84,9 @@ class DirectCompiled:
         self.guarded_calls += 1
         out = self.compiled(*args, **kwargs)
         if key not in self._direct:
+            if len(self._direct) >= KEYS_KEPT:
+                self._direct.clear()
+                self._since_check.clear()
             self._direct[key] = self._find(args, kwargs)
             self._since_check[key] = 0
         return out

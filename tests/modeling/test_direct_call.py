@@ -94,3 +94,16 @@ def test_forget_drops_every_key() -> None:
     assert not f.ready("k")
     torch.testing.assert_close(f("k", x, w, False), scaled_sum(x, w, False))
     assert f.ready("k")
+
+
+def test_keys_past_the_limit_are_dropped_and_identified_again(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(direct_call, "KEYS_KEPT", 2)
+    f = DirectCompiled(scaled_sum, dynamic=True)
+    w = torch.randn(8, 4)
+    xs = {rows: torch.randn(rows, 8) for rows in (2, 3, 4)}
+    for rows, x in xs.items():
+        f(rows, x, w, False)
+    assert f.ready(4) and not f.ready(2) and not f.ready(3)  # the third key dropped two
+    torch.testing.assert_close(f(2, xs[2], w, False), scaled_sum(xs[2], w, False))
+    assert f.ready(2)
