@@ -38,8 +38,7 @@ class AdapterSlots:
         self._stacked: tuple[Tensor, ...] = ()  # every layer's: (L, max_loras, R, in|out)
         self._all_views: tuple[tuple[Tensor, ...], ...] = ()
         self._slot_views: list[tuple[tuple[Tensor, ...], ...]] = []
-        # the compiled form's inputs, by (slots, token counts): decode steps repeat them
-        # token after token, and the graph only reads them
+        # the compiled form's inputs, by (slots, token counts) (see `step`)
         self._per_token: dict[tuple[tuple[int, ...], tuple[int, ...]], LoraStep] = {}
 
     def allocate(self) -> None:
@@ -184,24 +183,24 @@ class AdapterSlots:
         if not used:
             return None
         weight = self.model.embed.weight
-        if len(used) == 1 or compiled:
+        if compiled:
+            # decode steps repeat their slots and token counts token after token, and the
+            # graph only reads these inputs: built once per (slots, counts), then reused
             key = (tuple(slots), tuple(lengths))
-            if compiled and key in self._per_token:
-                return self._per_token[key]
-            # built in Python: a decode step's few rows cost less as lists than as ops
-            per_token = [s for s, n in zip(slots, lengths, strict=True) for _ in range(n)]
-            mask = torch.tensor([[[1.0] if s >= 0 else [0.0] for s in per_token]],
-                                dtype=weight.dtype, device=weight.device)  # (1, T, 1)
-            if not compiled:
-                return LoraStep(mask, self._slot_views[used[0]])
-            # every layer's buffers as 8 graph inputs, not 8 per layer (each input costs
-            # guard checks on every call); base rows read slot 0, the mask zeroes them
-            step = LoraStep(mask, (), slots=torch.tensor(
-                [[max(s, 0) for s in per_token]], device=weight.device), stacked=self._stacked)
-            if len(self._per_token) >= PER_TOKEN_KEPT:
-                self._per_token.clear()
-            self._per_token[key] = step
-            return step
+            kept = self._per_token.get(key)
+            if kept is None:
+                if len(self._per_token) >= PER_TOKEN_KEPT:
+                    self._per_token.clear()
+                per_token = _each_token(slots, lengths)
+                # every layer's buffers as 8 graph inputs, not 8 per layer (each input
+                # costs guard checks); base rows read slot 0, the mask zeroes them
+                kept = self._per_token[key] = LoraStep(
+                    _token_mask(per_token, weight), (), stacked=self._stacked,
+                    slots=torch.tensor([[max(s, 0) for s in per_token]], device=weight.device))
+            return kept
+        if len(used) == 1:
+            return LoraStep(_token_mask(_each_token(slots, lengths), weight),
+                            self._slot_views[used[0]])
         # per slot, its token rows; padded to the longest with the zero row's index
         rows: list[list[int]] = [[] for _ in range(self.max_loras)]
         offset = 0
@@ -213,3 +212,15 @@ class AdapterSlots:
         index = torch.tensor([r + [offset] * (longest - len(r)) for r in rows],
                              dtype=torch.int64, device=weight.device)
         return LoraStep(index, self._all_views)
+
+
+def _each_token(slots: Sequence[int], lengths: Sequence[int]) -> list[int]:
+    """Each new token's slot, in the step's order."""
+    return [s for s, n in zip(slots, lengths, strict=True) for _ in range(n)]
+
+
+def _token_mask(per_token: list[int], weight: Tensor) -> Tensor:
+    """(1, T, 1): 1 for a token with an adapter, 0 for a base-model token. Built from a
+    list: a decode step's few rows cost less so than as tensor ops."""
+    return torch.tensor([[[1.0] if s >= 0 else [0.0] for s in per_token]],
+                        dtype=weight.dtype, device=weight.device)

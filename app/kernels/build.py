@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("quant_linear.cpp", "int_dot.cpp", "paged_attention.cpp"))
+HEADERS = tuple(Path(__file__).with_name(name) for name in ("block_products.h",))
 _LOCK = threading.Lock()
 
 
@@ -106,7 +107,8 @@ def prebuilt_root() -> Path:
 def build_name() -> tuple[str, str]:
     """(the build's name: ISA and a digest of the source, its folder under a root)."""
     isa, _ = cpu_isa()
-    digest = hashlib.sha256(b"".join(source.read_bytes() for source in SOURCES)).hexdigest()[:12]
+    digest = hashlib.sha256(b"".join(source.read_bytes()
+                                     for source in SOURCES + HEADERS)).hexdigest()[:12]
     version = torch.__version__.replace("+", "_").replace(".", "_")
     name = f"llm_quant_{isa}_{digest}"
     return name, f"torch_{version}/{name}"
