@@ -167,6 +167,10 @@ class Settings(BaseSettings):
                            "keys never share cached prompt blocks (see docs/RELIABILITY.md)")
     max_num_seqs: int = Field(32, ge=1, description="sequences per forward step")
     max_num_batched_tokens: int = Field(512, ge=1, description="tokens per forward step")
+    num_scheduler_steps: int = Field(
+        4, ge=1, le=64, description="decode steps the engine runs per schedule while every "
+                                    "running sequence plainly decodes (tokens then stream "
+                                    "that many at a time); 1: one step per schedule")
     max_waiting_requests: int = Field(128, ge=1, description="queued requests per model "
                                                              "before 429")
     max_waiting_tokens: int = Field(65536, ge=1, description="queued prompt tokens per model "

@@ -76,6 +76,7 @@ def engine_config(settings: Settings) -> EngineConfig:
         scheduler=SchedulerConfig(
             max_num_seqs=settings.max_num_seqs,
             max_num_batched_tokens=settings.max_num_batched_tokens,
+            num_scheduler_steps=settings.num_scheduler_steps,
             max_waiting_requests=settings.max_waiting_requests,
             max_waiting_tokens=settings.max_waiting_tokens,
         ),

@@ -159,6 +159,10 @@ def sample_batch(logits: Tensor, rows: Sequence[SampleRow], index: Sequence[int]
     masks = masks or [None] * len(rows)
     results: list[Sampled | None] = [None] * len(rows)
     plain = [i for i, r in enumerate(rows) if is_plain_greedy(r) and masks[i] is None]
+    if len(plain) == len(rows) and list(index) == list(range(logits.shape[0])):
+        # every row greedy, one per logits row in order (the common decode step): one
+        # argmax, no gather (which costs more than the argmax of a row or two)
+        return [Sampled(token, None) for token in logits.argmax(-1).tolist()]
     if plain:
         picked = torch.tensor([index[i] for i in plain], device=logits.device)
         for i, token in zip(plain, logits[picked].argmax(-1).tolist(), strict=True):

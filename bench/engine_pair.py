@@ -56,6 +56,9 @@ async def main() -> None:
     parser.add_argument("quantization", choices=["none", "int8", "int4"])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
+    parser.add_argument("--scheduler-steps", type=int, default=0,
+                        help="num_scheduler_steps (0: the tree's default; trees before "
+                             "multi-step decoding have no such setting)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     # loaded and run on one compute thread, as the server does (torch work on a second
@@ -64,15 +67,20 @@ async def main() -> None:
     loaded = compute.submit(load_model, MODEL, dtype=args.dtype, device=args.device,
                             quantization=args.quantization).result()
     tokenizer = Tokenizer.from_dir(MODEL)
-    engine = Engine(loaded, tokenizer, EngineConfig(compile="auto", prepack="auto"),
-                    executor=compute)
+    config = EngineConfig(compile="auto", prepack="auto")
+    if args.scheduler_steps:
+        from app.engine.scheduler import SchedulerConfig
+        config = EngineConfig(compile="auto", prepack="auto", scheduler=SchedulerConfig(
+            num_scheduler_steps=args.scheduler_steps))
+    engine = Engine(loaded, tokenizer, config, executor=compute)
     await engine.start()
     try:
         result = await measure(engine, tokenizer.encode("The meaning of life is"))
     finally:
         await engine.shutdown()
     print(json.dumps({"dtype": args.dtype, "quantization": args.quantization,
-                      "device": args.device, **result}))
+                      "device": args.device, "scheduler_steps": args.scheduler_steps,
+                      **result}))
 
 
 if __name__ == "__main__":

@@ -243,7 +243,7 @@ def _chunks(header: dict[str, Any], choices: list[dict[str, Any]],
 
 GENERATE_STREAM = _sse(
     *({"index": 0, "prompt_index": 0, "text": text, "finish_reason": finish}
-      for text, finish in ((" the", None), (" way", None), (" of", None), (" the", "length"))),
+      for text, finish in ((" the", None), (" way of the", "length"))),
     {"id": "79266dea533e491aab26d2a74cc5575d", "model": "default-lm", "usage": _usage(2, 4)})
 
 
@@ -252,7 +252,7 @@ COMPLETION_STREAM = _chunks(
      "created": 1796034991, "model": "default-lm", "system_fingerprint": "fp_69359a12701f"},
     [{"index": 0, "text": text, "finish_reason": finish, "logprobs": None,
       "prompt_logprobs": None}
-     for text, finish in ((",", None), (" a", None), (" man", "length"))],
+     for text, finish in ((",", None), (" a man", "length"))],
     _usage(4, 3))
 
 
@@ -261,7 +261,7 @@ CHAT_STREAM = _chunks(
      "created": 1796034993, "model": "default-lm", "system_fingerprint": "fp_69359a12701f"},
     [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}
      for delta, finish in (({"content": "\t", "role": "assistant"}, None),
-                           ({"content": "In"}, None), ({"content": " the"}, "length"))],
+                           ({"content": "In the"}, "length"))],
     _usage(14, 3))
 
 # Chat with tools and reasoning (app/chat). The tool call is the shipped default-lm's own
@@ -433,9 +433,8 @@ ANTHROPIC_MESSAGE_STREAM = _anthropic_sse(
     {"type": "ping"},
     {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
     {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "\t"}},
-    {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "In"}},
     {"type": "content_block_delta", "index": 0,
-     "delta": {"type": "text_delta", "text": " the"}},
+     "delta": {"type": "text_delta", "text": "In the"}},
     {"type": "content_block_stop", "index": 0},
     {"type": "message_delta", "delta": {"stop_reason": "max_tokens", "stop_sequence": None},
      "usage": ANTHROPIC_MESSAGE["usage"]},

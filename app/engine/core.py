@@ -88,6 +88,9 @@ class EngineCore:
         if self.proposer is not None and request.kind is RequestKind.GENERATE and p.speculate:
             for seq in request.sequences:  # (forks inherit it: step_update._fork)
                 seq.speculate = True
+        if constraint is not None:
+            for seq in request.sequences:  # (forks inherit it: step_update._fork)
+                seq.constrained = True
         self.processor.add(progress)
         self.planner.add(request.request_id, request.params.seed, constraint)
 

@@ -76,6 +76,8 @@ class TokenSequence:
     speculate: bool = False
     # The LoRA adapter (its name) this sequence runs with; None: the base model.
     adapter: str | None = None
+    # A grammar masks its tokens (app.structured): each draw waits for the one before.
+    constrained: bool = False
 
     def __len__(self) -> int:
         return len(self.token_ids)

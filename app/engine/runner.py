@@ -152,12 +152,30 @@ class ModelRunner:
         if self.step is not None:  # its direct calls read modules that are gone now
             self.step.graph.forget()
 
-    @torch.inference_mode()
     def execute(self, out: SchedulerOutput, plan: SamplingPlan, *,
                 slots: list[int] | None = None) -> RunnerOutput:
         """One batched forward over the step's snapshots, then sampling (in this worker
         thread, off the event loop). The step's adapters are made resident first;
-        `slots` (the warm-up's) names each item's adapter slot directly instead."""
+        `slots` (the warm-up's) names each item's adapter slot directly instead.
+        Multi-step decoding (ScheduledSeq.steps > 1, the same for every item): that many
+        decode steps, each fed the tokens the one before sampled, with the same draws
+        (each sequence's generator and grammar go on from draw to draw, as they would
+        over separate steps); the later steps' tokens are the result's extra tokens."""
+        result = self._execute(out, plan, slots)
+        items = out.scheduled
+        sampled = result.sampled
+        for step in range(1, items[0].steps if items else 1):
+            fed = {d.seq_id: s.token_id for d, s in zip(plan.draws, sampled, strict=True)}
+            sampled = self._execute(SchedulerOutput(tuple(
+                item._replace(token_ids=(fed[item.seq_id],), start=item.start + step)
+                for item in items)), plan, slots).sampled
+            for d, s in zip(plan.draws, sampled, strict=True):
+                result.extra_tokens.setdefault(d.seq_id, []).append(s)
+        return result
+
+    @torch.inference_mode()
+    def _execute(self, out: SchedulerOutput, plan: SamplingPlan,
+                 slots: list[int] | None = None) -> RunnerOutput:
         items = out.scheduled
         lora = None
         if self.adapters.max_loras:

@@ -13,6 +13,7 @@ class RunnerOutput:
     sampled: list[Sampled] = field(default_factory=list)  # one per SamplingPlan.draws
     # Speculative decoding: seq_id -> the tokens kept after its sampled one (the kept
     # guesses but the first, and the target's own last token), and (guesses, kept).
+    # Multi-step decoding: seq_id -> the tokens the later steps sampled.
     extra_tokens: dict[int, list[Sampled]] = field(default_factory=dict)
     drafts: dict[int, tuple[int, int]] = field(default_factory=dict)
     # Speculative decoding with a draft model: seq_id -> (the number of tokens the

@@ -41,6 +41,10 @@ class SchedulerConfig:
     # Most distinct LoRA adapters among running sequences, hence in any one step (the
     # runner's resident slots); 0: no adapters.
     max_loras: int = 0
+    # Decode steps the worker runs per schedule when every sequence in the step plainly
+    # decodes (`_steps_ahead`): the event loop's round trip, schedule and update are paid
+    # once for that many tokens (vLLM's former --num-scheduler-steps). 1: off.
+    num_scheduler_steps: int = 4
 
     def __post_init__(self) -> None:
         if self.max_num_batched_tokens < self.max_num_seqs:
@@ -74,6 +78,9 @@ class ScheduledSeq(NamedTuple):
     # speculative decoding with a draft model: guesses for the sequence's next step are
     # wanted once this step's tokens are sampled (app/engine/draft_runner.py)
     guess_next: bool = False
+    # multi-step decoding: the worker runs this many decode steps, each fed the token the
+    # one before sampled (positions start .. start + steps - 1 have their slots)
+    steps: int = 1
 
     @property
     def num_new_tokens(self) -> int:
@@ -99,7 +106,7 @@ class SchedulerOutput:
 
 
 def snapshot(seq: TokenSequence, num_new_tokens: int, draft: tuple[int, ...] = (),
-             guess_next: bool = False) -> ScheduledSeq:
+             guess_next: bool = False, steps: int = 1) -> ScheduledSeq:
     start = seq.num_computed
     end = start + num_new_tokens - len(draft)
     scoring = seq.kind is RequestKind.SCORE
@@ -111,7 +118,7 @@ def snapshot(seq: TokenSequence, num_new_tokens: int, draft: tuple[int, ...] = (
         score_from=seq.score_from if scoring else None,
         next_token=seq.token_ids[end] if scoring and end < len(seq.token_ids) else None,
         score_top=seq.params.top_logprobs if scoring else 0, adapter=seq.adapter,
-        guess_next=guess_next)
+        guess_next=guess_next, steps=steps)
 
 
 class _LoraGate:
@@ -317,9 +324,42 @@ class Scheduler:
             budget -= chunk
         self._in_flight = [seq for seq, _, _ in picked]
         guessing = self._guess_next(picked)
+        steps = 1 if preempted else self._steps_ahead(picked)
         return SchedulerOutput(tuple(snapshot(seq, chunk + len(draft), draft,
-                                              seq.seq_id in guessing)
+                                              seq.seq_id in guessing, steps)
                                      for seq, chunk, draft in picked), preempted)
+
+    def _steps_ahead(self, picked: list[tuple[TokenSequence, int, tuple[int, ...]]]) -> int:
+        """Multi-step decoding: how many decode steps the worker runs for this schedule
+        (num_scheduler_steps at most, 1: just this one). More than one only where no
+        token of the coming steps can change what they compute: every sequence of the
+        step, and every running one, plainly decodes (no prompt chunk, no guesses, no
+        forks, no penalties, min_tokens met, no grammar) with room for every step's
+        token (max_tokens, the context, free blocks), and nothing waits for a seat the
+        steps would hold. A sequence that ends inside the steps (EOS, a stop string, an
+        abort) has its later tokens dropped by the update."""
+        want = self.config.num_scheduler_steps
+        if (want <= 1 or self.proposer is not None or not picked
+                or len(picked) != len(self.running)
+                or (self.waiting and self.num_running_seats < self.config.max_num_seqs)):
+            return 1
+        for seq, chunk, draft in picked:
+            p = seq.params
+            if (chunk != 1 or draft or seq.num_uncomputed != 1 or seq.pending_forks
+                    or seq.kind is not RequestKind.GENERATE or seq.constrained
+                    or p.needs_penalties or seq.num_output_tokens < p.min_tokens):
+                return 1
+            room = min(p.max_tokens - seq.num_output_tokens,
+                       (self.max_model_len or 1 << 30) - len(seq.token_ids))
+            want = min(want, room)
+            if want <= 1:
+                return 1
+        needed = sum(self.blocks.blocks_needed(seq, want) for seq, _, _ in picked)
+        if needed > self.blocks.num_available:
+            return 1
+        for seq, _, _ in picked:
+            self._allocate(seq, want)
+        return want
 
     def _guess_next(self, picked: list[tuple[TokenSequence, int, tuple[int, ...]]]
                     ) -> set[int]:

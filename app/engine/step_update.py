@@ -88,7 +88,8 @@ class StepUpdater:
             delta = self.processor.append(progress, seq, sampled.logprob)
             deltas = moved.setdefault(request.request_id, (request, progress, []))[2]
             # speculative decoding: the kept guesses and the target's own token after
-            # them, one at a time, so stop strings, EOS and max_tokens end it exactly
+            # them; multi-step decoding: the later steps' tokens. One at a time, so stop
+            # strings, EOS and max_tokens end it exactly
             for extra in result.extra_tokens.get(seq.seq_id, ()):
                 if delta.finish_reason is not None:
                     break
@@ -101,10 +102,12 @@ class StepUpdater:
                 proposed, kept = result.drafts[seq.seq_id]
                 if self.scheduler.proposer is not None:
                     self.scheduler.proposer.observe(seq.seq_id, proposed, kept)
-                if delta.finish_reason is None:
-                    # the kept guesses' K/V are valid: all but the newest token is computed
-                    seq.num_computed = len(seq.token_ids) - 1
-                    self.blocks.commit(seq)
+            if delta.finish_reason is None and (seq.seq_id in result.drafts
+                                                or seq.seq_id in result.extra_tokens):
+                # the kept guesses' K/V, or those of the tokens a multi-step step fed,
+                # are valid: all but the newest token is computed
+                seq.num_computed = len(seq.token_ids) - 1
+                self.blocks.commit(seq)
             if delta.finish_reason is not None:
                 self.scheduler.finish(seq)
             elif seq.seq_id in result.guesses and self.scheduler.proposer is not None:
@@ -127,7 +130,8 @@ class StepUpdater:
             token_ids=list(request.prompt_ids), num_prompt_tokens=len(request.prompt_ids),
             params=parent.params, index=index, priority=parent.priority,
             arrival=parent.arrival, group=parent.group, cache_salt=parent.cache_salt,
-            speculate=parent.speculate, adapter=parent.adapter)
+            speculate=parent.speculate, adapter=parent.adapter,
+            constrained=parent.constrained)
         self.blocks.fork(parent, child)
         parent.pending_forks -= 1
         self.scheduler.add_running(child)
