@@ -150,10 +150,12 @@ class Metrics:
                               "Arrival to first generated token", LATENCY_BUCKETS,
                               vllm="vllm:time_to_first_token_seconds")
         self.itl = histogram("llm_inter_token_latency_seconds",
-                             "Time between consecutive tokens of a sequence",
+                             "Time between the steps that give a sequence tokens (a "
+                             "step of several tokens, multi-step or speculative, is one)",
                              TOKEN_LATENCY_BUCKETS, vllm="vllm:inter_token_latency_seconds")
         self.tpot = histogram("llm_time_per_output_token_seconds",
-                              "(e2e - ttft) / (generated - 1), per request",
+                              "(last token - first token) / (generated - 1), per "
+                              "request",
                               TOKEN_LATENCY_BUCKETS, vllm="vllm:time_per_output_token_seconds")
         self.queue_time = histogram("llm_request_queue_time_seconds",
                                     "Arrival to first scheduled", LATENCY_BUCKETS,

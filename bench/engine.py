@@ -151,6 +151,7 @@ class Run:
     tokens: int
     ttft: list[float] = field(default_factory=list)
     itl: list[float] = field(default_factory=list)
+    tpot: list[float] = field(default_factory=list)  # per request, per token after the first
 
     @property
     def tokens_per_s(self) -> float:
@@ -187,6 +188,9 @@ def run_engine(loaded: LoadedModel, tokenizer: Tokenizer, w: Workload, *,
             assert o.times is not None and o.times.first_token is not None
             run.ttft.append(o.times.first_token - o.times.arrival)
             run.itl.extend(o.times.inter_token)
+            tpot = o.times.time_per_output_token()
+            if tpot is not None:
+                run.tpot.append(tpot)
         return run
 
     return asyncio.run(main())
@@ -195,7 +199,7 @@ def run_engine(loaded: LoadedModel, tokenizer: Tokenizer, w: Workload, *,
 def engine_decode_ms(loaded: LoadedModel, tokenizer: Tokenizer, prompt: list[int], n: int,
                      repeats: int) -> float:
     w = Workload("a", [prompt], [n])
-    return statistics.median(1000 * statistics.median(run_engine(loaded, tokenizer, w).itl)
+    return statistics.median(1000 * statistics.median(run_engine(loaded, tokenizer, w).tpot)
                              for _ in range(repeats))
 
 

@@ -137,7 +137,10 @@ class Ours:
 
     def decode_ms(self, prompt: list[int], new: int) -> float:
         _, outs = self._run([prompt], [new])
-        return 1000 * statistics.median(outs[0].times.inter_token)
+        # per token, however the engine's steps grouped them (multi-step decoding)
+        tpot = outs[0].times.time_per_output_token()
+        assert tpot is not None, "fewer than two tokens"
+        return 1000 * tpot
 
     def prefill_tok_s(self, prompt: list[int]) -> float:
         _, outs = self._run([prompt], [1])

@@ -52,9 +52,9 @@ def attach(metrics: Metrics, engine: Engine) -> None:
             metrics.itl.observe(model, gap)
         if t.last_token is not None:
             metrics.decode_time.observe(model, t.last_token - t.first_token)
-            per_request = len(t.inter_token)
-            if per_request:
-                metrics.tpot.observe(model, (t.last_token - t.first_token) / per_request)
+            tpot = t.time_per_output_token()
+            if tpot is not None:
+                metrics.tpot.observe(model, tpot)
 
     engine.step_observers.append(on_step)
     engine.finish_observers.append(on_finished)

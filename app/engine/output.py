@@ -43,7 +43,19 @@ class RequestTimes:
     first_token: float | None = None
     last_token: float | None = None
     finished: float | None = None
+    # the time between one step's tokens and the next's, for the first completion (as
+    # vLLM counts it: a step that gives several tokens, multi-step or speculative, is one
+    # gap, and its tokens reach the reader together)
     inter_token: list[float] = field(default_factory=list)
+    num_tokens: int = 0  # the first completion's tokens so far
+
+    def time_per_output_token(self) -> float | None:
+        """What each token of the first completion after its first took, however steps
+        grouped them: (last token - first token) / (tokens - 1); None with fewer than
+        two tokens."""
+        if self.first_token is None or self.last_token is None or self.num_tokens < 2:
+            return None
+        return (self.last_token - self.first_token) / (self.num_tokens - 1)
 
 
 @dataclass(frozen=True)

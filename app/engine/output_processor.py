@@ -137,7 +137,9 @@ class OutputProcessor:
                                stop_string=stop_text.matched if reason == "stop" else None)
 
     @staticmethod
-    def record_token_time(progress: RequestProgress, index: int, now: float) -> None:
+    def record_token_time(progress: RequestProgress, index: int, now: float,
+                          count: int = 1) -> None:
+        """Completion `index` got `count` tokens from the step that ended at `now`."""
         t = progress.times
         if t.first_token is None:
             t.first_token = now
@@ -145,6 +147,7 @@ class OutputProcessor:
             t.inter_token.append(now - t.last_token)
         if index == 0:
             t.last_token = now
+            t.num_tokens += count
 
     def prefill_output(self, progress: RequestProgress, seq: TokenSequence,
                        result: RunnerOutput) -> RequestOutput:

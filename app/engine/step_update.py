@@ -90,14 +90,15 @@ class StepUpdater:
             # speculative decoding: the kept guesses and the target's own token after
             # them; multi-step decoding: the later steps' tokens. One at a time, so stop
             # strings, EOS and max_tokens end it exactly
+            count = 1
             for extra in result.extra_tokens.get(seq.seq_id, ()):
                 if delta.finish_reason is not None:
                     break
-                self.processor.record_token_time(progress, seq.index, now)
                 seq.token_ids.append(extra.token_id)
                 delta.extend(self.processor.append(progress, seq, extra.logprob))
+                count += 1
             deltas.append(delta)
-            self.processor.record_token_time(progress, seq.index, now)
+            self.processor.record_token_time(progress, seq.index, now, count)
             if seq.seq_id in result.drafts:
                 proposed, kept = result.drafts[seq.seq_id]
                 if self.scheduler.proposer is not None:
