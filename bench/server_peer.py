@@ -145,7 +145,10 @@ async def measure(send: Send, levels: tuple[int, ...], rounds: int, vocab: int,
     process `server_pid`: what it uses of the CPUs is not counted as other processes').
     A round during which other processes held more than BUSY % of the CPUs is run again,
     up to `retries` times; the least disturbed attempt counts."""
-    limits = httpx.Limits(max_connections=max(levels) + 4)
+    # idle connections dropped after 1 s: httpx's default (5 s) equals uvicorn's and
+    # llama-server's keep-alive timeout, and a connection idle since the warm-up burst
+    # was then reused just as the server closed it (httpx.ReadError at 32 concurrent)
+    limits = httpx.Limits(max_connections=max(levels) + 4, keepalive_expiry=1.0)
     async with httpx.AsyncClient(timeout=900, limits=limits) as client:
         # Prompts of their own (seeds no round uses): one whole request, then a short
         # burst at the largest concurrency.
