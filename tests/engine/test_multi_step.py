@@ -112,14 +112,15 @@ def test_streams_get_several_tokens_at_a_time(with_engine: Any) -> None:
 def test_abort_inside_the_steps_returns_every_block(with_engine: Any) -> None:
     async def body(engine: Engine) -> None:
         batch = prompts(engine.model_config.vocab_size, [9, 13, 21])
-        params = SamplingParams(max_tokens=60, temperature=0.0, ignore_eos=True)
-        streams = [engine.submit(p, params) for p in batch]
-        iterators = [s.__aiter__() for s in streams]
-        firsts = [await it.__anext__() for it in iterators]
-        await iterators[0].aclose()  # the reader goes away: abort
+        streams = [engine.submit(p, SamplingParams(max_tokens=60, temperature=0.0,
+                                                   ignore_eos=True)) for p in batch]
+        readers = [aiter(s) for s in streams]
+        firsts = await asyncio.gather(*(anext(r) for r in readers))  # each holds blocks
+        await readers[0].aclose()  # the reader goes away: abort
         engine.abort(streams[1].request_id)
-        survivor = [t for out in [firsts[2], *[o async for o in iterators[2]]]
-                    for c in out.completions for t in c.token_ids]
+        later = [out async for out in readers[2]]
+        survivor = [t for out in (firsts[2], *later) for c in out.completions
+                    for t in c.token_ids]
         await until(lambda: engine.num_requests == 0, "the aborted requests to end")
         engine.blocks.check_invariants()
         assert engine.blocks.num_used == 0 and not engine.scheduler.has_work()
