@@ -336,10 +336,15 @@ class Scheduler:
         step, and every running one, plainly decodes (no prompt chunk, no guesses, no
         forks, no penalties, min_tokens met, no grammar) with room for every step's
         token (max_tokens, the context, free blocks), and nothing waits for a seat the
-        steps would hold. A sequence that ends inside the steps (EOS, a stop string, an
-        abort) has its later tokens dropped by the update."""
+        steps would hold. With n-gram speculation, the steps where nothing was guessed
+        (a proposal then waits for the next schedule); never with a draft model. A
+        sequence that ends inside the steps (EOS, a stop string, an abort) has its later
+        tokens dropped by the update."""
         want = self.config.num_scheduler_steps
-        if (want <= 1 or self.proposer is not None or not picked
+        # (n-gram speculation: steps where nothing was guessed; a draft model must see
+        # every step's tokens)
+        drafting = self.proposer is not None and self.proposer.config.uses_draft_model
+        if (want <= 1 or drafting or not picked
                 or len(picked) != len(self.running)
                 or (self.waiting and self.num_running_seats < self.config.max_num_seqs)):
             return 1

@@ -163,7 +163,7 @@ def test_plain_decodes_get_the_steps_and_their_slots() -> None:
 
 
 @pytest.mark.parametrize("why", ["waiting", "penalties", "min_tokens", "grammar", "forks",
-                                 "blocks", "speculation"])
+                                 "blocks", "draft model", "guesses"])
 def test_one_step_where_a_token_decides_the_next(why: str) -> None:
     s = scheduler(num_blocks=5 if why == "blocks" else 64)
     params: dict[str, Any] = {"max_tokens": 10}
@@ -178,12 +178,27 @@ def test_one_step_where_a_token_decides_the_next(why: str) -> None:
                              params=SamplingParams())])
     if why == "grammar":
         seqs[1].constrained = True
+    if why == "guesses":  # n-gram lookup finds what follows "7": a verification step
+        s.proposer = Proposer(SpeculativeConfig(prompt_lookup_min=1, prompt_lookup_max=1))
+        for seq in seqs:
+            seq.speculate = True
+            seq.token_ids[2] = 7
     if why == "forks":
         seqs[0].pending_forks = 1
-    if why == "speculation":
-        s.proposer = Proposer(SpeculativeConfig(max_batch=1))  # (on, proposing nothing to 2)
+    if why == "draft model":  # it must see every step's tokens
+        s.proposer = Proposer(SpeculativeConfig(method="draft_model", model="draft"))
     out = s.schedule()
     assert [i.steps for i in out.scheduled if i.seq_id in {q.seq_id for q in seqs}] == [1, 1]
+
+
+def test_n_gram_speculation_with_nothing_to_guess_runs_several_steps() -> None:
+    s = scheduler()
+    s.proposer = Proposer(SpeculativeConfig(prompt_lookup_min=1, prompt_lookup_max=1))
+    seqs = decoding(s, 5, 7, max_tokens=10)
+    for seq in seqs:
+        seq.speculate = True  # (their tokens never repeat: nothing to look up)
+    out = s.schedule()
+    assert [(i.steps, i.draft) for i in out.scheduled] == [(4, ()), (4, ())]
 
 
 def test_steps_stop_at_what_max_tokens_and_the_context_leave() -> None:
