@@ -83,6 +83,11 @@ class Settings(BaseSettings):
     public_metrics: bool = Field(True, description="/metrics needs no API key")
     drain_timeout: float = Field(30.0, ge=0, description="seconds in-flight requests get "
                                                           "to finish after SIGTERM")
+    keep_alive_timeout: int = Field(
+        75, ge=1, description="seconds an idle HTTP/1.1 connection stays open: longer than "
+                              "clients keep theirs (httpx and the OpenAI SDK: 5 s) and "
+                              "than load balancers' idle timeouts (60 s), so the server is "
+                              "never the one that closes a connection a client reuses")
     playground: bool = Field(True, description="serve the browser playground at GET / "
                                                "(the page is public; its API calls are not)")
     cors_origins: Annotated[list[str], NoDecode] = Field(

@@ -86,7 +86,8 @@ def serve(settings: Settings, sock: socket.socket | None = None) -> int:
     holder: dict[str, DrainingServer] = {}
     app = create_app(settings, on_fatal=lambda reason: holder["server"].fatal(reason))
     config = uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                            timeout_graceful_shutdown=5, access_log=False)
+                            timeout_graceful_shutdown=5, access_log=False,
+                            timeout_keep_alive=settings.keep_alive_timeout)
     server = DrainingServer(config, settings)
     holder["server"] = server
     server.run(sockets=None if sock is None else [sock])

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,22 @@ def test_openai_client_embeddings_echo_and_token_ids(server: LiveServer) -> None
                                      temperature=0, extra_body={"ignore_eos": True})
     assert sorted(c.index for c in many.choices) == [0, 1]
     assert many.usage.prompt_tokens == 5 and many.usage.completion_tokens == 4
+
+
+def test_an_idle_connection_outlives_a_client_keep_alive(server: LiveServer) -> None:
+    """A connection a client keeps for its default 5 s (httpx, the OpenAI SDK) is still
+    open when the client reuses it: uvicorn's own default (5 s) closed it just then,
+    and the request failed (httpx.ReadError)."""
+    with httpx.Client(base_url=server.url, limits=httpx.Limits(keepalive_expiry=30)) as c:
+        first = c.get("/v1/models")
+        time.sleep(6.0)
+        second = c.get("/v1/models")
+        assert first.status_code == second.status_code == 200
+        # the same connection (the same local port), not a new one opened after the
+        # server closed the first (with --keep-alive-timeout 5 this fails here)
+        ports = [r.extensions["network_stream"].get_extra_info("client_addr")
+                 for r in (first, second)]
+        assert ports[0] == ports[1]
 
 
 def test_client_disconnects_abort_their_requests(server: LiveServer) -> None:
