@@ -85,12 +85,10 @@ class EngineCore:
         """A request the scheduler has queued: its sampler's and reader's views join."""
         self.requests[request.request_id] = request
         p = request.params
-        if self.proposer is not None and request.kind is RequestKind.GENERATE and p.speculate:
-            for seq in request.sequences:  # (forks inherit it: step_update._fork)
-                seq.speculate = True
-        if constraint is not None:
-            for seq in request.sequences:  # (forks inherit it: step_update._fork)
-                seq.constrained = True
+        speculate = (self.proposer is not None and request.kind is RequestKind.GENERATE
+                     and p.speculate)
+        for seq in request.sequences:  # (forks inherit both: step_update._fork)
+            seq.speculate, seq.constrained = speculate, constraint is not None
         self.processor.add(progress)
         self.planner.add(request.request_id, request.params.seed, constraint)
 

@@ -25,6 +25,7 @@ from typing import NamedTuple
 
 from app.engine.block_manager import BlockManager
 from app.engine.errors import QueueCapacityExceeded, QueueFull
+from app.engine.multi_step import decode_steps
 from app.engine.request import RequestKind, SequenceStatus, TokenSequence
 from app.engine.speculative import Proposer
 
@@ -331,40 +332,18 @@ class Scheduler:
 
     def _steps_ahead(self, picked: list[tuple[TokenSequence, int, tuple[int, ...]]]) -> int:
         """Multi-step decoding: how many decode steps the worker runs for this schedule
-        (num_scheduler_steps at most, 1: just this one). More than one only where no
-        token of the coming steps can change what they compute: every sequence of the
-        step, and every running one, plainly decodes (no prompt chunk, no guesses, no
-        forks, no penalties, min_tokens met, no grammar) with room for every step's
-        token (max_tokens, the context, free blocks), and nothing waits for a seat the
-        steps would hold. With n-gram speculation, the steps where nothing was guessed
-        (a proposal then waits for the next schedule); never with a draft model. A
-        sequence that ends inside the steps (EOS, a stop string, an abort) has its later
-        tokens dropped by the update."""
-        want = self.config.num_scheduler_steps
-        # (n-gram speculation: steps where nothing was guessed; a draft model must see
-        # every step's tokens)
+        (app/engine/multi_step.py), their slots allocated."""
         drafting = self.proposer is not None and self.proposer.config.uses_draft_model
-        if (want <= 1 or drafting or not picked
-                or len(picked) != len(self.running)
+        if (drafting or len(picked) != len(self.running)
                 or (self.waiting and self.num_running_seats < self.config.max_num_seqs)):
             return 1
-        for seq, chunk, draft in picked:
-            p = seq.params
-            if (chunk != 1 or draft or seq.num_uncomputed != 1 or seq.pending_forks
-                    or seq.kind is not RequestKind.GENERATE or seq.constrained
-                    or p.needs_penalties or seq.num_output_tokens < p.min_tokens):
-                return 1
-            room = min(p.max_tokens - seq.num_output_tokens,
-                       (self.max_model_len or 1 << 30) - len(seq.token_ids))
-            want = min(want, room)
-            if want <= 1:
-                return 1
-        needed = sum(self.blocks.blocks_needed(seq, want) for seq, _, _ in picked)
-        if needed > self.blocks.num_available:
-            return 1
-        for seq, _, _ in picked:
-            self._allocate(seq, want)
-        return want
+        steps = decode_steps(self.config.num_scheduler_steps, picked, self.max_model_len)
+        if steps > 1 and sum(self.blocks.blocks_needed(seq, steps)
+                             for seq, _, _ in picked) <= self.blocks.num_available:
+            for seq, _, _ in picked:
+                self._allocate(seq, steps)
+            return steps
+        return 1
 
     def _guess_next(self, picked: list[tuple[TokenSequence, int, tuple[int, ...]]]
                     ) -> set[int]:
