@@ -5,7 +5,9 @@ the worker run several decode steps, each fed the tokens the one before sampled
 paid once for that many tokens. The later tokens come back as extra tokens, applied one
 at a time (app/engine/step_update.py): stop strings, EOS and max_tokens end a sequence
 at the exact token, and a sequence that ends inside the steps (or is aborted) has the
-rest dropped.
+rest dropped. A request arriving with a seat free for it, or an abort, cuts the steps
+short after the one in progress (Engine._cut_short), so a newcomer's prompt waits one
+step, not up to steps - 1 more.
 
 More than one step only where no token of the coming steps can change what they
 compute. The scheduler adds what only it knows: every running sequence is in the step,

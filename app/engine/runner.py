@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 import psutil
 import torch
@@ -153,18 +154,24 @@ class ModelRunner:
             self.step.graph.forget()
 
     def execute(self, out: SchedulerOutput, plan: SamplingPlan, *,
-                slots: list[int] | None = None) -> RunnerOutput:
+                slots: list[int] | None = None,
+                cut_short: Callable[[], bool] | None = None) -> RunnerOutput:
         """One batched forward over the step's snapshots, then sampling (in this worker
         thread, off the event loop). The step's adapters are made resident first;
         `slots` (the warm-up's) names each item's adapter slot directly instead.
-        Multi-step decoding (ScheduledSeq.steps > 1, the same for every item): that many
-        decode steps, each fed the tokens the one before sampled, with the same draws
+        Multi-step decoding (ScheduledSeq.steps > 1, the same for every item): up to that
+        many decode steps, each fed the tokens the one before sampled, with the same draws
         (each sequence's generator and grammar go on from draw to draw, as they would
-        over separate steps); the later steps' tokens are the result's extra tokens."""
+        over separate steps); the later steps' tokens are the result's extra tokens.
+        `cut_short()` true before a later step: stop there (a request is waiting to join;
+        the update takes however many tokens came, and the slots left unused stay in the
+        sequences' tables for their next steps)."""
         result = self._execute(out, plan, slots)
         items = out.scheduled
         sampled = result.sampled
         for step in range(1, items[0].steps if items else 1):
+            if cut_short is not None and cut_short():
+                break
             fed = {d.seq_id: s.token_id for d, s in zip(plan.draws, sampled, strict=True)}
             sampled = self._execute(SchedulerOutput(tuple(
                 item._replace(token_ids=(fed[item.seq_id],), start=item.start + step)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+import threading
 from typing import Any
 
 import pytest
@@ -127,6 +128,60 @@ def test_abort_inside_the_steps_returns_every_block(with_engine: Any) -> None:
         assert survivor == reference_greedy(engine.loaded.model, batch[2], 60)
 
     with_engine(ARCH, body, num_scheduler_steps=8)
+
+
+def test_a_request_arriving_inside_the_steps_cuts_them_short(with_engine: Any) -> None:
+    """A request that arrives while the worker runs 8 steps for another waits for the step
+    in progress only: the worker stops there, and the next schedule takes its prompt.
+    One arriving when no seat is free does not cut the steps short. Tokens stay exact."""
+
+    async def body(engine: Engine) -> None:
+        loop = asyncio.get_running_loop()
+        vocab = engine.model_config.vocab_size
+        first, second, third = prompts(vocab, [7, 5, 6], seed=4)
+        params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
+        steps: list[StepStats] = []
+        engine.step_observers.append(steps.append)
+        late: list[Any] = []
+        submitted = threading.Event()
+
+        def submit_late() -> None:
+            late.append(engine.submit(second, params))
+            submitted.set()
+
+        def hook(out: Any) -> None:  # the worker thread, before a schedule's first step
+            if not late and out.scheduled[0].steps > 1:
+                loop.call_soon_threadsafe(submit_late)
+                assert submitted.wait(10)  # queued, before the worker's later steps
+
+        engine.fault_hook = hook
+        early = await engine.generate(first, params)
+        later = [out async for out in late[0]]
+        tokens = [t for out in later for c in out.completions for t in c.token_ids]
+        assert early.completions[0].token_ids == reference_greedy(engine.loaded.model, first, 40)
+        assert tokens == reference_greedy(engine.loaded.model, second, 40)
+        # the prompt's step, then the 8-step schedule cut after its first step, and the
+        # newcomer's prompt in the schedule right after it
+        assert [s.generated_tokens for s in steps[:3]] == [1, 1, 2]
+        assert steps[2].num_prefill_tokens == len(second)
+
+        # no free seat: the newcomer could not join, so the steps run in full
+        steps.clear()
+        held = [engine.submit(p, params) for p in (first, second)]
+        during: list[int] = []  # the schedule in progress when the third arrived
+
+        def submit_third() -> None:
+            during.append(len(steps))
+            late.append(engine.submit(third, params))
+
+        engine.fault_hook = lambda out: (
+            out.scheduled[0].steps > 1 and not during
+            and loop.call_soon_threadsafe(submit_third))
+        await asyncio.gather(*(s.collect() for s in held))
+        assert during and steps[during[0]].generated_tokens == 2 * 8
+        await late[1].collect()
+
+    with_engine(ARCH, body, num_scheduler_steps=8, max_num_seqs=2)
 
 
 # ---------------------------------------------------------------- the scheduler's rules
