@@ -115,13 +115,24 @@ def decode_step(model: Transformer, input_ids: Tensor, positions: Tensor, k_laye
     return lm_logits(model, model.norm(x)[0], gemv)  # (N, vocab)
 
 
+# Inductor's generated code asserts every input's sizes and strides on entry: about 60
+# inputs on the shipped default-lm (each layer's weights, the KV cache, the step's rows),
+# about 45 us of a 0.8 ms one-row step (AMD EPYC Zen 5, 2 threads: the same graph with
+# them off ran 1.058x as fast, 15 interleaved rounds; docs/PERFORMANCE.md). They repeat
+# what is already known: a traced kind's first call passes Dynamo's guards, which check
+# the same sizes and strides, and a direct call's key (`step_kind`) holds every size that
+# varies; the weights' and the cache's never change while a key lives (packing or
+# unpacking the model drops every key: ModelRunner.release).
+STEP_OPTIONS = {"size_asserts": False}
+
+
 class CompiledStep:
     """`decode_step` compiled, with its decode attention fixed; called without Dynamo's
     guards once each kind of step has been traced (app.modeling.direct_call)."""
 
     def __init__(self, kernel_attention: bool = False) -> None:
         self.kernel_attention = kernel_attention
-        self.graph = DirectCompiled(decode_step, dynamic=None)
+        self.graph = DirectCompiled(decode_step, dynamic=None, options=STEP_OPTIONS)
 
 
 def compile_decode_step(kernel_attention: bool = False) -> CompiledStep:

@@ -19,7 +19,10 @@ arguments. Two nets under it: the graph checks every tensor's size and stride on
 (inductor's size asserts; such a call is answered by the guarded path), and every
 `CHECK_EVERY` direct calls of a key its guards run once, a failing check dropping the key
 back to the guarded path with a warning. The decode step's test calls every direct call
-through the guards as well and compares the two bit for bit.
+through the guards as well and compares the two bit for bit. The decode step compiles
+without the size asserts (app.modeling.decode_step.STEP_OPTIONS: they cost more than
+the checks its key already makes), so there the key and the periodic guard checks are
+the nets.
 
 Falls back to the guarded call, for good, where no entry can be identified (a graph break
 split the function, or a torch without the introspection used here).
