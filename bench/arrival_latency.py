@@ -12,7 +12,9 @@ end before the next: every newcomer finds the running batch in the middle of its
 schedules with a seat free (a long request that reaches the context's end is replaced
 by another). Printed: each newcomer's time to first token (median and
 90th percentile, ms) and the long requests' decode rate (tokens/s). Uses only the
-engine API stable across versions (load_model, compute_thread, Engine, submit).
+engine API stable across versions (load_model, compute_thread, Engine, submit), and is
+self-contained like bench/engine_pair.py (its engine set-up is the same lines), so that
+it can be copied into an older tree to measure it.
 """
 
 from __future__ import annotations
