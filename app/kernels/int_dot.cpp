@@ -146,6 +146,16 @@ constexpr int64_t kV = 16;  // the kernels' unit of work; the loops below are pl
 
 constexpr int64_t kLanes = kV / 4;
 
+// The quantized rows as the kernels read them: pointers and sizes, passed by value so that
+// each thread holds its own copy (see for_row_tiles).
+struct CodeRows {
+  const int8_t* q;
+  const int8_t* hi;
+  const float* lane_scale;
+  const float* group_sum;
+  int64_t m, k, lanes;
+};
+
 // x's rows quantized: int8 codes, in natural order (int8 weights) or split into the
 // columns meeting low and high nibbles in the weight's byte order (int4); one float scale
 // per block of 32, and per 4-byte lane (what the vector loop multiplies by).
@@ -155,6 +165,9 @@ struct Activations {
   std::vector<float> lane_scale;  // (m, lanes per row)
   std::vector<float> group_sum;  // int4: (m, k / G), sum of the group's x as quantized
   int64_t lanes = 0;
+  CodeRows rows() const {
+    return {q.data(), hi.data(), lane_scale.data(), group_sum.data(), m, k, lanes};
+  }
 };
 
 // Scale and codes of one block of 32 values: scale = max|x| / 127, code = round(x * 127 /
@@ -307,7 +320,7 @@ void in_row_chunks(int64_t xr, const Tile& tile) {
 // XR activation rows (from `row`) against 4 weight rows; a tile of fewer weight rows
 // repeats its last one (computed, not stored) so the loops keep their constant bounds.
 struct Int8Tile {
-  const Activations& a;
+  CodeRows a;
   int64_t x_row;
   const int8_t* w[kRowTile];
   int64_t wr;
@@ -321,8 +334,8 @@ struct Int8Tile {
     const int8_t* xq[XR];
     const float* xs[XR];
     for (int i = 0; i < XR; ++i) {
-      xq[i] = a.q.data() + (x_row + i0 + i) * k;
-      xs[i] = a.lane_scale.data() + (x_row + i0 + i) * a.lanes;
+      xq[i] = a.q + (x_row + i0 + i) * k;
+      xs[i] = a.lane_scale + (x_row + i0 + i) * a.lanes;
     }
     vf total[XR][kRowTile];
     for (int i = 0; i < XR; ++i)
@@ -349,7 +362,7 @@ struct Int8Tile {
 #endif
 
 // y[i * ys + j] for rows i < xr of the activations from x_row, weight rows j < wr.
-void int8_tile(const Activations& a, int64_t x_row, int64_t xr, const int8_t* w, int64_t wr,
+void int8_tile(CodeRows a, int64_t x_row, int64_t xr, const int8_t* w, int64_t wr,
                const float* w_scale, float* y, int64_t ys) {
   const int64_t k = a.k;
 #if defined(IDOT_VECTOR)
@@ -362,7 +375,7 @@ void int8_tile(const Activations& a, int64_t x_row, int64_t xr, const int8_t* w,
     for (int64_t j = 0; j < wr; ++j) {
       float total = 0.f;
       for (int64_t b = 0; b < k; b += kBlock)
-        total += static_cast<float>(block_dot8(w + j * k + b, a.q.data() + row * k + b)) *
+        total += static_cast<float>(block_dot8(w + j * k + b, a.q + row * k + b)) *
                  a.lane_scale[row * a.lanes + b / 4];
       y[i * ys + j] = total * w_scale[j];
     }
@@ -390,9 +403,9 @@ struct RowScales {
     halves_to_floats(s, groups, scale.data());
     halves_to_floats(mn, groups, mins.data());
   }
-  float min_term(const Activations& a, int64_t row, int64_t groups) const {
+  float min_term(CodeRows a, int64_t row, int64_t groups) const {
     float total = 0.f;
-    const float* sums = a.group_sum.data() + row * groups;
+    const float* sums = a.group_sum + row * groups;
     for (int64_t gi = 0; gi < groups; ++gi) total += mins[gi] * sums[gi];
     return total;
   }
@@ -400,7 +413,7 @@ struct RowScales {
 
 #if defined(IDOT_VECTOR)
 struct Int4Tile {
-  const Activations& a;
+  CodeRows a;
   int64_t x_row;
   const uint8_t* w[kRowTile];
   const RowScales* scales[kRowTile];
@@ -417,9 +430,9 @@ struct Int4Tile {
     const int8_t* xhi[XR];
     const float* xs[XR];
     for (int i = 0; i < XR; ++i) {
-      xlo[i] = a.q.data() + (x_row + i0 + i) * bytes;
-      xhi[i] = a.hi.data() + (x_row + i0 + i) * bytes;
-      xs[i] = a.lane_scale.data() + (x_row + i0 + i) * a.lanes;
+      xlo[i] = a.q + (x_row + i0 + i) * bytes;
+      xhi[i] = a.hi + (x_row + i0 + i) * bytes;
+      xs[i] = a.lane_scale + (x_row + i0 + i) * a.lanes;
     }
     vf total[XR][kRowTile];
     for (int i = 0; i < XR; ++i)
@@ -451,7 +464,7 @@ struct Int4Tile {
 };
 #endif
 
-void int4_tile(const Activations& a, int64_t x_row, int64_t xr, const uint8_t* w, int64_t wr,
+void int4_tile(CodeRows a, int64_t x_row, int64_t xr, const uint8_t* w, int64_t wr,
                const RowScales* scales, const GroupLanes& lanes, int64_t g, float* y,
                int64_t ys) {
   const int64_t k = a.k, bytes = k / 2;
@@ -470,8 +483,8 @@ void int4_tile(const Activations& a, int64_t x_row, int64_t xr, const uint8_t* w
     for (int64_t j = 0; j < wr; ++j) {
       float total = 0.f;
       for (int64_t p = 0; p < bytes; p += 16)
-        total += static_cast<float>(run_dot4(w + j * bytes + p, a.q.data() + row * bytes + p,
-                                             a.hi.data() + row * bytes + p)) *
+        total += static_cast<float>(run_dot4(w + j * bytes + p, a.q + row * bytes + p,
+                                             a.hi + row * bytes + p)) *
                  a.lane_scale[row * a.lanes + p / 4] * scales[j].scale[p / half];
       y[i * ys + j] = total + scales[j].min_term(a, row, groups);
     }
@@ -525,11 +538,17 @@ struct Output {
 };
 
 // Splits the weight rows between threads, tiles of kRowTile rows each.
+// `tile` captures by value, and each thread runs its own copy: what a tile reads besides
+// the weights is then in the thread's own stack. (Read through references into the calling
+// thread's stack, beside lines that thread writes while it runs its share, such operands
+// bounce between the cores; app/kernels/paged_attention.cpp measured two threads taking
+// as long as one that way.)
 template <typename Tile>
 void for_row_tiles(int64_t n, int64_t row_bytes, const Tile& tile) {
   const int64_t grain = std::max<int64_t>(kRowTile, 16384 / std::max<int64_t>(row_bytes, 1));
-  at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
-    for (int64_t r0 = begin; r0 < end; r0 += kRowTile) tile(r0, std::min(kRowTile, end - r0));
+  at::parallel_for(0, n, grain, [&tile](int64_t begin, int64_t end) {
+    const Tile own = tile;
+    for (int64_t r0 = begin; r0 < end; r0 += kRowTile) own(r0, std::min(kRowTile, end - r0));
   });
 }
 
@@ -556,8 +575,9 @@ torch::Tensor idot_int8_linear(const torch::Tensor& x, const torch::Tensor& q,
   float* y = result.data;
   const int8_t* qp = q.data_ptr<int8_t>();
   const float* sp = scale.data_ptr<float>();
-  for_row_tiles(n, k, [&](int64_t r0, int64_t rows) {
-    int8_tile(a, 0, m, qp + r0 * k, rows, sp + r0, y + r0, n);
+  const CodeRows codes = a.rows();
+  for_row_tiles(n, k, [=](int64_t r0, int64_t rows) {
+    int8_tile(codes, 0, m, qp + r0 * k, rows, sp + r0, y + r0, n);
   });
   return result.finish();
 }
@@ -590,14 +610,15 @@ torch::Tensor idot_int4_linear(const torch::Tensor& x, const torch::Tensor& q,
   const c10::Half* sp = scale.data_ptr<c10::Half>();
   const c10::Half* mp = mins.data_ptr<c10::Half>();
   const GroupLanes lanes(group);
-  for_row_tiles(n, k / 2, [&](int64_t r0, int64_t rows) {
+  const CodeRows codes = a.rows();
+  for_row_tiles(n, k / 2, [=](int64_t r0, int64_t rows) {
     thread_local std::vector<RowScales> scales;
     if (scales.size() != static_cast<size_t>(kRowTile) ||
         scales[0].mins.size() != static_cast<size_t>(groups))
       scales.assign(kRowTile, RowScales(groups));
     for (int64_t j = 0; j < rows; ++j)
       scales[j].load(sp + (r0 + j) * groups, mp + (r0 + j) * groups, groups);
-    int4_tile(a, 0, m, qp + r0 * (k / 2), rows, scales.data(), lanes, group, y + r0, n);
+    int4_tile(codes, 0, m, qp + r0 * (k / 2), rows, scales.data(), lanes, group, y + r0, n);
   });
   return result.finish();
 }

@@ -75,6 +75,16 @@ inline float dot_i4(const float* x, const float* xsum, const uint8_t* q,
   return hsum(total) + offset;
 }
 
+// y[r] for weight rows begin <= r < end, one row of x; every operand by value, so a thread
+// keeps them in its own registers and stack.
+void int4_row_dots(const float* x, const float* xsum, const uint8_t* q, const c10::Half* scale,
+                   const c10::Half* mins, int64_t groups, int64_t g, float* y, int64_t begin,
+                   int64_t end) {
+  const int64_t row_bytes = groups * g / 2;
+  for (int64_t r = begin; r < end; ++r)
+    y[r] = dot_i4(x, xsum, q + r * row_bytes, scale + r * groups, mins + r * groups, groups, g);
+}
+
 void widen_i4(const uint8_t* q, const c10::Half* scale, const c10::Half* mins,
               int64_t groups, int64_t g, float* out) {
   const int64_t half = g / 2;
@@ -312,9 +322,7 @@ torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& q,
   const int64_t grain = std::max<int64_t>(kRowTile, 32768 / std::max<int64_t>(k, 1));
   at::parallel_for(0, n, grain, [&](int64_t begin, int64_t end) {
     if (m == 1) {
-      for (int64_t r = begin; r < end; ++r)
-        yp[r] = dot_i4(xp, xs, qp + r * (k / 2), sp + r * groups, mp + r * groups, groups,
-                       group);
+      int4_row_dots(xp, xs, qp, sp, mp, groups, group, yp, begin, end);
       return;
     }
     std::vector<float> tile(kRowTile * k);
