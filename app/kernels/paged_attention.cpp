@@ -65,15 +65,6 @@ inline float dot(const float* a, const float* b, int64_t n) {
   return s;
 }
 
-// Asks for the cache lines of [p, p + bytes) ahead of their use (into the L2 cache). A
-// step's K and V come from memory, not cache (a batch-1 step of a 134M model streams 70 MB
-// of weights between one layer's attention and the next step's), in runs of one token's
-// heads scattered over blocks, which the hardware prefetcher does not run ahead of.
-inline void prefetch(const void* p, int64_t bytes) {
-  const char* c = static_cast<const char*>(p);
-  for (int64_t off = 0; off < bytes; off += 64) __builtin_prefetch(c + off, 0, 2);
-}
-
 // Everything a task reads besides K, V and the tables, by value: each thread works from
 // its own copy. (Read through the closure's references, these lived on the calling
 // thread's stack beside the lines it writes while running its own share, and the other
@@ -144,13 +135,6 @@ void attend_tasks(const Problem<T> p, int64_t begin, int64_t end) {
                 p.table_width, " blocks of its table");
     const int64_t* table = p.tables + row * p.table_width;
     const int64_t run = kv_heads * hd;  // values of one token this task reads, K or V
-    for (int64_t b = 0; b < blocks; ++b) {  // the whole context, ahead of the loop below
-      const int64_t at = table[b] * block_size * p.token_stride + h0 * hd;
-      for (int64_t j = 0, n = std::min(block_size, len - b * block_size); j < n; ++j) {
-        prefetch(p.k + at + j * p.token_stride, run * static_cast<int64_t>(sizeof(T)));
-        prefetch(p.v + at + j * p.token_stride, run * static_cast<int64_t>(sizeof(T)));
-      }
-    }
     for (int64_t b = 0; b < blocks; ++b) {
       const int64_t n = std::min(block_size, len - b * block_size);
       const int64_t first = table[b] * block_size * p.token_stride + h0 * hd;
