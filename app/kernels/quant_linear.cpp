@@ -166,17 +166,55 @@ void store(const std::vector<float>& buffer, torch::Tensor& out) {
 
 #if defined(LLM_BF16_DOT)  // bf16 widening for the AVX512-BF16 path (block_products.h)
 
-inline uint16_t bf16_bits_of_small_int(float f) {  // exact: the low 16 bits are zero
-  uint32_t u;
-  __builtin_memcpy(&u, &f, sizeof(u));
-  return static_cast<uint16_t>(u >> 16);
+// One int8 row to bf16, 32 codes at a time: integers up to 256 are exact in bf16, so the
+// conversion rounds nothing (k is a multiple of 32, checked by bf16_dot_serves).
+inline void widen_i8_bf16(const int8_t* q, int64_t k, uint16_t* out) {
+  for (int64_t i = 0; i < k; i += 32) {
+    const __m256i codes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q + i));
+    const __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(codes)));
+    const __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(codes, 1)));
+    const __m512bh both = _mm512_cvtne2ps_pbh(hi, lo);  // lo in lanes 0-15, hi in 16-31
+    _mm512_storeu_si512(out + i, reinterpret_cast<const __m512i&>(both));
+  }
 }
 
-inline uint16_t bf16_bits_rounded(float f) {  // round to nearest even
-  uint32_t u;
-  __builtin_memcpy(&u, &f, sizeof(u));
-  u += 0x7FFF + ((u >> 16) & 1);
-  return static_cast<uint16_t>(u >> 16);
+// One int4 row straight to bf16: w = q * scale + min rounded to nearest even, the value
+// the float path computes, 32 codes an instruction. A group has only 16 distinct values,
+// so they are computed once (one multiply-add and one conversion for the group) and each
+// code looks its value up with `vpermw`, where widening every code through int32 and
+// float costs about four times the instructions and a float copy of the row.
+inline void widen_i4_bf16(const uint8_t* q, const c10::Half* scale, const c10::Half* mins,
+                          int64_t groups, int64_t g, uint16_t* out) {
+  const int64_t half = g / 2;
+  const __m512 codes = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  const __m512i low_nibble = _mm512_set1_epi16(0x0F);
+  for (int64_t gi = 0; gi < groups; ++gi) {
+    const __m512 values = _mm512_fmadd_ps(codes, _mm512_set1_ps(static_cast<float>(scale[gi])),
+                                          _mm512_set1_ps(static_cast<float>(mins[gi])));
+    __m256i table16;
+    const __m256bh rounded = _mm512_cvtneps_pbh(values);
+    __builtin_memcpy(&table16, &rounded, sizeof(table16));
+    // Codes are 0..15, so only the table's lower half is ever indexed.
+    const __m512i table = _mm512_castsi256_si512(table16);
+    const uint8_t* qg = q + gi * half;
+    uint16_t* o = out + gi * g;
+    int64_t j = 0;
+    for (; j + 32 <= half; j += 32) {
+      const __m512i b = _mm512_cvtepu8_epi16(
+          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qg + j)));
+      _mm512_storeu_si512(o + j, _mm512_permutexvar_epi16(_mm512_and_si512(b, low_nibble), table));
+      _mm512_storeu_si512(o + half + j, _mm512_permutexvar_epi16(_mm512_srli_epi16(b, 4), table));
+    }
+    if (j < half) {  // half is a multiple of 16: at most one 16-byte step is left
+      const __m256i b =
+          _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qg + j)));
+      const __m256i t = _mm512_castsi512_si256(table);
+      const __m256i low = _mm256_and_si256(b, _mm512_castsi512_si256(low_nibble));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + j), _mm256_permutexvar_epi16(low, t));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + half + j),
+                          _mm256_permutexvar_epi16(_mm256_srli_epi16(b, 4), t));
+    }
+  }
 }
 #endif
 
@@ -227,9 +265,8 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& q,
     bf16_products(reinterpret_cast<const uint16_t*>(xc.data_ptr<c10::BFloat16>()),
                   xc.numel() / k, n, k, float_output(y, buffer),
                   [&](int64_t row, uint16_t* dst) {
-                    const int8_t* src = qp + row * k;
-                    for (int64_t i = 0; i < k; ++i)
-                      dst[i] = bf16_bits_of_small_int(static_cast<float>(src[i]));
+                    prefetch_next_tile(qp + row * k, k, n - row);
+                    widen_i8_bf16(qp + row * k, k, dst);
                     return sp[row];
                   });
     store(buffer, y);
@@ -253,6 +290,7 @@ torch::Tensor int8_linear(const torch::Tensor& x, const torch::Tensor& q,
       const int64_t rows = std::min(kRowTile, end - r0);
       for (int64_t t = 0; t < rows; ++t) {
         const int8_t* src = qp + (r0 + t) * k;
+        prefetch_next_tile(src, k, n - r0 - t);
         float* dst = tile.data() + t * k;
         const float s = sp[r0 + t];
         for (int64_t i = 0; i < k; ++i) dst[i] = static_cast<float>(src[i]) * s;
@@ -295,11 +333,9 @@ torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& q,
     bf16_products(reinterpret_cast<const uint16_t*>(xc.data_ptr<c10::BFloat16>()),
                   xc.numel() / k, n, k, float_output(y, buffer),
                   [&](int64_t row, uint16_t* dst) {
-                    thread_local std::vector<float> widened;
-                    widened.resize(k);
-                    widen_i4(q4 + row * (k / 2), s4 + row * groups, m4 + row * groups,
-                             groups, group, widened.data());
-                    for (int64_t i = 0; i < k; ++i) dst[i] = bf16_bits_rounded(widened[i]);
+                    prefetch_next_tile(q4 + row * (k / 2), k / 2, n - row);
+                    widen_i4_bf16(q4 + row * (k / 2), s4 + row * groups, m4 + row * groups,
+                                  groups, group, dst);
                     return 1.f;
                   });
     store(buffer, y);
@@ -328,9 +364,11 @@ torch::Tensor int4_linear(const torch::Tensor& x, const torch::Tensor& q,
     std::vector<float> tile(kRowTile * k);
     for (int64_t r0 = begin; r0 < end; r0 += kRowTile) {
       const int64_t rows = std::min(kRowTile, end - r0);
-      for (int64_t t = 0; t < rows; ++t)
+      for (int64_t t = 0; t < rows; ++t) {
+        prefetch_next_tile(qp + (r0 + t) * (k / 2), k / 2, n - r0 - t);
         widen_i4(qp + (r0 + t) * (k / 2), sp + (r0 + t) * groups, mp + (r0 + t) * groups,
                  groups, group, tile.data() + t * k);
+      }
       tile_product(xp, m, tile.data(), rows, k, yp + r0, n);
     }
   });
@@ -356,13 +394,10 @@ torch::Tensor float_linear(const torch::Tensor& x, const torch::Tensor& w) {
     const torch::Tensor xc = x.contiguous();
     torch::Tensor y = result_like(x, n);
     std::vector<float> buffer;
-    const uint16_t* wp = reinterpret_cast<const uint16_t*>(w.data_ptr<c10::BFloat16>());
-    bf16_products(reinterpret_cast<const uint16_t*>(xc.data_ptr<c10::BFloat16>()),
-                  xc.numel() / k, n, k, float_output(y, buffer),
-                  [&](int64_t row, uint16_t* dst) {
-                    std::copy(wp + row * k, wp + (row + 1) * k, dst);
-                    return 1.f;
-                  });
+    bf16_products_in_place(reinterpret_cast<const uint16_t*>(xc.data_ptr<c10::BFloat16>()),
+                           xc.numel() / k, n, k,
+                           reinterpret_cast<const uint16_t*>(w.data_ptr<c10::BFloat16>()),
+                           float_output(y, buffer));
     store(buffer, y);
     return y;
 #else
@@ -382,8 +417,12 @@ torch::Tensor float_linear(const torch::Tensor& x, const torch::Tensor& w) {
       for (int64_t r = begin; r < end; ++r) yp[r] = dot_f(xp, wp + r * k, k);
       return;
     }
-    for (int64_t r0 = begin; r0 < end; r0 += kRowTile)
-      tile_product(xp, m, wp + r0 * k, std::min(kRowTile, end - r0), k, yp + r0, n);
+    for (int64_t r0 = begin; r0 < end; r0 += kRowTile) {
+      const int64_t rows = std::min(kRowTile, end - r0);
+      for (int64_t t = 0; t < rows; ++t)
+        prefetch_next_tile(wp + (r0 + t) * k, k * 4, n - r0 - t);
+      tile_product(xp, m, wp + r0 * k, rows, k, yp + r0, n);
+    }
   });
   return y;
 }
