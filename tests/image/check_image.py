@@ -30,6 +30,10 @@ from tests.live import free_port
 
 READY_TIMEOUT = 600  # compiling and warming up both models, 2 cores: about a minute
 LOG_DIR = Path(os.environ.get("TMPDIR", "/tmp"))
+# What buildah prints when it fails before the image's process runs, a transient fault of
+# the host: buildah re-executes itself from a sealed memfd copy of its binary
+# (containers/storage's unshare), and sealing it got EBUSY once in CI.
+RUNTIME_FLAKE = "Close_Fd sealing memfd copy"
 # Left writable (/tmp), or the runner's own (/run, /dev, /proc, /sys).
 WRITABLE = {"tmp", "run", "dev", "proc", "sys"}
 
@@ -87,18 +91,27 @@ class Server:
         self.env = {"LLM_HOST": "127.0.0.1", "LLM_PORT": str(self.port), **env}
         self.log_path = LOG_DIR / f"image-test-{self.port}.log"
         self.user = str(config["User"])
-        argv = [*config["Cmd"], *extra]
+        self.argv = container.command([*config["Cmd"], *extra], self.user, self.env)
+        self.proc = self._launch()
+
+    def _launch(self) -> subprocess.Popen[bytes]:
         with self.log_path.open("w") as log:
-            self.proc = subprocess.Popen(container.command(argv, self.user, self.env),
-                                         stdout=log, stderr=subprocess.STDOUT)
+            return subprocess.Popen(self.argv, stdout=log, stderr=subprocess.STDOUT)
 
     def log(self, tail: int = 6000) -> str:
         return self.log_path.read_text(errors="replace")[-tail:]
 
     def wait_ready(self) -> float:
         started = time.monotonic()
+        relaunched = False
         while time.monotonic() - started < READY_TIMEOUT:
             if self.proc.poll() is not None:
+                if not relaunched and RUNTIME_FLAKE in self.log():
+                    # The server never started, so starting it again tests the same thing.
+                    print(f"  buildah run failed to start ({RUNTIME_FLAKE!r}): once more")
+                    relaunched = True
+                    self.proc = self._launch()
+                    continue
                 raise CheckFailed(f"the server exited with {self.proc.returncode} before "
                                   "/readyz answered 200")
             try:
