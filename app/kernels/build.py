@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 SOURCES = tuple(Path(__file__).with_name(name)
                 for name in ("quant_linear.cpp", "int_dot.cpp", "paged_attention.cpp"))
 HEADERS = tuple(Path(__file__).with_name(name)
-                for name in ("block_products.h", "int_dot_activations.h"))
+                for name in ("block_products.h", "bf16_widening.h", "int_dot_activations.h"))
 _LOCK = threading.Lock()
 
 
